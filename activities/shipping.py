@@ -1,0 +1,137 @@
+"""Carrier side effects: buy (and void) labels, follow tracking.
+
+Label purchase is idempotent by the business key `label:<order_id>:<n>`: the carrier shipment id is
+recorded before buying, and the carrier refuses to buy the same shipment twice, so a retry or a crashed
+worker finds the label it already paid for instead of buying another.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from common.db import Store
+from common.db.store import ShipmentRecord
+from common.integrations.carrier import (
+    CarrierAddressError,
+    CarrierAlreadyPurchasedError,
+    CarrierClient,
+    CarrierError,
+    CarrierShipment,
+    CarrierTransientError,
+    choose_rate,
+)
+from common.models import Label, LabelRequest, TrackingPollRequest, TrackingStatus, TrackingUpdate
+
+
+def label_key(order_id: str, shipment_no: int) -> str:
+    return f"label:{order_id}:{shipment_no}"
+
+
+class ShippingActivities:
+    def __init__(self, store: Store, carrier: CarrierClient) -> None:
+        self._store = store
+        self._carrier = carrier
+
+    @activity.defn(name="buy_label")
+    async def buy_label(self, request: LabelRequest) -> Label:
+        key = label_key(request.order_id, request.shipment_no)
+        try:
+            record = await self._store.get_shipment(key)
+            if record is not None and record.status == "purchased":
+                return _label(record)
+            if record is None:
+                created = await self._carrier.create_shipment(
+                    reference=key,
+                    to_address=request.ship_to,
+                    from_address=await self._from_address(request.warehouse),
+                    parcel=await self._parcel(request),
+                )
+                # If a concurrent attempt recorded first, its shipment wins and ours is never bought.
+                record = await self._store.record_carrier_shipment(key, request.order_id, created.id)
+            shipment = await self._carrier.get_shipment(record.carrier_shipment_id)
+            if shipment.tracking_code is None:
+                rate = choose_rate(shipment.rates, request.speed.max_delivery_days)
+                try:
+                    shipment = await self._carrier.buy(shipment.id, rate.id)
+                except CarrierAlreadyPurchasedError:
+                    shipment = await self._carrier.get_shipment(shipment.id)
+            record = await self._record_label(key, shipment)
+            return _label(record)
+        except CarrierAddressError as err:
+            raise ApplicationError(str(err), type="CarrierAddressError", non_retryable=True) from err
+        except CarrierTransientError:
+            raise  # retried by the activity's retry policy
+        except CarrierError as err:
+            raise ApplicationError(str(err), type="CarrierRejected", non_retryable=True) from err
+
+    @activity.defn(name="void_label")
+    async def void_label(self, request: LabelRequest) -> bool:
+        """Compensation for buy_label: ask the carrier to refund an unused label. Idempotent."""
+        record = await self._store.get_shipment(label_key(request.order_id, request.shipment_no))
+        if record is None or record.status != "purchased":
+            return False
+        shipment = await self._carrier.refund(record.carrier_shipment_id)
+        await self._store.mark_shipment_voided(record.key)
+        return shipment.refund_status in ("submitted", "refunded")
+
+    @activity.defn(name="await_tracking_change")
+    async def await_tracking_change(self, request: TrackingPollRequest) -> TrackingUpdate:
+        """Returns when the carrier reports a status other than `last_status`; raises (and so is retried at
+        the poll interval, without touching history) while nothing changed."""
+        tracker = await self._carrier.get_tracker(request.tracking_number)
+        status = (
+            TrackingStatus(tracker.status) if tracker.status in TrackingStatus else TrackingStatus.UNKNOWN
+        )
+        if status in (request.last_status, TrackingStatus.UNKNOWN, TrackingStatus.PRE_TRANSIT):
+            raise ApplicationError(
+                f"tracking {request.tracking_number} still {status.value}", type="TrackingUnchanged"
+            )
+        return TrackingUpdate(
+            status=status,
+            estimated_delivery=tracker.est_delivery_date,
+            message=tracker.message or f"carrier reports {status.value}",
+        )
+
+    async def _record_label(self, key: str, shipment: CarrierShipment) -> ShipmentRecord:
+        if shipment.selected_rate is None or shipment.tracking_code is None or shipment.label_url is None:
+            raise ApplicationError(f"carrier returned shipment {shipment.id} without a label")
+        return await self._store.record_label(
+            key,
+            carrier=shipment.selected_rate.carrier,
+            service=shipment.selected_rate.service,
+            rate_cents=shipment.selected_rate.rate_cents,
+            tracking_number=shipment.tracking_code,
+            label_url=shipment.label_url,
+            tracking_url=shipment.tracking_url or "",
+        )
+
+    async def _from_address(self, warehouse_code: str) -> dict[str, str]:
+        for wh in await self._store.warehouses():
+            if wh.code == warehouse_code:
+                return {
+                    "name": wh.name,
+                    "street1": wh.name,
+                    "city": wh.region or wh.name,
+                    "zip": "00000",
+                    "country": wh.country,
+                }
+        raise ApplicationError(f"unknown warehouse {warehouse_code}", non_retryable=True)
+
+    async def _parcel(self, request: LabelRequest) -> dict[str, float]:
+        weights = {p.sku: p.weight_grams for p in await self._store.products()}
+        grams = sum(weights.get(line.sku, 500) * line.quantity for line in request.lines)
+        return {"weight": round(grams / 28.35, 1)}  # EasyPost parcels weigh in ounces
+
+
+def _label(record: ShipmentRecord) -> Label:
+    return Label(
+        shipment_key=record.key,
+        carrier=record.carrier or "",
+        service=record.service or "",
+        rate_cents=record.rate_cents or 0,
+        tracking_number=record.tracking_number or "",
+        label_url=record.label_url or "",
+        tracking_url=record.tracking_url or "",
+        carrier_shipment_id=record.carrier_shipment_id,
+    )

@@ -1,0 +1,1 @@
+"""Shared core of the fulfillment engine: models, config, database, integrations, client and CLI."""

@@ -1,0 +1,180 @@
+"""The engine's Python API for programs; the `fulfill` CLI is a thin layer over it.
+
+async with await FulfillmentApi.connect(get_settings()) as api:
+    await api.place_order(json_text)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Self
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from common.config import Settings
+from common.db import PickTask, StockLevel, Store
+from common.errors import InvalidOrder, OrderAlreadyExists, OrderNotFound, PickNotAllowed
+from common.intake import parse_order
+from common.models import Order, OrderPolicy, OrderStatus, OrderView, OrderWorkflowInput, workflow_id_for
+from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS, connect
+
+WORKFLOW_TYPE = "OrderWorkflow"
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order_id: str
+    workflow_id: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class OrderSummary:
+    order_id: str
+    status: str
+    customer_id: str
+    started_at: datetime | None
+    closed_at: datetime | None
+
+
+class FulfillmentApi:
+    def __init__(self, client: Client, store: Store, settings: Settings) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+
+    @classmethod
+    async def connect(
+        cls, settings: Settings, *, store: Store | None = None, client: Client | None = None
+    ) -> Self:
+        store = store or await Store.open(settings.database_url)
+        client = client or await connect(settings)
+        return cls(client, store, settings)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.store.close()
+
+    # ------------------------------------------------------------------------------------------ orders
+
+    def policy(self) -> OrderPolicy:
+        s = self.settings
+        return OrderPolicy(
+            tracking_poll_interval_s=s.tracking_poll_interval,
+            tracking_timeout_s=s.tracking_timeout,
+            backorder_recheck_interval_s=s.backorder_recheck_interval,
+        )
+
+    async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:
+        order = parse_order(data)
+        unknown = await self.store.unknown_skus(line.sku for line in order.lines)
+        if unknown:
+            raise InvalidOrder([f"lines: unknown sku {sku!r} (not in the catalogue)" for sku in unknown])
+        try:
+            handle = await self.client.start_workflow(
+                WORKFLOW_TYPE,
+                OrderWorkflowInput(order=order, policy=self.policy()),
+                id=order.workflow_id,
+                task_queue=self.settings.task_queue,
+                # An order id is placed once, ever: a second placement starts nothing.
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(ORDER_STATUS, OrderStatus.RECEIVED.value),
+                        SearchAttributePair(CUSTOMER_ID, order.customer.id),
+                        SearchAttributePair(SKUS, [line.sku for line in order.lines]),
+                    ]
+                ),
+                static_summary=f"Order {order.order_id}: {sum(li.quantity for li in order.lines)} units, "
+                f"{order.shipping_speed.value} to {order.ship_to.country}",
+                result_type=OrderView,
+            )
+        except WorkflowAlreadyStartedError:
+            raise OrderAlreadyExists(
+                f"order {order.order_id} already exists (workflow {order.workflow_id}); nothing was started"
+            ) from None
+        return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
+
+    def _handle(self, order_id: str) -> WorkflowHandle[Any, OrderView]:
+        return self.client.get_workflow_handle(workflow_id_for(order_id), result_type=OrderView)
+
+    async def order_status(self, order_id: str) -> OrderView:
+        handle = self._handle(order_id)
+        try:
+            description = await handle.describe()
+            if description.status == WorkflowExecutionStatus.COMPLETED:
+                return await handle.result()  # the final view, readable without a worker
+            return await handle.query("status", result_type=OrderView, rpc_timeout=timedelta(seconds=10))
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise OrderNotFound(f"no order {order_id!r}") from None
+            raise
+
+    async def list_orders(self, status: OrderStatus | None = None, limit: int = 200) -> list[OrderSummary]:
+        query = f'WorkflowType = "{WORKFLOW_TYPE}"'
+        if status is not None:
+            query += f' AND OrderStatus = "{status.value}"'
+        orders = []
+        async for wf in self.client.list_workflows(query, limit=limit):
+            attrs = wf.typed_search_attributes
+            orders.append(
+                OrderSummary(
+                    order_id=wf.id.removeprefix("order-"),
+                    status=attrs.get(ORDER_STATUS) or "?",
+                    customer_id=attrs.get(CUSTOMER_ID) or "?",
+                    started_at=wf.start_time,
+                    closed_at=wf.close_time,
+                )
+            )
+        return orders
+
+    async def signal_order(self, order_id: str, signal: str, arg: Any) -> None:
+        try:
+            await self._handle(order_id).signal(signal, arg)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise OrderNotFound(f"no running order {order_id!r}") from None
+            raise
+
+    # ------------------------------------------------------------------------------------------ warehouse
+
+    async def open_picks(self) -> list[PickTask]:
+        return await self.store.open_pick_tasks()
+
+    async def confirm_pick(self, task_id: str) -> PickTask:
+        task = await self.store.get_pick_task(task_id)
+        if task is None:
+            raise PickNotAllowed(f"no pick task {task_id!r}")
+        if task.status == "cancelled":
+            raise PickNotAllowed(f"pick task {task_id} was cancelled (order {task.order_id}); do not ship it")
+        # DB first (idempotent), then the signal: re-running the command after a failure is always safe.
+        task = await self.store.confirm_pick_task(task_id)
+        await self.signal_order(task.order_id, "pick_confirmed", task_id)
+        return task
+
+    # ------------------------------------------------------------------------------------------ stock
+
+    async def stock(self, sku: str | None = None, warehouse: str | None = None) -> list[StockLevel]:
+        return await self.store.stock_levels(sku, warehouse)
+
+    async def receive_stock(self, sku: str, quantity: int, warehouse: str | None = None) -> StockLevel:
+        """Restock, then wake the orders waiting for this SKU, oldest first."""
+        level = await self.store.receive_stock(sku, quantity, warehouse)
+        for order_id in await self.store.backordered_orders([sku]):
+            try:
+                await self.signal_order(order_id, "stock_received", sku)
+            except OrderNotFound:
+                continue  # closed meanwhile; its backorder row is stale
+        return level

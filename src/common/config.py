@@ -1,0 +1,78 @@
+"""Every setting is an environment variable `FULFILL_<NAME>` (see README, "Configuration").
+
+Defaults are the embedded stack that `make run` starts: everything on 127.0.0.1, data under `var/`,
+durations at demo speed (seconds). Production sets the same variables to real endpoints and hours.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FULFILL_", extra="ignore")
+
+    # Temporal
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "fulfillment"
+    temporal_ui_port: int = 8233
+
+    # Local state of the embedded stack (Temporal SQLite file, database, sandbox data)
+    var_dir: Path = Path("var")
+
+    # Database: SQLite file by default, PostgreSQL with postgresql+asyncpg://user@host/db
+    database_url: str = "sqlite+aiosqlite:///var/fulfill.db"
+
+    # Email (any SMTP relay; the default is the sandbox SMTP server)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_use_tls: bool = False
+    email_from: str = "Fulfillment <orders@fulfill.example>"
+    ops_email: str = "ops@fulfill.example"
+
+    # SMS through the twilio SDK; twilio_base_url points it at the sandbox (unset it for real Twilio)
+    twilio_account_sid: str = "ACsandbox00000000000000000000000000"
+    twilio_auth_token: str = "sandbox-token"
+    twilio_from_number: str = "+15555550000"
+    twilio_base_url: str | None = "http://127.0.0.1:8026"
+    sms_status_callback_url: str | None = "http://127.0.0.1:8026/sms/status"
+
+    # Carrier (EasyPost-shaped API; the default is the sandbox carrier)
+    carrier_api_base: str = "http://127.0.0.1:8027/v2"
+    carrier_api_key: str = "sandbox-key"
+
+    # Sandbox servers started by `make run` and the tests
+    sandbox_host: str = "127.0.0.1"
+    sandbox_smtp_port: int = 8025
+    sandbox_http_port: int = 8026
+    sandbox_carrier_port: int = 8027
+    # Seconds after label purchase at which the sandbox tracker reaches each status
+    sandbox_in_transit_after: float = 3.0
+    sandbox_out_for_delivery_after: float = 6.0
+    sandbox_delivered_after: float = 9.0
+
+    # Order timing policy, handed to each order workflow when it is placed (seconds)
+    tracking_poll_interval: float = Field(default=2.0, gt=0)
+    tracking_timeout: float = Field(default=30 * 24 * 3600, gt=0)
+    backorder_recheck_interval: float = Field(default=3600, gt=0)
+
+    # Simulated picker (demo only): confirms open pick tasks after this many seconds
+    picker_enabled: bool = True
+    picker_delay: float = Field(default=3.0, ge=0)
+
+    # Worker tuning
+    worker_graceful_shutdown: float = 10.0
+    worker_max_cached_workflows: int = 1000
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

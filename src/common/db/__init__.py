@@ -1,0 +1,43 @@
+"""The database layer: tables, migrations and the `Store` every activity, the CLI and the client use."""
+
+from common.db.store import (
+    Backorder,
+    LedgerEntry,
+    NotificationNotFound,
+    NotificationRecord,
+    PickTask,
+    PickTaskClosed,
+    PickTaskNotFound,
+    Product,
+    Reservation,
+    ReservationOutcome,
+    ShipmentNotFound,
+    ShipmentRecord,
+    StockLevel,
+    Store,
+    StoreError,
+    UnknownSkuError,
+    UnknownWarehouseError,
+    Warehouse,
+)
+
+__all__ = [
+    "Backorder",
+    "LedgerEntry",
+    "NotificationNotFound",
+    "NotificationRecord",
+    "PickTask",
+    "PickTaskClosed",
+    "PickTaskNotFound",
+    "Product",
+    "Reservation",
+    "ReservationOutcome",
+    "ShipmentNotFound",
+    "ShipmentRecord",
+    "StockLevel",
+    "Store",
+    "StoreError",
+    "UnknownSkuError",
+    "UnknownWarehouseError",
+    "Warehouse",
+]

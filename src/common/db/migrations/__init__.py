@@ -1,0 +1,1 @@
+"""Alembic migration environment for the fulfillment database (applied by `Store.open`)."""

@@ -1,0 +1,210 @@
+"""SQLAlchemy Core tables: the schema the Store reads and writes.
+
+The Alembic migrations under `migrations/versions` create exactly this schema (a unit test compares them),
+so a change here needs a new migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+# Deterministic constraint names, so later migrations (and SQLite batch mode) can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+RESERVATION_STATUSES = ("held", "released", "committed")
+LEDGER_KINDS = ("receipt", "reservation", "release", "commit", "adjustment")
+PICK_TASK_STATUSES = ("open", "confirmed", "cancelled")
+SHIPMENT_STATUSES = ("created", "purchased", "voided")
+NOTIFICATION_STATUSES = ("sending", "sent", "failed")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zone support, so values are stored as naive UTC in
+    SQLAlchemy's fixed-width text format (which also keeps `<`/`>` comparisons correct) and come back
+    tagged as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware (UTC) datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+products = Table(
+    "products",
+    metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("price_cents", Integer, nullable=False),
+    Column("weight_grams", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("price_cents >= 0", name="price_non_negative"),
+    CheckConstraint("weight_grams > 0", name="weight_positive"),
+)
+
+warehouses = Table(
+    "warehouses",
+    metadata,
+    Column("code", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("region", String(100), nullable=True),
+)
+
+stock_levels = Table(
+    "stock_levels",
+    metadata,
+    Column("sku", String(64), ForeignKey("products.sku"), primary_key=True),
+    Column("warehouse", String(32), ForeignKey("warehouses.code"), primary_key=True),
+    Column("on_hand", Integer, nullable=False),
+    Column("reserved", Integer, nullable=False),
+    CheckConstraint("reserved >= 0", name="reserved_non_negative"),
+    CheckConstraint("on_hand >= reserved", name="on_hand_covers_reserved"),
+)
+
+stock_ledger = Table(
+    "stock_ledger",
+    metadata,
+    # BigInteger on PostgreSQL, but INTEGER on SQLite so it stays the rowid alias (autoincrement).
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("sku", String(64), ForeignKey("products.sku"), nullable=False),
+    Column("warehouse", String(32), ForeignKey("warehouses.code"), nullable=False),
+    Column("delta_on_hand", Integer, nullable=False),
+    Column("delta_reserved", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("ref", String(200), nullable=True),
+    Column("note", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    CheckConstraint(_in("kind", LEDGER_KINDS), name="kind"),
+    Index("ix_stock_ledger_sku_warehouse", "sku", "warehouse"),
+    Index("ix_stock_ledger_ref", "ref"),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("order_id", String(64), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("warehouse", String(32), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+    CheckConstraint(_in("status", RESERVATION_STATUSES), name="status"),
+    UniqueConstraint("order_id", "sku", "warehouse"),
+    ForeignKeyConstraint(["sku", "warehouse"], ["stock_levels.sku", "stock_levels.warehouse"]),
+)
+
+backorders = Table(
+    "backorders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("skus", JSON, nullable=False),  # sorted list of the skus that were short
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime, nullable=True),
+    Index("ix_backorders_resolved_at_created_at", "resolved_at", "created_at"),
+)
+
+pick_tasks = Table(
+    "pick_tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("warehouse", String(32), ForeignKey("warehouses.code"), nullable=False),
+    Column("lines", JSON, nullable=False),  # [{"sku": ..., "quantity": ...}]
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime, nullable=True),
+    CheckConstraint("attempt >= 0", name="attempt_non_negative"),
+    CheckConstraint(_in("status", PICK_TASK_STATUSES), name="status"),
+    UniqueConstraint("order_id", "attempt"),
+    Index("ix_pick_tasks_status_created_at", "status", "created_at"),
+)
+
+shipments = Table(
+    "shipments",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("carrier_shipment_id", String(200), nullable=False),
+    Column("carrier", String(64), nullable=True),
+    Column("service", String(64), nullable=True),
+    Column("rate_cents", Integer, nullable=True),
+    Column("tracking_number", String(200), nullable=True),
+    Column("label_url", Text, nullable=True),
+    Column("tracking_url", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint(_in("status", SHIPMENT_STATUSES), name="status"),
+    Index("ix_shipments_order_id", "order_id"),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("subject", Text, nullable=True),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("provider_message_id", String(200), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
+    Index("ix_notifications_order_id", "order_id"),
+)

@@ -1,0 +1,98 @@
+"""SMS through the real `twilio` SDK; `settings.twilio_base_url` points it at the sandbox.
+
+The SDK is blocking (requests), so each call runs in a worker thread; one Client (one HTTP session) per
+SmsSender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from requests.exceptions import RequestException
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from common.config import Settings
+from common.integrations import NotificationError
+
+# Retrying cannot help: invalid number, opted out (STOP), not SMS-capable, unverified on a trial account
+PERMANENT_CODES = frozenset({21211, 21610, 21614, 21608})
+
+
+class SmsPermanentError(NotificationError):
+    def __init__(self, code: int | None, message: str) -> None:
+        super().__init__(f"Twilio error {code}: {message}" if code is not None else message)
+        self.code = code
+        self.message = message
+
+
+class SmsTransientError(NotificationError):
+    retryable = True
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SmsSender:
+    def __init__(self, settings: Settings, *, timeout: float = 15.0) -> None:
+        self._settings = settings
+        http_client = TwilioHttpClient(timeout=timeout)
+        self._http_client = http_client
+        self._client = Client(
+            settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client
+        )
+        if settings.twilio_base_url:
+            # The Messages resource lives on the `api` domain; its base_url is what every request URL is built
+            # from. Edge/region (env TWILIO_EDGE/TWILIO_REGION) would rewrite the host, so they are cleared.
+            self._client.api.base_url = settings.twilio_base_url.rstrip("/")
+            self._client.edge = None
+            self._client.region = None
+            if http_client.session is not None:
+                http_client.session.trust_env = False  # a local endpoint: never through an env proxy
+
+    def status_callback_url(self, order_id: str, **extra: str) -> str | None:
+        """settings.sms_status_callback_url with `order_id` (and `extra`) in the query, or None if unset."""
+        base = self._settings.sms_status_callback_url
+        if not base:
+            return None
+        parts = urlsplit(base)
+        query = "&".join(q for q in (parts.query, urlencode({"order_id": order_id, **extra})) if q)
+        return urlunsplit(parts._replace(query=query))
+
+    async def send(self, *, to: str, body: str, status_callback: str | None) -> str:
+        """Sends one SMS; returns the Twilio message sid."""
+        return await asyncio.to_thread(self._send, to, body, status_callback)
+
+    def _send(self, to: str, body: str, status_callback: str | None) -> str:
+        sender = self._settings.twilio_from_number
+        kwargs: dict[str, str] = {"to": to, "body": body}
+        if sender.startswith("MG"):
+            kwargs["messaging_service_sid"] = sender
+        else:
+            kwargs["from_"] = sender
+        if status_callback:
+            kwargs["status_callback"] = status_callback
+        try:
+            message = self._client.messages.create(**kwargs)
+        except TwilioRestException as err:
+            code = err.code if isinstance(err.code, int) else None
+            if err.status == 429 or err.status >= 500:
+                raise SmsTransientError(f"Twilio HTTP {err.status}: {err.msg}", code) from err
+            # Other 4xx: invalid/opted-out recipients (21211, 21610, 21614, 21608), auth and request errors
+            raise SmsPermanentError(code, err.msg) from err
+        except TwilioServiceException as err:  # the newer RFC 9457 error shape
+            if err.status == 429 or err.status >= 500:
+                raise SmsTransientError(f"Twilio HTTP {err.status}: {err.title}", err.code) from err
+            raise SmsPermanentError(err.code, err.detail or err.title) from err
+        except (TwilioException, RequestException, OSError) as err:
+            raise SmsTransientError(f"Twilio unreachable: {err}") from err
+        if message.sid is None:
+            raise SmsTransientError("Twilio answered without a message sid")
+        return message.sid
+
+    def close(self) -> None:
+        if self._http_client.session is not None:
+            self._http_client.session.close()

@@ -1,0 +1,61 @@
+"""Customer-facing texts, one per (event, channel). Pure functions: easy to test and to change."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from common.models import Channel, NotificationEvent, NotifyRequest
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str | None  # email only
+    text: str
+    html: str | None  # email only
+
+
+# (subject, email/SMS sentence). {placeholders} come from NotifyRequest.context plus order_id and name.
+_TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
+    NotificationEvent.ORDER_CONFIRMED: (
+        "Order {order_id} confirmed",
+        "Thanks {name}! We received order {order_id} and are getting it ready.",
+    ),
+    NotificationEvent.BACKORDERED: (
+        "Order {order_id} is delayed",
+        "Sorry {name}, part of order {order_id} is out of stock ({short}). "
+        "We will ship as soon as it arrives.",
+    ),
+    NotificationEvent.SHIPPED: (
+        "Order {order_id} has shipped",
+        "Order {order_id} is on its way with {carrier}. Tracking number {tracking_number}: {tracking_url}",
+    ),
+    NotificationEvent.OUT_FOR_DELIVERY: (
+        "Order {order_id} is out for delivery",
+        "Order {order_id} is out for delivery today with {carrier}. Track it: {tracking_url}",
+    ),
+    NotificationEvent.DELIVERED: (
+        "Order {order_id} was delivered",
+        "Order {order_id} was delivered. Enjoy, {name}! Problem with it? Just reply to this message.",
+    ),
+}
+
+
+class _Defaults(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "-"
+
+
+def render(request: NotifyRequest, channel: Channel) -> RenderedMessage:
+    subject_tpl, body_tpl = _TEMPLATES[request.event]
+    values = _Defaults(request.context, order_id=request.order_id, name=request.customer.name.split()[0])
+    subject = subject_tpl.format_map(values)
+    body = body_tpl.format_map(values)
+    if channel == Channel.SMS:
+        return RenderedMessage(subject=None, text=body, html=None)
+    text = f"Hello {request.customer.name},\n\n{body}\n\n-- The fulfillment team\n"
+    page = (
+        f"<html><body><p>Hello {html.escape(request.customer.name)},</p>"
+        f"<p>{html.escape(body)}</p><p>&mdash; The fulfillment team</p></body></html>"
+    )
+    return RenderedMessage(subject=subject, text=text, html=page)

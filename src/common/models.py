@@ -1,0 +1,251 @@
+"""Pydantic models shared by the starter client, workflows and activities.
+
+The intake models (`Order` and its parts) are the contract in DESIGN.md: strict, so a bad order is
+rejected with the field that is wrong before any workflow starts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+
+# ---------------------------------------------------------------------------------------------------------
+# Intake contract
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+class ShippingSpeed(StrEnum):
+    STANDARD = "standard"
+    EXPRESS = "express"
+    OVERNIGHT = "overnight"
+
+    @property
+    def max_delivery_days(self) -> int:
+        return {"standard": 7, "express": 3, "overnight": 1}[self.value]
+
+
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+E164Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")]
+OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,63}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Customer(_Strict):
+    id: NonEmpty
+    name: NonEmpty
+    email: EmailStr
+    phone: E164Phone | None = None
+    channels: list[Channel] = Field(default_factory=lambda: [Channel.EMAIL], min_length=1)
+
+    @model_validator(mode="after")
+    def _sms_needs_phone(self) -> Self:
+        if Channel.SMS in self.channels and self.phone is None:
+            raise ValueError("channel 'sms' needs a phone number in E.164 form (e.g. +15555550100)")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels must not repeat")
+        return self
+
+
+class Address(_Strict):
+    name: NonEmpty
+    line1: NonEmpty
+    line2: NonEmpty | None = None
+    city: NonEmpty
+    region: NonEmpty | None = None
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)]
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+
+class OrderLine(_Strict):
+    sku: Sku
+    quantity: int = Field(gt=0, le=10_000)
+
+
+class Order(_Strict):
+    order_id: OrderId
+    customer: Customer
+    ship_to: Address
+    lines: list[OrderLine] = Field(min_length=1, max_length=200)
+    shipping_speed: ShippingSpeed = ShippingSpeed.STANDARD
+
+    @model_validator(mode="after")
+    def _skus_unique(self) -> Self:
+        skus = [line.sku for line in self.lines]
+        dupes = sorted({s for s in skus if skus.count(s) > 1})
+        if dupes:
+            raise ValueError(f"lines: each sku may appear once (repeated: {', '.join(dupes)})")
+        return self
+
+    @property
+    def workflow_id(self) -> str:
+        return workflow_id_for(self.order_id)
+
+
+def workflow_id_for(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Order state
+
+
+class OrderStatus(StrEnum):
+    RECEIVED = "RECEIVED"
+    BACKORDERED = "BACKORDERED"
+    RESERVED = "RESERVED"
+    PICKING = "PICKING"
+    PACKED = "PACKED"
+    LABELED = "LABELED"
+    IN_TRANSIT = "IN_TRANSIT"
+    OUT_FOR_DELIVERY = "OUT_FOR_DELIVERY"
+    DELIVERED = "DELIVERED"
+    COMPLETED = "COMPLETED"
+    ON_HOLD = "ON_HOLD"
+    ADDRESS_INVALID = "ADDRESS_INVALID"
+    DELIVERY_EXCEPTION = "DELIVERY_EXCEPTION"
+    RETURN_REQUESTED = "RETURN_REQUESTED"
+    RETURN_IN_TRANSIT = "RETURN_IN_TRANSIT"
+    RETURN_RECEIVED = "RETURN_RECEIVED"
+    REFUNDED = "REFUNDED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    status: OrderStatus
+    note: str = ""
+
+
+class OrderView(BaseModel):
+    """What `fulfill order status` prints and the workflow's `status` query returns."""
+
+    order_id: str
+    status: OrderStatus
+    customer_id: str
+    lines: list[OrderLine]
+    shipping_speed: ShippingSpeed
+    waiting_for: str | None = None
+    warehouse: str | None = None
+    pick_task_id: str | None = None
+    carrier: str | None = None
+    service: str | None = None
+    tracking_number: str | None = None
+    tracking_url: str | None = None
+    estimated_delivery: datetime | None = None
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+
+
+class OrderPolicy(BaseModel):
+    """Durations the workflow needs, fixed when the order is placed (seconds in the demo, hours in prod)."""
+
+    tracking_poll_interval_s: float = 2.0
+    tracking_timeout_s: float = 30 * 24 * 3600
+    backorder_recheck_interval_s: float = 3600
+
+
+class OrderWorkflowInput(BaseModel):
+    order: Order
+    policy: OrderPolicy = Field(default_factory=OrderPolicy)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activity contracts
+
+
+class NotificationEvent(StrEnum):
+    ORDER_CONFIRMED = "order_confirmed"
+    BACKORDERED = "backordered"
+    SHIPPED = "shipped"
+    OUT_FOR_DELIVERY = "out_for_delivery"
+    DELIVERED = "delivered"
+
+
+class NotifyRequest(BaseModel):
+    order_id: str
+    event: NotificationEvent
+    customer: Customer
+    channels: list[Channel]
+    # Values the message templates use (carrier, tracking number/link, lines...)
+    context: dict[str, str] = Field(default_factory=dict)
+
+
+class NotifyResult(BaseModel):
+    sent: list[Channel] = Field(default_factory=list)
+    already_sent: list[Channel] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)  # channel -> why (e.g. permanent opt-out)
+
+
+class ReserveRequest(BaseModel):
+    order_id: str
+    lines: list[OrderLine]
+
+
+class ReserveResult(BaseModel):
+    reserved: bool
+    warehouse: str | None = None
+    # sku -> units missing across the best warehouse, when not reserved
+    short: dict[str, int] = Field(default_factory=dict)
+
+
+class PickTaskRequest(BaseModel):
+    order_id: str
+    attempt: int
+    warehouse: str
+    lines: list[OrderLine]
+
+
+class LabelRequest(BaseModel):
+    order_id: str
+    shipment_no: int
+    warehouse: str
+    ship_to: Address
+    lines: list[OrderLine]
+    speed: ShippingSpeed
+
+
+class Label(BaseModel):
+    shipment_key: str
+    carrier: str
+    service: str
+    rate_cents: int
+    tracking_number: str
+    label_url: str
+    tracking_url: str
+    carrier_shipment_id: str
+
+
+class TrackingStatus(StrEnum):
+    PRE_TRANSIT = "pre_transit"
+    IN_TRANSIT = "in_transit"
+    OUT_FOR_DELIVERY = "out_for_delivery"
+    AVAILABLE_FOR_PICKUP = "available_for_pickup"
+    DELIVERED = "delivered"
+    RETURN_TO_SENDER = "return_to_sender"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+class TrackingPollRequest(BaseModel):
+    tracking_number: str
+    carrier: str
+    last_status: TrackingStatus
+
+
+class TrackingUpdate(BaseModel):
+    status: TrackingStatus
+    estimated_delivery: datetime | None = None
+    message: str = ""

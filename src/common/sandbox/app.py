@@ -1,0 +1,233 @@
+"""`SandboxServers`: the SMTP server, the Twilio-shaped HTTP server and the carrier, in the current loop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from common.config import Settings
+from common.sandbox.carrier import CarrierSandbox, Progression
+from common.sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
+from common.sandbox.smtp import SandboxSmtpServer
+from common.sandbox.store import OutboxMessage, SandboxStore
+
+log = logging.getLogger("fulfill.sandbox")
+
+WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+
+
+class SandboxServers:
+    """Local stand-ins for the SMTP relay, Twilio and the carrier, sharing one SQLite file.
+
+    Ports of 0 in the settings bind ephemeral ports; the bound ones are `smtp_port`, `http_port` and
+    `carrier_port` once started, and `settings_for_clients()` points the engine's adapters at them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db_path: str | Path | None = None,
+        opted_out: Iterable[str] = DEFAULT_OPTED_OUT,
+        in_transit_after: float | None = None,
+        out_for_delivery_after: float | None = None,
+        delivered_after: float | None = None,
+        sms_callback_delays: tuple[float, float] = (0.1, 0.3),
+    ) -> None:
+        self.settings = settings
+        self.db_path = db_path if db_path is not None else settings.var_dir / "sandbox.db"
+        self.host = settings.sandbox_host
+        # Where clients connect: a wildcard bind is reached through loopback
+        self.client_host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
+        self._url_host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host  # IPv6
+        self.smtp_port = settings.sandbox_smtp_port
+        self.http_port = settings.sandbox_http_port
+        self.carrier_port = settings.sandbox_carrier_port
+        self._opted_out = opted_out
+        self._sms_callback_delays = sms_callback_delays
+        self.progression = Progression(
+            in_transit_after=_pick(in_transit_after, settings.sandbox_in_transit_after),
+            out_for_delivery_after=_pick(out_for_delivery_after, settings.sandbox_out_for_delivery_after),
+            delivered_after=_pick(delivered_after, settings.sandbox_delivered_after),
+        )
+        self._store: SandboxStore | None = None
+        self._smtp: SandboxSmtpServer | None = None
+        self._twilio: TwilioSandbox | None = None
+        self._carrier: CarrierSandbox | None = None
+        self._runners: list[web.AppRunner] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._store = store = SandboxStore(self.db_path)
+
+        self._smtp = SandboxSmtpServer(
+            store, self.host, self.smtp_port, username=s.smtp_username, password=s.smtp_password
+        )
+        await self._smtp.start()
+        self.smtp_port = self._smtp.port
+
+        http_app = web.Application()
+        self._twilio = TwilioSandbox(
+            store,
+            account_sid=s.twilio_account_sid,
+            auth_token=s.twilio_auth_token,
+            host=self.client_host,
+            opted_out=self._opted_out,
+            callback_delays=self._sms_callback_delays,
+        )
+        self._twilio.add_routes(http_app)
+        http_app.router.add_get("/outbox", self._outbox_handler)
+        http_app.router.add_get("/healthz", _healthz)
+        self.http_port = await self._serve(http_app, self.http_port)
+
+        carrier_app = web.Application()
+        self._carrier = CarrierSandbox(store, api_key=s.carrier_api_key, progression=self.progression)
+        self._carrier.add_routes(carrier_app)
+        carrier_app.router.add_get("/healthz", _healthz)
+        self.carrier_port = await self._serve(carrier_app, self.carrier_port)
+        self._carrier.public_base = self.carrier_url
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, self.host, port).start()
+        bound: int = runner.addresses[0][1]
+        return bound
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._smtp is not None:
+            await self._smtp.stop()
+            self._smtp = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- addresses -----------------------------------------------------------------------------------------
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the Twilio-shaped server (also serves /outbox and /sms/status)."""
+        return f"http://{self._url_host}:{self.http_port}"
+
+    @property
+    def carrier_url(self) -> str:
+        return f"http://{self._url_host}:{self.carrier_port}"
+
+    @property
+    def carrier_api_base(self) -> str:
+        return f"{self.carrier_url}/v2"
+
+    def settings_for_clients(self, base: Settings | None = None) -> Settings:
+        """A copy of `base` (default: the sandbox's settings) whose adapters talk to this running sandbox."""
+        base = base if base is not None else self.settings
+        return base.model_copy(
+            update={
+                "smtp_host": self.client_host,
+                "smtp_port": self.smtp_port,
+                "smtp_starttls": False,
+                "smtp_use_tls": False,
+                "twilio_base_url": self.http_url,
+                "sms_status_callback_url": f"{self.http_url}/sms/status",
+                "carrier_api_base": self.carrier_api_base,
+                # So that `fulfill outbox` (which reads sandbox_host/sandbox_http_port) finds this sandbox.
+                "sandbox_host": self.client_host,
+                "sandbox_smtp_port": self.smtp_port,
+                "sandbox_http_port": self.http_port,
+                "sandbox_carrier_port": self.carrier_port,
+            }
+        )
+
+    def describe(self) -> str:
+        return (
+            f"smtp={self.client_host}:{self.smtp_port} twilio={self.http_url} "
+            f"outbox={self.http_url}/outbox carrier={self.carrier_api_base} db={self.db_path}"
+        )
+
+    # -- in-process inspection and test controls ------------------------------------------------------------
+
+    @property
+    def store(self) -> SandboxStore:
+        if self._store is None:
+            raise RuntimeError("sandbox not started")
+        return self._store
+
+    @property
+    def carrier(self) -> CarrierSandbox:
+        if self._carrier is None:
+            raise RuntimeError("sandbox not started")
+        return self._carrier
+
+    @property
+    def twilio(self) -> TwilioSandbox:
+        if self._twilio is None:
+            raise RuntimeError("sandbox not started")
+        return self._twilio
+
+    def outbox(self, order_id: str | None = None) -> list[OutboxMessage]:
+        """Every email and SMS received (optionally for one order), oldest first."""
+        return self.store.messages(order_id)
+
+    def shipments(self) -> list[dict[str, Any]]:
+        """Every carrier shipment as the API shows it (refund_status, tracker, postage_label...)."""
+        return self.carrier.shipments()
+
+    def inject_fault(
+        self,
+        operation: str,
+        fail_next: int = 1,
+        status: int | None = 503,
+        code: str | None = None,
+        message: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """The next `fail_next` calls of a carrier operation (create_shipment, get_shipment, buy, refund,
+        tracker) wait `delay` seconds, then fail with `status` (status None: answer normally after it)."""
+        self.carrier.inject_fault(operation, fail_next, status, code, message, delay)
+
+    def clear_faults(self) -> None:
+        self.carrier.clear_faults()
+
+    def force_tracker_status(
+        self, tracking_code: str, status: str | None, message: str | None = None
+    ) -> dict[str, Any]:
+        """Hold a tracker at `status` (e.g. "failure"); None or "auto" resumes the automatic progression."""
+        return self.carrier.force_tracker_status(tracking_code, status, message)
+
+    async def _outbox_handler(self, request: web.Request) -> web.Response:
+        messages = self.outbox(request.query.get("order_id"))
+        return web.json_response({"messages": [m.model_dump(mode="json") for m in messages]})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _pick(override: float | None, default: float) -> float:
+    return default if override is None else override

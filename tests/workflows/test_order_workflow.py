@@ -1,0 +1,291 @@
+"""OrderWorkflow logic on the time-skipping server: days of tracking pass in seconds.
+
+The outside world is a small in-memory stand-in registered under the real activity names, so these
+tests pin the workflow's decisions (states, messages, stock calls); tests/integration runs the same
+workflow against the real activities, database and sandbox servers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from common.models import (
+    Label,
+    LabelRequest,
+    NotifyRequest,
+    NotifyResult,
+    Order,
+    OrderPolicy,
+    OrderStatus,
+    OrderView,
+    OrderWorkflowInput,
+    PickTaskRequest,
+    ReserveRequest,
+    ReserveResult,
+    TrackingPollRequest,
+    TrackingStatus,
+    TrackingUpdate,
+)
+from common.temporal import register_search_attributes
+from tests.conftest import TEMPORAL_TEST_SERVER
+from tests.orders import sample_order
+from workflows.order import OrderWorkflow
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+@dataclass
+class FakeWorld:
+    """Stock, carrier and messaging as the workflow sees them through its activities."""
+
+    env: WorkflowEnvironment
+    available: dict[str, int]
+    # Seconds after label purchase at which the parcel reaches each tracking status.
+    progression: list[tuple[float, TrackingStatus]]
+    reserved: dict[str, int] = field(default_factory=dict)
+    committed: dict[str, int] = field(default_factory=dict)
+    messages: list[tuple[str, str]] = field(default_factory=list)  # (event, channel)
+    labels_bought: int = 0
+    bought_at: datetime | None = None
+    tracking_polls: int = 0
+
+    @activity.defn(name="reserve_stock")
+    async def reserve_stock(self, request: ReserveRequest) -> ReserveResult:
+        if self.reserved:
+            return ReserveResult(reserved=True, warehouse="LDN-1")
+        short = {
+            li.sku: li.quantity - self.available.get(li.sku, 0)
+            for li in request.lines
+            if self.available.get(li.sku, 0) < li.quantity
+        }
+        if short:
+            return ReserveResult(reserved=False, short=short)
+        for li in request.lines:
+            self.available[li.sku] -= li.quantity
+            self.reserved[li.sku] = li.quantity
+        return ReserveResult(reserved=True, warehouse="LDN-1")
+
+    @activity.defn(name="release_stock")
+    async def release_stock(self, order_id: str) -> int:
+        for sku, qty in self.reserved.items():
+            self.available[sku] += qty
+        units = sum(self.reserved.values())
+        self.reserved.clear()
+        return units
+
+    @activity.defn(name="commit_stock")
+    async def commit_stock(self, order_id: str) -> int:
+        self.committed.update(self.reserved)
+        self.reserved.clear()
+        return sum(self.committed.values())
+
+    @activity.defn(name="create_pick_task")
+    async def create_pick_task(self, request: PickTaskRequest) -> str:
+        return f"PICK-{request.order_id}-{request.attempt}"
+
+    @activity.defn(name="buy_label")
+    async def buy_label(self, request: LabelRequest) -> Label:
+        self.labels_bought += 1
+        self.bought_at = await self.env.get_current_time()
+        return Label(
+            shipment_key=f"label:{request.order_id}:1",
+            carrier="SandboxPost",
+            service="Ground",
+            rate_cents=510,
+            tracking_number="SBX0001",
+            label_url="http://l",
+            tracking_url="http://t",
+            carrier_shipment_id="shp_1",
+        )
+
+    @activity.defn(name="void_label")
+    async def void_label(self, request: LabelRequest) -> bool:
+        return True
+
+    @activity.defn(name="await_tracking_change")
+    async def await_tracking_change(self, request: TrackingPollRequest) -> TrackingUpdate:
+        self.tracking_polls += 1
+        assert self.bought_at is not None
+        elapsed = (await self.env.get_current_time() - self.bought_at).total_seconds()
+        status = TrackingStatus.PRE_TRANSIT
+        for after, reached in self.progression:
+            if elapsed >= after:
+                status = reached
+        if status in (request.last_status, TrackingStatus.PRE_TRANSIT):
+            raise ApplicationError("unchanged", type="TrackingUnchanged")
+        return TrackingUpdate(status=status)
+
+    @activity.defn(name="notify_customer")
+    async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
+        self.messages += [(request.event.value, channel.value) for channel in request.channels]
+        return NotifyResult(sent=list(request.channels))
+
+    def activities(self) -> list:
+        return [
+            self.reserve_stock,
+            self.release_stock,
+            self.commit_stock,
+            self.create_pick_task,
+            self.buy_label,
+            self.void_label,
+            self.await_tracking_change,
+            self.notify_customer,
+        ]
+
+
+@pytest.fixture
+async def env():
+    async with await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
+    ) as env:
+        await register_search_attributes(env.client)
+        yield env
+
+
+POLICY = OrderPolicy(
+    tracking_poll_interval_s=HOUR, tracking_timeout_s=30 * DAY, backorder_recheck_interval_s=DAY
+)
+
+
+async def start(client: Client, order: Order, policy: OrderPolicy = POLICY) -> WorkflowHandle:
+    return await client.start_workflow(
+        OrderWorkflow.run,
+        OrderWorkflowInput(order=order, policy=policy),
+        id=order.workflow_id,
+        task_queue="test-orders",
+        result_type=OrderView,
+    )
+
+
+async def wait_for_status(env: WorkflowEnvironment, handle: WorkflowHandle, status: OrderStatus) -> OrderView:
+    for _ in range(200):
+        view = await handle.query(OrderWorkflow.status)
+        if view.status == status:
+            return view
+        await env.sleep(60)
+    raise AssertionError(f"order never reached {status}; it is {view.status}")
+
+
+def statuses(view: OrderView) -> list[str]:
+    return [entry.status.value for entry in view.timeline]
+
+
+def world(env: WorkflowEnvironment, stock: dict[str, int], days_to_deliver: float = 1.0) -> FakeWorld:
+    d = days_to_deliver * DAY
+    return FakeWorld(
+        env,
+        dict(stock),
+        [
+            (0.2 * d, TrackingStatus.IN_TRANSIT),
+            (0.9 * d, TrackingStatus.OUT_FOR_DELIVERY),
+            (d, TrackingStatus.DELIVERED),
+        ],
+    )
+
+
+def worker(env: WorkflowEnvironment, fake: FakeWorld) -> Worker:
+    return Worker(
+        env.client, task_queue="test-orders", workflows=[OrderWorkflow], activities=fake.activities()
+    )
+
+
+async def confirm_pick(env: WorkflowEnvironment, handle: WorkflowHandle) -> None:
+    view = await wait_for_status(env, handle, OrderStatus.PICKING)
+    assert view.pick_task_id
+    await handle.signal(OrderWorkflow.pick_confirmed, view.pick_task_id)
+
+
+async def test_happy_path_walks_every_status_and_messages_once(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 2})
+    fake = world(env, {"MUG-RED": 5})
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await confirm_pick(env, handle)
+        view = await handle.result()
+
+    assert statuses(view) == [
+        "RECEIVED",
+        "RESERVED",
+        "PICKING",
+        "PACKED",
+        "LABELED",
+        "IN_TRANSIT",
+        "OUT_FOR_DELIVERY",
+        "DELIVERED",
+        "COMPLETED",
+    ]
+    assert view.tracking_number == "SBX0001" and view.carrier == "SandboxPost"
+    assert fake.messages == [
+        ("order_confirmed", "email"),
+        ("order_confirmed", "sms"),
+        ("shipped", "email"),
+        ("shipped", "sms"),
+        ("out_for_delivery", "sms"),
+        ("delivered", "email"),
+        ("delivered", "sms"),
+    ]
+    assert fake.committed == {"MUG-RED": 2} and fake.reserved == {} and fake.available == {"MUG-RED": 3}
+    assert fake.labels_bought == 1
+
+
+async def test_backorder_waits_for_restock_then_ships(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 3})
+    fake = world(env, {"MUG-RED": 1})
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        view = await wait_for_status(env, handle, OrderStatus.BACKORDERED)
+        assert view.waiting_for == "a restock"
+        assert "MUG-RED x2" in view.timeline[-1].note
+        fake.available["MUG-RED"] += 10
+        await handle.signal(OrderWorkflow.stock_received, "MUG-RED")
+        await confirm_pick(env, handle)
+        view = await handle.result()
+
+    assert statuses(view)[:3] == ["RECEIVED", "BACKORDERED", "RESERVED"]
+    assert view.status == OrderStatus.COMPLETED
+    # The customer hears about the delay exactly once.
+    assert fake.messages.count(("backordered", "email")) == 1
+    assert fake.committed == {"MUG-RED": 3} and fake.available == {"MUG-RED": 8}
+
+
+async def test_backorder_recheck_finds_stock_without_a_signal(env: WorkflowEnvironment) -> None:
+    """A restock whose signal was lost is still noticed at the next periodic recheck."""
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 1})
+    fake = world(env, {"MUG-RED": 0})
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await wait_for_status(env, handle, OrderStatus.BACKORDERED)
+        fake.available["MUG-RED"] = 1
+        await env.sleep(DAY + 60)  # past the one-day recheck
+        await confirm_pick(env, handle)
+        view = await handle.result()
+    assert view.status == OrderStatus.COMPLETED
+
+
+async def test_tracking_that_takes_days_costs_few_history_events(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 1})
+    fake = world(env, {"MUG-RED": 1}, days_to_deliver=6)
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await confirm_pick(env, handle)
+        view = await handle.result()
+        history = await handle.fetch_history()
+
+    assert view.status == OrderStatus.COMPLETED
+    delivered = next(e.at for e in view.timeline if e.status == OrderStatus.DELIVERED)
+    labeled = next(e.at for e in view.timeline if e.status == OrderStatus.LABELED)
+    assert delivered - labeled >= timedelta(days=6)
+    # Hourly polls over six days: ~144 attempts, none of them in history.
+    assert fake.tracking_polls > 100
+    assert len(history.events) < 120

@@ -1,0 +1,36 @@
+"""The sandbox servers (SMTP, Twilio Messages API, carrier) in the foreground until SIGINT/SIGTERM.
+
+Run with `python -m workers.sandbox` (settings from FULFILL_* environment variables; data in
+`<var_dir>/sandbox.db`, kept across restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from common.config import Settings, get_settings
+from common.sandbox import SandboxServers
+
+log = logging.getLogger("fulfill.sandbox")
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with SandboxServers(settings) as sandbox:
+        log.info("sandbox listening: %s", sandbox.describe())
+        await stop.wait()
+        log.info("sandbox stopping")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

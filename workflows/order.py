@@ -1,0 +1,327 @@
+"""The per-order state machine: one durable workflow carries an order from intake to delivery.
+
+Deterministic code only: time from workflow.now(), no I/O. Every side effect is an activity with a
+business idempotency key, so retries, worker crashes and replays never double-reserve, double-buy or
+double-send. See DESIGN.md for the states and rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TypedDict
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inventory import InventoryActivities
+    from activities.notifications import NotificationActivities
+    from activities.shipping import ShippingActivities
+    from activities.warehouse import WarehouseActivities
+    from common.models import (
+        Channel,
+        Label,
+        LabelRequest,
+        NotificationEvent,
+        NotifyRequest,
+        OrderStatus,
+        OrderView,
+        OrderWorkflowInput,
+        PickTaskRequest,
+        ReserveRequest,
+        TimelineEntry,
+        TrackingPollRequest,
+        TrackingStatus,
+        TrackingUpdate,
+    )
+    from common.temporal import CARRIER, ORDER_STATUS, TRACKING_NUMBER
+
+
+class ActivityOptions(TypedDict, total=False):
+    start_to_close_timeout: timedelta
+    schedule_to_close_timeout: timedelta
+    retry_policy: RetryPolicy
+
+
+# Short DB steps: fail fast, retry a bounded number of times, then the order goes to FAILED for ops.
+DB_STEP = ActivityOptions(
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=20
+    ),
+)
+# Calls to carriers and messaging providers: transient failures retry with backoff for up to an hour.
+EXTERNAL_CALL = ActivityOptions(
+    start_to_close_timeout=timedelta(seconds=60),
+    schedule_to_close_timeout=timedelta(hours=1),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=2),
+        maximum_interval=timedelta(minutes=5),
+        non_retryable_error_types=["CarrierAddressError", "CarrierRejected"],
+    ),
+)
+
+# Tracking statuses in the order they happen; the order only moves forward along them.
+_TRACKING_TO_ORDER = {
+    TrackingStatus.IN_TRANSIT: OrderStatus.IN_TRANSIT,
+    TrackingStatus.OUT_FOR_DELIVERY: OrderStatus.OUT_FOR_DELIVERY,
+    TrackingStatus.AVAILABLE_FOR_PICKUP: OrderStatus.OUT_FOR_DELIVERY,
+    TrackingStatus.DELIVERED: OrderStatus.DELIVERED,
+}
+_FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED]
+
+
+@workflow.defn(name="OrderWorkflow")
+class OrderWorkflow:
+    @workflow.init
+    def __init__(self, input: OrderWorkflowInput) -> None:
+        self._order = input.order
+        self._policy = input.policy
+        self._view = OrderView(
+            order_id=input.order.order_id,
+            status=OrderStatus.RECEIVED,
+            customer_id=input.order.customer.id,
+            lines=list(input.order.lines),
+            shipping_speed=input.order.shipping_speed,
+        )
+        # The starter sets OrderStatus=RECEIVED when it starts the workflow: no upsert needed for it.
+        self._published_status: OrderStatus | None = OrderStatus.RECEIVED
+        self._restocks_seen = 0
+        self._confirmed_picks: set[str] = set()
+        # Saga: undo steps, registered before the step they undo, run newest first on failure.
+        self._compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+
+    # ------------------------------------------------------------------------------------------ messages
+
+    @workflow.query(description="The order as ops see it: status, timeline, tracking, what it waits for.")
+    def status(self) -> OrderView:
+        return self._view
+
+    @workflow.signal(
+        description="The warehouse confirmed the pick task with this id (all lines picked and packed)."
+    )
+    def pick_confirmed(self, task_id: str) -> None:
+        self._confirmed_picks.add(task_id)
+
+    @workflow.signal(
+        description="Stock arrived for one of this order's SKUs: a backordered order retries its reservation."
+    )
+    def stock_received(self, sku: str) -> None:
+        self._restocks_seen += 1
+
+    # ------------------------------------------------------------------------------------------ main path
+
+    @workflow.run
+    async def run(self, input: OrderWorkflowInput) -> OrderView:
+        self._record(OrderStatus.RECEIVED, "order placed")
+        try:
+            await self._notify(NotificationEvent.ORDER_CONFIRMED)
+            warehouse = await self._reserve()
+            task_id = await self._pick(warehouse)
+            self._record(OrderStatus.PACKED, f"pick task {task_id} confirmed, parcel packed")
+            label = await self._buy_label(warehouse)
+            await self._follow_tracking(label)
+            await workflow.execute_activity_method(
+                InventoryActivities.commit_stock, self._order.order_id, summary="commit stock", **DB_STEP
+            )
+            self._compensations.clear()
+            self._record(OrderStatus.COMPLETED, "delivered; stock committed")
+            return self._view
+        except (ActivityError, ApplicationError) as err:
+            await self._fail(err)
+            raise ApplicationError(
+                f"order {self._order.order_id} failed: {_cause(err)}", non_retryable=True
+            ) from err
+
+    async def _reserve(self) -> str:
+        """Reserve every line in one warehouse; while stock is short, wait BACKORDERED for a restock."""
+        order = self._order
+        told_customer = False
+        while True:
+            seen = self._restocks_seen
+            self._compensations.append(("release reservation", self._release_stock))
+            result = await workflow.execute_activity_method(
+                InventoryActivities.reserve_stock,
+                ReserveRequest(order_id=order.order_id, lines=order.lines),
+                summary="reserve stock",
+                **DB_STEP,
+            )
+            if result.reserved and result.warehouse:
+                self._view.warehouse = result.warehouse
+                self._record(OrderStatus.RESERVED, f"reserved in {result.warehouse}")
+                return result.warehouse
+            self._compensations.pop()
+            short = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(result.short.items()))
+            if self._view.status != OrderStatus.BACKORDERED:
+                self._record(OrderStatus.BACKORDERED, f"waiting for stock: {short}", waiting_for="a restock")
+            if not told_customer:
+                told_customer = True
+                await self._notify(NotificationEvent.BACKORDERED, {"short": short})
+            # A restock signal wakes us; the periodic recheck covers a signal sent before we started waiting.
+            try:
+                await workflow.wait_condition(
+                    lambda seen=seen: self._restocks_seen > seen,  # type: ignore[misc]
+                    timeout=timedelta(seconds=self._policy.backorder_recheck_interval_s),
+                    timeout_summary="backorder recheck",
+                )
+            except TimeoutError:
+                pass
+
+    async def _pick(self, warehouse: str) -> str:
+        order = self._order
+        task_id = await workflow.execute_activity_method(
+            WarehouseActivities.create_pick_task,
+            PickTaskRequest(order_id=order.order_id, attempt=1, warehouse=warehouse, lines=order.lines),
+            summary="create pick task",
+            **DB_STEP,
+        )
+        self._view.pick_task_id = task_id
+        self._record(
+            OrderStatus.PICKING,
+            f"pick task {task_id} in {warehouse}",
+            waiting_for=f"pick confirmation of {task_id}",
+        )
+        await workflow.wait_condition(lambda: task_id in self._confirmed_picks)
+        return task_id
+
+    async def _buy_label(self, warehouse: str) -> Label:
+        order = self._order
+        request = LabelRequest(
+            order_id=order.order_id,
+            shipment_no=1,
+            warehouse=warehouse,
+            ship_to=order.ship_to,
+            lines=order.lines,
+            speed=order.shipping_speed,
+        )
+        self._compensations.append(("void label", lambda: self._void_label(request)))
+        label = await workflow.execute_activity_method(
+            ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
+        )
+        view = self._view
+        view.carrier, view.service = label.carrier, label.service
+        view.tracking_number, view.tracking_url = label.tracking_number, label.tracking_url
+        workflow.upsert_search_attributes(
+            [CARRIER.value_set(label.carrier), TRACKING_NUMBER.value_set(label.tracking_number)]
+        )
+        self._record(
+            OrderStatus.LABELED, f"{label.carrier} {label.service} label, tracking {label.tracking_number}"
+        )
+        await self._notify(NotificationEvent.SHIPPED, self._tracking_context())
+        return label
+
+    async def _follow_tracking(self, label: Label) -> None:
+        """Infrequent polling: the activity fails while nothing changed and its retry policy is the poll loop,
+        so a parcel that takes days costs a handful of history events."""
+        poll = timedelta(seconds=self._policy.tracking_poll_interval_s)
+        last = TrackingStatus.PRE_TRANSIT
+        while self._view.status != OrderStatus.DELIVERED:
+            update: TrackingUpdate = await workflow.execute_activity_method(
+                ShippingActivities.await_tracking_change,
+                TrackingPollRequest(
+                    tracking_number=label.tracking_number, carrier=label.carrier, last_status=last
+                ),
+                summary=f"wait for tracking to leave {last.value}",
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=timedelta(seconds=self._policy.tracking_timeout_s),
+                retry_policy=RetryPolicy(
+                    initial_interval=poll, backoff_coefficient=1.0, maximum_interval=poll
+                ),
+            )
+            last = update.status
+            if update.estimated_delivery is not None:
+                self._view.estimated_delivery = update.estimated_delivery
+            target = _TRACKING_TO_ORDER.get(update.status)
+            if target is None or _FORWARD.index(target) <= _FORWARD.index(self._view.status):
+                continue  # carrier noise or an out-of-order update: the order only moves forward
+            self._record(target, update.message or f"carrier reports {update.status.value}")
+            if target == OrderStatus.OUT_FOR_DELIVERY:
+                await self._notify(
+                    NotificationEvent.OUT_FOR_DELIVERY, self._tracking_context(), sms_only=True
+                )
+            elif target == OrderStatus.DELIVERED:
+                await self._notify(NotificationEvent.DELIVERED, self._tracking_context())
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _record(self, status: OrderStatus, note: str, *, waiting_for: str | None = None) -> None:
+        """One transition: timeline entry, OrderStatus search attribute, current details for the UI."""
+        view = self._view
+        view.status = status
+        view.waiting_for = waiting_for
+        view.timeline.append(TimelineEntry(at=workflow.now(), status=status, note=note))
+        if self._published_status != status:
+            workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
+            self._published_status = status
+        workflow.set_current_details(self._details_markdown())
+
+    def _details_markdown(self) -> str:
+        v = self._view
+        rows = [f"**{v.status.value}** — order `{v.order_id}`"]
+        if v.waiting_for:
+            rows.append(f"Waiting for: {v.waiting_for}")
+        if v.warehouse:
+            rows.append(f"Warehouse: {v.warehouse}")
+        if v.tracking_number:
+            rows.append(f"Tracking: {v.carrier} [{v.tracking_number}]({v.tracking_url})")
+        rows.append("")
+        rows += [f"- {e.at:%Y-%m-%d %H:%M:%S} {e.status.value}: {e.note}" for e in v.timeline[-10:]]
+        return "\n".join(rows)
+
+    def _tracking_context(self) -> dict[str, str]:
+        v = self._view
+        return {
+            "carrier": v.carrier or "",
+            "service": v.service or "",
+            "tracking_number": v.tracking_number or "",
+            "tracking_url": v.tracking_url or "",
+        }
+
+    async def _notify(
+        self, event: NotificationEvent, context: dict[str, str] | None = None, *, sms_only: bool = False
+    ) -> None:
+        channels = [c for c in self._order.customer.channels if not sms_only or c == Channel.SMS]
+        if not channels:
+            return
+        await workflow.execute_activity_method(
+            NotificationActivities.notify_customer,
+            NotifyRequest(
+                order_id=self._order.order_id,
+                event=event,
+                customer=self._order.customer,
+                channels=channels,
+                context=context or {},
+            ),
+            summary=f"notify {event.value}",
+            **EXTERNAL_CALL,
+        )
+
+    async def _release_stock(self) -> object:
+        return await workflow.execute_activity_method(
+            InventoryActivities.release_stock, self._order.order_id, summary="release reservation", **DB_STEP
+        )
+
+    async def _void_label(self, request: LabelRequest) -> object:
+        return await workflow.execute_activity_method(
+            ShippingActivities.void_label, request, summary="void label", **EXTERNAL_CALL
+        )
+
+    async def _fail(self, err: BaseException) -> None:
+        """Undo what was done (newest first, shielded from cancellation); park the order as FAILED for ops."""
+        for name, undo in reversed(self._compensations):
+            try:
+                await asyncio.shield(asyncio.ensure_future(undo()))
+            except (ActivityError, ApplicationError) as undo_err:
+                workflow.logger.error("compensation %s failed: %s", name, undo_err)
+        self._compensations.clear()
+        self._record(OrderStatus.FAILED, f"needs ops: {_cause(err)}")
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message: an ActivityError wraps the ApplicationError that says what went wrong."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err)
