@@ -8,7 +8,7 @@ worker finds the label it already paid for instead of buying another.
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from common.db import Store
 from common.db.store import ShipmentRecord
@@ -80,12 +80,13 @@ class ShippingActivities:
         """Returns when the carrier reports a status other than `last_status`; raises (and so is retried at
         the poll interval, without touching history) while nothing changed."""
         tracker = await self._carrier.get_tracker(request.tracking_number)
-        status = (
-            TrackingStatus(tracker.status) if tracker.status in TrackingStatus else TrackingStatus.UNKNOWN
-        )
+        status = tracker.status
         if status in (request.last_status, TrackingStatus.UNKNOWN, TrackingStatus.PRE_TRANSIT):
+            # BENIGN: an unchanged parcel is the normal case of this poll loop, not an error to log or count.
             raise ApplicationError(
-                f"tracking {request.tracking_number} still {status.value}", type="TrackingUnchanged"
+                f"tracking {request.tracking_number} still {status.value}",
+                type="TrackingUnchanged",
+                category=ApplicationErrorCategory.BENIGN,
             )
         return TrackingUpdate(
             status=status,

@@ -18,6 +18,7 @@ from common.api import FulfillmentApi
 from common.config import Settings, get_settings
 from common.db import Store
 from common.demo import seed_demo
+from common.logs import configure_logging
 from common.temporal import dev_server_search_attribute_args
 from workers.picker import run_picker
 
@@ -106,7 +107,7 @@ def _banner(settings: Settings) -> str:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     settings = get_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     host, _, port = settings.temporal_address.rpartition(":")

@@ -11,6 +11,7 @@ import logging
 import signal
 
 from common.config import Settings, get_settings
+from common.logs import configure_logging
 from common.sandbox import SandboxServers
 
 log = logging.getLogger("fulfill.sandbox")
@@ -28,7 +29,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     asyncio.run(serve(get_settings()))
 
 

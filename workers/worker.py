@@ -25,6 +25,7 @@ from common.db import Store
 from common.integrations.carrier import CarrierClient
 from common.integrations.email import EmailSender
 from common.integrations.sms import SmsSender
+from common.logs import configure_logging
 from common.temporal import connect
 from workflows.order import OrderWorkflow
 
@@ -80,7 +81,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     asyncio.run(serve(get_settings()))
 
 

@@ -17,6 +17,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    # pydantic imports email_validator lazily when it validates an EmailStr: pass it through, or the
+    # sandbox re-imports it for every workflow run.
+    import email_validator  # noqa: F401
+
     from activities.inventory import InventoryActivities
     from activities.notifications import NotificationActivities
     from activities.shipping import ShippingActivities
