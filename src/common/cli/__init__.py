@@ -1,0 +1,36 @@
+"""`fulfill`: the command line for order intake, ops and the warehouse. One module per area."""
+
+from __future__ import annotations
+
+import typer
+
+from common.cli.inventory import inventory_app
+from common.cli.orders import order_app
+from common.cli.outbox import outbox
+from common.cli.warehouse import warehouse_app
+
+# No locals in tracebacks: they would print customers' personal data.
+app = typer.Typer(
+    help="Order fulfillment engine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+dev_app = typer.Typer(help="The embedded stack for development and demos.", no_args_is_help=True)
+app.add_typer(order_app, name="order")
+app.add_typer(inventory_app, name="inventory")
+app.add_typer(warehouse_app, name="warehouse")
+app.add_typer(dev_app, name="dev")
+app.command("outbox")(outbox)
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start Temporal with its Web UI, the sandbox servers, a worker and the simulated picker."""
+    from workers.devstack import main
+
+    main()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,31 @@
+"""`fulfill outbox`: what the sandbox SMTP/SMS servers received."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from common.cli._base import out, print_json, run_async
+from common.config import get_settings
+from common.sandbox import fetch_outbox
+
+
+@run_async
+async def outbox(
+    order: Annotated[str | None, typer.Option("--order", help="Only messages about this order.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Emails and SMS the sandbox servers received (the demo's customer inboxes)."""
+    settings = get_settings()
+    messages = await fetch_outbox(f"http://{settings.sandbox_host}:{settings.sandbox_http_port}", order)
+    if as_json:
+        print_json([m.model_dump(mode="json") for m in messages])
+        return
+    table = Table("time (UTC)", "channel", "to", "order", "subject / text")
+    for m in messages:
+        table.add_row(
+            f"{m.received_at:%H:%M:%S}", m.channel, m.recipient, m.order_id or "", m.subject or m.body
+        )
+    out.print(table)

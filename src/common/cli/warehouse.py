@@ -1,0 +1,40 @@
+"""`fulfill warehouse ...`: pick tasks for warehouse staff."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from common.cli._base import connect_api, out, print_json, run_async
+
+warehouse_app = typer.Typer(help="Pick tasks for warehouse staff.", no_args_is_help=True)
+
+
+@warehouse_app.command("picks")
+@run_async
+async def warehouse_picks(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Open pick tasks, oldest first."""
+    async with await connect_api() as api:
+        tasks = await api.open_picks()
+    if as_json:
+        print_json([asdict(t) for t in tasks])
+        return
+    table = Table("task", "order", "warehouse", "lines", "created (UTC)")
+    for t in tasks:
+        lines = ", ".join(f"{sku} x{qty}" for sku, qty in t.lines)
+        table.add_row(t.id, t.order_id, t.warehouse, lines, f"{t.created_at:%Y-%m-%d %H:%M:%S}")
+    out.print(table)
+
+
+@warehouse_app.command("confirm")
+@run_async
+async def warehouse_confirm(task_id: str) -> None:
+    """Confirm a pick task: every line picked and packed."""
+    async with await connect_api() as api:
+        task = await api.confirm_pick(task_id)
+    out.print(f"pick task {task.id} confirmed (order {task.order_id})")
