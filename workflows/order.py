@@ -149,7 +149,12 @@ class OrderWorkflow:
             self._compensations.append(("release reservation", self._release_stock))
             result = await workflow.execute_activity_method(
                 InventoryActivities.reserve_stock,
-                ReserveRequest(order_id=order.order_id, lines=order.lines),
+                ReserveRequest(
+                    order_id=order.order_id,
+                    lines=order.lines,
+                    ship_to_country=order.ship_to.country,
+                    ship_to_region=order.ship_to.region,
+                ),
                 summary="reserve stock",
                 **DB_STEP,
             )

@@ -190,6 +190,9 @@ class NotifyResult(BaseModel):
 class ReserveRequest(BaseModel):
     order_id: str
     lines: list[OrderLine]
+    # Where the parcel goes: allocation prefers a warehouse serving this country/region.
+    ship_to_country: str | None = None
+    ship_to_region: str | None = None
 
 
 class ReserveResult(BaseModel):
