@@ -22,3 +22,13 @@ class WarehouseActivities:
             [(line.sku, line.quantity) for line in request.lines],
         )
         return task.id
+
+    @activity.defn(name="cancel_pick_tasks")
+    async def cancel_pick_tasks(self, order_id: str) -> list[str]:
+        """Compensation: cancel the order's open pick tasks so staff don't pick goods nobody will ship."""
+        cancelled = []
+        for task in await self._store.pick_tasks_for_order(order_id):
+            if task.status == "open":
+                await self._store.cancel_pick_task(task.id)
+                cancelled.append(task.id)
+        return cancelled

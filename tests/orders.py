@@ -7,9 +7,7 @@ from typing import Any
 from common.models import Order
 
 
-def order_dict(
-    order_id: str = "ORD-1001", lines: dict[str, int] | None = None, **changes: Any
-) -> dict[str, Any]:
+def order_dict(order_id: str = "ORD-1001", lines: dict[str, int] | None = None, **changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "order_id": order_id,
         "customer": {

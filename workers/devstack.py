@@ -59,9 +59,7 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_for_port(
-    host: str, port: int, what: str, proc: subprocess.Popen[bytes], timeout: float = 60
-) -> None:
+def wait_for_port(host: str, port: int, what: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not _port_open(host, port):
         if proc.poll() is not None:

@@ -50,6 +50,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 inventory.release_stock,
                 inventory.commit_stock,
                 warehouse.create_pick_task,
+                warehouse.cancel_pick_tasks,
                 shipping.buy_label,
                 shipping.void_label,
                 shipping.await_tracking_change,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import TypedDict
 
 from temporalio import workflow
@@ -26,7 +27,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.shipping import ShippingActivities
     from activities.warehouse import WarehouseActivities
     from common.models import (
+        SHIPPED_STATUSES,
+        TERMINAL_STATUSES,
+        Address,
+        CancelRequest,
         Channel,
+        HoldRequest,
         Label,
         LabelRequest,
         NotificationEvent,
@@ -95,7 +101,12 @@ class OrderWorkflow:
         self._published_status: OrderStatus | None = OrderStatus.RECEIVED
         self._restocks_seen = 0
         self._confirmed_picks: set[str] = set()
-        # Saga: undo steps, registered before the step they undo, run newest first on failure.
+        self._address_updates = 0
+        # Ops requests, acted on at the next step boundary (or at once while the order waits).
+        self._cancel_reason: str | None = None
+        self._hold_reason: str | None = None
+        self._label_bought = False
+        # Saga: undo steps, registered before the step they undo, run newest first on cancel or failure.
         self._compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
 
     # ------------------------------------------------------------------------------------------ messages
@@ -104,9 +115,7 @@ class OrderWorkflow:
     def status(self) -> OrderView:
         return self._view
 
-    @workflow.signal(
-        description="The warehouse confirmed the pick task with this id (all lines picked and packed)."
-    )
+    @workflow.signal(description="The warehouse confirmed the pick task with this id (all lines picked and packed).")
     def pick_confirmed(self, task_id: str) -> None:
         self._confirmed_picks.add(task_id)
 
@@ -116,6 +125,74 @@ class OrderWorkflow:
     def stock_received(self, sku: str) -> None:
         self._restocks_seen += 1
 
+    @workflow.update(
+        description='Cancel the order, e.g. {"reason": "customer changed their mind"}. Releases stock, cancels '
+        "the pick task and voids a bought label. Refused once the parcel is with the carrier."
+    )
+    async def cancel(self, request: CancelRequest) -> OrderView:
+        self._cancel_reason = request.reason
+        await workflow.wait_condition(lambda: self._view.status in TERMINAL_STATUSES)
+        return self._view
+
+    @cancel.validator
+    def _validate_cancel(self, request: CancelRequest) -> None:
+        self._refuse_if_closed_or_shipped("cancel")
+        if self._cancel_reason is not None:
+            raise ValueError(f"a cancellation is already under way ({self._cancel_reason})")
+
+    @workflow.update(
+        description='Hold the order at its next step, e.g. {"reason": "fraud check"}. It shows ON_HOLD with '
+        "the reason until released. Refused once shipped."
+    )
+    async def hold(self, request: HoldRequest) -> OrderView:
+        self._hold_reason = request.reason
+        await workflow.wait_condition(
+            lambda: self._view.status in (OrderStatus.ON_HOLD, *TERMINAL_STATUSES) or self._hold_reason is None
+        )
+        return self._view
+
+    @hold.validator
+    def _validate_hold(self, request: HoldRequest) -> None:
+        self._refuse_if_closed_or_shipped("hold")
+        if self._hold_reason is not None:
+            raise ValueError(f"the order is already on hold ({self._hold_reason})")
+
+    @workflow.update(description="Release an order on hold: it resumes where it stopped.")
+    async def release(self) -> OrderView:
+        self._hold_reason = None
+        await workflow.wait_condition(lambda: self._view.status != OrderStatus.ON_HOLD)
+        return self._view
+
+    @release.validator
+    def _validate_release(self) -> None:
+        if self._hold_reason is None:
+            raise ValueError(f"order {self._order.order_id} is not on hold (it is {self._view.status.value})")
+
+    @workflow.update(
+        description="Correct the ship-to address (an Address object: name, line1, line2, city, region, "
+        "postal_code, country). Allowed until a label is bought, and while the order is ADDRESS_INVALID."
+    )
+    async def update_address(self, address: Address) -> OrderView:
+        self._order = self._order.model_copy(update={"ship_to": address})
+        self._address_updates += 1
+        self._view.timeline.append(
+            TimelineEntry(at=workflow.now(), status=self._view.status, note="ship-to address updated by ops")
+        )
+        return self._view
+
+    @update_address.validator
+    def _validate_update_address(self, address: Address) -> None:
+        self._refuse_if_closed_or_shipped("change the address of")
+        if self._label_bought:
+            raise ValueError("a label is already bought for the old address: cancel and place the order again")
+
+    def _refuse_if_closed_or_shipped(self, action: str) -> None:
+        status = self._view.status
+        if status in TERMINAL_STATUSES:
+            raise ValueError(f"cannot {action} order {self._order.order_id}: it is already {status.value}")
+        if status in SHIPPED_STATUSES:
+            raise ValueError(f"cannot {action} order {self._order.order_id}: already shipped: request a return")
+
     # ------------------------------------------------------------------------------------------ main path
 
     @workflow.run
@@ -123,9 +200,12 @@ class OrderWorkflow:
         self._record(OrderStatus.RECEIVED, "order placed")
         try:
             await self._notify(NotificationEvent.ORDER_CONFIRMED)
+            await self._checkpoint()
             warehouse = await self._reserve()
+            await self._checkpoint()
             task_id = await self._pick(warehouse)
             self._record(OrderStatus.PACKED, f"pick task {task_id} confirmed, parcel packed")
+            await self._checkpoint()
             label = await self._buy_label(warehouse)
             await self._follow_tracking(label)
             await workflow.execute_activity_method(
@@ -134,19 +214,27 @@ class OrderWorkflow:
             self._compensations.clear()
             self._record(OrderStatus.COMPLETED, "delivered; stock committed")
             return self._view
+        except OrderCancelled as cancelled:
+            await self._compensate()
+            await self._notify(NotificationEvent.CANCELLED, {"reason": cancelled.reason})
+            # Last, so that CANCELLED (which the cancel Update waits for) means everything is done.
+            self._record(OrderStatus.CANCELLED, cancelled.reason)
+            return self._view
         except (ActivityError, ApplicationError) as err:
-            await self._fail(err)
-            raise ApplicationError(
-                f"order {self._order.order_id} failed: {_cause(err)}", non_retryable=True
-            ) from err
+            await self._compensate()
+            self._record(OrderStatus.FAILED, f"needs ops: {_cause(err)}")
+            raise ApplicationError(f"order {self._order.order_id} failed: {_cause(err)}", non_retryable=True) from err
 
     async def _reserve(self) -> str:
         """Reserve every line in one warehouse; while stock is short, wait BACKORDERED for a restock."""
         order = self._order
         told_customer = False
+        give_up_at = workflow.now() + timedelta(seconds=self._policy.backorder_max_wait_s)
+        # Registered once, before the first attempt: releasing is idempotent, and it also closes the
+        # order's backorder entry when the order is cancelled while waiting for stock.
+        self._compensations.append(("release reservation", self._release_stock))
         while True:
             seen = self._restocks_seen
-            self._compensations.append(("release reservation", self._release_stock))
             result = await workflow.execute_activity_method(
                 InventoryActivities.reserve_stock,
                 ReserveRequest(
@@ -162,30 +250,24 @@ class OrderWorkflow:
                 self._view.warehouse = result.warehouse
                 self._record(OrderStatus.RESERVED, f"reserved in {result.warehouse}")
                 return result.warehouse
-            self._compensations.pop()
             short = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(result.short.items()))
             if self._view.status != OrderStatus.BACKORDERED:
                 self._record(OrderStatus.BACKORDERED, f"waiting for stock: {short}", waiting_for="a restock")
             if not told_customer:
                 told_customer = True
                 await self._notify(NotificationEvent.BACKORDERED, {"short": short})
+            if workflow.now() >= give_up_at:
+                raise OrderCancelled(f"backordered too long: still short of {short}")
             # A restock signal wakes us; the periodic recheck covers a signal sent before we started waiting.
-            try:
-                await workflow.wait_condition(
-                    lambda seen=seen: self._restocks_seen > seen,  # type: ignore[misc]
-                    timeout=timedelta(seconds=self._policy.backorder_recheck_interval_s),
-                    timeout_summary="backorder recheck",
-                )
-            except TimeoutError:
-                pass
+            recheck = min(give_up_at, workflow.now() + timedelta(seconds=self._policy.backorder_recheck_interval_s))
+            await self._wait_until(lambda: self._restocks_seen > seen, recheck)  # noqa: B023 (awaited here)
 
     async def _pick(self, warehouse: str) -> str:
         order = self._order
+        request = PickTaskRequest(order_id=order.order_id, attempt=1, warehouse=warehouse, lines=order.lines)
+        self._compensations.append(("cancel pick task", partial(self._cancel_pick, request)))
         task_id = await workflow.execute_activity_method(
-            WarehouseActivities.create_pick_task,
-            PickTaskRequest(order_id=order.order_id, attempt=1, warehouse=warehouse, lines=order.lines),
-            summary="create pick task",
-            **DB_STEP,
+            WarehouseActivities.create_pick_task, request, summary="create pick task", **DB_STEP
         )
         self._view.pick_task_id = task_id
         self._record(
@@ -193,32 +275,50 @@ class OrderWorkflow:
             f"pick task {task_id} in {warehouse}",
             waiting_for=f"pick confirmation of {task_id}",
         )
-        await workflow.wait_condition(lambda: task_id in self._confirmed_picks)
+        await self._wait_until(lambda: task_id in self._confirmed_picks)
+        self._compensations.pop()  # a confirmed pick has nothing to cancel; the reservation still does
         return task_id
 
     async def _buy_label(self, warehouse: str) -> Label:
-        order = self._order
-        request = LabelRequest(
-            order_id=order.order_id,
-            shipment_no=1,
-            warehouse=warehouse,
-            ship_to=order.ship_to,
-            lines=order.lines,
-            speed=order.shipping_speed,
-        )
-        self._compensations.append(("void label", lambda: self._void_label(request)))
-        label = await workflow.execute_activity_method(
-            ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
-        )
+        """Rate-shop and buy; an address the carrier rejects parks the order until ops correct it."""
+        while True:
+            order = self._order
+            request = LabelRequest(
+                order_id=order.order_id,
+                shipment_no=1,
+                warehouse=warehouse,
+                ship_to=order.ship_to,
+                lines=order.lines,
+                speed=order.shipping_speed,
+            )
+            self._compensations.append(("void label", partial(self._void_label, request)))
+            try:
+                label = await workflow.execute_activity_method(
+                    ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
+                )
+                break
+            except ActivityError as err:
+                self._compensations.pop()
+                if _error_type(err) != "CarrierAddressError":
+                    raise
+                resume_at = self._view.status
+                self._record(
+                    OrderStatus.ADDRESS_INVALID,
+                    f"carrier rejected the address: {_cause(err)}",
+                    waiting_for="ops to send update_address",
+                )
+                await self._notify(NotificationEvent.ADDRESS_PROBLEM)
+                seen = self._address_updates
+                await self._wait_until(lambda: self._address_updates > seen)  # noqa: B023 (awaited here)
+                self._record(resume_at, "address corrected; buying the label again")
+        self._label_bought = True
         view = self._view
         view.carrier, view.service = label.carrier, label.service
         view.tracking_number, view.tracking_url = label.tracking_number, label.tracking_url
         workflow.upsert_search_attributes(
             [CARRIER.value_set(label.carrier), TRACKING_NUMBER.value_set(label.tracking_number)]
         )
-        self._record(
-            OrderStatus.LABELED, f"{label.carrier} {label.service} label, tracking {label.tracking_number}"
-        )
+        self._record(OrderStatus.LABELED, f"{label.carrier} {label.service} label, tracking {label.tracking_number}")
         await self._notify(NotificationEvent.SHIPPED, self._tracking_context())
         return label
 
@@ -228,18 +328,24 @@ class OrderWorkflow:
         poll = timedelta(seconds=self._policy.tracking_poll_interval_s)
         last = TrackingStatus.PRE_TRANSIT
         while self._view.status != OrderStatus.DELIVERED:
-            update: TrackingUpdate = await workflow.execute_activity_method(
+            # Until the carrier has the parcel, ops may still hold or cancel: watch for that while polling.
+            watch = self._view.status not in SHIPPED_STATUSES
+            poll_task = workflow.start_activity_method(
                 ShippingActivities.await_tracking_change,
-                TrackingPollRequest(
-                    tracking_number=label.tracking_number, carrier=label.carrier, last_status=last
-                ),
+                TrackingPollRequest(tracking_number=label.tracking_number, carrier=label.carrier, last_status=last),
                 summary=f"wait for tracking to leave {last.value}",
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=timedelta(seconds=self._policy.tracking_timeout_s),
-                retry_policy=RetryPolicy(
-                    initial_interval=poll, backoff_coefficient=1.0, maximum_interval=poll
-                ),
+                retry_policy=RetryPolicy(initial_interval=poll, backoff_coefficient=1.0, maximum_interval=poll),
             )
+            if watch:
+                await workflow.wait_condition(lambda: poll_task.done() or self._interrupted())  # noqa: B023 (awaited here)
+                if not poll_task.done():
+                    poll_task.cancel()
+                    await _settle(poll_task)
+                    await self._checkpoint()
+                    continue
+            update: TrackingUpdate = await poll_task
             last = update.status
             if update.estimated_delivery is not None:
                 self._view.estimated_delivery = update.estimated_delivery
@@ -248,11 +354,43 @@ class OrderWorkflow:
                 continue  # carrier noise or an out-of-order update: the order only moves forward
             self._record(target, update.message or f"carrier reports {update.status.value}")
             if target == OrderStatus.OUT_FOR_DELIVERY:
-                await self._notify(
-                    NotificationEvent.OUT_FOR_DELIVERY, self._tracking_context(), sms_only=True
-                )
+                await self._notify(NotificationEvent.OUT_FOR_DELIVERY, self._tracking_context(), sms_only=True)
             elif target == OrderStatus.DELIVERED:
                 await self._notify(NotificationEvent.DELIVERED, self._tracking_context())
+
+    # ------------------------------------------------------------------------------------------ ops requests
+
+    def _interrupted(self) -> bool:
+        return self._cancel_reason is not None or self._hold_reason is not None
+
+    async def _checkpoint(self) -> None:
+        """Step boundary: act on a pending cancel (raise) or hold (wait here until released)."""
+        if self._cancel_reason is not None:
+            raise OrderCancelled(f"cancelled: {self._cancel_reason}")
+        if self._hold_reason is None:
+            return
+        resume_status, resume_waiting = self._view.status, self._view.waiting_for
+        self._record(OrderStatus.ON_HOLD, f"on hold: {self._hold_reason}", waiting_for="release by ops")
+        await workflow.wait_condition(lambda: self._hold_reason is None or self._cancel_reason is not None)
+        if self._cancel_reason is not None:
+            raise OrderCancelled(f"cancelled: {self._cancel_reason}")
+        self._record(resume_status, "released from hold; resuming", waiting_for=resume_waiting)
+
+    async def _wait_until(self, condition: Callable[[], bool], deadline: datetime | None = None) -> bool:
+        """Wait for `condition` (True) or the deadline (False), honouring holds and cancels meanwhile."""
+        while not condition():
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - workflow.now()
+                if timeout <= timedelta(0):
+                    return False
+            try:
+                await workflow.wait_condition(lambda: condition() or self._interrupted(), timeout=timeout)
+            except TimeoutError:
+                return False
+            if not condition():
+                await self._checkpoint()
+        return True
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -313,20 +451,51 @@ class OrderWorkflow:
             InventoryActivities.release_stock, self._order.order_id, summary="release reservation", **DB_STEP
         )
 
+    async def _cancel_pick(self, request: PickTaskRequest) -> object:
+        return await workflow.execute_activity_method(
+            WarehouseActivities.cancel_pick_tasks, request.order_id, summary="cancel pick task", **DB_STEP
+        )
+
     async def _void_label(self, request: LabelRequest) -> object:
         return await workflow.execute_activity_method(
             ShippingActivities.void_label, request, summary="void label", **EXTERNAL_CALL
         )
 
-    async def _fail(self, err: BaseException) -> None:
-        """Undo what was done (newest first, shielded from cancellation); park the order as FAILED for ops."""
+    async def _compensate(self) -> None:
+        """Undo what was done, newest first, shielded from cancellation; each undo step is idempotent."""
         for name, undo in reversed(self._compensations):
             try:
                 await asyncio.shield(asyncio.ensure_future(undo()))
+                self._view.timeline.append(
+                    TimelineEntry(at=workflow.now(), status=self._view.status, note=f"compensated: {name}")
+                )
             except (ActivityError, ApplicationError) as undo_err:
                 workflow.logger.error("compensation %s failed: %s", name, undo_err)
+                self._view.timeline.append(
+                    TimelineEntry(at=workflow.now(), status=self._view.status, note=f"FAILED to {name}")
+                )
         self._compensations.clear()
-        self._record(OrderStatus.FAILED, f"needs ops: {_cause(err)}")
+
+
+class OrderCancelled(Exception):
+    """Control flow inside the workflow only: unwinds the main path to run compensations."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _settle(task: Awaitable[object]) -> None:
+    """Wait for a cancelled activity to finish cancelling (its outcome no longer matters)."""
+    try:
+        await task
+    except (ActivityError, asyncio.CancelledError):
+        pass
+
+
+def _error_type(err: BaseException) -> str | None:
+    cause = err.__cause__
+    return cause.type if isinstance(cause, ApplicationError) else None
 
 
 def _cause(err: BaseException) -> str:

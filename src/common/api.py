@@ -10,21 +10,39 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Self
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from pydantic import ValidationError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import Settings
 from common.db import PickTask, StockLevel, Store
-from common.errors import InvalidOrder, OrderAlreadyExists, OrderNotFound, PickNotAllowed
-from common.intake import parse_order
-from common.models import Order, OrderPolicy, OrderStatus, OrderView, OrderWorkflowInput, workflow_id_for
+from common.errors import (
+    FulfillmentError,
+    InvalidOrder,
+    InvalidRequest,
+    OrderAlreadyExists,
+    OrderNotFound,
+    PickNotAllowed,
+)
+from common.intake import describe_error, parse_order
+from common.models import (
+    Address,
+    CancelRequest,
+    HoldRequest,
+    Order,
+    OrderPolicy,
+    OrderStatus,
+    OrderView,
+    OrderWorkflowInput,
+    workflow_id_for,
+)
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS, connect
 
 WORKFLOW_TYPE = "OrderWorkflow"
@@ -53,9 +71,7 @@ class FulfillmentApi:
         self.settings = settings
 
     @classmethod
-    async def connect(
-        cls, settings: Settings, *, store: Store | None = None, client: Client | None = None
-    ) -> Self:
+    async def connect(cls, settings: Settings, *, store: Store | None = None, client: Client | None = None) -> Self:
         store = store or await Store.open(settings.database_url)
         client = client or await connect(settings)
         return cls(client, store, settings)
@@ -74,6 +90,7 @@ class FulfillmentApi:
             tracking_poll_interval_s=s.tracking_poll_interval,
             tracking_timeout_s=s.tracking_timeout,
             backorder_recheck_interval_s=s.backorder_recheck_interval,
+            backorder_max_wait_s=s.backorder_max_wait,
         )
 
     async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:
@@ -140,6 +157,47 @@ class FulfillmentApi:
             )
         return orders
 
+    async def cancel_order(self, order_id: str, reason: str) -> OrderView:
+        """Cancel with compensation; returns once the order is CANCELLED. Refused once shipped."""
+        return await self._update(order_id, "cancel", CancelRequest(reason=reason))
+
+    async def hold_order(self, order_id: str, reason: str) -> OrderView:
+        return await self._update(order_id, "hold", HoldRequest(reason=reason))
+
+    async def release_order(self, order_id: str) -> OrderView:
+        return await self._update(order_id, "release", None)
+
+    async def update_address(self, order_id: str, address: Address | dict[str, Any]) -> OrderView:
+        try:
+            parsed = Address.model_validate(address)
+        except ValidationError as err:
+            raise InvalidRequest(
+                "invalid address: " + "; ".join(describe_error(e, prefix="ship_to") for e in err.errors())
+            ) from None
+        return await self._update(order_id, "update_address", parsed)
+
+    async def _update(self, order_id: str, update: str, arg: Any) -> OrderView:
+        """Run a validated Update; a refusal by its validator comes back as InvalidRequest, order unchanged."""
+        handle = self._handle(order_id)
+        try:
+            args = [] if arg is None else [arg]
+            return await handle.execute_update(update, args=args, result_type=OrderView)
+        except WorkflowUpdateFailedError as err:
+            raise InvalidRequest(f"order {order_id}: {_cause(err)}") from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                # Also what the server says for an Update to a closed workflow: tell the two apart.
+                raise await self._not_running(order_id) from None
+            raise
+
+    async def _not_running(self, order_id: str) -> FulfillmentError:
+        try:
+            description = await self._handle(order_id).describe()
+        except RPCError:
+            return OrderNotFound(f"no order {order_id!r}")
+        status = description.status.name.lower() if description.status else "closed"
+        return InvalidRequest(f"order {order_id} is closed ({status}); nothing can change it now")
+
     async def signal_order(self, order_id: str, signal: str, arg: Any) -> None:
         try:
             await self._handle(order_id).signal(signal, arg)
@@ -178,3 +236,10 @@ class FulfillmentApi:
             except OrderNotFound:
                 continue  # closed meanwhile; its backorder row is stale
         return level
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message, e.g. the text a workflow's Update validator raised."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err.message if isinstance(err, FailureError) else str(err)

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     tracking_poll_interval: float = Field(default=2.0, gt=0)
     tracking_timeout: float = Field(default=30 * 24 * 3600, gt=0)
     backorder_recheck_interval: float = Field(default=3600, gt=0)
+    backorder_max_wait: float = Field(default=14 * 24 * 3600, gt=0)
 
     # Simulated picker (demo only): confirms open pick tasks after this many seconds
     picker_enabled: bool = True

@@ -23,3 +23,8 @@ class OrderNotFound(FulfillmentError):
 
 class PickNotAllowed(FulfillmentError):
     pass
+
+
+class InvalidRequest(FulfillmentError):
+    """Ops asked for something the order's state or the input does not allow (e.g. release of an order that is
+    not on hold, cancel after shipping, a malformed address)."""

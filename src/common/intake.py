@@ -19,19 +19,18 @@ def parse_order(data: str | bytes | dict[str, Any] | Order) -> Order:
         try:
             data = json.loads(data)
         except json.JSONDecodeError as err:
-            raise InvalidOrder(
-                [f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}"]
-            ) from None
+            raise InvalidOrder([f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}"]) from None
     if not isinstance(data, dict):
         raise InvalidOrder(["the order must be a JSON object"])
     try:
         return Order.model_validate(data)
     except ValidationError as err:
-        raise InvalidOrder([_describe(e) for e in err.errors()]) from None
+        raise InvalidOrder([describe_error(e) for e in err.errors()]) from None
 
 
-def _describe(error: Any) -> str:
-    where = ".".join(str(p) for p in error["loc"]) or "order"
+def describe_error(error: Any, prefix: str = "") -> str:
+    """One pydantic error as `field.path: what is wrong`."""
+    where = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "") or "order"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{where}: required field is missing"

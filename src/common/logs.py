@@ -9,8 +9,6 @@ _QUIET = ("twilio.http_client", "alembic", "aiosmtpd", "mail.log", "aiohttp.acce
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)

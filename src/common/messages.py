@@ -23,8 +23,7 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
     ),
     NotificationEvent.BACKORDERED: (
         "Order {order_id} is delayed",
-        "Sorry {name}, part of order {order_id} is out of stock ({short}). "
-        "We will ship as soon as it arrives.",
+        "Sorry {name}, part of order {order_id} is out of stock ({short}). We will ship as soon as it arrives.",
     ),
     NotificationEvent.SHIPPED: (
         "Order {order_id} has shipped",
@@ -37,6 +36,15 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
     NotificationEvent.DELIVERED: (
         "Order {order_id} was delivered",
         "Order {order_id} was delivered. Enjoy, {name}! Problem with it? Just reply to this message.",
+    ),
+    NotificationEvent.CANCELLED: (
+        "Order {order_id} was cancelled",
+        "Order {order_id} was cancelled ({reason}). Nothing was shipped and you will not be charged for it.",
+    ),
+    NotificationEvent.ADDRESS_PROBLEM: (
+        "Order {order_id}: please check your delivery address",
+        "The carrier could not accept the delivery address for order {order_id}. "
+        "We are on it; reply with a corrected address if you can.",
     ),
 }
 

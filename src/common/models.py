@@ -153,6 +153,30 @@ class OrderPolicy(BaseModel):
     tracking_poll_interval_s: float = 2.0
     tracking_timeout_s: float = 30 * 24 * 3600
     backorder_recheck_interval_s: float = 3600
+    # A backordered order still without stock after this long is cancelled (with a message).
+    backorder_max_wait_s: float = 14 * 24 * 3600
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED})
+# Once the carrier has the parcel, the order can no longer be cancelled or held: it is a return now.
+SHIPPED_STATUSES = frozenset(
+    {
+        OrderStatus.IN_TRANSIT,
+        OrderStatus.OUT_FOR_DELIVERY,
+        OrderStatus.DELIVERED,
+        OrderStatus.DELIVERY_EXCEPTION,
+    }
+)
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class CancelRequest(_Strict):
+    reason: Reason
+
+
+class HoldRequest(_Strict):
+    reason: Reason
 
 
 class OrderWorkflowInput(BaseModel):
@@ -170,6 +194,8 @@ class NotificationEvent(StrEnum):
     SHIPPED = "shipped"
     OUT_FOR_DELIVERY = "out_for_delivery"
     DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+    ADDRESS_PROBLEM = "address_problem"
 
 
 class NotifyRequest(BaseModel):

@@ -83,9 +83,7 @@ async def store(stack_settings: Settings) -> AsyncIterator[Store]:
 
 
 @pytest.fixture(scope="session")
-async def worker(
-    dev_server: WorkflowEnvironment, stack_settings: Settings, store: Store
-) -> AsyncIterator[None]:
+async def worker(dev_server: WorkflowEnvironment, stack_settings: Settings, store: Store) -> AsyncIterator[None]:
     async with running_worker(dev_server.client, stack_settings, store):
         yield
 

@@ -32,9 +32,7 @@ DELETE = object()
 
 CASES = [
     pytest.param('{"order_id": "ORD-BAD-1", "lines": [', "malformed JSON", id="malformed-json"),
-    pytest.param(
-        with_change("order_id", DELETE), "order_id: required field is missing", id="missing-order-id"
-    ),
+    pytest.param(with_change("order_id", DELETE), "order_id: required field is missing", id="missing-order-id"),
     pytest.param(with_change("lines", []), "lines", id="empty-lines"),
     pytest.param(with_change("lines.0.quantity", 0), "lines.0.quantity", id="quantity-zero"),
     pytest.param(with_change("lines.0.quantity", -2), "lines.0.quantity", id="quantity-negative"),
@@ -42,9 +40,7 @@ CASES = [
     pytest.param(with_change("customer.email", "ada.example.com"), "customer.email", id="invalid-email"),
     pytest.param(with_change("customer.phone", "07700 900123"), "E.164", id="phone-not-e164"),
     pytest.param(with_change("shipping_speed", "warp"), "shipping_speed", id="unknown-speed"),
-    pytest.param(
-        with_change("customer.channels", ["email", "fax"]), "customer.channels.1", id="unknown-channel"
-    ),
+    pytest.param(with_change("customer.channels", ["email", "fax"]), "customer.channels.1", id="unknown-channel"),
 ]
 
 
@@ -80,9 +76,7 @@ async def test_unreadable_file_is_bad_input(cli: Cli) -> None:
         (["order", "status", "ORD-NEVER-PLACED"], "no order"),
     ],
 )
-async def test_bad_ops_commands_change_nothing(
-    cli: Cli, store: Store, args: list[str], expected: str
-) -> None:
+async def test_bad_ops_commands_change_nothing(cli: Cli, store: Store, args: list[str], expected: str) -> None:
     stock_before = await store.stock_levels()
     result = await asyncio.to_thread(cli, *args)
     assert result.returncode == 2, (result.stdout, result.stderr)

@@ -101,9 +101,7 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
     assert [s.status for s in shipments] == ["purchased"]
 
 
-async def test_placing_the_same_order_twice_starts_nothing_new(
-    cli: Cli, api: FulfillmentApi, tmp_path: Path
-) -> None:
+async def test_placing_the_same_order_twice_starts_nothing_new(cli: Cli, api: FulfillmentApi, tmp_path: Path) -> None:
     order_id = f"ORD-{uuid.uuid4().hex[:8]}"
     order_file = tmp_path / "order.json"
     order_file.write_text(json.dumps(order_dict(order_id, {"MUG-BLUE": 1})))
@@ -115,9 +113,7 @@ async def test_placing_the_same_order_twice_starts_nothing_new(
     assert len(runs) == 1
 
 
-async def test_backordered_order_ships_after_restock_through_cli(
-    cli: Cli, store: Store, api: FulfillmentApi
-) -> None:
+async def test_backordered_order_ships_after_restock_through_cli(cli: Cli, store: Store, api: FulfillmentApi) -> None:
     order_id = f"ORD-{uuid.uuid4().hex[:8]}"
     await api.place_order(order_dict(order_id, {"POSTER-A2": 1}))
     view = await wait_for(cli, order_id, "BACKORDERED")

@@ -82,9 +82,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
         await asyncio.sleep(0.02)
 
 
-async def create(
-    carrier: CarrierClient, ref: str = "label:ORD-1:1", is_return: bool = False
-) -> CarrierShipment:
+async def create(carrier: CarrierClient, ref: str = "label:ORD-1:1", is_return: bool = False) -> CarrierShipment:
     return await carrier.create_shipment(
         reference=ref, to_address=SHIP_TO, from_address=FROM, parcel=PARCEL, is_return=is_return
     )
@@ -197,9 +195,7 @@ async def test_sms_wrong_auth_token_is_refused(sb: SandboxServers) -> None:
 
 
 async def test_sms_unreachable_is_transient(sb: SandboxServers) -> None:
-    settings = sb.settings_for_clients().model_copy(
-        update={"twilio_base_url": f"http://127.0.0.1:{free_port()}"}
-    )
+    settings = sb.settings_for_clients().model_copy(update={"twilio_base_url": f"http://127.0.0.1:{free_port()}"})
     with pytest.raises(SmsTransientError):
         await SmsSender(settings, timeout=2).send(to="+15555550100", body="hi", status_callback=None)
 
@@ -255,9 +251,7 @@ async def test_carrier_label_and_tracking_progression(sb: SandboxServers, carrie
     assert tracker.tracking_details[-1].city == "London"
 
 
-async def test_buying_twice_is_refused_and_one_label_exists(
-    sb: SandboxServers, carrier: CarrierClient
-) -> None:
+async def test_buying_twice_is_refused_and_one_label_exists(sb: SandboxServers, carrier: CarrierClient) -> None:
     shipment = await create(carrier)
     rate = choose_rate(shipment.rates, 7)
     first = await carrier.buy(shipment.id, rate.id)

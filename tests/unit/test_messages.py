@@ -32,9 +32,7 @@ def test_shipped_email_has_subject_tracking_link_and_html_part() -> None:
 
 
 def test_sms_is_one_plain_sentence_without_subject() -> None:
-    msg = render(
-        request(NotificationEvent.OUT_FOR_DELIVERY, carrier="QuickShip", tracking_url="http://t"), Channel.SMS
-    )
+    msg = render(request(NotificationEvent.OUT_FOR_DELIVERY, carrier="QuickShip", tracking_url="http://t"), Channel.SMS)
     assert msg.subject is None and msg.html is None
     assert msg.text.startswith("Order ORD-1001 is out for delivery")
     assert len(msg.text) <= 160

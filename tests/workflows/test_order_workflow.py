@@ -94,6 +94,10 @@ class FakeWorld:
     async def create_pick_task(self, request: PickTaskRequest) -> str:
         return f"PICK-{request.order_id}-{request.attempt}"
 
+    @activity.defn(name="cancel_pick_tasks")
+    async def cancel_pick_tasks(self, order_id: str) -> list[str]:
+        return []
+
     @activity.defn(name="buy_label")
     async def buy_label(self, request: LabelRequest) -> Label:
         self.labels_bought += 1
@@ -137,6 +141,7 @@ class FakeWorld:
             self.release_stock,
             self.commit_stock,
             self.create_pick_task,
+            self.cancel_pick_tasks,
             self.buy_label,
             self.void_label,
             self.await_tracking_change,
@@ -154,7 +159,10 @@ async def env():
 
 
 POLICY = OrderPolicy(
-    tracking_poll_interval_s=HOUR, tracking_timeout_s=30 * DAY, backorder_recheck_interval_s=DAY
+    tracking_poll_interval_s=HOUR,
+    tracking_timeout_s=30 * DAY,
+    backorder_recheck_interval_s=DAY,
+    backorder_max_wait_s=14 * DAY,
 )
 
 
@@ -195,9 +203,7 @@ def world(env: WorkflowEnvironment, stock: dict[str, int], days_to_deliver: floa
 
 
 def worker(env: WorkflowEnvironment, fake: FakeWorld) -> Worker:
-    return Worker(
-        env.client, task_queue="test-orders", workflows=[OrderWorkflow], activities=fake.activities()
-    )
+    return Worker(env.client, task_queue="test-orders", workflows=[OrderWorkflow], activities=fake.activities())
 
 
 async def confirm_pick(env: WorkflowEnvironment, handle: WorkflowHandle) -> None:
@@ -289,3 +295,19 @@ async def test_tracking_that_takes_days_costs_few_history_events(env: WorkflowEn
     # Hourly polls over six days: ~144 attempts, none of them in history.
     assert fake.tracking_polls > 100
     assert len(history.events) < 120
+
+
+async def test_backorder_still_short_after_fourteen_days_is_cancelled_with_a_message(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 2})
+    fake = world(env, {"MUG-RED": 0})
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        view = await handle.result()  # the server skips the 14 days
+
+    assert view.status == OrderStatus.CANCELLED
+    assert "backordered too long" in view.timeline[-1].note
+    cancelled_at, backordered_at = view.timeline[-1].at, view.timeline[1].at
+    assert timedelta(days=14) <= cancelled_at - backordered_at < timedelta(days=15)
+    assert fake.messages.count(("backordered", "email")) == 1
+    assert fake.messages.count(("cancelled", "email")) == 1 and fake.messages.count(("cancelled", "sms")) == 1
+    assert fake.reserved == {} and fake.labels_bought == 0

@@ -20,7 +20,8 @@ from common.db import StoreError
 from common.errors import FulfillmentError, InvalidOrder, OrderAlreadyExists
 
 out = Console()
-err = Console(stderr=True)
+# soft_wrap: error lines stay whole, for people and for scripts that grep them.
+err = Console(stderr=True, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,9 +49,7 @@ def run_async(fn: Callable[P, Awaitable[R]]) -> Callable[P, R]:
             err.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except (ConnectionError, OSError, RuntimeError) as e:
-            err.print(
-                f"[red]error:[/] cannot reach the engine ({e}). Is `make run` (or a worker and Temporal) up?"
-            )
+            err.print(f"[red]error:[/] cannot reach the engine ({e}). Is `make run` (or a worker and Temporal) up?")
             raise typer.Exit(EXIT_REFUSED) from None
 
     return wrapper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -11,9 +12,17 @@ import typer
 from rich.table import Table
 
 from common.cli._base import connect_api, out, print_json, run_async
-from common.errors import InvalidOrder
+from common.errors import InvalidOrder, InvalidRequest
 from common.intake import parse_order
-from common.models import OrderStatus
+from common.models import OrderStatus, OrderView
+
+
+def _read_input(file: str) -> str:
+    try:
+        return sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as e:
+        raise InvalidRequest(f"cannot read {file}: {e.strerror}") from None
+
 
 order_app = typer.Typer(help="Place and inspect orders.", no_args_is_help=True)
 
@@ -25,9 +34,9 @@ async def order_place(
 ) -> None:
     """Validate an order and start its workflow (order-<order_id>)."""
     try:
-        text = sys.stdin.read() if file == "-" else Path(file).read_text()  # noqa: ASYNC240 (before any I/O)
-    except OSError as e:
-        raise InvalidOrder([f"cannot read {file}: {e.strerror}"]) from None
+        text = _read_input(file)
+    except InvalidRequest as e:
+        raise InvalidOrder([str(e)]) from None
 
     parse_order(text)  # fail on bad input before connecting to anything
     async with await connect_api() as api:
@@ -74,7 +83,56 @@ async def order_list(
         return
     table = Table("order", "status", "customer", "placed (UTC)")
     for o in orders:
-        table.add_row(
-            o.order_id, o.status, o.customer_id, f"{o.started_at:%Y-%m-%d %H:%M:%S}" if o.started_at else ""
-        )
+        table.add_row(o.order_id, o.status, o.customer_id, f"{o.started_at:%Y-%m-%d %H:%M:%S}" if o.started_at else "")
     out.print(table)
+
+
+def _print_outcome(view: OrderView) -> None:
+    last = view.timeline[-1] if view.timeline else None
+    out.print(f"[bold]{view.order_id}[/]  {view.status.value}" + (f"  ({last.note})" if last else ""))
+
+
+@order_app.command("cancel")
+@run_async
+async def order_cancel(
+    order_id: str,
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown in the timeline and to the customer).")],
+) -> None:
+    """Cancel an order: releases stock, cancels the pick, voids the label. Refused once shipped."""
+    async with await connect_api() as api:
+        _print_outcome(await api.cancel_order(order_id, reason))
+
+
+@order_app.command("hold")
+@run_async
+async def order_hold(
+    order_id: str,
+    reason: Annotated[str, typer.Option("--reason", help="Why the order is held (shown to ops).")],
+) -> None:
+    """Stop an order at its next step until `fulfill order release`."""
+    async with await connect_api() as api:
+        _print_outcome(await api.hold_order(order_id, reason))
+
+
+@order_app.command("release")
+@run_async
+async def order_release(order_id: str) -> None:
+    """Release an order on hold: it resumes where it stopped."""
+    async with await connect_api() as api:
+        _print_outcome(await api.release_order(order_id))
+
+
+@order_app.command("update-address")
+@run_async
+async def order_update_address(
+    order_id: str,
+    file: Annotated[str, typer.Argument(help="Address JSON (the ship_to object of an order), or - for stdin.")],
+) -> None:
+    """Correct the ship-to address of an order (e.g. one the carrier rejected: ADDRESS_INVALID)."""
+    text = _read_input(file)
+    try:
+        address = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    async with await connect_api() as api:
+        _print_outcome(await api.update_address(order_id, address))

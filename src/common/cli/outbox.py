@@ -25,7 +25,5 @@ async def outbox(
         return
     table = Table("time (UTC)", "channel", "to", "order", "subject / text")
     for m in messages:
-        table.add_row(
-            f"{m.received_at:%H:%M:%S}", m.channel, m.recipient, m.order_id or "", m.subject or m.body
-        )
+        table.add_row(f"{m.received_at:%H:%M:%S}", m.channel, m.recipient, m.order_id or "", m.subject or m.body)
     out.print(table)

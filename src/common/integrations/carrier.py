@@ -218,9 +218,7 @@ class CarrierClient:
         data = await self._request("GET", "/trackers", params={"tracking_code": tracking_code})
         trackers = data.get("trackers") or []
         if not trackers:
-            raise CarrierNotFoundError(
-                f"no tracker for tracking code {tracking_code}", status=404, code="NOT_FOUND"
-            )
+            raise CarrierNotFoundError(f"no tracker for tracking code {tracking_code}", status=404, code="NOT_FOUND")
         return _tracker(trackers[0])
 
     async def _request(

@@ -41,9 +41,7 @@ class SmsSender:
         self._settings = settings
         http_client = TwilioHttpClient(timeout=timeout)
         self._http_client = http_client
-        self._client = Client(
-            settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client
-        )
+        self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client)
         if settings.twilio_base_url:
             # The Messages resource lives on the `api` domain; its base_url is what every request URL is built
             # from. Edge/region (env TWILIO_EDGE/TWILIO_REGION) would rewrite the host, so they are cleared.

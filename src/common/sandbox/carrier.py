@@ -105,12 +105,8 @@ class Fault:
     delay: float = 0.0
 
 
-def easypost_error(
-    status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None
-) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message, "errors": errors or []}}, status=status
-    )
+def easypost_error(status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, "errors": errors or []}}, status=status)
 
 
 def iso(ts: float) -> str:
@@ -154,9 +150,7 @@ class CarrierSandbox:
         if path.startswith("/v2/") and not path.startswith("/v2/_sandbox"):
             auth = basic_auth(request.headers.get("Authorization"))
             if auth is None:
-                return easypost_error(
-                    401, "APIKEY.REQUIRED", "No API key provided (HTTP Basic auth, key as user)."
-                )
+                return easypost_error(401, "APIKEY.REQUIRED", "No API key provided (HTTP Basic auth, key as user).")
             if auth[0] != self._api_key:
                 return easypost_error(401, "APIKEY.INACTIVE", "This API key is no longer active.")
         try:

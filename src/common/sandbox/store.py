@@ -125,15 +125,11 @@ class SandboxStore:
         if order_id is None:
             rows = self._db.execute("SELECT * FROM messages ORDER BY id").fetchall()
         else:
-            rows = self._db.execute(
-                "SELECT * FROM messages WHERE order_id = ? ORDER BY id", (order_id,)
-            ).fetchall()
+            rows = self._db.execute("SELECT * FROM messages WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
         return [_message(row) for row in rows]
 
     def message_by_provider_id(self, provider_id: str) -> OutboxMessage | None:
-        row = self._db.execute(
-            "SELECT * FROM messages WHERE provider_id = ? ORDER BY id", (provider_id,)
-        ).fetchone()
+        row = self._db.execute("SELECT * FROM messages WHERE provider_id = ? ORDER BY id", (provider_id,)).fetchone()
         return _message(row) if row is not None else None
 
     def set_message_status(self, provider_id: str, status: str) -> bool:
