@@ -8,6 +8,7 @@ shipping notice). Emails carry a deterministic Message-ID so relays and mail cli
 
 from __future__ import annotations
 
+import html
 from urllib.parse import urlencode
 
 from temporalio import activity
@@ -18,11 +19,11 @@ from common.db import Store
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.integrations.sms import SmsPermanentError, SmsSender
 from common.messages import RenderedMessage, render
-from common.models import Channel, NotifyRequest, NotifyResult
+from common.models import Channel, NotifyRequest, NotifyResult, OpsAlert
 
 
-def notification_key(order_id: str, event: str, channel: str) -> str:
-    return f"notify:{order_id}:{event}:{channel}"
+def notification_key(order_id: str, event: str, channel: str, occurrence: str | None = None) -> str:
+    return f"notify:{order_id}:{event}:{channel}" + (f":{occurrence}" if occurrence else "")
 
 
 class NotificationActivities:
@@ -36,7 +37,7 @@ class NotificationActivities:
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
         result = NotifyResult()
         for channel in request.channels:
-            key = notification_key(request.order_id, request.event.value, channel.value)
+            key = notification_key(request.order_id, request.event.value, channel.value, request.occurrence)
             message = render(request, channel)
             recipient = request.customer.email if channel == Channel.EMAIL else request.customer.phone
             if recipient is None:
@@ -68,6 +69,37 @@ class NotificationActivities:
             await self._store.mark_notification_sent(key, provider_id)
             result.sent.append(channel)
         return result
+
+    @activity.defn(name="alert_ops")
+    async def alert_ops(self, alert: OpsAlert) -> bool:
+        """One email to the ops mailbox per (order, kind, occurrence); False if it was already sent."""
+        key = f"ops:{alert.order_id}:{alert.kind}" + (f":{alert.occurrence}" if alert.occurrence else "")
+        recipient = self._settings.ops_email
+        claimed = await self._store.claim_notification(
+            key,
+            order_id=alert.order_id,
+            event=alert.kind,
+            channel="email",
+            recipient=recipient,
+            subject=alert.subject,
+            body=alert.body,
+        )
+        if not claimed:
+            return False
+        try:
+            provider_id = await self._email.send(
+                to=recipient,
+                subject=f"[ops] {alert.subject}",
+                text=alert.body,
+                html=f"<pre>{html.escape(alert.body)}</pre>",
+                message_id=f"<{key.replace(':', '.')}@fulfill>",
+                headers={"X-Order-Id": alert.order_id},
+            )
+        except Exception as err:
+            await self._store.mark_notification_failed(key, str(err))
+            raise ApplicationError(f"ops alert for order {alert.order_id} failed: {err}") from err
+        await self._store.mark_notification_sent(key, provider_id)
+        return True
 
     async def _send(
         self, key: str, request: NotifyRequest, channel: Channel, recipient: str, message: RenderedMessage

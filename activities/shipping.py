@@ -81,7 +81,9 @@ class ShippingActivities:
         the poll interval, without touching history) while nothing changed."""
         tracker = await self._carrier.get_tracker(request.tracking_number)
         status = tracker.status
-        if status in (request.last_status, TrackingStatus.UNKNOWN, TrackingStatus.PRE_TRANSIT):
+        estimate_moved = tracker.est_delivery_date is not None and tracker.est_delivery_date != request.last_estimate
+        unchanged = status in (request.last_status, TrackingStatus.UNKNOWN, TrackingStatus.PRE_TRANSIT)
+        if unchanged and not (estimate_moved and request.last_estimate is not None):
             # BENIGN: an unchanged parcel is the normal case of this poll loop, not an error to log or count.
             raise ApplicationError(
                 f"tracking {request.tracking_number} still {status.value}",

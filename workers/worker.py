@@ -55,6 +55,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 shipping.void_label,
                 shipping.await_tracking_change,
                 notifications.notify_customer,
+                notifications.alert_ops,
             ],
             max_cached_workflows=settings.worker_max_cached_workflows,
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown),

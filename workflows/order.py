@@ -32,22 +32,25 @@ with workflow.unsafe.imports_passed_through():
         Address,
         CancelRequest,
         Channel,
+        DeliveryResolution,
         HoldRequest,
         Label,
         LabelRequest,
         NotificationEvent,
         NotifyRequest,
+        OpsAlert,
         OrderStatus,
         OrderView,
         OrderWorkflowInput,
         PickTaskRequest,
         ReserveRequest,
+        ResolveDeliveryRequest,
         TimelineEntry,
         TrackingPollRequest,
         TrackingStatus,
         TrackingUpdate,
     )
-    from common.temporal import CARRIER, ORDER_STATUS, TRACKING_NUMBER
+    from common.temporal import CARRIER, ORDER_STATUS, PICK_OVERDUE, TRACKING_NUMBER
 
 
 class ActivityOptions(TypedDict, total=False):
@@ -81,6 +84,7 @@ _TRACKING_TO_ORDER = {
     TrackingStatus.AVAILABLE_FOR_PICKUP: OrderStatus.OUT_FOR_DELIVERY,
     TrackingStatus.DELIVERED: OrderStatus.DELIVERED,
 }
+_EXCEPTION_STATUSES = frozenset({TrackingStatus.FAILURE, TrackingStatus.RETURN_TO_SENDER})
 _FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED]
 
 
@@ -106,6 +110,8 @@ class OrderWorkflow:
         self._cancel_reason: str | None = None
         self._hold_reason: str | None = None
         self._label_bought = False
+        self._delivery_resolution: ResolveDeliveryRequest | None = None
+        self._delay_notified_for: datetime | None = None  # the estimate the customer was last told had slipped
         # Saga: undo steps, registered before the step they undo, run newest first on cancel or failure.
         self._compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
 
@@ -175,9 +181,7 @@ class OrderWorkflow:
     async def update_address(self, address: Address) -> OrderView:
         self._order = self._order.model_copy(update={"ship_to": address})
         self._address_updates += 1
-        self._view.timeline.append(
-            TimelineEntry(at=workflow.now(), status=self._view.status, note="ship-to address updated by ops")
-        )
+        self._note("ship-to address updated by ops")
         return self._view
 
     @update_address.validator
@@ -185,6 +189,26 @@ class OrderWorkflow:
         self._refuse_if_closed_or_shipped("change the address of")
         if self._label_bought:
             raise ValueError("a label is already bought for the old address: cancel and place the order again")
+
+    @workflow.update(
+        description='Decide a DELIVERY_EXCEPTION: {"action": "reship"} sends the order again, {"action": "refund"} '
+        "refunds and closes it. Only while the order is in DELIVERY_EXCEPTION."
+    )
+    async def resolve_delivery_exception(self, request: ResolveDeliveryRequest) -> OrderView:
+        self._delivery_resolution = request
+        await workflow.wait_condition(lambda: self._view.status != OrderStatus.DELIVERY_EXCEPTION)
+        return self._view
+
+    @resolve_delivery_exception.validator
+    def _validate_resolution(self, request: ResolveDeliveryRequest) -> None:
+        if self._view.status != OrderStatus.DELIVERY_EXCEPTION:
+            raise ValueError(
+                f"order {self._order.order_id} has no delivery exception to resolve (it is {self._view.status.value})"
+            )
+        if self._delivery_resolution is not None:
+            raise ValueError(f"already being resolved ({self._delivery_resolution.action.value})")
+        if request.action == DeliveryResolution.RESHIP:
+            raise ValueError("reship is not available yet: refund, then place a new order")
 
     def _refuse_if_closed_or_shipped(self, action: str) -> None:
         status = self._view.status
@@ -208,11 +232,13 @@ class OrderWorkflow:
             await self._checkpoint()
             label = await self._buy_label(warehouse)
             await self._follow_tracking(label)
+            # Delivered, or refunded after a lost parcel: either way the goods have left for good.
             await workflow.execute_activity_method(
                 InventoryActivities.commit_stock, self._order.order_id, summary="commit stock", **DB_STEP
             )
             self._compensations.clear()
-            self._record(OrderStatus.COMPLETED, "delivered; stock committed")
+            done = "delivered" if self._view.status == OrderStatus.DELIVERED else "refunded"
+            self._record(OrderStatus.COMPLETED, f"{done}; stock committed")
             return self._view
         except OrderCancelled as cancelled:
             await self._compensate()
@@ -275,9 +301,33 @@ class OrderWorkflow:
             f"pick task {task_id} in {warehouse}",
             waiting_for=f"pick confirmation of {task_id}",
         )
-        await self._wait_until(lambda: task_id in self._confirmed_picks)
+        await self._await_pick(task_id)
         self._compensations.pop()  # a confirmed pick has nothing to cancel; the reservation still does
         return task_id
+
+    async def _await_pick(self, task_id: str) -> None:
+        """Wait for the pick; past the SLA alert ops (PickOverdue), later tell the customer of the delay."""
+        started = workflow.now()
+        policy = self._policy
+
+        def picked() -> bool:
+            return task_id in self._confirmed_picks
+
+        if await self._wait_until(picked, started + timedelta(seconds=policy.pick_escalate_after_s)):
+            return
+        workflow.upsert_search_attributes([PICK_OVERDUE.value_set(True)])
+        self._note(f"pick {task_id} overdue: ops alerted")
+        await self._alert_ops(
+            "pick_overdue",
+            f"Pick {task_id} for order {self._order.order_id} is overdue",
+            f"Pick task {task_id} in {self._view.warehouse} was created {started:%Y-%m-%d %H:%M} UTC and is not "
+            "confirmed yet. Confirm it with `fulfill warehouse confirm` or put the order on hold.",
+        )
+        if not await self._wait_until(picked, started + timedelta(seconds=policy.pick_customer_delay_after_s)):
+            self._note("customer told of the delay")
+            await self._notify(NotificationEvent.PICK_DELAYED)
+            await self._wait_until(picked)
+        workflow.upsert_search_attributes([PICK_OVERDUE.value_set(False)])
 
     async def _buy_label(self, warehouse: str) -> Label:
         """Rate-shop and buy; an address the carrier rejects parks the order until ops correct it."""
@@ -324,39 +374,130 @@ class OrderWorkflow:
 
     async def _follow_tracking(self, label: Label) -> None:
         """Infrequent polling: the activity fails while nothing changed and its retry policy is the poll loop,
-        so a parcel that takes days costs a handful of history events."""
-        poll = timedelta(seconds=self._policy.tracking_poll_interval_s)
-        last = TrackingStatus.PRE_TRANSIT
+        so a parcel that takes days costs a handful of history events. While a poll is in flight the order
+        also watches the delivery estimate (delay notice when it passes), ops requests before shipping, and
+        an ops decision on a delivery exception."""
+        last, estimate = TrackingStatus.PRE_TRANSIT, None
+        poll: workflow.ActivityHandle[TrackingUpdate] | None = None
+        exception_deadline: datetime | None = None
         while self._view.status != OrderStatus.DELIVERED:
-            # Until the carrier has the parcel, ops may still hold or cancel: watch for that while polling.
-            watch = self._view.status not in SHIPPED_STATUSES
-            poll_task = workflow.start_activity_method(
-                ShippingActivities.await_tracking_change,
-                TrackingPollRequest(tracking_number=label.tracking_number, carrier=label.carrier, last_status=last),
-                summary=f"wait for tracking to leave {last.value}",
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=timedelta(seconds=self._policy.tracking_timeout_s),
-                retry_policy=RetryPolicy(initial_interval=poll, backoff_coefficient=1.0, maximum_interval=poll),
-            )
-            if watch:
-                await workflow.wait_condition(lambda: poll_task.done() or self._interrupted())  # noqa: B023 (awaited here)
-                if not poll_task.done():
-                    poll_task.cancel()
-                    await _settle(poll_task)
-                    await self._checkpoint()
-                    continue
-            update: TrackingUpdate = await poll_task
+            if poll is None:
+                poll = self._start_tracking_poll(label, last, estimate)
+            in_flight = poll
+            try:
+                await workflow.wait_condition(
+                    lambda: in_flight.done() or self._tracking_interrupted(),  # noqa: B023 (awaited here)
+                    timeout=self._next_wake(exception_deadline),
+                )
+            except TimeoutError:
+                if exception_deadline is not None and workflow.now() >= exception_deadline:
+                    raise ApplicationError(
+                        "delivery exception not resolved by ops in time", type="DeliveryExceptionTimeout"
+                    ) from None
+                await self._notify_delivery_delay()
+                continue
+            if not poll.done():
+                poll.cancel()
+                await _settle(poll)
+                poll = None
+                if self._delivery_resolution is not None:
+                    await self._resolve_delivery_exception(self._delivery_resolution)
+                    return
+                await self._checkpoint()
+                continue
+            update = await poll
+            poll = None
             last = update.status
-            if update.estimated_delivery is not None:
-                self._view.estimated_delivery = update.estimated_delivery
+            if update.estimated_delivery is not None and update.estimated_delivery != estimate:
+                estimate = self._view.estimated_delivery = update.estimated_delivery
+            if update.status in _EXCEPTION_STATUSES:
+                if self._view.status != OrderStatus.DELIVERY_EXCEPTION:
+                    exception_deadline = workflow.now() + timedelta(seconds=self._policy.delivery_exception_timeout_s)
+                    await self._enter_delivery_exception(update)
+                continue
             target = _TRACKING_TO_ORDER.get(update.status)
-            if target is None or _FORWARD.index(target) <= _FORWARD.index(self._view.status):
+            if target is None:
+                continue
+            if self._view.status == OrderStatus.DELIVERY_EXCEPTION:
+                exception_deadline = None  # the carrier recovered on its own ("failure" is not final)
+            elif _FORWARD.index(target) <= _FORWARD.index(self._view.status):
                 continue  # carrier noise or an out-of-order update: the order only moves forward
             self._record(target, update.message or f"carrier reports {update.status.value}")
             if target == OrderStatus.OUT_FOR_DELIVERY:
                 await self._notify(NotificationEvent.OUT_FOR_DELIVERY, self._tracking_context(), sms_only=True)
             elif target == OrderStatus.DELIVERED:
                 await self._notify(NotificationEvent.DELIVERED, self._tracking_context())
+
+    def _start_tracking_poll(
+        self, label: Label, last: TrackingStatus, estimate: datetime | None
+    ) -> workflow.ActivityHandle[TrackingUpdate]:
+        poll = timedelta(seconds=self._policy.tracking_poll_interval_s)
+        return workflow.start_activity_method(
+            ShippingActivities.await_tracking_change,
+            TrackingPollRequest(
+                tracking_number=label.tracking_number, carrier=label.carrier, last_status=last, last_estimate=estimate
+            ),
+            summary=f"wait for tracking to leave {last.value}",
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=timedelta(seconds=self._policy.tracking_timeout_s),
+            retry_policy=RetryPolicy(initial_interval=poll, backoff_coefficient=1.0, maximum_interval=poll),
+        )
+
+    def _tracking_interrupted(self) -> bool:
+        if self._view.status in SHIPPED_STATUSES:
+            return self._delivery_resolution is not None
+        return self._interrupted()  # before the carrier has it, ops may still hold or cancel
+
+    def _next_wake(self, exception_deadline: datetime | None) -> timedelta | None:
+        """Until the estimate passes (if the customer was not told about this one yet) or the exception times out."""
+        wakes = []
+        estimate = self._view.estimated_delivery
+        shipped = self._view.status in (OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY)
+        if shipped and estimate is not None and estimate != self._delay_notified_for:
+            wakes.append(estimate + timedelta(seconds=self._policy.delivery_delay_grace_s))
+        if exception_deadline is not None:
+            wakes.append(exception_deadline)
+        if not wakes:
+            return None
+        return max(min(wakes) - workflow.now(), timedelta(seconds=1))
+
+    async def _notify_delivery_delay(self) -> None:
+        estimate = self._view.estimated_delivery
+        late_from = estimate + timedelta(seconds=self._policy.delivery_delay_grace_s) if estimate else None
+        if estimate is None or late_from is None or estimate == self._delay_notified_for or workflow.now() < late_from:
+            return
+        self._delay_notified_for = estimate
+        self._note(f"expected delivery {estimate:%Y-%m-%d %H:%M} UTC passed; customer told")
+        await self._notify(
+            NotificationEvent.DELIVERY_DELAYED,
+            {**self._tracking_context(), "estimate": f"{estimate:%Y-%m-%d}"},
+            occurrence=estimate.isoformat(),
+        )
+
+    async def _enter_delivery_exception(self, update: TrackingUpdate) -> None:
+        problem = update.message or update.status.value.replace("_", " ")
+        self._record(
+            OrderStatus.DELIVERY_EXCEPTION,
+            f"carrier reports {update.status.value}: {problem}",
+            waiting_for="ops: resolve_delivery_exception (reship or refund)",
+        )
+        occurrence = str(sum(e.status == OrderStatus.DELIVERY_EXCEPTION for e in self._view.timeline))
+        await self._notify(
+            NotificationEvent.DELIVERY_PROBLEM, {**self._tracking_context(), "problem": problem}, occurrence=occurrence
+        )
+        await self._alert_ops(
+            "delivery_exception",
+            f"Delivery exception on order {self._order.order_id}",
+            f"{self._view.carrier} {self._view.tracking_number}: {problem}. Resolve it with `fulfill order "
+            f"resolve {self._order.order_id} --action reship|refund`.",
+            occurrence=occurrence,
+        )
+
+    async def _resolve_delivery_exception(self, decision: ResolveDeliveryRequest) -> None:
+        """Ops decided (the validator admits only what is implemented): refund and close."""
+        note = f" ({decision.note})" if decision.note else ""
+        await self._notify(NotificationEvent.REFUND_ISSUED)
+        self._record(OrderStatus.REFUNDED, f"ops: refund and close{note}")
 
     # ------------------------------------------------------------------------------------------ ops requests
 
@@ -405,6 +546,11 @@ class OrderWorkflow:
             self._published_status = status
         workflow.set_current_details(self._details_markdown())
 
+    def _note(self, note: str) -> None:
+        """A timeline entry without a change of status."""
+        self._view.timeline.append(TimelineEntry(at=workflow.now(), status=self._view.status, note=note))
+        workflow.set_current_details(self._details_markdown())
+
     def _details_markdown(self) -> str:
         v = self._view
         rows = [f"**{v.status.value}** — order `{v.order_id}`"]
@@ -428,7 +574,12 @@ class OrderWorkflow:
         }
 
     async def _notify(
-        self, event: NotificationEvent, context: dict[str, str] | None = None, *, sms_only: bool = False
+        self,
+        event: NotificationEvent,
+        context: dict[str, str] | None = None,
+        *,
+        sms_only: bool = False,
+        occurrence: str | None = None,
     ) -> None:
         channels = [c for c in self._order.customer.channels if not sms_only or c == Channel.SMS]
         if not channels:
@@ -441,9 +592,16 @@ class OrderWorkflow:
                 customer=self._order.customer,
                 channels=channels,
                 context=context or {},
+                occurrence=occurrence,
             ),
             summary=f"notify {event.value}",
             **EXTERNAL_CALL,
+        )
+
+    async def _alert_ops(self, kind: str, subject: str, body: str, *, occurrence: str | None = None) -> None:
+        alert = OpsAlert(order_id=self._order.order_id, kind=kind, subject=subject, body=body, occurrence=occurrence)
+        await workflow.execute_activity_method(
+            NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", **EXTERNAL_CALL
         )
 
     async def _release_stock(self) -> object:

@@ -41,6 +41,7 @@ from common.models import (
     OrderStatus,
     OrderView,
     OrderWorkflowInput,
+    ResolveDeliveryRequest,
     workflow_id_for,
 )
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS, connect
@@ -91,6 +92,10 @@ class FulfillmentApi:
             tracking_timeout_s=s.tracking_timeout,
             backorder_recheck_interval_s=s.backorder_recheck_interval,
             backorder_max_wait_s=s.backorder_max_wait,
+            pick_escalate_after_s=s.pick_escalate_after,
+            pick_customer_delay_after_s=s.pick_customer_delay_after,
+            delivery_delay_grace_s=s.delivery_delay_grace,
+            delivery_exception_timeout_s=s.delivery_exception_timeout,
         )
 
     async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:
@@ -166,6 +171,13 @@ class FulfillmentApi:
 
     async def release_order(self, order_id: str) -> OrderView:
         return await self._update(order_id, "release", None)
+
+    async def resolve_delivery_exception(self, order_id: str, action: str, note: str | None = None) -> OrderView:
+        try:
+            request = ResolveDeliveryRequest(action=action, note=note)  # type: ignore[arg-type]
+        except ValidationError as err:
+            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
+        return await self._update(order_id, "resolve_delivery_exception", request)
 
     async def update_address(self, order_id: str, address: Address | dict[str, Any]) -> OrderView:
         try:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     tracking_timeout: float = Field(default=30 * 24 * 3600, gt=0)
     backorder_recheck_interval: float = Field(default=3600, gt=0)
     backorder_max_wait: float = Field(default=14 * 24 * 3600, gt=0)
+    pick_escalate_after: float = Field(default=4 * 3600, gt=0)
+    pick_customer_delay_after: float = Field(default=24 * 3600, gt=0)
+    delivery_delay_grace: float = Field(default=3600, ge=0)
+    delivery_exception_timeout: float = Field(default=7 * 24 * 3600, gt=0)
 
     # Simulated picker (demo only): confirms open pick tasks after this many seconds
     picker_enabled: bool = True

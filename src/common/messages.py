@@ -46,6 +46,24 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
         "The carrier could not accept the delivery address for order {order_id}. "
         "We are on it; reply with a corrected address if you can.",
     ),
+    NotificationEvent.PICK_DELAYED: (
+        "Order {order_id} is delayed",
+        "Sorry {name}, order {order_id} is taking longer than usual to leave our warehouse. "
+        "We will tell you as soon as it ships.",
+    ),
+    NotificationEvent.DELIVERY_DELAYED: (
+        "Order {order_id} is running late",
+        "Order {order_id} with {carrier} missed its expected delivery ({estimate}). Track it: {tracking_url}",
+    ),
+    NotificationEvent.DELIVERY_PROBLEM: (
+        "Order {order_id}: delivery problem",
+        "{carrier} reports a problem delivering order {order_id}: {problem}. We are on it and will tell you "
+        "what happens next.",
+    ),
+    NotificationEvent.REFUND_ISSUED: (
+        "Order {order_id}: refund issued",
+        "Order {order_id} could not be delivered, so we are refunding it in full. Sorry for the trouble, {name}.",
+    ),
 }
 
 

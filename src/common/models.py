@@ -155,6 +155,13 @@ class OrderPolicy(BaseModel):
     backorder_recheck_interval_s: float = 3600
     # A backordered order still without stock after this long is cancelled (with a message).
     backorder_max_wait_s: float = 14 * 24 * 3600
+    # Pick SLA: past the first, ops are alerted (PickOverdue); past the second, the customer hears of a delay.
+    pick_escalate_after_s: float = 4 * 3600
+    pick_customer_delay_after_s: float = 24 * 3600
+    # A delivery is late once its estimate passed by this much (estimates are rough; don't cry wolf).
+    delivery_delay_grace_s: float = 3600
+    # How long a delivery exception waits for ops (reship or refund) before the order is FAILED for review.
+    delivery_exception_timeout_s: float = 7 * 24 * 3600
 
 
 TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED})
@@ -196,6 +203,10 @@ class NotificationEvent(StrEnum):
     DELIVERED = "delivered"
     CANCELLED = "cancelled"
     ADDRESS_PROBLEM = "address_problem"
+    PICK_DELAYED = "pick_delayed"
+    DELIVERY_DELAYED = "delivery_delayed"
+    DELIVERY_PROBLEM = "delivery_problem"
+    REFUND_ISSUED = "refund_issued"
 
 
 class NotifyRequest(BaseModel):
@@ -205,6 +216,28 @@ class NotifyRequest(BaseModel):
     channels: list[Channel]
     # Values the message templates use (carrier, tracking number/link, lines...)
     context: dict[str, str] = Field(default_factory=dict)
+    # For events that may happen more than once (a delay per new estimate): part of the idempotency key.
+    occurrence: str | None = None
+
+
+class OpsAlert(BaseModel):
+    """An email to the ops mailbox, exactly once per (order, kind, occurrence)."""
+
+    order_id: str
+    kind: str
+    subject: str
+    body: str
+    occurrence: str | None = None
+
+
+class DeliveryResolution(StrEnum):
+    RESHIP = "reship"
+    REFUND = "refund"
+
+
+class ResolveDeliveryRequest(_Strict):
+    action: DeliveryResolution
+    note: Reason | None = None
 
 
 class NotifyResult(BaseModel):
@@ -272,6 +305,8 @@ class TrackingPollRequest(BaseModel):
     tracking_number: str
     carrier: str
     last_status: TrackingStatus
+    # A new delivery estimate is news too (the customer hears of each new one when it slips).
+    last_estimate: datetime | None = None
 
 
 class TrackingUpdate(BaseModel):

@@ -20,11 +20,13 @@ CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 SKUS = SearchAttributeKey.for_keyword_list("Skus")
 CARRIER = SearchAttributeKey.for_keyword("Carrier")
 TRACKING_NUMBER = SearchAttributeKey.for_keyword("TrackingNumber")
+# True while a pick task is past its SLA: ops filter `PickOverdue=true`.
+PICK_OVERDUE = SearchAttributeKey.for_bool("PickOverdue")
 
 # No PII here: search attributes are stored unencrypted and shown to every UI user.
-SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [ORDER_STATUS, CUSTOMER_ID, SKUS, CARRIER, TRACKING_NUMBER]
+SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [ORDER_STATUS, CUSTOMER_ID, SKUS, CARRIER, TRACKING_NUMBER, PICK_OVERDUE]
 
-_CLI_TYPE_NAMES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "TEXT": "Text", "INT": "Int"}
+_CLI_TYPE_NAMES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "TEXT": "Text", "INT": "Int", "BOOL": "Bool"}
 
 
 def dev_server_search_attribute_args() -> list[str]:

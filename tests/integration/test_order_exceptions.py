@@ -243,3 +243,49 @@ async def test_blank_reason_is_refused(api: FulfillmentApi, cli: Cli) -> None:
     assert "reason" in result.stderr
     assert (await api.order_status(order_id)).status == OrderStatus.PICKING
     await api.cancel_order(order_id, "test cleanup")
+
+
+@pytest.mark.usefixtures("slow_parcels")
+async def test_carrier_failure_parks_the_order_for_ops_and_refund_closes_it(
+    api: FulfillmentApi, store: Store, sandbox: SandboxServers, cli: Cli
+) -> None:
+    order_id = new_id()
+    before = stock(await store.stock_levels("MUG-RED"))
+    await api.place_order(order_dict(order_id, {"MUG-RED": 1}))
+    await confirm_pick(api, order_id)
+    view = await wait_status(api, order_id, OrderStatus.LABELED)
+    sandbox.force_tracker_status(view.tracking_number or "", "in_transit")
+    await wait_status(api, order_id, OrderStatus.IN_TRANSIT)
+    sandbox.force_tracker_status(view.tracking_number or "", "failure", message="parcel damaged in depot")
+    view = await wait_status(api, order_id, OrderStatus.DELIVERY_EXCEPTION)
+    assert "parcel damaged in depot" in view.timeline[-1].note
+
+    # Customer and ops both hear about it, once.
+    problem = [m for m in sandbox.outbox(order_id) if "delivery problem" in (m.subject or "")]
+    ops = [m for m in sandbox.outbox(order_id) if m.recipient == "ops@fulfill.example"]
+    assert len(problem) == 1 and len(ops) == 1
+
+    reship = await run_cli(cli, "order", "resolve", order_id, "--action", "reship")
+    assert reship.returncode == 2 and "reship is not available yet" in reship.stderr
+    bogus = await run_cli(cli, "order", "resolve", order_id, "--action", "shrug")
+    assert bogus.returncode == 2
+
+    refund = await run_cli(cli, "order", "resolve", order_id, "--action", "refund", "--note", "lost")
+    assert refund.returncode == 0, refund.stderr
+    view = await wait_status(api, order_id, OrderStatus.COMPLETED)
+    assert [e.status.value for e in view.timeline][-2:] == ["REFUNDED", "COMPLETED"]
+    # The parcel is gone: stock is committed, nothing left reserved.
+    after = stock(await store.stock_levels("MUG-RED"))
+    warehouse = view.warehouse or ""
+    assert after["MUG-RED", warehouse] == (before["MUG-RED", warehouse][0] - 1, before["MUG-RED", warehouse][1])
+
+
+async def test_resolve_without_an_exception_is_refused(api: FulfillmentApi, cli: Cli) -> None:
+    order_id = new_id()
+    await api.place_order(order_dict(order_id, {"TEE-L": 1}))
+    await wait_status(api, order_id, OrderStatus.PICKING)
+    result = await run_cli(cli, "order", "resolve", order_id, "--action", "refund")
+    assert result.returncode == 2
+    assert "no delivery exception to resolve" in result.stderr
+    assert (await api.order_status(order_id)).status == OrderStatus.PICKING
+    await api.cancel_order(order_id, "test cleanup")

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -24,6 +24,7 @@ from common.models import (
     LabelRequest,
     NotifyRequest,
     NotifyResult,
+    OpsAlert,
     Order,
     OrderPolicy,
     OrderStatus,
@@ -32,11 +33,12 @@ from common.models import (
     PickTaskRequest,
     ReserveRequest,
     ReserveResult,
+    ResolveDeliveryRequest,
     TrackingPollRequest,
     TrackingStatus,
     TrackingUpdate,
 )
-from common.temporal import register_search_attributes
+from common.temporal import PICK_OVERDUE, register_search_attributes
 from tests.conftest import TEMPORAL_TEST_SERVER
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
@@ -53,9 +55,12 @@ class FakeWorld:
     available: dict[str, int]
     # Seconds after label purchase at which the parcel reaches each tracking status.
     progression: list[tuple[float, TrackingStatus]]
+    # Seconds after purchase at which the carrier announces an estimate (seconds after purchase).
+    estimates: list[tuple[float, float]] = field(default_factory=list)
     reserved: dict[str, int] = field(default_factory=dict)
     committed: dict[str, int] = field(default_factory=dict)
     messages: list[tuple[str, str]] = field(default_factory=list)  # (event, channel)
+    ops_alerts: list[str] = field(default_factory=list)
     labels_bought: int = 0
     bought_at: datetime | None = None
     tracking_polls: int = 0
@@ -126,9 +131,19 @@ class FakeWorld:
         for after, reached in self.progression:
             if elapsed >= after:
                 status = reached
-        if status in (request.last_status, TrackingStatus.PRE_TRANSIT):
+        estimate = None
+        for after, offset in self.estimates:
+            if elapsed >= after:
+                estimate = self.bought_at + timedelta(seconds=offset)
+        moved = request.last_estimate is not None and estimate != request.last_estimate
+        if status in (request.last_status, TrackingStatus.PRE_TRANSIT) and not moved:
             raise ApplicationError("unchanged", type="TrackingUnchanged")
-        return TrackingUpdate(status=status)
+        return TrackingUpdate(status=status, estimated_delivery=estimate, message=f"fake carrier: {status.value}")
+
+    @activity.defn(name="alert_ops")
+    async def alert_ops(self, alert: OpsAlert) -> bool:
+        self.ops_alerts.append(alert.kind)
+        return True
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
@@ -146,6 +161,7 @@ class FakeWorld:
             self.void_label,
             self.await_tracking_change,
             self.notify_customer,
+            self.alert_ops,
         ]
 
 
@@ -176,12 +192,14 @@ async def start(client: Client, order: Order, policy: OrderPolicy = POLICY) -> W
     )
 
 
-async def wait_for_status(env: WorkflowEnvironment, handle: WorkflowHandle, status: OrderStatus) -> OrderView:
+async def wait_for_status(
+    env: WorkflowEnvironment, handle: WorkflowHandle, status: OrderStatus, step: float = 60
+) -> OrderView:
     for _ in range(200):
         view = await handle.query(OrderWorkflow.status)
         if view.status == status:
             return view
-        await env.sleep(60)
+        await env.sleep(step)
     raise AssertionError(f"order never reached {status}; it is {view.status}")
 
 
@@ -311,3 +329,100 @@ async def test_backorder_still_short_after_fourteen_days_is_cancelled_with_a_mes
     assert fake.messages.count(("backordered", "email")) == 1
     assert fake.messages.count(("cancelled", "email")) == 1 and fake.messages.count(("cancelled", "sms")) == 1
     assert fake.reserved == {} and fake.labels_bought == 0
+
+
+async def test_overdue_pick_alerts_ops_then_tells_the_customer(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 1})
+    fake = world(env, {"MUG-RED": 1})
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        view = await wait_for_status(env, handle, OrderStatus.PICKING)
+        await env.sleep(5 * HOUR)  # past the 4-hour SLA
+        attrs = (await handle.describe()).typed_search_attributes
+        assert attrs.get(PICK_OVERDUE) is True
+        assert fake.ops_alerts == ["pick_overdue"]
+        assert ("pick_delayed", "email") not in fake.messages
+        await env.sleep(20 * HOUR)  # past the 24-hour customer threshold
+        assert fake.messages.count(("pick_delayed", "email")) == 1
+        assert view.pick_task_id
+        await handle.signal(OrderWorkflow.pick_confirmed, view.pick_task_id)
+        view = await handle.result()
+        attrs = (await handle.describe()).typed_search_attributes
+
+    assert view.status == OrderStatus.COMPLETED
+    assert attrs.get(PICK_OVERDUE) is False
+    assert fake.ops_alerts == ["pick_overdue"]  # once
+
+
+async def test_customer_hears_of_each_new_estimate_that_slips_once(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 1})
+    fake = world(env, {"MUG-RED": 1})
+    fake.progression = [(0.2 * DAY, TrackingStatus.IN_TRANSIT), (4 * DAY, TrackingStatus.DELIVERED)]
+    # Promised for day 1; slips to day 2.5 after it passed; delivered on day 4.
+    fake.estimates = [(0.1 * DAY, 1 * DAY), (1.6 * DAY, 2.5 * DAY)]
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await confirm_pick(env, handle)
+        view = await handle.result()
+
+    assert view.status == OrderStatus.COMPLETED
+    assert fake.messages.count(("delivery_delayed", "email")) == 2
+    assert fake.messages.count(("delivery_delayed", "sms")) == 2
+    notes = [e.note for e in view.timeline if "passed; customer told" in e.note]
+    assert len(notes) == 2
+
+
+async def test_delivery_exception_waits_for_ops_and_refund_closes_the_order(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 2})
+    fake = world(env, {"MUG-RED": 2})
+    fake.progression = [(0.2 * DAY, TrackingStatus.IN_TRANSIT), (DAY, TrackingStatus.RETURN_TO_SENDER)]
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await confirm_pick(env, handle)
+        view = await wait_for_status(env, handle, OrderStatus.DELIVERY_EXCEPTION, step=HOUR)
+        assert view.waiting_for and "reship or refund" in view.waiting_for
+        assert fake.ops_alerts == ["delivery_exception"]
+        assert fake.messages.count(("delivery_problem", "sms")) == 1
+        await handle.execute_update(
+            OrderWorkflow.resolve_delivery_exception, ResolveDeliveryRequest(action="refund", note="parcel lost")
+        )
+        view = await handle.result()
+
+    statuses = [e.status.value for e in view.timeline]
+    assert statuses[-3:] == ["DELIVERY_EXCEPTION", "REFUNDED", "COMPLETED"]
+    assert fake.messages.count(("refund_issued", "email")) == 1
+    assert fake.committed == {"MUG-RED": 2}  # the goods are gone either way
+
+
+async def test_delivery_exception_that_recovers_needs_no_ops(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 1})
+    fake = world(env, {"MUG-RED": 1})
+    fake.progression = [
+        (0.2 * DAY, TrackingStatus.IN_TRANSIT),
+        (DAY, TrackingStatus.FAILURE),
+        (1.5 * DAY, TrackingStatus.IN_TRANSIT),
+        (2 * DAY, TrackingStatus.DELIVERED),
+    ]
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await confirm_pick(env, handle)
+        view = await handle.result()
+
+    statuses = [e.status.value for e in view.timeline]
+    assert "DELIVERY_EXCEPTION" in statuses
+    assert statuses[-2:] == ["DELIVERED", "COMPLETED"]
+
+
+async def test_unresolved_delivery_exception_fails_for_ops_after_the_timeout(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 1})
+    fake = world(env, {"MUG-RED": 1})
+    fake.progression = [(0.2 * DAY, TrackingStatus.IN_TRANSIT), (DAY, TrackingStatus.FAILURE)]
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await confirm_pick(env, handle)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        view = await handle.query(OrderWorkflow.status)
+
+    assert view.status == OrderStatus.FAILED
+    assert "not resolved by ops" in view.timeline[-1].note

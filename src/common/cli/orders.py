@@ -14,7 +14,7 @@ from rich.table import Table
 from common.cli._base import connect_api, out, print_json, run_async
 from common.errors import InvalidOrder, InvalidRequest
 from common.intake import parse_order
-from common.models import OrderStatus, OrderView
+from common.models import DeliveryResolution, OrderStatus, OrderView
 
 
 def _read_input(file: str) -> str:
@@ -136,3 +136,15 @@ async def order_update_address(
         raise InvalidRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     async with await connect_api() as api:
         _print_outcome(await api.update_address(order_id, address))
+
+
+@order_app.command("resolve")
+@run_async
+async def order_resolve(
+    order_id: str,
+    action: Annotated[DeliveryResolution, typer.Option("--action", help="What to do about the delivery exception.")],
+    note: Annotated[str | None, typer.Option("--note", help="Why (shown in the timeline).")] = None,
+) -> None:
+    """Decide an order in DELIVERY_EXCEPTION: refund and close it (reship comes later)."""
+    async with await connect_api() as api:
+        _print_outcome(await api.resolve_delivery_exception(order_id, action.value, note))

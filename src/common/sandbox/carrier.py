@@ -497,7 +497,8 @@ class CarrierSandbox:
                 reached = [e for e in events if e[1] < 10 and e[0] <= end]
                 current = max(reached, key=lambda e: (e[0], e[1])) if reached else None
                 if current is not None:
-                    events.append((end, 11, current[2], f"Resumed: {current[3]}", current[4]))
+                    # Order 9: a hold that starts at the same instant (a forced status replacing another) wins.
+                    events.append((end, 9, current[2], f"Resumed: {current[3]}", current[4]))
         if cancelled_at is not None and cancelled_at <= now:
             events.append((cancelled_at, 20, "cancelled", MESSAGES["cancelled"], from_loc))
         events.sort(key=lambda e: (e[0], e[1]))
