@@ -19,7 +19,7 @@ from common.config import Settings, get_settings
 from common.db import Store
 from common.demo import seed_demo
 from common.logs import configure_logging
-from common.temporal import dev_server_search_attribute_args
+from common.temporal import connect, dev_server_search_attribute_args, register_search_attributes
 from workers.picker import run_picker
 
 log = logging.getLogger("fulfill.dev")
@@ -78,6 +78,10 @@ async def _prepare_data(settings: Settings) -> None:
         await store.close()
 
 
+async def _register_search_attributes(settings: Settings) -> list[str]:
+    return await register_search_attributes(await connect(settings), settings.temporal_namespace)
+
+
 async def _run_picker(settings: Settings, stop: asyncio.Event) -> None:
     async with await FulfillmentApi.connect(settings) as api:
         await run_picker(api, settings.picker_delay, stop)
@@ -133,6 +137,9 @@ def main() -> None:
         temporal = start("temporal", temporal_command(settings, settings.var_dir / "temporal.db"))
         wait_for_port(host, int(port), "Temporal dev server", temporal)
         wait_for_port(host, settings.temporal_ui_port, "Temporal Web UI", temporal)
+        added = asyncio.run(_register_search_attributes(settings))
+        if added:
+            log.info("registered search attributes %s", ", ".join(added))
         sandbox = start("sandbox", [sys.executable, "-m", "workers.sandbox"])
         wait_for_port(settings.sandbox_host, settings.sandbox_carrier_port, "sandbox servers", sandbox)
         start("worker", [sys.executable, "-m", "workers.worker"])

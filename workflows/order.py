@@ -191,8 +191,8 @@ class OrderWorkflow:
             raise ValueError("a label is already bought for the old address: cancel and place the order again")
 
     @workflow.update(
-        description='Decide a DELIVERY_EXCEPTION: {"action": "reship"} sends the order again, {"action": "refund"} '
-        "refunds and closes it. Only while the order is in DELIVERY_EXCEPTION."
+        description='Decide a DELIVERY_EXCEPTION: {"action": "refund", "note": "lost"} refunds and closes the order. '
+        "Only while the order is in DELIVERY_EXCEPTION."
     )
     async def resolve_delivery_exception(self, request: ResolveDeliveryRequest) -> OrderView:
         self._delivery_resolution = request

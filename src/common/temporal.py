@@ -6,7 +6,7 @@ One place for the data converter and the custom search attributes, so every proc
 from __future__ import annotations
 
 from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -45,13 +45,19 @@ async def connect(settings: Settings) -> Client:
     )
 
 
-async def register_search_attributes(client: Client, namespace: str = "default") -> None:
-    """For servers started without `--search-attribute` (the time-skipping test server, a fresh cluster)."""
-    await client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=namespace,
-            search_attributes={
-                key.name: IndexedValueType.ValueType(key.indexed_value_type) for key in SEARCH_ATTRIBUTES
-            },
+async def register_search_attributes(client: Client, namespace: str = "default") -> list[str]:
+    """Add the engine's search attributes the server lacks (a fresh cluster, the time-skipping server, or a
+    dev-server file from an older version: `--search-attribute` only registers on a new file). Returns the
+    names added."""
+    existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    known = set(existing.custom_attributes) | set(existing.system_attributes)
+    missing = {
+        key.name: IndexedValueType.ValueType(key.indexed_value_type)
+        for key in SEARCH_ATTRIBUTES
+        if key.name not in known
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
         )
-    )
+    return sorted(missing)
