@@ -10,6 +10,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import Settings
 
@@ -49,8 +50,14 @@ async def register_search_attributes(client: Client, namespace: str = "default")
     """Add the engine's search attributes the server lacks (a fresh cluster, the time-skipping server, or a
     dev-server file from an older version: `--search-attribute` only registers on a new file). Returns the
     names added."""
-    existing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
-    known = set(existing.custom_attributes) | set(existing.system_attributes)
+    try:
+        request = ListSearchAttributesRequest(namespace=namespace)
+        existing = await client.operator_service.list_search_attributes(request)
+        known = set(existing.custom_attributes) | set(existing.system_attributes)
+    except RPCError as err:
+        if err.status != RPCStatusCode.UNIMPLEMENTED:  # the time-skipping server cannot list them
+            raise
+        known = set()
     missing = {
         key.name: IndexedValueType.ValueType(key.indexed_value_type)
         for key in SEARCH_ATTRIBUTES
