@@ -8,6 +8,7 @@ workflow against the real activities, database and sandbox servers.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -203,6 +204,15 @@ async def wait_for_status(
     raise AssertionError(f"order never reached {status}; it is {view.status}")
 
 
+async def eventually(env: WorkflowEnvironment, predicate: Callable[[], bool]) -> None:
+    """Side effects (alerts, messages) run as activities just after a status change: give them a moment."""
+    for _ in range(100):
+        if predicate():
+            return
+        await env.sleep(1)
+    raise AssertionError("condition never became true")
+
+
 def statuses(view: OrderView) -> list[str]:
     return [entry.status.value for entry in view.timeline]
 
@@ -338,11 +348,13 @@ async def test_overdue_pick_alerts_ops_then_tells_the_customer(env: WorkflowEnvi
         handle = await start(env.client, order)
         view = await wait_for_status(env, handle, OrderStatus.PICKING)
         await env.sleep(5 * HOUR)  # past the 4-hour SLA
+        await eventually(env, lambda: bool(fake.ops_alerts))
         attrs = (await handle.describe()).typed_search_attributes
         assert attrs.get(PICK_OVERDUE) is True
         assert fake.ops_alerts == ["pick_overdue"]
         assert ("pick_delayed", "email") not in fake.messages
         await env.sleep(20 * HOUR)  # past the 24-hour customer threshold
+        await eventually(env, lambda: ("pick_delayed", "sms") in fake.messages)
         assert fake.messages.count(("pick_delayed", "email")) == 1
         assert view.pick_task_id
         await handle.signal(OrderWorkflow.pick_confirmed, view.pick_task_id)
@@ -381,6 +393,7 @@ async def test_delivery_exception_waits_for_ops_and_refund_closes_the_order(env:
         await confirm_pick(env, handle)
         view = await wait_for_status(env, handle, OrderStatus.DELIVERY_EXCEPTION, step=HOUR)
         assert view.waiting_for and "reship or refund" in view.waiting_for
+        await eventually(env, lambda: bool(fake.ops_alerts) and ("delivery_problem", "sms") in fake.messages)
         assert fake.ops_alerts == ["delivery_exception"]
         assert fake.messages.count(("delivery_problem", "sms")) == 1
         await handle.execute_update(
