@@ -30,3 +30,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf var
+
+.PHONY: record-histories
+# Record the history of each order path that has no file yet into tests/replay/histories/ (never overwrites).
+record-histories: $(STAMP)
+	$(BIN)/python -m tests.replay.record

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,6 +76,20 @@ class Settings(BaseSettings):
     # Worker tuning
     worker_graceful_shutdown: float = 10.0
     worker_max_cached_workflows: int = 1000
+
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object, info: ValidationInfo) -> object:
+        """`FULFILL_TWILIO_BASE_URL=` (empty) means "not set", e.g. real Twilio instead of the sandbox."""
+        field = cls.model_fields.get(info.field_name or "")
+        if value != "" or field is None or field.is_required():
+            return value
+        return None if _is_optional(field.annotation) else field.default
+
+
+def _is_optional(annotation: object) -> bool:
+    return type(None) in getattr(annotation, "__args__", ())
 
 
 @lru_cache

@@ -1,0 +1,462 @@
+"""Crashes lose and duplicate nothing: the real worker runs as a separate process and is SIGKILLed in the
+middle of a reservation, a label purchase and a customer notification; the Temporal dev server is killed
+with an order in flight. Each order still reaches COMPLETED with one label bought at the carrier, each
+(event, channel) message sent once, and stock moved once.
+
+Every kill lands at a chosen point, not after a guessed sleep: the worker talks to Twilio and to Temporal
+through `TcpGate`s that can hold its requests, it blocks on a SQLite write lock the test holds, or the
+sandbox carrier answers its `buy` slowly.
+
+After a SIGKILL the server learns that the attempt died only when the attempt's start_to_close timeout
+expires (30 s for DB steps, 60 s for external calls; no heartbeats). By default the tests stand in for that
+expiry by failing the orphaned attempt through the server's API right after the kill, which is what a
+heartbeat timeout would do within seconds; set FULFILL_TEST_REAL_ACTIVITY_TIMEOUTS=1 to wait for the real
+timeouts instead (~35 s per DB-step kill, ~65 s per external-call kill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from common.api import FulfillmentApi
+from common.config import Settings
+from common.db import StockLevel, Store
+from common.db.engine import sqlite_path
+from common.demo import seed_demo
+from common.models import OrderStatus, OrderView
+from common.sandbox import SandboxServers
+from common.temporal import DATA_CONVERTER, ORDER_STATUS
+from tests.integration.worker_process import DevServerProcess, TcpGate, WorkerProcess, eventually
+from tests.orders import order_dict
+
+REAL_TIMEOUTS = os.environ.get("FULFILL_TEST_REAL_ACTIVITY_TIMEOUTS", "") not in ("", "0")
+
+HAPPY_TIMELINE = [
+    OrderStatus.RECEIVED,
+    OrderStatus.RESERVED,
+    OrderStatus.PICKING,
+    OrderStatus.PACKED,
+    OrderStatus.LABELED,
+    OrderStatus.IN_TRANSIT,
+    OrderStatus.OUT_FOR_DELIVERY,
+    OrderStatus.DELIVERED,
+    OrderStatus.COMPLETED,
+]
+# What an email+SMS customer gets on the happy path: each (event, channel) exactly once.
+EXPECTED_MESSAGES = Counter(
+    {
+        ("order_confirmed", "email"): 1,
+        ("order_confirmed", "sms"): 1,
+        ("shipped", "email"): 1,
+        ("shipped", "sms"): 1,
+        ("out_for_delivery", "sms"): 1,
+        ("delivered", "email"): 1,
+        ("delivered", "sms"): 1,
+    }
+)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+async def crash_store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Store]:
+    """A database of its own, so that the write locks these tests take block nobody else."""
+    path = tmp_path_factory.mktemp("crash") / "fulfill.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    await seed_demo(store)
+    yield store
+    await store.close()
+
+
+@dataclass
+class Order:
+    order_id: str
+    lines: dict[str, int]
+    handle: WorkflowHandle[object, OrderView]
+    stock_before: dict[tuple[str, str], StockLevel]
+
+
+@dataclass
+class Rig:
+    """One test's stack: the shared dev server and sandbox, a unique task queue, and gates in front of the
+    worker's connections to Temporal and to Twilio."""
+
+    client: Client
+    api: FulfillmentApi
+    worker_settings: Settings
+    sandbox: SandboxServers
+    logs: Path
+    temporal_gate: TcpGate | None = None
+    sms_gate: TcpGate | None = None
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def store(self) -> Store:
+        return self.api.store
+
+    def gates(self) -> tuple[TcpGate, TcpGate]:
+        """(Temporal, Twilio) gates of the worker's connections."""
+        assert self.temporal_gate is not None and self.sms_gate is not None
+        return self.temporal_gate, self.sms_gate
+
+    async def start_worker(self) -> WorkerProcess:
+        n = len(self.workers) + 1
+        worker = WorkerProcess(self.worker_settings, self.logs / f"worker-{n}.log", name=f"worker #{n}")
+        self.workers.append(worker)
+        return await worker.start(self.client)
+
+    async def place(self, lines: dict[str, int]) -> Order:
+        order_id = f"ORD-{uuid.uuid4().hex[:8]}"
+        before = await stock_by_place(self.store, lines)
+        placed = await self.api.place_order(order_dict(order_id, lines))
+        handle = self.client.get_workflow_handle(placed.workflow_id, result_type=OrderView)
+        return Order(order_id, lines, handle, before)
+
+
+@pytest.fixture
+async def rig(
+    dev_server: WorkflowEnvironment,
+    sandbox: SandboxServers,
+    stack_settings: Settings,
+    crash_store: Store,
+    tmp_path: Path,
+) -> AsyncIterator[Rig]:
+    settings = stack_settings.model_copy(
+        update={
+            "task_queue": f"crash-{uuid.uuid4().hex[:8]}",
+            "database_url": str(crash_store.engine.url),
+            "picker_enabled": False,
+        }
+    )
+    host, _, port = settings.temporal_address.rpartition(":")
+    async with TcpGate(host, int(port)) as temporal_gate, TcpGate(sandbox.client_host, sandbox.http_port) as sms_gate:
+        worker_settings = settings.model_copy(
+            update={"temporal_address": temporal_gate.address, "twilio_base_url": sms_gate.url}
+        )
+        rig = Rig(
+            client=dev_server.client,
+            api=FulfillmentApi(dev_server.client, crash_store, settings),
+            worker_settings=worker_settings,
+            sandbox=sandbox,
+            temporal_gate=temporal_gate,
+            sms_gate=sms_gate,
+            logs=tmp_path,
+        )
+        try:
+            yield rig
+        finally:
+            for worker in rig.workers:
+                worker.kill()
+                print(f"--- {worker.name} (pid {worker.pid}), {worker.log_path}:\n{worker.log()}")  # shown on failure
+            sandbox.clear_faults()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+async def stock_by_place(store: Store, lines: dict[str, int]) -> dict[tuple[str, str], StockLevel]:
+    return {(s.sku, s.warehouse): s for sku in lines for s in await store.stock_levels(sku)}
+
+
+async def status_is(handle: WorkflowHandle[object, OrderView], status: OrderStatus) -> bool:
+    """Read from the workflow's mutable state (describe), so it works while no worker is running."""
+    description = await handle.describe()
+    return description.typed_search_attributes.get(ORDER_STATUS) == status.value
+
+
+async def started_activity(handle: WorkflowHandle[object, OrderView], activity_type: str) -> PendingActivityInfo:
+    async def probe() -> PendingActivityInfo | None:
+        description = await handle.describe()
+        for activity in description.raw_description.pending_activities:
+            if (
+                activity.activity_type.name == activity_type
+                and activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+            ):
+                return activity
+        return None
+
+    return await eventually(probe, f"{handle.id} to show {activity_type} started")
+
+
+async def server_notices_crash(rig: Rig, order: Order, orphan: PendingActivityInfo) -> float:
+    """Let the server find out that the worker died, and return the seconds until it retried `orphan`.
+
+    The server finds out by itself, but slowly: the orphaned attempt is retried once its start_to_close
+    timeout expires (30 s DB steps, 60 s external calls: the activities do not heartbeat), and a workflow
+    task due soon after the crash waits up to 10 s (the SDK's sticky schedule-to-start timeout) on the dead
+    worker's sticky queue before it goes to the shared one. By default
+    the test stands in for both: it resets the workflow's sticky queue and fails the orphaned attempt through
+    the server's API, which is what a heartbeat timeout would do seconds after the crash.
+    FULFILL_TEST_REAL_ACTIVITY_TIMEOUTS=1 waits for the real timeouts instead."""
+    started = time.monotonic()
+    if not REAL_TIMEOUTS:
+        description = await order.handle.describe()
+        await rig.client.workflow_service.reset_sticky_task_queue(
+            ResetStickyTaskQueueRequest(
+                namespace=rig.client.namespace,
+                execution=WorkflowExecution(workflow_id=order.handle.id, run_id=description.run_id),
+            )
+        )
+        activity = rig.client.get_async_activity_handle(
+            workflow_id=order.handle.id, run_id=description.run_id, activity_id=orphan.activity_id
+        )
+        await activity.fail(ApplicationError("worker process was SIGKILLed (test stands in for the timeout)"))
+
+    async def retried() -> bool:
+        description = await order.handle.describe()
+        same = [a for a in description.raw_description.pending_activities if a.activity_id == orphan.activity_id]
+        return not same or same[0].attempt > orphan.attempt
+
+    await eventually(retried, f"a retry of {orphan.activity_type.name}", within=120 if REAL_TIMEOUTS else 30)
+    return time.monotonic() - started
+
+
+async def confirm_pick(rig: Rig, order: Order) -> None:
+    await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), f"{order.order_id} to be PICKING")
+    (task,) = [t for t in await rig.store.pick_tasks_for_order(order.order_id) if t.status == "open"]
+    await rig.api.confirm_pick(task.id)
+
+
+async def notification_status(rig: Rig, order: Order, event: str, channel: str) -> str | None:
+    for record in await rig.store.notifications(order.order_id):
+        if record.event == event and record.channel == channel:
+            return record.status
+    return None
+
+
+async def customer_messages(rig: Rig, order: Order) -> Counter[tuple[str, str]]:
+    """(event, channel) of every email and SMS the sandbox received for the order, matched to the engine's
+    notification log by the rendered text."""
+    records = await rig.store.notifications(order.order_id)
+    event_of = {(r.channel, r.subject if r.channel == "email" else r.body): r.event for r in records}
+    received: Counter[tuple[str, str]] = Counter()
+    for message in rig.sandbox.outbox(order.order_id):
+        text = message.subject if message.channel == "email" else message.body
+        received[(event_of.get((message.channel, text), f"unknown: {text!r}"), message.channel)] += 1
+    return received
+
+
+async def assert_fulfilled_exactly_once(rig: Rig, order: Order) -> OrderView:
+    view = await asyncio.wait_for(order.handle.result(), timeout=60)
+    assert view.status == OrderStatus.COMPLETED
+    assert [e.status for e in view.timeline] == HAPPY_TIMELINE, view.timeline
+
+    # One label bought at the carrier for the order's business key, and it is the one the order ships with.
+    reference = f"label:{order.order_id}:1"
+    bought = [s for s in rig.sandbox.shipments() if s["reference"] == reference and s["postage_label"]]
+    assert len(bought) == 1, bought
+    assert bought[0]["tracking_code"] == view.tracking_number
+    assert [s.status for s in await rig.store.shipments_for_order(order.order_id)] == ["purchased"]
+
+    # Each message once, and the engine's log agrees that each was sent.
+    assert await customer_messages(rig, order) == EXPECTED_MESSAGES
+    assert {r.status for r in await rig.store.notifications(order.order_id)} == {"sent"}
+
+    # Stock moved once: on hand down by the order in the warehouse that shipped it, reserved back to before.
+    after = await stock_by_place(rig.store, order.lines)
+    for (sku, warehouse), level in after.items():
+        shipped = order.lines[sku] if warehouse == view.warehouse else 0
+        before = order.stock_before[sku, warehouse]
+        assert (level.on_hand, level.reserved) == (before.on_hand - shipped, before.reserved), (sku, warehouse)
+    kinds = Counter(entry.kind for entry in await rig.store.ledger(ref=order.order_id))
+    assert kinds == Counter({"reservation": len(order.lines), "commit": len(order.lines)})
+    return view
+
+
+class WriteLock:
+    """A second SQLite connection holding the database's write lock (BEGIN IMMEDIATE), as a long
+    transaction of another process would: the worker's write transactions wait on their busy timeout."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+
+    async def acquire(self) -> None:
+        await asyncio.to_thread(self._conn.execute, "BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.release()
+        self._conn.close()
+
+
+# ---------------------------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("kill_point", ["blocked in its transaction", "committed, not yet reported"])
+async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> None:
+    """Killed while reserve_stock waits for the write lock (its transaction never commits), or after its
+    transaction committed but before Temporal heard of it (the retry must find that reservation, not make a
+    second one)."""
+    temporal_gate, sms_gate = rig.gates()
+    path = sqlite_path(rig.worker_settings.database_url)
+    assert path is not None
+    lock = WriteLock(path)
+    try:
+        worker = await rig.start_worker()
+        # Stop the order inside its confirmation notification (the SMS held on its way to Twilio), then hold
+        # what the worker tells Temporal, so the notification finishes but the reservation cannot start yet.
+        sms_gate.hold()
+        order = await rig.place({"MUG-RED": 2, "TEE-M": 1})
+        await eventually(lambda: sms_gate.held > 0, "the confirmation SMS to reach the gate")
+        temporal_gate.hold()
+        sms_gate.release()
+
+        async def confirmation_logged() -> bool:
+            return await notification_status(rig, order, "order_confirmed", "sms") == "sent"
+
+        await eventually(confirmation_logged, "the confirmation SMS to be sent and logged")
+        await lock.acquire()
+        temporal_gate.release()
+        orphan = await started_activity(order.handle, "reserve_stock")
+
+        if kill_point == "blocked in its transaction":
+            worker.kill()
+            lock.release()
+            assert await rig.store.reservations(order.order_id) == []
+        else:
+            temporal_gate.hold()  # the activity's result will not reach Temporal
+            lock.release()
+            held = await eventually(lambda: rig.store.reservations(order.order_id), "the reservation to commit")
+            worker.kill()
+            await temporal_gate.sever()  # the completion dies with the process
+            temporal_gate.release()
+            assert {r.status for r in held} == {"held"}
+
+        await rig.start_worker()
+        await server_notices_crash(rig, order, orphan)
+        await confirm_pick(rig, order)
+        view = await assert_fulfilled_exactly_once(rig, order)
+        assert {r.warehouse for r in await rig.store.reservations(order.order_id)} == {view.warehouse}
+    finally:
+        lock.close()
+
+
+async def test_worker_killed_while_buying_the_label(rig: Rig) -> None:
+    """Killed while the carrier is still processing `buy`: the carrier completes the purchase for a worker
+    that is gone; the retry finds that label by its business key instead of buying a second one."""
+    worker = await rig.start_worker()
+    order = await rig.place({"MUG-BLUE": 1})
+    reference = f"label:{order.order_id}:1"
+    await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), "PICKING")
+    rig.sandbox.inject_fault("buy", fail_next=1, status=None, delay=2.0)  # slow, then a normal answer
+    await confirm_pick(rig, order)
+    orphan = await started_activity(order.handle, "buy_label")
+    await eventually(lambda: "buy" not in rig.sandbox.carrier.faults, "the buy request to reach the carrier")
+
+    worker.kill()
+    bought = await eventually(
+        lambda: [s for s in rig.sandbox.shipments() if s["reference"] == reference and s["postage_label"]],
+        "the carrier to complete the purchase",
+    )
+    # Sandbox parcels are delivered 3 s after purchase; a real one takes days. Pause its tracker while the
+    # worker is down, or the order would see it jump from label to delivered.
+    tracking_code = bought[0]["tracking_code"]
+    rig.sandbox.force_tracker_status(tracking_code, "pre_transit")
+    (record,) = await rig.store.shipments_for_order(order.order_id)
+    assert record.status == "created"  # the engine never heard back
+
+    await rig.start_worker()
+    await server_notices_crash(rig, order, orphan)
+    await eventually(lambda: status_is(order.handle, OrderStatus.LABELED), "LABELED")
+    rig.sandbox.force_tracker_status(tracking_code, "auto")
+    view = await assert_fulfilled_exactly_once(rig, order)
+    assert view.tracking_number == tracking_code
+
+
+async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
+    """Killed in the "shipped" notification after the email went out and was logged, while the SMS request
+    is on its way to Twilio: the retry skips the email and sends the SMS once.
+
+    The kill lands outside the one window the notification activity documents as at-least-once (the provider
+    accepted a message, the log is not yet marked): a crash there sends that message twice by design."""
+    _, sms_gate = rig.gates()
+    worker = await rig.start_worker()
+    order = await rig.place({"BOOK-ADA": 1})
+    await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), "PICKING")
+    sms_gate.hold()
+    await confirm_pick(rig, order)
+    orphan = await started_activity(order.handle, "notify_customer")
+    await eventually(lambda: sms_gate.held > 0, "the shipped SMS to reach the gate")
+    # Sandbox parcels are delivered 3 s after purchase; a real one takes days. Pause its tracker while the
+    # worker is down, or the order would see it jump from label to delivered.
+    (label,) = await rig.store.shipments_for_order(order.order_id)
+    assert label.tracking_number is not None
+    rig.sandbox.force_tracker_status(label.tracking_number, "pre_transit")
+    assert await notification_status(rig, order, "shipped", "email") == "sent"
+    assert await notification_status(rig, order, "shipped", "sms") == "sending"
+
+    worker.kill()
+    await sms_gate.sever()  # the request dies with the process: Twilio never sees it
+    sms_gate.release()
+    assert (await customer_messages(rig, order))["shipped", "sms"] == 0
+
+    await rig.start_worker()
+    await server_notices_crash(rig, order, orphan)
+
+    async def shipped_sms_sent() -> bool:
+        return await notification_status(rig, order, "shipped", "sms") == "sent"
+
+    await eventually(shipped_sms_sent, "the shipped SMS to be sent")
+    rig.sandbox.force_tracker_status(label.tracking_number, "auto")
+    await assert_fulfilled_exactly_once(rig, order)
+    (shipped_sms,) = [r for r in await rig.store.notifications(order.order_id) if r.key.endswith(":shipped:sms")]
+    assert shipped_sms.attempts == 2
+
+
+async def test_dev_server_restart_on_the_same_file_resumes_in_flight_orders(
+    sandbox: SandboxServers, stack_settings: Settings, crash_store: Store, tmp_path: Path
+) -> None:
+    """`temporal server start-dev` killed (SIGKILL) with an order waiting in PICKING and started again on the
+    same SQLite file: the order, its timers and its worker carry on."""
+    async with DevServerProcess(tmp_path / "temporal.db", tmp_path / "temporal.log") as server:
+        await server.start()
+        client = await Client.connect(server.address, data_converter=DATA_CONVERTER)
+        settings = stack_settings.model_copy(
+            update={
+                "temporal_address": server.address,
+                "task_queue": f"restart-{uuid.uuid4().hex[:8]}",
+                "database_url": str(crash_store.engine.url),
+            }
+        )
+        rig = Rig(
+            client=client,
+            api=FulfillmentApi(client, crash_store, settings),
+            worker_settings=settings,
+            sandbox=sandbox,
+            logs=tmp_path,
+        )
+        try:
+            worker = await rig.start_worker()
+            order = await rig.place({"TEE-L": 1})
+            await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), "PICKING")
+
+            server.kill()
+            await server.start()
+            assert worker.running, "the worker did not survive the server restart:\n" + worker.log()
+            await confirm_pick(rig, order)
+            await assert_fulfilled_exactly_once(rig, order)
+            assert worker.running
+        finally:
+            for w in rig.workers:
+                w.kill()

