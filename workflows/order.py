@@ -8,13 +8,13 @@ double-send. See DESIGN.md for the states and rules.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -59,14 +59,24 @@ class ActivityOptions(TypedDict, total=False):
     retry_policy: RetryPolicy
 
 
-# Short DB steps: fail fast, retry a bounded number of times, then the order goes to FAILED for ops.
+# Short steps run as local activities: a marker in history instead of three events and a workflow-task round
+# trip each, and no task-queue wait before the customer's confirmation goes out. Their side effects are
+# idempotent by business key, so re-running one after a crash is safe.
+# DB steps: fail fast, retry a bounded number of times, then the order goes to FAILED for ops.
 DB_STEP = ActivityOptions(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=20
     ),
 )
-# Calls to carriers and messaging providers: transient failures retry with backoff for up to an hour.
+# Customer and ops messages: the provider may be down for a while; keep trying for an hour.
+MESSAGE_SEND = ActivityOptions(
+    start_to_close_timeout=timedelta(seconds=45),
+    schedule_to_close_timeout=timedelta(hours=1),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5)),
+)
+# Carrier calls are regular activities (slower, rate-limited by workers): transient failures retry with backoff
+# for up to an hour; an address the carrier rejects, or another refusal, is final.
 EXTERNAL_CALL = ActivityOptions(
     start_to_close_timeout=timedelta(seconds=60),
     schedule_to_close_timeout=timedelta(hours=1),
@@ -233,7 +243,7 @@ class OrderWorkflow:
             label = await self._buy_label(warehouse)
             await self._follow_tracking(label)
             # Delivered, or refunded after a lost parcel: either way the goods have left for good.
-            await workflow.execute_activity_method(
+            await workflow.execute_local_activity_method(
                 InventoryActivities.commit_stock, self._order.order_id, summary="commit stock", **DB_STEP
             )
             self._compensations.clear()
@@ -261,7 +271,7 @@ class OrderWorkflow:
         self._compensations.append(("release reservation", self._release_stock))
         while True:
             seen = self._restocks_seen
-            result = await workflow.execute_activity_method(
+            result = await workflow.execute_local_activity_method(
                 InventoryActivities.reserve_stock,
                 ReserveRequest(
                     order_id=order.order_id,
@@ -292,7 +302,7 @@ class OrderWorkflow:
         order = self._order
         request = PickTaskRequest(order_id=order.order_id, attempt=1, warehouse=warehouse, lines=order.lines)
         self._compensations.append(("cancel pick task", partial(self._cancel_pick, request)))
-        task_id = await workflow.execute_activity_method(
+        task_id = await workflow.execute_local_activity_method(
             WarehouseActivities.create_pick_task, request, summary="create pick task", **DB_STEP
         )
         self._view.pick_task_id = task_id
@@ -365,10 +375,11 @@ class OrderWorkflow:
         view = self._view
         view.carrier, view.service = label.carrier, label.service
         view.tracking_number, view.tracking_url = label.tracking_number, label.tracking_url
-        workflow.upsert_search_attributes(
-            [CARRIER.value_set(label.carrier), TRACKING_NUMBER.value_set(label.tracking_number)]
+        self._record(
+            OrderStatus.LABELED,
+            f"{label.carrier} {label.service} label, tracking {label.tracking_number}",
+            also=[CARRIER.value_set(label.carrier), TRACKING_NUMBER.value_set(label.tracking_number)],
         )
-        self._record(OrderStatus.LABELED, f"{label.carrier} {label.service} label, tracking {label.tracking_number}")
         await self._notify(NotificationEvent.SHIPPED, self._tracking_context())
         return label
 
@@ -380,53 +391,59 @@ class OrderWorkflow:
         last, estimate = TrackingStatus.PRE_TRANSIT, None
         poll: workflow.ActivityHandle[TrackingUpdate] | None = None
         exception_deadline: datetime | None = None
-        while self._view.status != OrderStatus.DELIVERED:
-            if poll is None:
-                poll = self._start_tracking_poll(label, last, estimate)
-            in_flight = poll
-            try:
+        # One timer for the next deadline, kept across polls while that deadline stays the same.
+        alarm = _Alarm()
+        try:
+            while self._view.status != OrderStatus.DELIVERED:
+                if poll is None:
+                    poll = self._start_tracking_poll(label, last, estimate)
+                in_flight = poll
+                alarm.set(self._next_wake(exception_deadline))
                 await workflow.wait_condition(
-                    lambda: in_flight.done() or self._tracking_interrupted(),  # noqa: B023 (awaited here)
-                    timeout=self._next_wake(exception_deadline),
+                    lambda: in_flight.done() or alarm.rang or self._tracking_interrupted()  # noqa: B023
                 )
-            except TimeoutError:
-                if exception_deadline is not None and workflow.now() >= exception_deadline:
-                    raise ApplicationError(
-                        "delivery exception not resolved by ops in time", type="DeliveryExceptionTimeout"
-                    ) from None
-                await self._notify_delivery_delay()
-                continue
-            if not poll.done():
-                poll.cancel()
-                await _settle(poll)
+                if not poll.done() and alarm.rang:
+                    alarm.clear()
+                    if exception_deadline is not None and workflow.now() >= exception_deadline:
+                        raise ApplicationError(
+                            "delivery exception not resolved by ops in time", type="DeliveryExceptionTimeout"
+                        )
+                    await self._notify_delivery_delay()
+                    continue
+                if not poll.done():  # ops: a hold or cancel before shipping, or a delivery exception decision
+                    poll.cancel()
+                    await _settle(poll)
+                    poll = None
+                    if self._delivery_resolution is not None:
+                        await self._resolve_delivery_exception(self._delivery_resolution)
+                        return
+                    await self._checkpoint()
+                    continue
+                update = await poll
                 poll = None
-                if self._delivery_resolution is not None:
-                    await self._resolve_delivery_exception(self._delivery_resolution)
-                    return
-                await self._checkpoint()
-                continue
-            update = await poll
-            poll = None
-            last = update.status
-            if update.estimated_delivery is not None and update.estimated_delivery != estimate:
-                estimate = self._view.estimated_delivery = update.estimated_delivery
-            if update.status in _EXCEPTION_STATUSES:
-                if self._view.status != OrderStatus.DELIVERY_EXCEPTION:
-                    exception_deadline = workflow.now() + timedelta(seconds=self._policy.delivery_exception_timeout_s)
-                    await self._enter_delivery_exception(update)
-                continue
-            target = _TRACKING_TO_ORDER.get(update.status)
-            if target is None:
-                continue
-            if self._view.status == OrderStatus.DELIVERY_EXCEPTION:
-                exception_deadline = None  # the carrier recovered on its own ("failure" is not final)
-            elif _FORWARD.index(target) <= _FORWARD.index(self._view.status):
-                continue  # carrier noise or an out-of-order update: the order only moves forward
-            self._record(target, update.message or f"carrier reports {update.status.value}")
-            if target == OrderStatus.OUT_FOR_DELIVERY:
-                await self._notify(NotificationEvent.OUT_FOR_DELIVERY, self._tracking_context(), sms_only=True)
-            elif target == OrderStatus.DELIVERED:
-                await self._notify(NotificationEvent.DELIVERED, self._tracking_context())
+                last = update.status
+                if update.estimated_delivery is not None and update.estimated_delivery != estimate:
+                    estimate = self._view.estimated_delivery = update.estimated_delivery
+                if update.status in _EXCEPTION_STATUSES:
+                    if self._view.status != OrderStatus.DELIVERY_EXCEPTION:
+                        timeout = timedelta(seconds=self._policy.delivery_exception_timeout_s)
+                        exception_deadline = workflow.now() + timeout
+                        await self._enter_delivery_exception(update)
+                    continue
+                target = _TRACKING_TO_ORDER.get(update.status)
+                if target is None:
+                    continue
+                if self._view.status == OrderStatus.DELIVERY_EXCEPTION:
+                    exception_deadline = None  # the carrier recovered on its own ("failure" is not final)
+                elif _FORWARD.index(target) <= _FORWARD.index(self._view.status):
+                    continue  # carrier noise or an out-of-order update: the order only moves forward
+                self._record(target, update.message or f"carrier reports {update.status.value}")
+                if target == OrderStatus.OUT_FOR_DELIVERY:
+                    await self._notify(NotificationEvent.OUT_FOR_DELIVERY, self._tracking_context(), sms_only=True)
+                elif target == OrderStatus.DELIVERED:
+                    await self._notify(NotificationEvent.DELIVERED, self._tracking_context())
+        finally:
+            alarm.clear()
 
     def _start_tracking_poll(
         self, label: Label, last: TrackingStatus, estimate: datetime | None
@@ -448,8 +465,8 @@ class OrderWorkflow:
             return self._delivery_resolution is not None
         return self._interrupted()  # before the carrier has it, ops may still hold or cancel
 
-    def _next_wake(self, exception_deadline: datetime | None) -> timedelta | None:
-        """Until the estimate passes (if the customer was not told about this one yet) or the exception times out."""
+    def _next_wake(self, exception_deadline: datetime | None) -> datetime | None:
+        """When the estimate passes (if the customer was not told about this one yet) or the exception times out."""
         wakes = []
         estimate = self._view.estimated_delivery
         shipped = self._view.status in (OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY)
@@ -457,9 +474,7 @@ class OrderWorkflow:
             wakes.append(estimate + timedelta(seconds=self._policy.delivery_delay_grace_s))
         if exception_deadline is not None:
             wakes.append(exception_deadline)
-        if not wakes:
-            return None
-        return max(min(wakes) - workflow.now(), timedelta(seconds=1))
+        return min(wakes) if wakes else None
 
     async def _notify_delivery_delay(self) -> None:
         estimate = self._view.estimated_delivery
@@ -535,15 +550,26 @@ class OrderWorkflow:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _record(self, status: OrderStatus, note: str, *, waiting_for: str | None = None) -> None:
-        """One transition: timeline entry, OrderStatus search attribute, current details for the UI."""
+    def _record(
+        self,
+        status: OrderStatus,
+        note: str,
+        *,
+        waiting_for: str | None = None,
+        also: Sequence[SearchAttributeUpdate[Any]] = (),
+    ) -> None:
+        """One transition: timeline entry, OrderStatus search attribute (with `also`, in the same history event),
+        current details for the UI."""
         view = self._view
         view.status = status
         view.waiting_for = waiting_for
         view.timeline.append(TimelineEntry(at=workflow.now(), status=status, note=note))
+        updates = list(also)
         if self._published_status != status:
-            workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
+            updates.append(ORDER_STATUS.value_set(status.value))
             self._published_status = status
+        if updates:
+            workflow.upsert_search_attributes(updates)
         workflow.set_current_details(self._details_markdown())
 
     def _note(self, note: str) -> None:
@@ -584,7 +610,7 @@ class OrderWorkflow:
         channels = [c for c in self._order.customer.channels if not sms_only or c == Channel.SMS]
         if not channels:
             return
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             NotificationActivities.notify_customer,
             NotifyRequest(
                 order_id=self._order.order_id,
@@ -595,22 +621,22 @@ class OrderWorkflow:
                 occurrence=occurrence,
             ),
             summary=f"notify {event.value}",
-            **EXTERNAL_CALL,
+            **MESSAGE_SEND,
         )
 
     async def _alert_ops(self, kind: str, subject: str, body: str, *, occurrence: str | None = None) -> None:
         alert = OpsAlert(order_id=self._order.order_id, kind=kind, subject=subject, body=body, occurrence=occurrence)
-        await workflow.execute_activity_method(
-            NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", **EXTERNAL_CALL
+        await workflow.execute_local_activity_method(
+            NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", **MESSAGE_SEND
         )
 
     async def _release_stock(self) -> object:
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             InventoryActivities.release_stock, self._order.order_id, summary="release reservation", **DB_STEP
         )
 
     async def _cancel_pick(self, request: PickTaskRequest) -> object:
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             WarehouseActivities.cancel_pick_tasks, request.order_id, summary="cancel pick task", **DB_STEP
         )
 
@@ -633,6 +659,33 @@ class OrderWorkflow:
                     TimelineEntry(at=workflow.now(), status=self._view.status, note=f"FAILED to {name}")
                 )
         self._compensations.clear()
+
+
+class _Alarm:
+    """A durable timer for an absolute time, re-armed only when that time changes (each timer costs history
+    events, and the tracking loop wakes many times for the same deadline)."""
+
+    def __init__(self) -> None:
+        self._at: datetime | None = None
+        self._timer: asyncio.Task[None] | None = None
+
+    @property
+    def rang(self) -> bool:
+        return self._timer is not None and self._timer.done()
+
+    def set(self, at: datetime | None) -> None:
+        if at == self._at and (self._timer is not None or at is None):
+            return
+        self.clear()
+        if at is not None:
+            delay = max(at - workflow.now(), timedelta(seconds=1))
+            self._timer = asyncio.create_task(workflow.sleep(delay, summary=f"deadline {at:%Y-%m-%d %H:%M} UTC"))
+            self._at = at
+
+    def clear(self) -> None:
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+        self._timer, self._at = None, None
 
 
 class OrderCancelled(Exception):

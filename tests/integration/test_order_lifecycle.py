@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ async def confirm_pick_via_cli(cli: Cli, order_id: str) -> str:
 
 
 async def test_order_placed_through_cli_completes_with_each_message_once(
-    cli: Cli, store: Store, sandbox: SandboxServers, tmp_path: Path
+    cli: Cli, store: Store, sandbox: SandboxServers, api: FulfillmentApi, tmp_path: Path
 ) -> None:
     order_id = f"ORD-{uuid.uuid4().hex[:8]}"
     before = {(s.sku, s.warehouse): s for s in await store.stock_levels("MUG-RED")}
@@ -99,6 +100,12 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
     # One label bought.
     shipments = await store.shipments_for_order(order_id)
     assert [s.status for s in shipments] == ["purchased"]
+
+    # History stays small (issue 6 budget): every event costs the server throughput.
+    history = await api.client.get_workflow_handle(f"order-{order_id}").fetch_history()
+    counts = Counter(event.WhichOneof("attributes") for event in history.events)
+    print(f"history events: {len(history.events)} {dict(counts)}")
+    assert len(history.events) <= 60, counts
 
 
 async def test_placing_the_same_order_twice_starts_nothing_new(cli: Cli, api: FulfillmentApi, tmp_path: Path) -> None:

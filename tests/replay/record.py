@@ -100,9 +100,58 @@ async def backorder_then_restock(stack: Stack, path: str) -> str:
     return order_id
 
 
+async def cancelled_while_picking(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"TEE-M": 1})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    view = await stack.api.cancel_order(order_id, "customer changed their mind")
+    assert view.status == OrderStatus.CANCELLED, view.timeline
+    return order_id
+
+
+async def held_then_released(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"BOOK-ADA": 1})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    await stack.api.hold_order(order_id, "fraud check")
+    await stack.api.release_order(order_id)
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    assert OrderStatus.ON_HOLD in [e.status for e in view.timeline], view.timeline
+    return order_id
+
+
+async def address_invalid_then_fixed(stack: Stack, path: str) -> str:
+    order_id = f"REC-{path.replace('_', '-')}"
+    data = order_dict(order_id, {"MUG-BLUE": 1})
+    data["ship_to"]["line1"] = "1 INVALID Road"
+    await stack.api.place_order(data)
+    await stack.confirm_pick(order_id)
+    await stack.wait_for(order_id, OrderStatus.ADDRESS_INVALID)
+    await stack.api.update_address(order_id, dict(data["ship_to"], line1="2 Good Road"))
+    view = await stack.finished(order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
+async def delivery_exception_refunded(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"TEE-L": 1})
+    await stack.confirm_pick(order_id)
+    await stack.wait_for(order_id, OrderStatus.LABELED)
+    view = await stack.api.order_status(order_id)
+    stack.sandbox.force_tracker_status(view.tracking_number or "", "failure", message="parcel damaged")
+    await stack.wait_for(order_id, OrderStatus.DELIVERY_EXCEPTION)
+    await stack.api.resolve_delivery_exception(order_id, "refund", "lost in depot")
+    view = await stack.finished(order_id)
+    assert OrderStatus.REFUNDED in [e.status for e in view.timeline], view.timeline
+    return order_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "happy_path": happy_path,
     "backorder_then_restock": backorder_then_restock,
+    "cancelled_while_picking": cancelled_while_picking,
+    "held_then_released": held_then_released,
+    "address_invalid_then_fixed": address_invalid_then_fixed,
+    "delivery_exception_refunded": delivery_exception_refunded,
 }
 
 
