@@ -7,10 +7,12 @@ worker finds the label it already paid for instead of buying another.
 
 from __future__ import annotations
 
+import time
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from common.db import Store
+from common.db import Store, Warehouse
 from common.db.store import ShipmentRecord
 from common.integrations.carrier import (
     CarrierAddressError,
@@ -23,6 +25,8 @@ from common.integrations.carrier import (
 )
 from common.models import Label, LabelRequest, TrackingPollRequest, TrackingStatus, TrackingUpdate
 
+CATALOGUE_TTL_S = 60.0
+
 
 def label_key(order_id: str, shipment_no: int) -> str:
     return f"label:{order_id}:{shipment_no}"
@@ -32,6 +36,7 @@ class ShippingActivities:
     def __init__(self, store: Store, carrier: CarrierClient) -> None:
         self._store = store
         self._carrier = carrier
+        self._catalogue_cache: tuple[float, dict[str, Warehouse], dict[str, int]] | None = None
 
     @activity.defn(name="buy_label")
     async def buy_label(self, request: LabelRequest) -> Label:
@@ -110,21 +115,30 @@ class ShippingActivities:
         )
 
     async def _from_address(self, warehouse_code: str) -> dict[str, str]:
-        for wh in await self._store.warehouses():
-            if wh.code == warehouse_code:
-                return {
-                    "name": wh.name,
-                    "street1": wh.name,
-                    "city": wh.region or wh.name,
-                    "zip": "00000",
-                    "country": wh.country,
-                }
-        raise ApplicationError(f"unknown warehouse {warehouse_code}", non_retryable=True)
+        warehouses, _ = await self._catalogue()
+        wh = warehouses.get(warehouse_code)
+        if wh is None:
+            raise ApplicationError(f"unknown warehouse {warehouse_code}", non_retryable=True)
+        return {
+            "name": wh.name,
+            "street1": wh.name,
+            "city": wh.region or wh.name,
+            "zip": "00000",
+            "country": wh.country,
+        }
 
     async def _parcel(self, request: LabelRequest) -> dict[str, float]:
-        weights = {p.sku: p.weight_grams for p in await self._store.products()}
+        _, weights = await self._catalogue()
         grams = sum(weights.get(line.sku, 500) * line.quantity for line in request.lines)
         return {"weight": round(grams / 28.35, 1)}  # EasyPost parcels weigh in ounces
+
+    async def _catalogue(self) -> tuple[dict[str, Warehouse], dict[str, int]]:
+        """Warehouses and product weights, read at most once a minute: every label needs them, they rarely change."""
+        if self._catalogue_cache is None or time.monotonic() - self._catalogue_cache[0] > CATALOGUE_TTL_S:
+            warehouses = {wh.code: wh for wh in await self._store.warehouses()}
+            weights = {p.sku: p.weight_grams for p in await self._store.products()}
+            self._catalogue_cache = (time.monotonic(), warehouses, weights)
+        return self._catalogue_cache[1], self._catalogue_cache[2]
 
 
 def _label(record: ShipmentRecord) -> Label:
