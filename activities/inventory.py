@@ -1,25 +1,47 @@
-"""Stock side effects: reserve, release, commit. Each is idempotent by order id in the database."""
+"""Stock side effects: reserve, release, commit, split-shipment reservations and low-stock alerts. Each is
+idempotent in the database (reservations by order id, or (order id, shipment no); alerts by crossing)."""
 
 from __future__ import annotations
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from common.db import Store
-from common.models import ReserveRequest, ReserveResult
+from common.config import Settings, get_settings
+from common.db import ReservationOutcome, Store
+from common.integrations.email import EmailSender
+from common.inventory.alerts import send_low_stock_alerts
+from common.inventory.contracts import AllocationRequest, ReserveShipmentRequest, ShipmentPlan, ShipmentRef
+from common.models import OrderLine, ReserveRequest, ReserveResult
+
+
+def _result(outcome: ReservationOutcome) -> ReserveResult:
+    # `low_stock` is passed on once ReserveResult has such a field (pydantic ignores it until then).
+    return ReserveResult.model_validate(
+        {
+            "reserved": outcome.reserved,
+            "warehouse": outcome.warehouse,
+            "short": dict(outcome.short),
+            "low_stock": list(outcome.low_stock),
+        }
+    )
 
 
 class InventoryActivities:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, email: EmailSender | None = None, settings: Settings | None = None) -> None:
         self._store = store
+        self._settings = settings or get_settings()
+        self._email = email or EmailSender(self._settings)
 
     @activity.defn(name="reserve_stock")
     async def reserve_stock(self, request: ReserveRequest) -> ReserveResult:
+        """Reserve the whole order in one warehouse, preferring the ship-to region, then country."""
         outcome = await self._store.reserve(
-            request.order_id, [(line.sku, line.quantity) for line in request.lines]
+            request.order_id,
+            [(line.sku, line.quantity) for line in request.lines],
+            prefer_country=request.ship_to_country,
+            prefer_region=request.ship_to_region,
         )
-        return ReserveResult(
-            reserved=outcome.reserved, warehouse=outcome.warehouse, short=dict(outcome.short)
-        )
+        return _result(outcome)
 
     @activity.defn(name="release_stock")
     async def release_stock(self, order_id: str) -> int:
@@ -28,3 +50,58 @@ class InventoryActivities:
     @activity.defn(name="commit_stock")
     async def commit_stock(self, order_id: str) -> int:
         return await self._store.commit_reservation(order_id)
+
+    @activity.defn(name="plan_allocation")
+    async def plan_allocation(self, request: AllocationRequest) -> list[ShipmentPlan]:
+        """Shipments (fewest warehouses, ship-to region first) that cover the order with stock available
+        now; [] if even all warehouses together cannot. Reserves nothing."""
+        plan = await self._store.plan_allocation(
+            [(line.sku, line.quantity) for line in request.lines],
+            request.ship_to_country,
+            request.ship_to_region,
+        )
+        return [
+            ShipmentPlan(
+                shipment_no=n,
+                warehouse=warehouse,
+                lines=[OrderLine(sku=sku, quantity=qty) for sku, qty in lines],
+            )
+            for n, (warehouse, lines) in enumerate(plan, start=1)
+        ]
+
+    @activity.defn(name="reserve_shipment")
+    async def reserve_shipment(self, request: ReserveShipmentRequest) -> ReserveResult:
+        """Reserve exactly one planned shipment; idempotent by (order id, shipment no)."""
+        outcome = await self._store.reserve_in(
+            request.order_id,
+            request.shipment_no,
+            request.warehouse,
+            [(line.sku, line.quantity) for line in request.lines],
+        )
+        return _result(outcome)
+
+    @activity.defn(name="release_shipment")
+    async def release_shipment(self, ref: ShipmentRef) -> int:
+        return await self._store.release(ref.order_id, shipment_no=ref.shipment_no)
+
+    @activity.defn(name="commit_shipment")
+    async def commit_shipment(self, ref: ShipmentRef) -> int:
+        return await self._store.commit_reservation(ref.order_id, shipment_no=ref.shipment_no)
+
+    @activity.defn(name="alert_low_stock")
+    async def alert_low_stock(self, skus: list[str]) -> int:
+        """Email ops once per crossing of the reorder point (of these SKUs; all when empty) not alerted yet.
+        Returns how many emails went out now. Idempotent: key lowstock:<sku>:<warehouse>:<crossing id>."""
+        try:
+            sent = await send_low_stock_alerts(self._store, self._email, self._settings.ops_email, skus or None)
+        except Exception as err:
+            raise ApplicationError(f"low-stock alert failed: {err}") from err
+        for crossing in sent:
+            activity.logger.info(
+                "low-stock alert sent: %s at %s, %d available (reorder point %d)",
+                crossing.sku,
+                crossing.warehouse,
+                crossing.available,
+                crossing.reorder_point,
+            )
+        return len(sent)

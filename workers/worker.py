@@ -37,10 +37,11 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
     """A started worker with its outside-world clients; stops gracefully on exit."""
     carrier = CarrierClient(settings)
     try:
-        inventory = InventoryActivities(store)
+        email = EmailSender(settings)
+        inventory = InventoryActivities(store, email, settings)
         warehouse = WarehouseActivities(store)
         shipping = ShippingActivities(store, carrier)
-        notifications = NotificationActivities(store, EmailSender(settings), SmsSender(settings), settings)
+        notifications = NotificationActivities(store, email, SmsSender(settings), settings)
         worker = Worker(
             client,
             task_queue=settings.task_queue,
@@ -49,6 +50,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 inventory.reserve_stock,
                 inventory.release_stock,
                 inventory.commit_stock,
+                inventory.alert_low_stock,
                 warehouse.create_pick_task,
                 warehouse.cancel_pick_tasks,
                 shipping.buy_label,

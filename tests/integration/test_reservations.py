@@ -101,9 +101,7 @@ async def test_migrated_schema_matches_table_definitions(stores: list[Store]) ->
 
     async with stores[0].engine.connect() as conn:
         assert await conn.run_sync(diff) == []
-        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == [
-            "0001"
-        ]
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0002"]
 
 
 async def test_concurrent_opens_migrate_once(db_url: str) -> None:
@@ -145,9 +143,7 @@ async def test_mixed_quantities_never_oversell(stores: list[Store]) -> None:
     await _catalogue(stores[0], {("MUG-RED", "LDN-1"): 30})
     rng = random.Random(1234)
     wanted = {f"ORD-{i:03d}": rng.randint(1, 3) for i in range(100)}
-    calls = [
-        stores[i % STORES].reserve(order, [("MUG-RED", qty)]) for i, (order, qty) in enumerate(wanted.items())
-    ]
+    calls = [stores[i % STORES].reserve(order, [("MUG-RED", qty)]) for i, (order, qty) in enumerate(wanted.items())]
     outcomes: list[ReservationOutcome]
     outcomes, _ = await _with_watcher(stores[0], asyncio.gather(*calls))
     results = dict(zip(wanted, outcomes, strict=True))
@@ -197,12 +193,8 @@ async def test_multi_line_orders_across_warehouses(stores: list[Store]) -> None:
 
 async def test_same_order_concurrently_is_reserved_once(stores: list[Store]) -> None:
     await _catalogue(stores[0], {("MUG-RED", "LDN-1"): 10})
-    outcomes = await asyncio.gather(
-        *(stores[i % STORES].reserve("ORD-1", [("MUG-RED", 2)]) for i in range(20))
-    )
-    assert {(o.reserved, o.warehouse, tuple(o.lines)) for o in outcomes} == {
-        (True, "LDN-1", (("MUG-RED", 2),))
-    }
+    outcomes = await asyncio.gather(*(stores[i % STORES].reserve("ORD-1", [("MUG-RED", 2)]) for i in range(20)))
+    assert {(o.reserved, o.warehouse, tuple(o.lines)) for o in outcomes} == {(True, "LDN-1", (("MUG-RED", 2),))}
     assert await stores[0].stock_levels() == [StockLevel("MUG-RED", "LDN-1", 10, 2, 8)]
     assert len(await stores[0].ledger(ref="ORD-1")) == 1
 

@@ -127,11 +127,17 @@ class WorkerProcess(_Process):
         super().__init__(name, log_path)
         self.settings = settings
 
+    @property
+    def identity_prefix(self) -> str:
+        """The start of this process's worker identity (the SDK's default, "<pid>@<host>"), with which
+        Temporal records its pollers and the workflow tasks it starts and completes."""
+        return f"{self.pid}@"
+
     async def start(self, client: Client, within: float = 30.0) -> Self:
         """Start the process and return once it polls its task queue for workflow and activity tasks."""
         env = {**worker_env(self.settings), "PYTHONUNBUFFERED": "1"}
         self._spawn([sys.executable, "-m", "workers.worker"], env)
-        identity = f"{self.pid}@"  # the SDK's default worker identity is "<pid>@<host>"
+        identity = self.identity_prefix
 
         async def polling() -> bool:
             self._check_alive()

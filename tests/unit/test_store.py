@@ -67,7 +67,7 @@ async def test_open_runs_migrations_and_sets_up_sqlite(tmp_path: Path) -> None:
     assert path.exists()
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert set(metadata.tables) | {"alembic_version"} <= tables
 
@@ -188,9 +188,7 @@ async def test_receive_and_show_stock(shop: Store) -> None:
         StockLevel("MUG-RED", "NYC-1", 3, 0, 3),
         StockLevel("TEE-M", "NYC-1", 2, 0, 2),
     ]
-    assert await shop.stock_levels(sku="MUG-RED", warehouse="NYC-1") == [
-        StockLevel("MUG-RED", "NYC-1", 3, 0, 3)
-    ]
+    assert await shop.stock_levels(sku="MUG-RED", warehouse="NYC-1") == [StockLevel("MUG-RED", "NYC-1", 3, 0, 3)]
     assert [x.sku for x in await shop.stock_levels(warehouse="NYC-1")] == ["MUG-RED", "TEE-M"]
 
     ledger = await shop.ledger(sku="MUG-RED")
@@ -316,9 +314,7 @@ async def test_short_order_is_backordered_then_reserved_after_receipt(shop: Stor
     assert await shop.backordered_orders() == ["ORD-2"]
     [resolved] = [b for b in await shop.backorders(include_resolved=True) if b.order_id == "ORD-1"]
     assert resolved.resolved_at is not None and resolved.skus == ["MUG-RED", "POSTER-A2", "TEE-M"]
-    assert _level(await shop.stock_levels(), "POSTER-A2", "LDN-1") == StockLevel(
-        "POSTER-A2", "LDN-1", 2, 2, 0
-    )
+    assert _level(await shop.stock_levels(), "POSTER-A2", "LDN-1") == StockLevel("POSTER-A2", "LDN-1", 2, 2, 0)
 
 
 async def test_reserve_with_no_warehouses_reports_everything_short(store: Store) -> None:

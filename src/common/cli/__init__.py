@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from common.cli.catalog import catalog_app
 from common.cli.inventory import inventory_app
 from common.cli.orders import order_app
 from common.cli.outbox import outbox
@@ -19,6 +20,7 @@ app = typer.Typer(
 dev_app = typer.Typer(help="The embedded stack for development and demos.", no_args_is_help=True)
 app.add_typer(order_app, name="order")
 app.add_typer(inventory_app, name="inventory")
+app.add_typer(catalog_app, name="catalog")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(dev_app, name="dev")
 app.command("outbox")(outbox)

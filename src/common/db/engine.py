@@ -118,9 +118,7 @@ def alembic_config() -> Any:
 
 # Alembic keeps the running migration context in module globals (`alembic.context`), so two migrations
 # interleaving on one event loop (e.g. two Store.open awaited together) would corrupt each other.
-_migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
+_migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def run_migrations(engine: AsyncEngine, revision: str = "head") -> None:

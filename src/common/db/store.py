@@ -18,9 +18,9 @@ import contextlib
 import random
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import ColumnElement, Row, Select, Table, func, select, text, update
@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.db import tables as t
 from common.db.engine import SQLITE_BEGIN_OPTION, create_engine, run_migrations
+from common.inventory.allocation import Site, choose_warehouse, missing, plan_split
 
 T = TypeVar("T")
 
@@ -44,6 +45,8 @@ class Product:
     price_cents: int
     weight_grams: int
     created_at: datetime
+    lead_time_days: int | None = None  # supplier lead time; None: the planning default
+    dimensions_mm: tuple[int, int, int] | None = None  # length, width, height
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class ReservationOutcome:
     lines: list[tuple[str, int]]
     # sku -> units missing in the best warehouse, when not reserved
     short: dict[str, int]
+    # SKUs of this order whose available stock is at or below its reorder point with ops not yet alerted
+    # (see `low_stock_crossings`): the caller should run the low-stock alert for them.
+    low_stock: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class Reservation:
     status: str  # held | released | committed
     created_at: datetime
     updated_at: datetime
+    shipment_no: int = 1
 
 
 @dataclass(frozen=True)
@@ -91,10 +98,118 @@ class LedgerEntry:
     warehouse: str
     delta_on_hand: int
     delta_reserved: int
-    kind: str  # receipt | reservation | release | commit | adjustment
+    kind: str  # receipt | reservation | release | commit | adjustment | count | return
     ref: str | None
     note: str
     at: datetime
+
+
+@dataclass(frozen=True)
+class StockChange:
+    """What a count or an adjustment did to one SKU in one warehouse."""
+
+    sku: str
+    warehouse: str
+    previous_on_hand: int
+    on_hand: int
+    reserved: int
+    delta: int
+    # Orders whose held reservations were released (newest first) because on hand fell below reserved.
+    released_orders: list[str]
+    ledger_id: int
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+@dataclass(frozen=True)
+class PurchaseOrder:
+    """An expected receipt: `quantity` of `sku` due at `warehouse` (by `eta`, if known)."""
+
+    id: str
+    sku: str
+    warehouse: str
+    quantity: int
+    received_quantity: int
+    eta: date | None
+    status: str  # open | received | cancelled
+    note: str
+    created_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class InventoryPosition:
+    """The real-time view of one SKU in one warehouse."""
+
+    sku: str
+    warehouse: str
+    on_hand: int
+    reserved: int
+    available: int
+    incoming: int  # open purchase orders
+    next_eta: date | None
+    reorder_point: int | None
+
+
+@dataclass(frozen=True)
+class LowStockCrossing:
+    """Available stock fell to or below the reorder point; open until it rises above it again."""
+
+    id: int
+    sku: str
+    warehouse: str
+    available: int
+    reorder_point: int
+    crossed_at: datetime
+    rearmed_at: datetime | None
+    alerted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DemandRecord:
+    """Units an order reserved (held or committed), for demand forecasting."""
+
+    sku: str
+    warehouse: str
+    at: datetime
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ProductImport:
+    row: int  # line in the source file, for error messages
+    sku: str
+    name: str
+    price_cents: int
+    weight_grams: int
+    dimensions_mm: tuple[int, int, int] | None = None
+    lead_time_days: int | None = None
+
+
+@dataclass(frozen=True)
+class WarehouseImport:
+    row: int
+    code: str
+    name: str
+    country: str
+    region: str | None
+
+
+@dataclass(frozen=True)
+class StockImport:
+    row: int
+    sku: str
+    warehouse: str
+    on_hand: int
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+    unchanged: int
 
 
 @dataclass(frozen=True)
@@ -207,6 +322,29 @@ class NotificationNotFound(StoreError):
         super().__init__(f"no notification claimed under {key!r}")
 
 
+class PurchaseOrderNotFound(StoreError):
+    def __init__(self, po: str) -> None:
+        self.po = po
+        super().__init__(f"no purchase order {po!r}")
+
+
+class PurchaseOrderClosed(StoreError):
+    def __init__(self, po: str, status: str) -> None:
+        self.po = po
+        self.status = status
+        super().__init__(f"purchase order {po!r} is already {status}")
+
+
+class InvalidRows(StoreError):
+    """Rows of an import that cannot be written; nothing was written. `problems` lists them all."""
+
+    def __init__(self, problems: Sequence[str], what: str = "imported") -> None:
+        self.problems = list(problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        listing = "".join(f"\n  {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} {noun}, nothing was {what}:{listing}")
+
+
 class _StockMoved(Exception):
     """A conditional stock update found less available than the read before it; the attempt is retried."""
 
@@ -279,7 +417,16 @@ def _normalize_lines(lines: Sequence[tuple[str, int]], *, merge: bool) -> list[t
 
 
 def _product(r: Row[Any]) -> Product:
-    return Product(r.sku, r.name, r.price_cents, r.weight_grams, r.created_at)
+    dims = (r.length_mm, r.width_mm, r.height_mm)
+    return Product(
+        r.sku,
+        r.name,
+        r.price_cents,
+        r.weight_grams,
+        r.created_at,
+        r.lead_time_days,
+        (dims[0], dims[1], dims[2]) if None not in dims else None,
+    )
 
 
 def _warehouse(r: Row[Any]) -> Warehouse:
@@ -291,13 +438,31 @@ def _stock(r: Row[Any]) -> StockLevel:
 
 
 def _reservation(r: Row[Any]) -> Reservation:
-    return Reservation(r.id, r.order_id, r.sku, r.warehouse, r.quantity, r.status, r.created_at, r.updated_at)
+    return Reservation(
+        r.id, r.order_id, r.sku, r.warehouse, r.quantity, r.status, r.created_at, r.updated_at, r.shipment_no
+    )
+
+
+def _purchase_order(r: Row[Any]) -> PurchaseOrder:
+    return PurchaseOrder(
+        r.id, r.sku, r.warehouse, r.quantity, r.received_quantity, r.eta, r.status, r.note, r.created_at, r.closed_at
+    )
+
+
+def _inserted_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _crossing(r: Row[Any]) -> LowStockCrossing:
+    return LowStockCrossing(
+        r.id, r.sku, r.warehouse, r.available, r.reorder_point, r.crossed_at, r.rearmed_at, r.alerted_at
+    )
 
 
 def _ledger(r: Row[Any]) -> LedgerEntry:
-    return LedgerEntry(
-        r.id, r.sku, r.warehouse, r.delta_on_hand, r.delta_reserved, r.kind, r.ref, r.note, r.at
-    )
+    return LedgerEntry(r.id, r.sku, r.warehouse, r.delta_on_hand, r.delta_reserved, r.kind, r.ref, r.note, r.at)
 
 
 def _pick_task(r: Row[Any]) -> PickTask:
@@ -406,9 +571,7 @@ class Store:
             except _StockMoved as exc:
                 moved += 1
                 if moved >= MAX_STOCK_MOVED_ATTEMPTS:
-                    raise StoreError(
-                        f"{what}: stock kept changing underneath, gave up after {moved} tries"
-                    ) from exc
+                    raise StoreError(f"{what}: stock kept changing underneath, gave up after {moved} tries") from exc
                 await asyncio.sleep(_backoff(moved))
             except DBAPIError as exc:
                 transient += 1
@@ -431,16 +594,12 @@ class Store:
 
     async def _require_skus(self, conn: AsyncConnection, skus: Iterable[str]) -> None:
         wanted = set(skus)
-        found = set(
-            (await conn.execute(select(t.products.c.sku).where(t.products.c.sku.in_(wanted)))).scalars()
-        )
+        found = set((await conn.execute(select(t.products.c.sku).where(t.products.c.sku.in_(wanted)))).scalars())
         if wanted - found:
             raise UnknownSkuError(sorted(wanted - found))
 
     async def _resolve_warehouse(self, conn: AsyncConnection, code: str | None) -> str:
-        codes = list(
-            (await conn.execute(select(t.warehouses.c.code).order_by(t.warehouses.c.code))).scalars()
-        )
+        codes = list((await conn.execute(select(t.warehouses.c.code).order_by(t.warehouses.c.code))).scalars())
         if code is None and codes:
             return codes[0]
         if code is None or code not in codes:
@@ -477,15 +636,31 @@ class Store:
     # -----------------------------------------------------------------------------------------------------
     # Catalogue
 
-    async def upsert_product(self, sku: str, name: str, price_cents: int, weight_grams: int) -> None:
+    async def upsert_product(
+        self,
+        sku: str,
+        name: str,
+        price_cents: int,
+        weight_grams: int,
+        *,
+        lead_time_days: int | None = None,
+        dimensions_mm: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Create or update a product; `lead_time_days` and `dimensions_mm` are only changed when given."""
         _require_text("sku", sku)
         _require_text("name", name)
         _require_int("price_cents", price_cents, minimum=0)
         _require_int("weight_grams", weight_grams, minimum=1)
+        extra: dict[str, int] = {}
+        if lead_time_days is not None:
+            extra["lead_time_days"] = _require_int("lead_time_days", lead_time_days, minimum=0)
+        if dimensions_mm is not None:
+            length, width, height = (_require_int("dimensions_mm", d, minimum=1) for d in dimensions_mm)
+            extra.update(length_mm=length, width_mm=width, height_mm=height)
 
         async def op(conn: AsyncConnection) -> None:
             ins = self._insert(t.products).values(
-                sku=sku, name=name, price_cents=price_cents, weight_grams=weight_grams, created_at=_now()
+                sku=sku, name=name, price_cents=price_cents, weight_grams=weight_grams, created_at=_now(), **extra
             )
             await conn.execute(
                 ins.on_conflict_do_update(
@@ -494,6 +669,7 @@ class Store:
                         "name": ins.excluded.name,
                         "price_cents": ins.excluded.price_cents,
                         "weight_grams": ins.excluded.weight_grams,
+                        **{column: getattr(ins.excluded, column) for column in extra},
                     },
                 )
             )
@@ -527,9 +703,7 @@ class Store:
         wanted = {skus} if isinstance(skus, str) else set(skus)
         if not wanted:
             return []
-        found = {
-            r.sku for r in await self._read(select(t.products.c.sku).where(t.products.c.sku.in_(wanted)))
-        }
+        found = {r.sku for r in await self._read(select(t.products.c.sku).where(t.products.c.sku.in_(wanted)))}
         return sorted(wanted - found)
 
     async def products(self) -> list[Product]:
@@ -604,14 +778,35 @@ class Store:
         *,
         ref: str | None = None,
         note: str = "receipt",
+        po: str | None = None,
     ) -> StockLevel:
-        """Add `qty` units of `sku` to `warehouse` (None: the first warehouse by code)."""
+        """Add `qty` units of `sku` to `warehouse` (None: the first warehouse by code, or the purchase
+        order's). With `po`, the receipt closes that open purchase order (which must be for this SKU and
+        warehouse); the ledger ref is then the PO id unless `ref` is given."""
         _require_text("sku", sku)
         _require_int("quantity received", qty, minimum=1)
+        if po is not None:
+            _require_text("purchase order id", po)
 
         async def op(conn: AsyncConnection) -> StockLevel:
             await self._require_skus(conn, [sku])
-            code = await self._resolve_warehouse(conn, warehouse)
+            code = warehouse
+            ledger_ref = ref
+            now = _now()
+            if po is not None:
+                order = await self._open_purchase_order(conn, po)
+                if order.sku != sku:
+                    raise StoreError(f"purchase order {po!r} is for {order.sku}, not {sku}")
+                if code is not None and code != order.warehouse:
+                    raise StoreError(f"purchase order {po!r} is due at {order.warehouse}, not {code}")
+                code = order.warehouse
+                ledger_ref = ref or po
+                await conn.execute(
+                    update(t.purchase_orders)
+                    .where(t.purchase_orders.c.id == po)
+                    .values(status="received", received_quantity=qty, closed_at=now)
+                )
+            code = await self._resolve_warehouse(conn, code)
             ins = self._insert(t.stock_levels).values(sku=sku, warehouse=code, on_hand=qty, reserved=0)
             await conn.execute(
                 ins.on_conflict_do_update(
@@ -619,17 +814,233 @@ class Store:
                     set_={"on_hand": t.stock_levels.c.on_hand + ins.excluded.on_hand},
                 )
             )
-            await self._add_ledger(conn, [(sku, code, qty, 0)], "receipt", ref, note, _now())
-            row = (
-                await conn.execute(
-                    select(t.stock_levels).where(
-                        t.stock_levels.c.sku == sku, t.stock_levels.c.warehouse == code
-                    )
-                )
-            ).one()
-            return _stock(row)
+            await self._add_ledger(conn, [(sku, code, qty, 0)], "receipt", ledger_ref, note, now)
+            await self._track_low_stock(conn, [(sku, code)], now)
+            return await self._level(conn, sku, code)
 
         return await self._write(op, f"receive {qty} x {sku}")
+
+    async def return_stock(
+        self, sku: str, qty: int, warehouse: str | None = None, *, ref: str, note: str = "customer return"
+    ) -> StockLevel:
+        """Goods back from a customer (`ref`: the RMA or order id) go back on hand: a "return" ledger row.
+        Idempotent by (ref, sku, warehouse): a retried call adds nothing."""
+        _require_text("sku", sku)
+        _require_int("quantity returned", qty, minimum=1)
+        _require_text("return reference", ref)
+        lg = t.stock_ledger
+
+        async def op(conn: AsyncConnection) -> StockLevel:
+            await self._require_skus(conn, [sku])
+            code = await self._resolve_warehouse(conn, warehouse)
+            await self._lock_key(conn, f"return:{ref}")
+            done = (
+                await conn.execute(
+                    select(lg.c.id).where(
+                        lg.c.kind == "return", lg.c.ref == ref, lg.c.sku == sku, lg.c.warehouse == code
+                    )
+                )
+            ).first()
+            if done is None:
+                now = _now()
+                ins = self._insert(t.stock_levels).values(sku=sku, warehouse=code, on_hand=qty, reserved=0)
+                await conn.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=[t.stock_levels.c.sku, t.stock_levels.c.warehouse],
+                        set_={"on_hand": t.stock_levels.c.on_hand + ins.excluded.on_hand},
+                    )
+                )
+                await self._add_ledger(conn, [(sku, code, qty, 0)], "return", ref, note, now)
+                await self._track_low_stock(conn, [(sku, code)], now)
+            return await self._level(conn, sku, code)
+
+        return await self._write(op, f"return {qty} x {sku}")
+
+    async def count_stock(
+        self, sku: str, warehouse: str, counted: int, *, reason: str | None = None, ref: str | None = None
+    ) -> StockChange:
+        """A physical count: on hand becomes `counted`, the difference is a "count" ledger row with the
+        reason. If fewer units are on hand than reserved, held reservations of whole orders are released,
+        newest order first, until the rest fit; those orders (returned in `released_orders`) are back to
+        waiting for stock (backordered). Negative counts, unknown SKU or warehouse: an error, nothing changed."""
+        _require_text("sku", sku)
+        _require_text("warehouse", warehouse)
+        _require_int("counted quantity", counted, minimum=0)
+        note = f"count: {reason}" if reason and reason.strip() else "count"
+
+        async def op(conn: AsyncConnection) -> StockChange:
+            await self._require_skus(conn, [sku])
+            await self._require_warehouse(conn, warehouse)
+            return await self._set_on_hand(conn, sku, warehouse, lambda _: counted, "count", note, ref)
+
+        return await self._write(op, f"count {sku} at {warehouse}")
+
+    async def adjust_stock(
+        self, sku: str, warehouse: str, delta: int, *, reason: str, ref: str | None = None
+    ) -> StockChange:
+        """Correct on hand by `delta` (damage, loss, found stock) with a reason: an "adjustment" ledger row.
+        Going below what is reserved releases reservations like `count_stock`; below zero is an error."""
+        _require_text("sku", sku)
+        _require_text("warehouse", warehouse)
+        _require_text("reason", reason)
+        if not isinstance(delta, int) or isinstance(delta, bool) or delta == 0:
+            raise ValueError(f"adjustment must be a non-zero integer number of units, got {delta!r}")
+
+        def target(on_hand: int) -> int:
+            if on_hand + delta < 0:
+                raise StoreError(
+                    f"adjusting {sku} at {warehouse} by {delta} would leave {on_hand + delta} on hand "
+                    f"(there are {on_hand}); nothing changed"
+                )
+            return on_hand + delta
+
+        async def op(conn: AsyncConnection) -> StockChange:
+            await self._require_skus(conn, [sku])
+            await self._require_warehouse(conn, warehouse)
+            return await self._set_on_hand(conn, sku, warehouse, target, "adjustment", reason, ref)
+
+        return await self._write(op, f"adjust {sku} at {warehouse}")
+
+    async def _set_on_hand(
+        self,
+        conn: AsyncConnection,
+        sku: str,
+        warehouse: str,
+        target: Callable[[int], int],
+        kind: str,
+        note: str,
+        ref: str | None,
+        *,
+        release_excess: bool = True,
+        skip_unchanged: bool = False,
+    ) -> StockChange:
+        """Set on hand to target(current on hand) with one ledger row; release newest orders if needed."""
+        sl = t.stock_levels
+        now = _now()
+        # A first count or import at a warehouse creates the row (a concurrent receipt may create it too).
+        await conn.execute(
+            self._insert(sl).values(sku=sku, warehouse=warehouse, on_hand=0, reserved=0).on_conflict_do_nothing()
+        )
+        row = (
+            await conn.execute(
+                select(sl.c.on_hand, sl.c.reserved)
+                .where(sl.c.sku == sku, sl.c.warehouse == warehouse)
+                .with_for_update()
+            )
+        ).one()
+        previous, reserved = row.on_hand, row.reserved
+        new = target(previous)
+        released: list[str] = []
+        touched = {(sku, warehouse)}
+        if new < reserved:
+            if not release_excess:
+                raise StoreError(
+                    f"{sku} at {warehouse}: {new} on hand would be less than the {reserved} units reserved"
+                )
+            released, others = await self._release_newest(conn, sku, warehouse, reserved - new, note, now)
+            touched |= others
+            reserved = (
+                await conn.execute(select(sl.c.reserved).where(sl.c.sku == sku, sl.c.warehouse == warehouse))
+            ).scalar_one()
+        delta = new - previous
+        ledger_id = 0
+        if delta or not skip_unchanged:
+            result = await conn.execute(
+                update(sl)
+                .where(sl.c.sku == sku, sl.c.warehouse == warehouse, sl.c.on_hand == previous)
+                .values(on_hand=new)
+            )
+            if result.rowcount != 1:
+                raise _StockMoved
+            ledger_id = await self._ledger_row(conn, sku, warehouse, delta, 0, kind, ref, note, now)
+        await self._track_low_stock(conn, touched, now)
+        return StockChange(sku, warehouse, previous, new, reserved, delta, released, ledger_id)
+
+    async def _release_newest(
+        self, conn: AsyncConnection, sku: str, warehouse: str, excess: int, why: str, now: datetime
+    ) -> tuple[list[str], set[tuple[str, str]]]:
+        """Release whole orders holding `sku` at `warehouse`, newest reservation first, until at least
+        `excess` units of it are freed. Each released order waits for stock again (backorder row).
+        Returns the orders and every (sku, warehouse) whose reservations changed."""
+        rv, sl = t.reservations, t.stock_levels
+        candidates = (
+            await conn.execute(
+                select(rv.c.order_id)
+                .where(rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held")
+                .order_by(rv.c.created_at.desc(), rv.c.id.desc())
+            )
+        ).scalars()
+        released: list[str] = []
+        touched: set[tuple[str, str]] = set()
+        for order_id in list(dict.fromkeys(candidates)):
+            if excess <= 0:
+                break
+            await self._lock_key(conn, f"order:{order_id}")
+            held = (
+                await conn.execute(
+                    select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
+                    .where(rv.c.order_id == order_id, rv.c.status == "held")
+                    .order_by(rv.c.sku, rv.c.warehouse, rv.c.shipment_no)
+                )
+            ).all()
+            if not held:
+                continue
+            for r in held:
+                await conn.execute(
+                    update(sl)
+                    .where(sl.c.sku == r.sku, sl.c.warehouse == r.warehouse)
+                    .values(reserved=sl.c.reserved - r.quantity)
+                )
+                touched.add((r.sku, r.warehouse))
+            await conn.execute(
+                update(rv).where(rv.c.id.in_([r.id for r in held])).values(status="released", updated_at=now)
+            )
+            await self._add_ledger(
+                conn,
+                [(r.sku, r.warehouse, 0, -r.quantity) for r in held],
+                "release",
+                order_id,
+                f"stock short at {warehouse} after {why}",
+                now,
+            )
+            await self._open_backorder(conn, order_id, [sku], now)
+            excess -= sum(r.quantity for r in held if (r.sku, r.warehouse) == (sku, warehouse))
+            released.append(order_id)
+        return released, touched
+
+    async def _level(self, conn: AsyncConnection, sku: str, warehouse: str) -> StockLevel:
+        sl = t.stock_levels
+        row = (await conn.execute(select(sl).where(sl.c.sku == sku, sl.c.warehouse == warehouse))).one()
+        return _stock(row)
+
+    async def _ledger_row(
+        self,
+        conn: AsyncConnection,
+        sku: str,
+        warehouse: str,
+        d_on_hand: int,
+        d_reserved: int,
+        kind: str,
+        ref: str | None,
+        note: str,
+        at: datetime,
+    ) -> int:
+        result = await conn.execute(
+            t.stock_ledger.insert().values(
+                sku=sku,
+                warehouse=warehouse,
+                delta_on_hand=d_on_hand,
+                delta_reserved=d_reserved,
+                kind=kind,
+                ref=ref,
+                note=note,
+                at=at,
+            )
+        )
+        return _inserted_id(result)
+
+    async def _require_warehouse(self, conn: AsyncConnection, code: str) -> None:
+        await self._resolve_warehouse(conn, code)
 
     async def stock_levels(self, sku: str | None = None, warehouse: str | None = None) -> list[StockLevel]:
         stmt = select(t.stock_levels).order_by(t.stock_levels.c.sku, t.stock_levels.c.warehouse)
@@ -638,6 +1049,51 @@ class Store:
         if warehouse is not None:
             stmt = stmt.where(t.stock_levels.c.warehouse == warehouse)
         return [_stock(r) for r in await self._read(stmt)]
+
+    async def inventory_positions(
+        self, sku: str | None = None, warehouse: str | None = None
+    ) -> list[InventoryPosition]:
+        """On hand, reserved, available, incoming (open purchase orders) and reorder point per SKU and
+        warehouse, including pairs with only incoming stock so far."""
+        sl, po = t.stock_levels, t.purchase_orders
+        levels = select(sl)
+        orders = select(po.c.sku, po.c.warehouse, po.c.quantity, po.c.received_quantity, po.c.eta).where(
+            po.c.status == "open"
+        )
+        if sku is not None:
+            levels = levels.where(sl.c.sku == sku)
+            orders = orders.where(po.c.sku == sku)
+        if warehouse is not None:
+            levels = levels.where(sl.c.warehouse == warehouse)
+            orders = orders.where(po.c.warehouse == warehouse)
+        async with self._engine.connect() as conn:
+            level_rows = (await conn.execute(levels)).all()
+            order_rows = (await conn.execute(orders)).all()
+        incoming: dict[tuple[str, str], int] = {}
+        eta: dict[tuple[str, str], date] = {}
+        for r in order_rows:
+            key = (r.sku, r.warehouse)
+            incoming[key] = incoming.get(key, 0) + max(r.quantity - r.received_quantity, 0)
+            if r.eta is not None and (key not in eta or r.eta < eta[key]):
+                eta[key] = r.eta
+        rows = {(r.sku, r.warehouse): r for r in level_rows}
+        out = []
+        for key in sorted(set(rows) | set(incoming)):
+            row = rows.get(key)
+            on_hand, reserved = (row.on_hand, row.reserved) if row is not None else (0, 0)
+            out.append(
+                InventoryPosition(
+                    key[0],
+                    key[1],
+                    on_hand,
+                    reserved,
+                    on_hand - reserved,
+                    incoming.get(key, 0),
+                    eta.get(key),
+                    row.reorder_point if row is not None else None,
+                )
+            )
+        return out
 
     async def ledger(
         self, sku: str | None = None, warehouse: str | None = None, ref: str | None = None
@@ -652,126 +1108,261 @@ class Store:
             stmt = stmt.where(t.stock_ledger.c.ref == ref)
         return [_ledger(r) for r in await self._read(stmt)]
 
+    async def stock_history(self, sku: str, warehouse: str | None = None, *, limit: int = 50) -> list[LedgerEntry]:
+        """The latest `limit` ledger rows of `sku` (at `warehouse`), newest first. Unknown SKU or
+        warehouse: an error."""
+        _require_text("sku", sku)
+        _require_int("limit", limit, minimum=1)
+        lg = t.stock_ledger
+        stmt = select(lg).where(lg.c.sku == sku).order_by(lg.c.id.desc()).limit(limit)
+        if warehouse is not None:
+            stmt = stmt.where(lg.c.warehouse == warehouse)
+        async with self._engine.connect() as conn:
+            await self._require_skus(conn, [sku])
+            if warehouse is not None:
+                await self._require_warehouse(conn, warehouse)
+            return [_ledger(r) for r in (await conn.execute(stmt)).all()]
+
     async def reservations(self, order_id: str | None = None) -> list[Reservation]:
         stmt = select(t.reservations).order_by(t.reservations.c.id)
         if order_id is not None:
             stmt = stmt.where(t.reservations.c.order_id == order_id)
         return [_reservation(r) for r in await self._read(stmt)]
 
-    async def reserve(self, order_id: str, lines: Sequence[tuple[str, int]]) -> ReservationOutcome:
+    async def demand_history(
+        self, since: datetime, sku: str | None = None, warehouse: str | None = None
+    ) -> list[DemandRecord]:
+        """Reserved units (held or committed reservations) created at or after `since`, oldest first:
+        the order history that demand forecasting works from."""
+        rv = t.reservations
+        stmt = (
+            select(rv.c.sku, rv.c.warehouse, rv.c.created_at, rv.c.quantity)
+            .where(rv.c.status.in_(("held", "committed")), rv.c.created_at >= since)
+            .order_by(rv.c.created_at, rv.c.id)
+        )
+        if sku is not None:
+            stmt = stmt.where(rv.c.sku == sku)
+        if warehouse is not None:
+            stmt = stmt.where(rv.c.warehouse == warehouse)
+        return [DemandRecord(r.sku, r.warehouse, r.created_at, r.quantity) for r in await self._read(stmt)]
+
+    # -----------------------------------------------------------------------------------------------------
+    # Reservations
+
+    async def _sites(self, conn: AsyncConnection) -> list[Site]:
+        rows = (
+            await conn.execute(
+                select(t.warehouses.c.code, t.warehouses.c.country, t.warehouses.c.region).order_by(t.warehouses.c.code)
+            )
+        ).all()
+        return [Site(r.code, r.country, r.region) for r in rows]
+
+    async def _availability(
+        self, conn: AsyncConnection, skus: Sequence[str], *, lock: bool, warehouse: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        """warehouse -> sku -> available. With `lock`, FOR UPDATE (PostgreSQL; SQLite already holds the
+        write lock) in a fixed order: what we read stays true until commit, and concurrent orders cannot
+        deadlock on these rows."""
+        sl = t.stock_levels
+        stmt = (
+            select(sl.c.sku, sl.c.warehouse, (sl.c.on_hand - sl.c.reserved).label("available"))
+            .where(sl.c.sku.in_(skus))
+            .order_by(sl.c.sku, sl.c.warehouse)
+        )
+        if warehouse is not None:
+            stmt = stmt.where(sl.c.warehouse == warehouse)
+        if lock:
+            stmt = stmt.with_for_update()
+        available: dict[str, dict[str, int]] = {}
+        for r in await conn.execute(stmt):
+            available.setdefault(r.warehouse, {})[r.sku] = r.available
+        return available
+
+    async def reserve(
+        self,
+        order_id: str,
+        lines: Sequence[tuple[str, int]],
+        *,
+        prefer_country: str | None = None,
+        prefer_region: str | None = None,
+    ) -> ReservationOutcome:
         """Reserve every line in one warehouse, all or nothing; idempotent by order id.
 
-        If the order already holds (or has committed) reservations they are returned unchanged. Otherwise the
-        warehouse that covers every line with the most total available (then by code) is chosen, each line
-        is reserved with a conditional UPDATE that cannot oversell, and the order's backorder (if any) is
-        resolved. If no warehouse covers the order it is recorded as backordered and `short` says what is
-        missing in the best warehouse. Duplicate skus in `lines` are summed.
+        If the order already holds (or has committed) reservations they are returned unchanged. Otherwise,
+        among the warehouses that cover every line, one in the ship-to region (`prefer_region`, within
+        `prefer_country`) is chosen first, then one in the ship-to country, then the one with the most total
+        available, then by code. Each line is reserved with a conditional UPDATE that cannot oversell, and
+        the order's backorder (if any) is resolved. If no warehouse covers the order it is recorded as
+        backordered and `short` says what is missing in the best warehouse (see `plan_allocation` for
+        splitting it instead). Duplicate skus in `lines` are summed.
         """
         _require_text("order_id", order_id)
         items = _normalize_lines(lines, merge=True)
         skus = [sku for sku, _ in items]
-        sl = t.stock_levels
 
         async def op(conn: AsyncConnection) -> ReservationOutcome:
             await self._lock_key(conn, f"order:{order_id}")
-            existing = (
-                await conn.execute(
-                    select(t.reservations.c.sku, t.reservations.c.warehouse, t.reservations.c.quantity)
-                    .where(
-                        t.reservations.c.order_id == order_id,
-                        t.reservations.c.status.in_(("held", "committed")),
-                    )
-                    .order_by(t.reservations.c.sku)
-                )
-            ).all()
+            existing = await self._existing_reservations(conn, order_id, None)
             if existing:
+                waiting = await self._pending_low_stock(conn, {(r.sku, r.warehouse) for r in existing})
                 return ReservationOutcome(
-                    True, existing[0].warehouse, [(r.sku, r.quantity) for r in existing], {}
+                    True, existing[0].warehouse, [(r.sku, r.quantity) for r in existing], {}, waiting
                 )
 
             await self._require_skus(conn, skus)
-            codes = list(
-                (await conn.execute(select(t.warehouses.c.code).order_by(t.warehouses.c.code))).scalars()
-            )
-            # FOR UPDATE (PostgreSQL; SQLite already holds the write lock) in a fixed order: what we read
-            # stays true until commit and concurrent orders cannot deadlock on these rows.
-            levels = await conn.execute(
-                select(sl.c.sku, sl.c.warehouse, (sl.c.on_hand - sl.c.reserved).label("available"))
-                .where(sl.c.sku.in_(skus))
-                .order_by(sl.c.sku, sl.c.warehouse)
-                .with_for_update()
-            )
-            available: dict[str, dict[str, int]] = {code: {} for code in codes}
-            for r in levels:
-                available.setdefault(r.warehouse, {})[r.sku] = r.available
-
-            def total(code: str) -> int:
-                return sum(available[code].get(sku, 0) for sku in skus)
-
-            def missing(code: str) -> dict[str, int]:
-                return {s: q - available[code].get(s, 0) for s, q in items if available[code].get(s, 0) < q}
-
+            sites = await self._sites(conn)
+            available = await self._availability(conn, skus, lock=True)
             now = _now()
-            covering = [code for code in codes if not missing(code)]
-            if not covering:
-                best = min(codes, key=lambda c: (sum(missing(c).values()), -total(c), c)) if codes else None
-                short = missing(best) if best is not None else dict(items)
-                ins = self._insert(t.backorders).values(
-                    order_id=order_id, skus=sorted(short), created_at=now, resolved_at=None
-                )
-                # A re-opened backorder keeps its created_at: the order keeps its place in the queue.
-                await conn.execute(
-                    ins.on_conflict_do_update(
-                        index_elements=[t.backorders.c.order_id],
-                        set_={"skus": ins.excluded.skus, "resolved_at": None},
-                    )
-                )
+            chosen = choose_warehouse(sites, available, items, prefer_country, prefer_region)
+            if chosen is None:
+                codes = [s.code for s in sites]
+
+                def total(code: str) -> int:
+                    return sum(available.get(code, {}).get(sku, 0) for sku in skus)
+
+                def short_in(code: str) -> dict[str, int]:
+                    return missing(available.get(code, {}), items)
+
+                best = min(codes, key=lambda c: (sum(short_in(c).values()), -total(c), c)) if codes else None
+                short = short_in(best) if best is not None else dict(items)
+                await self._open_backorder(conn, order_id, sorted(short), now)
                 return ReservationOutcome(False, None, items, short)
 
-            chosen = min(covering, key=lambda c: (-total(c), c))
-            for sku, qty in items:
-                result = await conn.execute(
-                    update(sl)
-                    .where(sl.c.sku == sku, sl.c.warehouse == chosen, sl.c.on_hand - sl.c.reserved >= qty)
-                    .values(reserved=sl.c.reserved + qty)
-                )
-                if result.rowcount != 1:
-                    raise _StockMoved  # rolls back the lines already reserved in this attempt
-            ins = self._insert(t.reservations)
-            # Rows released earlier (same order, sku, warehouse) are held again rather than duplicated.
-            await conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=[
-                        t.reservations.c.order_id,
-                        t.reservations.c.sku,
-                        t.reservations.c.warehouse,
-                    ],
-                    set_={
-                        "quantity": ins.excluded.quantity,
-                        "status": ins.excluded.status,
-                        "updated_at": ins.excluded.updated_at,
-                    },
-                ),
-                [
-                    {
-                        "order_id": order_id,
-                        "sku": sku,
-                        "warehouse": chosen,
-                        "quantity": qty,
-                        "status": "held",
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for sku, qty in items
-                ],
-            )
-            await self._add_ledger(
-                conn, [(sku, chosen, 0, qty) for sku, qty in items], "reservation", order_id, "reserve", now
-            )
+            await self._hold(conn, order_id, 1, chosen, items, now)
             await self._resolve_backorder(conn, order_id, now)
-            return ReservationOutcome(True, chosen, items, {})
+            pending: set[str] = set()
+            await self._track_low_stock(conn, [(sku, chosen) for sku in skus], now, pending)
+            return ReservationOutcome(True, chosen, items, {}, sorted(pending))
 
         return await self._write(op, f"reserve order {order_id}")
+
+    async def plan_allocation(
+        self,
+        lines: Sequence[tuple[str, int]],
+        prefer_country: str | None = None,
+        prefer_region: str | None = None,
+    ) -> list[tuple[str, list[tuple[str, int]]]]:
+        """How to ship `lines` from the fewest warehouses given stock available now, preferring the ship-to
+        region, then country: [(warehouse, [(sku, qty), ...]), ...]. One entry when a single warehouse
+        covers the order (the one `reserve` would choose); [] when all warehouses together cannot. Reserves
+        nothing: reserve each part with `reserve_in` (stock may move in between; a part that no longer fits
+        comes back not reserved)."""
+        items = _normalize_lines(lines, merge=True)
+        skus = [sku for sku, _ in items]
+        async with self._engine.connect() as conn:
+            await self._require_skus(conn, skus)
+            sites = await self._sites(conn)
+            available = await self._availability(conn, skus, lock=False)
+        return plan_split(sites, available, items, prefer_country, prefer_region)
+
+    async def reserve_in(
+        self, order_id: str, shipment_no: int, warehouse: str, lines: Sequence[tuple[str, int]]
+    ) -> ReservationOutcome:
+        """Reserve exactly `lines` in `warehouse` for shipment `shipment_no` of the order, all or nothing;
+        idempotent by (order_id, shipment_no): if that shipment already holds (or committed) reservations
+        they are returned unchanged. When the warehouse cannot cover the lines, nothing is written and the
+        outcome is not reserved with `short` per sku. A reserved part ends the order's backorder wait (if it
+        then cannot get its other parts, release the order and `reserve` again, which re-opens it)."""
+        _require_text("order_id", order_id)
+        _require_int("shipment_no", shipment_no, minimum=1)
+        _require_text("warehouse", warehouse)
+        items = _normalize_lines(lines, merge=True)
+        skus = [sku for sku, _ in items]
+
+        async def op(conn: AsyncConnection) -> ReservationOutcome:
+            await self._lock_key(conn, f"order:{order_id}")
+            existing = await self._existing_reservations(conn, order_id, shipment_no)
+            if existing:
+                waiting = await self._pending_low_stock(conn, {(r.sku, r.warehouse) for r in existing})
+                return ReservationOutcome(
+                    True, existing[0].warehouse, [(r.sku, r.quantity) for r in existing], {}, waiting
+                )
+            await self._require_skus(conn, skus)
+            await self._require_warehouse(conn, warehouse)
+            available = await self._availability(conn, skus, lock=True, warehouse=warehouse)
+            short = missing(available.get(warehouse, {}), items)
+            if short:
+                return ReservationOutcome(False, warehouse, items, short)
+            now = _now()
+            await self._hold(conn, order_id, shipment_no, warehouse, items, now)
+            await self._resolve_backorder(conn, order_id, now)
+            pending: set[str] = set()
+            await self._track_low_stock(conn, [(sku, warehouse) for sku in skus], now, pending)
+            return ReservationOutcome(True, warehouse, items, {}, sorted(pending))
+
+        return await self._write(op, f"reserve shipment {shipment_no} of order {order_id}")
+
+    async def _existing_reservations(self, conn: AsyncConnection, order_id: str, shipment_no: int | None) -> list[Any]:
+        rv = t.reservations
+        conditions = [rv.c.order_id == order_id, rv.c.status.in_(("held", "committed"))]
+        if shipment_no is not None:
+            conditions.append(rv.c.shipment_no == shipment_no)
+        stmt = (
+            select(rv.c.sku, rv.c.warehouse, rv.c.quantity)
+            .where(*conditions)
+            .order_by(rv.c.sku, rv.c.shipment_no, rv.c.warehouse)
+        )
+        return list((await conn.execute(stmt)).all())
+
+    async def _hold(
+        self,
+        conn: AsyncConnection,
+        order_id: str,
+        shipment_no: int,
+        warehouse: str,
+        items: Sequence[tuple[str, int]],
+        now: datetime,
+    ) -> None:
+        """Reserve `items` at `warehouse` (conditional UPDATEs that cannot oversell), record the
+        reservation rows and the ledger."""
+        sl, rv = t.stock_levels, t.reservations
+        for sku, qty in items:
+            result = await conn.execute(
+                update(sl)
+                .where(sl.c.sku == sku, sl.c.warehouse == warehouse, sl.c.on_hand - sl.c.reserved >= qty)
+                .values(reserved=sl.c.reserved + qty)
+            )
+            if result.rowcount != 1:
+                raise _StockMoved  # rolls back the lines already reserved in this attempt
+        ins = self._insert(rv)
+        # Rows released earlier (same order, shipment, sku, warehouse) are held again rather than duplicated.
+        await conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[rv.c.order_id, rv.c.shipment_no, rv.c.sku, rv.c.warehouse],
+                set_={
+                    "quantity": ins.excluded.quantity,
+                    "status": ins.excluded.status,
+                    "updated_at": ins.excluded.updated_at,
+                },
+            ),
+            [
+                {
+                    "order_id": order_id,
+                    "shipment_no": shipment_no,
+                    "sku": sku,
+                    "warehouse": warehouse,
+                    "quantity": qty,
+                    "status": "held",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for sku, qty in items
+            ],
+        )
+        note = "reserve" if shipment_no == 1 else f"reserve shipment {shipment_no}"
+        await self._add_ledger(
+            conn, [(sku, warehouse, 0, qty) for sku, qty in items], "reservation", order_id, note, now
+        )
+
+    async def _open_backorder(self, conn: AsyncConnection, order_id: str, skus: Sequence[str], now: datetime) -> None:
+        ins = self._insert(t.backorders).values(order_id=order_id, skus=sorted(skus), created_at=now, resolved_at=None)
+        # A re-opened backorder keeps its created_at: the order keeps its place in the queue.
+        await conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[t.backorders.c.order_id],
+                set_={"skus": ins.excluded.skus, "resolved_at": None},
+            )
+        )
 
     async def _resolve_backorder(self, conn: AsyncConnection, order_id: str, now: datetime) -> None:
         await conn.execute(
@@ -780,23 +1371,29 @@ class Store:
             .values(resolved_at=now)
         )
 
-    async def _settle(self, order_id: str, *, to: str, kind: str, note: str, ships: bool) -> int:
-        """Move the order's held reservations to `to`, giving the units back (release) or taking them out
-        of on_hand (commit, `ships`). Idempotent: nothing held, nothing done."""
+    async def _settle(
+        self, order_id: str, *, to: str, kind: str, note: str, ships: bool, shipment_no: int | None = None
+    ) -> int:
+        """Move the order's held reservations (of one shipment, if given) to `to`, giving the units back
+        (release) or taking them out of on_hand (commit, `ships`). Idempotent: nothing held, nothing done."""
         _require_text("order_id", order_id)
+        if shipment_no is not None:
+            _require_int("shipment_no", shipment_no, minimum=1)
         sl, rv = t.stock_levels, t.reservations
+        whole_order = shipment_no is None
 
         async def op(conn: AsyncConnection) -> int:
             await self._lock_key(conn, f"order:{order_id}")
-            held = (
-                await conn.execute(
-                    select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
-                    .where(rv.c.order_id == order_id, rv.c.status == "held")
-                    .order_by(rv.c.sku, rv.c.warehouse)
-                )
-            ).all()
+            stmt = (
+                select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
+                .where(rv.c.order_id == order_id, rv.c.status == "held")
+                .order_by(rv.c.sku, rv.c.warehouse)
+            )
+            if shipment_no is not None:
+                stmt = stmt.where(rv.c.shipment_no == shipment_no)
+            held = (await conn.execute(stmt)).all()
             if not held:
-                if kind == "release":  # a cancelled backordered order stops waiting too
+                if kind == "release" and whole_order:  # a cancelled backordered order stops waiting too
                     await self._resolve_backorder(conn, order_id, _now())
                 return 0
             now = _now()
@@ -804,12 +1401,8 @@ class Store:
                 values: dict[str, ColumnElement[int]] = {"reserved": sl.c.reserved - r.quantity}
                 if ships:
                     values["on_hand"] = sl.c.on_hand - r.quantity
-                await conn.execute(
-                    update(sl).where(sl.c.sku == r.sku, sl.c.warehouse == r.warehouse).values(values)
-                )
-            await conn.execute(
-                update(rv).where(rv.c.id.in_([r.id for r in held])).values(status=to, updated_at=now)
-            )
+                await conn.execute(update(sl).where(sl.c.sku == r.sku, sl.c.warehouse == r.warehouse).values(values))
+            await conn.execute(update(rv).where(rv.c.id.in_([r.id for r in held])).values(status=to, updated_at=now))
             await self._add_ledger(
                 conn,
                 [(r.sku, r.warehouse, -r.quantity if ships else 0, -r.quantity) for r in held],
@@ -818,21 +1411,443 @@ class Store:
                 note,
                 now,
             )
-            if kind == "release":
+            if kind == "release" and whole_order:
                 await self._resolve_backorder(conn, order_id, now)
+            await self._track_low_stock(conn, {(r.sku, r.warehouse) for r in held}, now)
             return sum(r.quantity for r in held)
 
-        return await self._write(op, f"{kind} order {order_id}")
+        what = f"{kind} order {order_id}" + (f" shipment {shipment_no}" if shipment_no is not None else "")
+        return await self._write(op, what)
 
-    async def release(self, order_id: str, *, note: str = "release") -> int:
+    async def release(self, order_id: str, *, note: str = "release", shipment_no: int | None = None) -> int:
         """Give back what the order holds (held -> released); also ends its backorder wait. Returns the units
-        released, 0 if nothing was held. Idempotent."""
-        return await self._settle(order_id, to="released", kind="release", note=note, ships=False)
+        released, 0 if nothing was held. Idempotent. With `shipment_no`, only that shipment's reservations
+        (and the backorder wait is left as it is)."""
+        return await self._settle(
+            order_id, to="released", kind="release", note=note, ships=False, shipment_no=shipment_no
+        )
 
-    async def commit_reservation(self, order_id: str) -> int:
+    async def commit_reservation(self, order_id: str, *, shipment_no: int | None = None) -> int:
         """The goods left the building: held -> committed, on_hand and reserved both drop. Returns the units
-        committed, 0 if nothing was held. Idempotent."""
-        return await self._settle(order_id, to="committed", kind="commit", note="shipped", ships=True)
+        committed, 0 if nothing was held. Idempotent. With `shipment_no`, only that shipment."""
+        return await self._settle(
+            order_id, to="committed", kind="commit", note="shipped", ships=True, shipment_no=shipment_no
+        )
+
+    # -----------------------------------------------------------------------------------------------------
+    # Purchase orders (incoming stock)
+
+    async def expect_receipt(
+        self,
+        sku: str,
+        qty: int,
+        warehouse: str,
+        *,
+        eta: date | None = None,
+        po: str | None = None,
+        note: str = "",
+    ) -> PurchaseOrder:
+        """Record an expected receipt (a purchase order line): incoming until `receive_stock(..., po=id)`.
+        `po` names it (default: a new PO-XXXXXXXX id). Recording the same PO again with the same details
+        returns it unchanged; with other details it is an error."""
+        _require_text("sku", sku)
+        _require_int("quantity expected", qty, minimum=1)
+        _require_text("warehouse", warehouse)
+        if po is not None:
+            _require_text("purchase order id", po)
+            if len(po) > 64:
+                raise ValueError(f"purchase order id must be at most 64 characters, got {len(po)}")
+        if eta is not None and (not isinstance(eta, date) or isinstance(eta, datetime)):
+            raise ValueError(f"eta must be a date, got {eta!r}")
+        pt = t.purchase_orders
+
+        async def op(conn: AsyncConnection) -> PurchaseOrder:
+            await self._require_skus(conn, [sku])
+            await self._require_warehouse(conn, warehouse)
+            now = _now()
+            values = {
+                "sku": sku,
+                "warehouse": warehouse,
+                "quantity": qty,
+                "received_quantity": 0,
+                "eta": eta,
+                "status": "open",
+                "note": note,
+                "created_at": now,
+                "closed_at": None,
+            }
+            for _ in range(10):
+                po_id = po or f"PO-{secrets.token_hex(4).upper()}"
+                result = await conn.execute(self._insert(pt).values(id=po_id, **values).on_conflict_do_nothing())
+                if result.rowcount == 1:
+                    return PurchaseOrder(po_id, sku, warehouse, qty, 0, eta, "open", note, now, None)
+                if po is not None:
+                    existing = _purchase_order((await conn.execute(select(pt).where(pt.c.id == po))).one())
+                    if (existing.sku, existing.warehouse, existing.quantity, existing.eta) == (
+                        sku,
+                        warehouse,
+                        qty,
+                        eta,
+                    ):
+                        return existing
+                    raise StoreError(
+                        f"purchase order {po!r} already exists ({existing.quantity} x {existing.sku} to "
+                        f"{existing.warehouse}, {existing.status}); nothing changed"
+                    )
+            raise StoreError("could not allocate a purchase order id")
+
+        return await self._write(op, f"expect {qty} x {sku}")
+
+    async def _open_purchase_order(self, conn: AsyncConnection, po: str) -> PurchaseOrder:
+        pt = t.purchase_orders
+        row = (await conn.execute(select(pt).where(pt.c.id == po).with_for_update())).first()
+        if row is None:
+            raise PurchaseOrderNotFound(po)
+        order = _purchase_order(row)
+        if order.status != "open":
+            raise PurchaseOrderClosed(po, order.status)
+        return order
+
+    async def cancel_purchase_order(self, po: str) -> PurchaseOrder:
+        """open -> cancelled: no longer incoming. Idempotent; a received PO cannot be cancelled."""
+        _require_text("purchase order id", po)
+        pt = t.purchase_orders
+
+        async def op(conn: AsyncConnection) -> PurchaseOrder:
+            row = (await conn.execute(select(pt).where(pt.c.id == po).with_for_update())).first()
+            if row is None:
+                raise PurchaseOrderNotFound(po)
+            if row.status == "received":
+                raise PurchaseOrderClosed(po, row.status)
+            if row.status == "open":
+                await conn.execute(update(pt).where(pt.c.id == po).values(status="cancelled", closed_at=_now()))
+            return _purchase_order((await conn.execute(select(pt).where(pt.c.id == po))).one())
+
+        return await self._write(op, f"cancel purchase order {po}")
+
+    async def purchase_orders(
+        self, sku: str | None = None, warehouse: str | None = None, *, open_only: bool = True
+    ) -> list[PurchaseOrder]:
+        """Purchase orders, by eta (unknown last) then creation."""
+        pt = t.purchase_orders
+        stmt = select(pt).order_by(pt.c.eta.is_(None), pt.c.eta, pt.c.created_at, pt.c.id)
+        if open_only:
+            stmt = stmt.where(pt.c.status == "open")
+        if sku is not None:
+            stmt = stmt.where(pt.c.sku == sku)
+        if warehouse is not None:
+            stmt = stmt.where(pt.c.warehouse == warehouse)
+        return [_purchase_order(r) for r in await self._read(stmt)]
+
+    # -----------------------------------------------------------------------------------------------------
+    # Reorder points and low-stock crossings
+
+    async def set_reorder_points(self, points: Mapping[tuple[str, str], int | None]) -> list[LowStockCrossing]:
+        """Set (or with None clear) the reorder point of each (sku, warehouse), in one transaction. Returns
+        the crossings this opens (available already at or below the new point)."""
+        for (sku, warehouse), point in points.items():
+            _require_text("sku", sku)
+            _require_text("warehouse", warehouse)
+            if point is not None:
+                _require_int(f"reorder point of {sku} at {warehouse}", point, minimum=0)
+        sl = t.stock_levels
+
+        async def op(conn: AsyncConnection) -> list[LowStockCrossing]:
+            await self._require_skus(conn, {sku for sku, _ in points})
+            for warehouse in sorted({wh for _, wh in points}):
+                await self._require_warehouse(conn, warehouse)
+            now = _now()
+            for (sku, warehouse), point in sorted(points.items()):
+                ins = self._insert(sl).values(sku=sku, warehouse=warehouse, on_hand=0, reserved=0, reorder_point=point)
+                await conn.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=[sl.c.sku, sl.c.warehouse], set_={"reorder_point": ins.excluded.reorder_point}
+                    )
+                )
+                if point is None:  # no reorder point, no low stock: close an open crossing
+                    lc = t.low_stock_crossings
+                    await conn.execute(
+                        update(lc)
+                        .where(lc.c.sku == sku, lc.c.warehouse == warehouse, lc.c.rearmed_at.is_(None))
+                        .values(rearmed_at=now)
+                    )
+            return await self._track_low_stock(conn, points.keys(), now)
+
+        return await self._write(op, "set reorder points")
+
+    async def set_reorder_point(self, sku: str, warehouse: str, point: int | None) -> list[LowStockCrossing]:
+        return await self.set_reorder_points({(sku, warehouse): point})
+
+    async def _track_low_stock(
+        self,
+        conn: AsyncConnection,
+        keys: Iterable[tuple[str, str]],
+        now: datetime,
+        pending: set[str] | None = None,
+    ) -> list[LowStockCrossing]:
+        """Open a crossing for each (sku, warehouse) whose available stock is at or below its reorder point
+        and has none open; re-arm (close) open crossings whose stock is back above it (or whose reorder
+        point was cleared). Runs inside the transaction that changed the stock, whose row locks serialize
+        it per (sku, warehouse). Returns the crossings opened; adds to `pending` the SKUs left with an open
+        crossing that ops were not alerted about yet."""
+        wanted = set(keys)
+        if not wanted:
+            return []
+        sl, lc = t.stock_levels, t.low_stock_crossings
+        skus = sorted({sku for sku, _ in wanted})
+        levels = {
+            (r.sku, r.warehouse): r
+            for r in await conn.execute(
+                select(sl.c.sku, sl.c.warehouse, sl.c.on_hand, sl.c.reserved, sl.c.reorder_point).where(
+                    sl.c.sku.in_(skus)
+                )
+            )
+            if (r.sku, r.warehouse) in wanted
+        }
+        # A crossing is only ever open under a reorder point (`set_reorder_points` closes it when the point
+        # is cleared): without any, nothing to do.
+        if all(level.reorder_point is None for level in levels.values()):
+            return []
+        open_rows = {
+            (r.sku, r.warehouse): r
+            for r in await conn.execute(select(lc).where(lc.c.sku.in_(skus), lc.c.rearmed_at.is_(None)))
+            if (r.sku, r.warehouse) in wanted
+        }
+        opened: list[LowStockCrossing] = []
+        for key in sorted(wanted):
+            level = levels.get(key)
+            current = open_rows.get(key)
+            point = level.reorder_point if level is not None else None
+            low = point is not None and level is not None and level.on_hand - level.reserved <= point
+            if low and current is None and level is not None and point is not None:
+                available = level.on_hand - level.reserved
+                result = await conn.execute(
+                    lc.insert().values(
+                        sku=key[0], warehouse=key[1], available=available, reorder_point=point, crossed_at=now
+                    )
+                )
+                crossing_id = _inserted_id(result)
+                opened.append(LowStockCrossing(crossing_id, key[0], key[1], available, point, now, None, None))
+                if pending is not None:
+                    pending.add(key[0])
+            elif not low and current is not None:
+                await conn.execute(update(lc).where(lc.c.id == current.id).values(rearmed_at=now))
+            elif low and current is not None and current.alerted_at is None and pending is not None:
+                pending.add(key[0])
+        return opened
+
+    async def _pending_low_stock(self, conn: AsyncConnection, keys: Iterable[tuple[str, str]]) -> list[str]:
+        """SKUs among `keys` with an open crossing that ops were not alerted about yet."""
+        wanted = set(keys)
+        if not wanted:
+            return []
+        lc = t.low_stock_crossings
+        rows = await conn.execute(
+            select(lc.c.sku, lc.c.warehouse).where(
+                lc.c.sku.in_({sku for sku, _ in wanted}), lc.c.rearmed_at.is_(None), lc.c.alerted_at.is_(None)
+            )
+        )
+        return sorted({r.sku for r in rows if (r.sku, r.warehouse) in wanted})
+
+    async def low_stock_crossings(
+        self, skus: Iterable[str] | None = None, *, open_only: bool = False, pending_only: bool = False
+    ) -> list[LowStockCrossing]:
+        """Crossings, oldest first. `open_only`: not re-armed yet; `pending_only`: open and not alerted."""
+        lc = t.low_stock_crossings
+        stmt = select(lc).order_by(lc.c.id)
+        if skus is not None:
+            stmt = stmt.where(lc.c.sku.in_({skus} if isinstance(skus, str) else set(skus)))
+        if open_only or pending_only:
+            stmt = stmt.where(lc.c.rearmed_at.is_(None))
+        if pending_only:
+            stmt = stmt.where(lc.c.alerted_at.is_(None))
+        return [_crossing(r) for r in await self._read(stmt)]
+
+    async def mark_low_stock_alerted(self, crossing_id: int) -> None:
+        """Ops were told of this crossing (idempotent; keeps the first time)."""
+        lc = t.low_stock_crossings
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(lc).where(lc.c.id == crossing_id, lc.c.alerted_at.is_(None)).values(alerted_at=_now())
+            )
+
+        await self._write(op, f"mark low-stock crossing {crossing_id} alerted")
+
+    # -----------------------------------------------------------------------------------------------------
+    # Imports: all rows in one transaction, or (InvalidRows listing every bad row) none
+
+    async def import_products(self, rows: Sequence[ProductImport]) -> ImportResult:
+        """Create or update products. Columns not given (lead time, dimensions) keep their stored value."""
+        problems = []
+        seen: dict[str, int] = {}
+        for r in rows:
+            try:
+                _require_text("sku", r.sku)
+                _require_text("name", r.name)
+                _require_int("price_cents", r.price_cents, minimum=0)
+                _require_int("weight_grams", r.weight_grams, minimum=1)
+                if r.lead_time_days is not None:
+                    _require_int("lead_time_days", r.lead_time_days, minimum=0)
+                for d in r.dimensions_mm or ():
+                    _require_int("dimensions", d, minimum=1)
+            except ValueError as err:
+                problems.append(f"row {r.row}: {err}")
+            if r.sku in seen:
+                problems.append(f"row {r.row}: sku: {r.sku!r} already on row {seen[r.sku]}")
+            seen.setdefault(r.sku, r.row)
+        if problems:
+            raise InvalidRows(problems)
+        if not rows:
+            raise InvalidRows(["no rows to import"])
+        pr = t.products
+
+        async def op(conn: AsyncConnection) -> ImportResult:
+            existing = {
+                r.sku: _product(r) for r in await conn.execute(select(pr).where(pr.c.sku.in_([x.sku for x in rows])))
+            }
+            now = _now()
+            created = updated = unchanged = 0
+            for r in rows:
+                values: dict[str, Any] = {"name": r.name, "price_cents": r.price_cents, "weight_grams": r.weight_grams}
+                if r.lead_time_days is not None:
+                    values["lead_time_days"] = r.lead_time_days
+                if r.dimensions_mm is not None:
+                    values["length_mm"], values["width_mm"], values["height_mm"] = r.dimensions_mm
+                old = existing.get(r.sku)
+                if old is None:
+                    await conn.execute(pr.insert().values(sku=r.sku, created_at=now, **values))
+                    created += 1
+                    continue
+                before = {
+                    "name": old.name,
+                    "price_cents": old.price_cents,
+                    "weight_grams": old.weight_grams,
+                    "lead_time_days": old.lead_time_days,
+                }
+                if old.dimensions_mm is not None:
+                    before["length_mm"], before["width_mm"], before["height_mm"] = old.dimensions_mm
+                if all(before.get(k) == v for k, v in values.items()):
+                    unchanged += 1
+                    continue
+                await conn.execute(update(pr).where(pr.c.sku == r.sku).values(**values))
+                updated += 1
+            return ImportResult(created, updated, unchanged)
+
+        return await self._write(op, "import products")
+
+    async def import_warehouses(self, rows: Sequence[WarehouseImport]) -> ImportResult:
+        problems = []
+        seen: dict[str, int] = {}
+        for r in rows:
+            try:
+                _require_text("code", r.code)
+                _require_text("name", r.name)
+                if not _COUNTRY.match(r.country):
+                    raise ValueError(f"country: must be an ISO 3166-1 alpha-2 code like 'GB', got {r.country!r}")
+            except ValueError as err:
+                problems.append(f"row {r.row}: {err}")
+            if r.code in seen:
+                problems.append(f"row {r.row}: code: {r.code!r} already on row {seen[r.code]}")
+            seen.setdefault(r.code, r.row)
+        if problems:
+            raise InvalidRows(problems)
+        if not rows:
+            raise InvalidRows(["no rows to import"])
+        wh = t.warehouses
+
+        async def op(conn: AsyncConnection) -> ImportResult:
+            existing = {r.code: _warehouse(r) for r in await conn.execute(select(wh))}
+            created = updated = unchanged = 0
+            for r in rows:
+                new = Warehouse(r.code, r.name, r.country, r.region)
+                old = existing.get(r.code)
+                if old is None:
+                    await conn.execute(wh.insert().values(code=r.code, name=r.name, country=r.country, region=r.region))
+                    created += 1
+                elif old == new:
+                    unchanged += 1
+                else:
+                    await conn.execute(
+                        update(wh).where(wh.c.code == r.code).values(name=r.name, country=r.country, region=r.region)
+                    )
+                    updated += 1
+            return ImportResult(created, updated, unchanged)
+
+        return await self._write(op, "import warehouses")
+
+    async def import_stock(self, rows: Sequence[StockImport], *, ref: str | None = None) -> ImportResult:
+        """Set on hand per (sku, warehouse) to the imported figure, each difference an "adjustment" ledger
+        row (`ref`, e.g. the file name). Unknown SKUs or warehouses, or on hand below what is already
+        reserved, are row errors."""
+        problems = []
+        seen: dict[tuple[str, str], int] = {}
+        for r in rows:
+            try:
+                _require_text("sku", r.sku)
+                _require_text("warehouse", r.warehouse)
+                _require_int("on_hand", r.on_hand, minimum=0)
+            except ValueError as err:
+                problems.append(f"row {r.row}: {err}")
+            key = (r.sku, r.warehouse)
+            if key in seen:
+                problems.append(f"row {r.row}: {r.sku} at {r.warehouse} already on row {seen[key]}")
+            seen.setdefault(key, r.row)
+        if problems:
+            raise InvalidRows(problems)
+        if not rows:
+            raise InvalidRows(["no rows to import"])
+        sl = t.stock_levels
+
+        async def op(conn: AsyncConnection) -> ImportResult:
+            skus = sorted({r.sku for r in rows})
+            known_skus = set((await conn.execute(select(t.products.c.sku).where(t.products.c.sku.in_(skus)))).scalars())
+            codes = list((await conn.execute(select(t.warehouses.c.code).order_by(t.warehouses.c.code))).scalars())
+            levels = {
+                (r.sku, r.warehouse): r
+                for r in await conn.execute(
+                    select(sl.c.sku, sl.c.warehouse, sl.c.on_hand, sl.c.reserved).where(sl.c.sku.in_(skus))
+                )
+            }
+            bad = []
+            for r in rows:
+                if r.sku not in known_skus:
+                    bad.append(f"row {r.row}: sku: unknown SKU {r.sku!r} (not in the product catalogue)")
+                if r.warehouse not in codes:
+                    known = ", ".join(codes) or "none"
+                    bad.append(f"row {r.row}: warehouse: unknown warehouse {r.warehouse!r} (known: {known})")
+                level = levels.get((r.sku, r.warehouse))
+                if level is not None and r.on_hand < level.reserved:
+                    bad.append(
+                        f"row {r.row}: on_hand: {r.on_hand} is less than the {level.reserved} units reserved for "
+                        f"orders; use `fulfill inventory count` to release reservations"
+                    )
+            if bad:
+                raise InvalidRows(bad)
+            created = updated = unchanged = 0
+            for r in rows:
+                level = levels.get((r.sku, r.warehouse))
+                note = f"stock import: on hand set to {r.on_hand}"
+                change = await self._set_on_hand(
+                    conn,
+                    r.sku,
+                    r.warehouse,
+                    lambda _, n=r.on_hand: n,  # type: ignore[misc]
+                    "adjustment",
+                    note,
+                    ref,
+                    release_excess=False,
+                    skip_unchanged=True,
+                )
+                if level is None:
+                    created += 1
+                elif change.delta:
+                    updated += 1
+                else:
+                    unchanged += 1
+            return ImportResult(created, updated, unchanged)
+
+        return await self._write(op, "import stock")
 
     async def backordered_orders(self, skus: Iterable[str] | None = None) -> list[str]:
         """Orders still waiting for stock (short on any of `skus`, or all), oldest first."""
@@ -866,9 +1881,7 @@ class Store:
         pt = t.pick_tasks
 
         async def existing(conn: AsyncConnection) -> PickTask | None:
-            row = (
-                await conn.execute(select(pt).where(pt.c.order_id == order_id, pt.c.attempt == attempt))
-            ).first()
+            row = (await conn.execute(select(pt).where(pt.c.order_id == order_id, pt.c.attempt == attempt))).first()
             return _pick_task(row) if row is not None else None
 
         async def op(conn: AsyncConnection) -> PickTask:
@@ -909,9 +1922,7 @@ class Store:
         return _pick_task(rows[0]) if rows else None
 
     async def pick_tasks_for_order(self, order_id: str) -> list[PickTask]:
-        stmt = (
-            select(t.pick_tasks).where(t.pick_tasks.c.order_id == order_id).order_by(t.pick_tasks.c.attempt)
-        )
+        stmt = select(t.pick_tasks).where(t.pick_tasks.c.order_id == order_id).order_by(t.pick_tasks.c.attempt)
         return [_pick_task(r) for r in await self._read(stmt)]
 
     async def open_pick_tasks(self, older_than_s: float | None = None) -> list[PickTask]:
@@ -975,9 +1986,7 @@ class Store:
         )
         return [_shipment(r) for r in await self._read(stmt)]
 
-    async def record_carrier_shipment(
-        self, key: str, order_id: str, carrier_shipment_id: str
-    ) -> ShipmentRecord:
+    async def record_carrier_shipment(self, key: str, order_id: str, carrier_shipment_id: str) -> ShipmentRecord:
         """Record the carrier shipment created for `key` (status "created"). If `key` is already recorded,
         the existing record wins and is returned unchanged."""
         _require_text("shipment key", key)
@@ -1047,9 +2056,7 @@ class Store:
 
         async def op(conn: AsyncConnection) -> ShipmentRecord:
             await conn.execute(
-                update(sh)
-                .where(sh.c.key == key, sh.c.status != "voided")
-                .values(status="voided", updated_at=_now())
+                update(sh).where(sh.c.key == key, sh.c.status != "voided").values(status="voided", updated_at=_now())
             )
             row = (await conn.execute(select(sh).where(sh.c.key == key))).first()
             if row is None:
@@ -1127,9 +2134,7 @@ class Store:
             await conn.execute(
                 update(n).where(n.c.key == key, n.c.status != "sent").values(status="failed", error=error)
             )
-            exists = (
-                await conn.execute(select(func.count()).select_from(n).where(n.c.key == key))
-            ).scalar_one()
+            exists = (await conn.execute(select(func.count()).select_from(n).where(n.c.key == key))).scalar_one()
             if not exists:
                 raise NotificationNotFound(key)
 

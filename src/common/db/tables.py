@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -40,7 +41,10 @@ NAMING_CONVENTION = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 RESERVATION_STATUSES = ("held", "released", "committed")
-LEDGER_KINDS = ("receipt", "reservation", "release", "commit", "adjustment")
+# reservation/release/commit: an order's stock; receipt: goods in (purchase order or not); return: goods
+# back from a customer (RMA); adjustment: a correction with a reason; count: a cycle count's difference.
+LEDGER_KINDS = ("receipt", "reservation", "release", "commit", "adjustment", "count", "return")
+PURCHASE_ORDER_STATUSES = ("open", "received", "cancelled")
 PICK_TASK_STATUSES = ("open", "confirmed", "cancelled")
 SHIPMENT_STATUSES = ("created", "purchased", "voided")
 NOTIFICATION_STATUSES = ("sending", "sent", "failed")
@@ -84,6 +88,13 @@ products = Table(
     Column("price_cents", Integer, nullable=False),
     Column("weight_grams", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # Added in 0002 (nullable: SQLite adds columns in place, without rebuilding a referenced table).
+    # Supplier lead time for reorder planning; NULL means the default (7 days).
+    Column("lead_time_days", Integer, nullable=True),
+    # Parcel dimensions in millimetres, when known.
+    Column("length_mm", Integer, nullable=True),
+    Column("width_mm", Integer, nullable=True),
+    Column("height_mm", Integer, nullable=True),
     CheckConstraint("price_cents >= 0", name="price_non_negative"),
     CheckConstraint("weight_grams > 0", name="weight_positive"),
 )
@@ -104,6 +115,8 @@ stock_levels = Table(
     Column("warehouse", String(32), ForeignKey("warehouses.code"), primary_key=True),
     Column("on_hand", Integer, nullable=False),
     Column("reserved", Integer, nullable=False),
+    # Added in 0002: alert ops when available drops to this (NULL: no alerting for this SKU here).
+    Column("reorder_point", Integer, nullable=True),
     CheckConstraint("reserved >= 0", name="reserved_non_negative"),
     CheckConstraint("on_hand >= reserved", name="on_hand_covers_reserved"),
 )
@@ -137,9 +150,12 @@ reservations = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Added in 0002: which shipment of the order this stock goes out with (1 for a single shipment).
+    Column("shipment_no", Integer, nullable=False, server_default="1"),
     CheckConstraint("quantity > 0", name="quantity_positive"),
     CheckConstraint(_in("status", RESERVATION_STATUSES), name="status"),
-    UniqueConstraint("order_id", "sku", "warehouse"),
+    UniqueConstraint("order_id", "shipment_no", "sku", "warehouse"),
+    Index("ix_reservations_sku_warehouse_status", "sku", "warehouse", "status"),
     ForeignKeyConstraint(["sku", "warehouse"], ["stock_levels.sku", "stock_levels.warehouse"]),
 )
 
@@ -207,4 +223,40 @@ notifications = Table(
     Column("sent_at", UTCDateTime, nullable=True),
     CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
     Index("ix_notifications_order_id", "order_id"),
+)
+
+# Expected receipts (one purchase-order line each): counted as "incoming" until received or cancelled.
+purchase_orders = Table(
+    "purchase_orders",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("sku", String(64), ForeignKey("products.sku"), nullable=False),
+    Column("warehouse", String(32), ForeignKey("warehouses.code"), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("received_quantity", Integer, nullable=False),
+    Column("eta", Date, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("closed_at", UTCDateTime, nullable=True),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+    CheckConstraint("received_quantity >= 0", name="received_non_negative"),
+    CheckConstraint(_in("status", PURCHASE_ORDER_STATUSES), name="status"),
+    Index("ix_purchase_orders_sku_warehouse_status", "sku", "warehouse", "status"),
+)
+
+# One row per downward crossing of the reorder point by available stock; open (rearmed_at NULL) until
+# available rises above the reorder point again. alerted_at: ops were emailed about it.
+low_stock_crossings = Table(
+    "low_stock_crossings",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("sku", String(64), ForeignKey("products.sku"), nullable=False),
+    Column("warehouse", String(32), ForeignKey("warehouses.code"), nullable=False),
+    Column("available", Integer, nullable=False),
+    Column("reorder_point", Integer, nullable=False),
+    Column("crossed_at", UTCDateTime, nullable=False),
+    Column("rearmed_at", UTCDateTime, nullable=True),
+    Column("alerted_at", UTCDateTime, nullable=True),
+    Index("ix_low_stock_crossings_sku_warehouse_rearmed_at", "sku", "warehouse", "rearmed_at"),
 )

@@ -53,9 +53,7 @@ def upgrade() -> None:
         sa.Column("reserved", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("sku", "warehouse", name=op.f("pk_stock_levels")),
         sa.ForeignKeyConstraint(["sku"], ["products.sku"], name=op.f("fk_stock_levels_sku_products")),
-        sa.ForeignKeyConstraint(
-            ["warehouse"], ["warehouses.code"], name=op.f("fk_stock_levels_warehouse_warehouses")
-        ),
+        sa.ForeignKeyConstraint(["warehouse"], ["warehouses.code"], name=op.f("fk_stock_levels_warehouse_warehouses")),
         sa.CheckConstraint("reserved >= 0", name=op.f("ck_stock_levels_reserved_non_negative")),
         sa.CheckConstraint("on_hand >= reserved", name=op.f("ck_stock_levels_on_hand_covers_reserved")),
     )
@@ -72,9 +70,7 @@ def upgrade() -> None:
         _ts("at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_stock_ledger")),
         sa.ForeignKeyConstraint(["sku"], ["products.sku"], name=op.f("fk_stock_ledger_sku_products")),
-        sa.ForeignKeyConstraint(
-            ["warehouse"], ["warehouses.code"], name=op.f("fk_stock_ledger_warehouse_warehouses")
-        ),
+        sa.ForeignKeyConstraint(["warehouse"], ["warehouses.code"], name=op.f("fk_stock_ledger_warehouse_warehouses")),
         sa.CheckConstraint(
             "kind IN ('receipt', 'reservation', 'release', 'commit', 'adjustment')",
             name=op.f("ck_stock_ledger_kind"),
@@ -93,18 +89,14 @@ def upgrade() -> None:
         _ts("created_at"),
         _ts("updated_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_reservations")),
-        sa.UniqueConstraint(
-            "order_id", "sku", "warehouse", name=op.f("uq_reservations_order_id_sku_warehouse")
-        ),
+        sa.UniqueConstraint("order_id", "sku", "warehouse", name=op.f("uq_reservations_order_id_sku_warehouse")),
         sa.ForeignKeyConstraint(
             ["sku", "warehouse"],
             ["stock_levels.sku", "stock_levels.warehouse"],
             name=op.f("fk_reservations_sku_warehouse_stock_levels"),
         ),
         sa.CheckConstraint("quantity > 0", name=op.f("ck_reservations_quantity_positive")),
-        sa.CheckConstraint(
-            "status IN ('held', 'released', 'committed')", name=op.f("ck_reservations_status")
-        ),
+        sa.CheckConstraint("status IN ('held', 'released', 'committed')", name=op.f("ck_reservations_status")),
     )
     op.create_table(
         "backorders",
@@ -127,9 +119,7 @@ def upgrade() -> None:
         _ts("confirmed_at", nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pick_tasks")),
         sa.UniqueConstraint("order_id", "attempt", name=op.f("uq_pick_tasks_order_id_attempt")),
-        sa.ForeignKeyConstraint(
-            ["warehouse"], ["warehouses.code"], name=op.f("fk_pick_tasks_warehouse_warehouses")
-        ),
+        sa.ForeignKeyConstraint(["warehouse"], ["warehouses.code"], name=op.f("fk_pick_tasks_warehouse_warehouses")),
         sa.CheckConstraint("attempt >= 0", name=op.f("ck_pick_tasks_attempt_non_negative")),
         sa.CheckConstraint("status IN ('open', 'confirmed', 'cancelled')", name=op.f("ck_pick_tasks_status")),
     )

@@ -1,0 +1,79 @@
+"""Forecasts and reorder plans for stored stock: reads the Store, computes with `forecast`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from common.db import InventoryPosition, Store
+from common.inventory import forecast as fc
+
+
+@dataclass(frozen=True)
+class StockForecast:
+    """One SKU at one warehouse: where it stands, its demand history and the reorder plan."""
+
+    position: InventoryPosition
+    start: date  # first day of `demand`
+    demand: list[int]  # units reserved per day, oldest first, ending today
+    lead_time_days: int
+    plan: fc.ReorderPlan
+
+    @property
+    def sku(self) -> str:
+        return self.position.sku
+
+    @property
+    def warehouse(self) -> str:
+        return self.position.warehouse
+
+
+async def stock_forecasts(
+    store: Store,
+    *,
+    sku: str | None = None,
+    warehouse: str | None = None,
+    days: int = fc.DEFAULT_HISTORY_DAYS,
+    service_level: float = fc.DEFAULT_SERVICE_LEVEL,
+    alpha: float = fc.DEFAULT_ALPHA,
+    cover_days: float = fc.DEFAULT_COVER_DAYS,
+    today: date | None = None,
+) -> list[StockForecast]:
+    """A forecast per (sku, warehouse) known to the Store, from `days` days of demand ending `today`."""
+    fc.z_score(service_level)  # validates
+    today = today or datetime.now(UTC).date()
+    start, length = fc.history_window(days, today)
+    since = datetime.combine(start, time.min, tzinfo=UTC)
+    positions = await store.inventory_positions(sku, warehouse)
+    demand = await store.demand_history(since, sku, warehouse)
+    lead_times = {p.sku: p.lead_time_days for p in await store.products()}
+    out = []
+    for position in positions:
+        events = [(d.at, d.quantity) for d in demand if (d.sku, d.warehouse) == (position.sku, position.warehouse)]
+        series = fc.daily_demand(events, start, length)
+        lead = lead_times.get(position.sku)
+        lead_time = fc.DEFAULT_LEAD_TIME_DAYS if lead is None else lead
+        plan = fc.plan(
+            series,
+            available=position.available,
+            incoming=position.incoming,
+            lead_time_days=lead_time,
+            service_level=service_level,
+            alpha=alpha,
+            cover_days=cover_days,
+        )
+        out.append(StockForecast(position, start, series, lead_time, plan))
+    return out
+
+
+async def on_hand_history(store: Store, sku: str, warehouse: str, start: date, days: int) -> list[int]:
+    """On hand at the end of each day from `start`, rebuilt backwards from today's figure and the ledger."""
+    levels = await store.stock_levels(sku, warehouse)
+    current = levels[0].on_hand if levels else 0
+    since = datetime.combine(start, time.min, tzinfo=UTC)
+    entries = [e for e in await store.ledger(sku, warehouse) if e.at >= since]
+    out = []
+    for i in range(days):
+        end = datetime.combine(start + timedelta(days=i + 1), time.min, tzinfo=UTC)
+        out.append(current - sum(e.delta_on_hand for e in entries if e.at >= end))
+    return out
