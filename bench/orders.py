@@ -318,6 +318,7 @@ def engine_settings(
         sandbox_delivered_after=delivered,
         picker_enabled=False,
         worker_graceful_shutdown=2.0,
+        return_window=0,  # the happy path ends at delivery: no 30-day wait for returns
     )
     return with_sandbox_ports(base)
 

@@ -358,9 +358,9 @@ class OrderWorkflow:
                 )
                 break
             except ActivityError as err:
-                self._compensations.pop()
                 if _error_type(err) != "CarrierAddressError":
-                    raise
+                    raise  # keep "void label": the carrier may have sold one before the failure (voiding is safe)
+                self._compensations.pop()  # the carrier refused the address: nothing was bought
                 resume_at = self._view.status
                 self._record(
                     OrderStatus.ADDRESS_INVALID,

@@ -96,6 +96,9 @@ class FulfillmentApi:
             pick_customer_delay_after_s=s.pick_customer_delay_after,
             delivery_delay_grace_s=s.delivery_delay_grace,
             delivery_exception_timeout_s=s.delivery_exception_timeout,
+            partial_shipment=s.partial_shipment,
+            return_window_s=s.return_window,
+            return_transit_timeout_s=s.return_transit_timeout,
         )
 
     async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:

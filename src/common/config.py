@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.models import PartialShipment
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FULFILL_", extra="ignore")
@@ -68,6 +70,9 @@ class Settings(BaseSettings):
     pick_customer_delay_after: float = Field(default=24 * 3600, gt=0)
     delivery_delay_grace: float = Field(default=3600, ge=0)
     delivery_exception_timeout: float = Field(default=7 * 24 * 3600, gt=0)
+    partial_shipment: PartialShipment = PartialShipment.WAIT_FOR_ALL
+    return_window: float = Field(default=30 * 24 * 3600, ge=0)
+    return_transit_timeout: float = Field(default=14 * 24 * 3600, gt=0)
 
     # Simulated picker (demo only): confirms open pick tasks after this many seconds
     picker_enabled: bool = True

@@ -147,6 +147,11 @@ class OrderView(BaseModel):
     timeline: list[TimelineEntry] = Field(default_factory=list)
 
 
+class PartialShipment(StrEnum):
+    WAIT_FOR_ALL = "wait_for_all"
+    SHIP_AVAILABLE = "ship_available"
+
+
 class OrderPolicy(BaseModel):
     """Durations the workflow needs, fixed when the order is placed (seconds in the demo, hours in prod)."""
 
@@ -162,6 +167,13 @@ class OrderPolicy(BaseModel):
     delivery_delay_grace_s: float = 3600
     # How long a delivery exception waits for ops (reship or refund) before the order is FAILED for review.
     delivery_exception_timeout_s: float = 7 * 24 * 3600
+    # Some lines in stock, others not: wait for all (one shipment), or ship what is there now and the rest later.
+    partial_shipment: PartialShipment = PartialShipment.WAIT_FOR_ALL
+    # After delivery the order stays open this long for returns, then closes as COMPLETED.
+    return_window_s: float = 30 * 24 * 3600
+    # A return label whose parcel never moves within this long expires (the customer is told).
+    return_transit_timeout_s: float = 14 * 24 * 3600
+
 
 
 TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED})
@@ -207,6 +219,14 @@ class NotificationEvent(StrEnum):
     DELIVERY_DELAYED = "delivery_delayed"
     DELIVERY_PROBLEM = "delivery_problem"
     REFUND_ISSUED = "refund_issued"
+    PARTIAL_SHIPMENT = "partial_shipment"  # part of the order ships now, the rest when it is in stock
+    RESHIPPED = "reshipped"
+    # Returns
+    RETURN_LABEL = "return_label"
+    RETURN_EXPIRED = "return_expired"
+    RETURN_RECEIVED = "return_received"
+    RETURN_REFUNDED = "return_refunded"
+    REPLACEMENT_PLACED = "replacement_placed"
 
 
 class NotifyRequest(BaseModel):

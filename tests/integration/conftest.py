@@ -70,6 +70,8 @@ def stack_settings(dev_server: WorkflowEnvironment, sandbox: SandboxServers, var
         database_url=f"sqlite+aiosqlite:///{var_dir / 'fulfill.db'}",
         tracking_poll_interval=0.5,
         picker_delay=0,
+        # Orders close at delivery here; the returns tests open a window of their own.
+        return_window=0,
     )
     return sandbox.settings_for_clients(base)
 

@@ -204,6 +204,7 @@ async def run_scenarios(paths: list[str]) -> dict[str, str]:
                     database_url=f"sqlite+aiosqlite:///{var / 'fulfill.db'}",
                     tracking_poll_interval=0.5,
                     picker_enabled=False,
+                    return_window=0,
                 )
             )
             store = await Store.open(settings.database_url)

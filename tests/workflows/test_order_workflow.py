@@ -180,6 +180,7 @@ POLICY = OrderPolicy(
     tracking_timeout_s=30 * DAY,
     backorder_recheck_interval_s=DAY,
     backorder_max_wait_s=14 * DAY,
+    return_window_s=0,  # close at delivery; the returns tests open a window
 )
 
 
