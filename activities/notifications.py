@@ -1,6 +1,7 @@
 """Customer notifications by email and SMS, exactly once per (order, event, channel).
 
-The delivery log in the database is claimed before sending and marked after: a retried activity or a
+The delivery log in the database is claimed before sending (all channels of a notification in one
+transaction) and each message is marked as soon as it is sent: a retried activity or a
 restarted worker skips what was already sent. The only window left is a crash after the provider accepted
 the message and before the log was marked; then the message is sent again (at-least-once beats a missing
 shipping notice). Emails carry a deterministic Message-ID so relays and mail clients can drop that rare copy.
@@ -16,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from common.config import Settings
 from common.db import Store
+from common.db.store import NotificationClaim
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.integrations.sms import SmsPermanentError, SmsSender
 from common.messages import RenderedMessage, render
@@ -35,45 +37,42 @@ class NotificationActivities:
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
-        """Each channel at once; a channel that fails for good is skipped, a transient failure is raised after
-        the other channels are done (and logged), so the retry sends only what is missing."""
-        channels = list(request.channels)
-        outcomes = await asyncio.gather(*(self._notify_channel(request, c) for c in channels), return_exceptions=True)
+        """Every channel's message is claimed in one transaction, then the channels are sent at once, each
+        marked in the log as soon as it is sent. A channel that fails for good is skipped; a transient failure
+        is raised after the other channels are done, so the retry sends only what is missing."""
         result = NotifyResult()
+        pending: list[tuple[Channel, NotificationClaim, RenderedMessage]] = []
+        for channel in request.channels:
+            recipient = request.customer.email if channel == Channel.EMAIL else request.customer.phone
+            if recipient is None:
+                result.skipped[channel.value] = "no recipient for this channel"
+                continue
+            message = render(request, channel)
+            key = notification_key(request.order_id, request.event.value, channel.value, request.occurrence)
+            claim = NotificationClaim(
+                key, request.order_id, request.event.value, channel.value, recipient, message.subject, message.text
+            )
+            pending.append((channel, claim, message))
+        claimed = await self._store.claim_notifications([claim for _, claim, _ in pending])
+        sending = [p for p in pending if p[1].key in claimed]
+        result.already_sent.extend(channel for channel, claim, _ in pending if claim.key not in claimed)
+        outcomes = await asyncio.gather(
+            *(self._send_claimed(claim, channel, message) for channel, claim, message in sending),
+            return_exceptions=True,
+        )
         failure: BaseException | None = None
-        for channel, outcome in zip(channels, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+        for (channel, claim, _), outcome in zip(sending, outcomes, strict=True):
+            if isinstance(outcome, EmailPermanentError | SmsPermanentError):
+                # Retrying cannot fix an invalid or opted-out recipient: go on without this message.
+                activity.logger.warning("%s not sent: %s", claim.key, outcome)
+                result.skipped[channel.value] = str(outcome)
+            elif isinstance(outcome, BaseException):
                 failure = failure or outcome
-            elif outcome is True:
-                result.sent.append(channel)
-            elif outcome is False:
-                result.already_sent.append(channel)
             else:
-                result.skipped[channel.value] = outcome
+                result.sent.append(channel)
         if failure is not None:
             raise failure
         return result
-
-    async def _notify_channel(self, request: NotifyRequest, channel: Channel) -> bool | str:
-        """True sent, False already sent before, or why it was skipped."""
-        key = notification_key(request.order_id, request.event.value, channel.value, request.occurrence)
-        recipient = request.customer.email if channel == Channel.EMAIL else request.customer.phone
-        if recipient is None:
-            return "no recipient for this channel"
-        message = render(request, channel)
-        try:
-            return await self._deliver_once(
-                key,
-                order_id=request.order_id,
-                event=request.event.value,
-                channel=channel,
-                recipient=recipient,
-                message=message,
-            )
-        except (EmailPermanentError, SmsPermanentError) as err:
-            # Retrying cannot fix an invalid or opted-out recipient: go on without this message.
-            activity.logger.warning("%s not sent: %s", key, err)
-            return str(err)
 
     @activity.defn(name="alert_ops")
     async def alert_ops(self, alert: OpsAlert) -> bool:
@@ -93,22 +92,19 @@ class NotificationActivities:
     async def _deliver_once(
         self, key: str, *, order_id: str, event: str, channel: Channel, recipient: str, message: RenderedMessage
     ) -> bool:
-        """Claim the key in the delivery log, send, mark sent; False if an earlier attempt already sent it.
-        A permanent provider refusal is logged as failed and raised as is; anything else becomes a retryable
-        ApplicationError."""
-        claimed = await self._store.claim_notification(
-            key,
-            order_id=order_id,
-            event=event,
-            channel=channel.value,
-            recipient=recipient,
-            subject=message.subject,
-            body=message.text,
-        )
-        if not claimed:
+        """Claim the key in the delivery log, send, mark sent; False if an earlier attempt already sent it."""
+        claim = NotificationClaim(key, order_id, event, channel.value, recipient, message.subject, message.text)
+        if key not in await self._store.claim_notifications([claim]):
             return False
+        await self._send_claimed(claim, channel, message)
+        return True
+
+    async def _send_claimed(self, claim: NotificationClaim, channel: Channel, message: RenderedMessage) -> None:
+        """Send a claimed message and mark it sent. A permanent provider refusal is logged as failed and raised
+        as is; anything else becomes a retryable ApplicationError."""
+        key, order_id = claim.key, claim.order_id
         try:
-            provider_id = await self._send(key, order_id, channel, recipient, message)
+            provider_id = await self._send(key, order_id, channel, claim.recipient, message)
         except (EmailPermanentError, SmsPermanentError) as err:
             await self._store.mark_notification_failed(key, str(err))
             raise
@@ -116,7 +112,6 @@ class NotificationActivities:
             await self._store.mark_notification_failed(key, str(err))
             raise ApplicationError(f"{channel.value} to order {order_id} failed: {err}") from err
         await self._store.mark_notification_sent(key, provider_id)
-        return True
 
     async def _send(self, key: str, order_id: str, channel: Channel, recipient: str, message: RenderedMessage) -> str:
         if channel == Channel.EMAIL:

@@ -265,6 +265,19 @@ class NotificationRecord:
     sent_at: datetime | None
 
 
+@dataclass(frozen=True)
+class NotificationClaim:
+    """One message to claim in the delivery log before sending it (see `Store.claim_notifications`)."""
+
+    key: str
+    order_id: str
+    event: str
+    channel: str
+    recipient: str
+    subject: str | None
+    body: str
+
+
 # Seed rows for `seed_catalogue`: (sku, name, price_cents, weight_grams), (code, name, country, region),
 # (sku, warehouse, on_hand).
 ProductSeed = tuple[str, str, int, int]
@@ -2081,36 +2094,57 @@ class Store:
     ) -> bool:
         """True if the caller should send now. False once `key` was sent. A key left "sending" (the sender
         crashed) or "failed" is claimed again, counting the attempt."""
-        _require_text("notification key", key)
+        claim = NotificationClaim(key, order_id, event, channel, recipient, subject, body)
+        return key in await self.claim_notifications([claim])
+
+    async def claim_notifications(self, claims: Sequence[NotificationClaim]) -> set[str]:
+        """`claim_notification` for several messages (e.g. the channels of one notification) in one
+        transaction and one statement; returns the keys the caller should send now."""
+        if not claims:
+            return set()
+        for claim in claims:
+            _require_text("notification key", claim.key)
+        if len({c.key for c in claims}) != len(claims):
+            raise ValueError("the same notification key twice in one claim")
         n = t.notifications
+        now = _now()
+        rows = [
+            {
+                "key": c.key,
+                "order_id": c.order_id,
+                "event": c.event,
+                "channel": c.channel,
+                "recipient": c.recipient,
+                "subject": c.subject,
+                "body": c.body,
+                "status": "sending",
+                "attempts": 1,
+                "created_at": now,
+            }
+            for c in claims
+        ]
+        insert = self._insert(n).values(rows)
+        # A new key is inserted; a known one is claimed again unless it was sent, in the same statement (the
+        # WHERE is evaluated under the row's lock, so a concurrent "sent" is never claimed again). RETURNING
+        # names the rows inserted or updated, i.e. the claimed keys.
+        stmt = insert.on_conflict_do_update(
+            index_elements=[n.c.key],
+            set_={
+                "status": "sending",
+                "attempts": n.c.attempts + 1,
+                "error": None,
+                "recipient": insert.excluded.recipient,
+                "subject": insert.excluded.subject,
+                "body": insert.excluded.body,
+            },
+            where=n.c.status != "sent",
+        ).returning(n.c.key)
 
-        async def op(conn: AsyncConnection) -> bool:
-            fields = {"recipient": recipient, "subject": subject, "body": body}
-            inserted = await conn.execute(
-                self._insert(n)
-                .values(
-                    key=key,
-                    order_id=order_id,
-                    event=event,
-                    channel=channel,
-                    status="sending",
-                    attempts=1,
-                    created_at=_now(),
-                    **fields,
-                )
-                .on_conflict_do_nothing(index_elements=[n.c.key])
-            )
-            if inserted.rowcount == 1:
-                return True
-            # Conditional, so a concurrent "sent" is never claimed again.
-            reclaimed = await conn.execute(
-                update(n)
-                .where(n.c.key == key, n.c.status != "sent")
-                .values(status="sending", attempts=n.c.attempts + 1, error=None, **fields)
-            )
-            return reclaimed.rowcount == 1
+        async def op(conn: AsyncConnection) -> set[str]:
+            return set((await conn.execute(stmt)).scalars())
 
-        return await self._write(op, f"claim notification {key}")
+        what = claims[0].key if len(claims) == 1 else f"{len(claims)} notifications of order {claims[0].order_id}"
+        return await self._write(op, f"claim {what}")
 
     async def mark_notification_sent(self, key: str, provider_message_id: str) -> None:
         n = t.notifications
