@@ -78,9 +78,14 @@ class Settings(BaseSettings):
     picker_enabled: bool = True
     picker_delay: float = Field(default=3.0, ge=0)
 
-    # Worker tuning
+    # Worker tuning. The sticky cache holds this many orders in memory; beyond it the least recently used is
+    # evicted and replayed from its history when it next wakes (bounds the worker's memory).
     worker_graceful_shutdown: float = 10.0
-    worker_max_cached_workflows: int = 1000
+    worker_max_cached_workflows: int = Field(default=1000, ge=1)
+    # Slots per task kind (unset: the SDK default, 100 each). One Python process runs all of them on one core.
+    worker_max_concurrent_workflow_tasks: int | None = Field(default=None, ge=2)
+    worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
+    worker_max_concurrent_local_activities: int | None = Field(default=None, ge=1)
 
 
     @field_validator("*", mode="before")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 # Libraries that log every request at INFO: useful when debugging them, noise in the stack's output.
-_QUIET = ("twilio.http_client", "alembic", "aiosmtpd", "mail.log", "aiohttp.access")
+_QUIET = ("twilio.http_client", "twilio.async_http_client", "alembic", "aiosmtpd", "mail.log", "aiohttp.access")
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -171,7 +171,7 @@ async def test_sms_lands_in_outbox_with_order_from_status_callback(sb: SandboxSe
         async with http.post(f"{sb.http_url}/sms/status", data=forged, headers=headers) as resp:
             assert resp.status == 403
     assert sb.outbox("ORD-2")[0].status == "delivered"
-    sms.close()
+    await sms.close()
 
 
 @pytest.mark.parametrize(

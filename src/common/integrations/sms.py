@@ -1,17 +1,19 @@
 """SMS through the real `twilio` SDK; `settings.twilio_base_url` points it at the sandbox.
 
-The SDK is blocking (requests), so each call runs in a worker thread; one Client (one HTTP session) per
-SmsSender.
+The SDK's async API (`messages.create_async` over its aiohttp `AsyncTwilioHttpClient`): no thread per
+message, and one HTTP session (keep-alive connections) per SmsSender, opened in the running loop on the
+first message. Close it with `await sender.close()`.
 """
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from requests.exceptions import RequestException
+import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
 from twilio.rest import Client
 
 from common.config import Settings
@@ -36,10 +38,42 @@ class SmsTransientError(NotificationError):
         self.code = code
 
 
+class _HttpClient(AsyncTwilioHttpClient):
+    """The SDK's aiohttp client with two fixes: its session is created in the loop that uses it (not where
+    the sender is constructed), without env proxies (like the sandbox's local endpoint needs); and every
+    request gets the sender's timeout (the SDK passes none, which aiohttp reads as "wait forever")."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(pool_connections=False, timeout=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the SDK calls it with this signature)
+        allow_redirects: bool = False,
+    ) -> Response:
+        if self._session is None or self._session.closed:
+            self._session = self.session = aiohttp.ClientSession(trust_env=False)
+        return await super().request(
+            method, url, params, data, headers, auth, timeout if timeout is not None else self.timeout, allow_redirects
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class SmsSender:
     def __init__(self, settings: Settings, *, timeout: float = 15.0) -> None:
         self._settings = settings
-        http_client = TwilioHttpClient(timeout=timeout)
+        http_client = _HttpClient(timeout)
         self._http_client = http_client
         self._client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http_client)
         if settings.twilio_base_url:
@@ -48,8 +82,6 @@ class SmsSender:
             self._client.api.base_url = settings.twilio_base_url.rstrip("/")
             self._client.edge = None
             self._client.region = None
-            if http_client.session is not None:
-                http_client.session.trust_env = False  # a local endpoint: never through an env proxy
 
     def status_callback_url(self, order_id: str, **extra: str) -> str | None:
         """settings.sms_status_callback_url with `order_id` (and `extra`) in the query, or None if unset."""
@@ -62,11 +94,8 @@ class SmsSender:
 
     async def send(self, *, to: str, body: str, status_callback: str | None) -> str:
         """Sends one SMS; returns the Twilio message sid."""
-        return await asyncio.to_thread(self._send, to, body, status_callback)
-
-    def _send(self, to: str, body: str, status_callback: str | None) -> str:
         sender = self._settings.twilio_from_number
-        kwargs: dict[str, str] = {"to": to, "body": body}
+        kwargs: dict[str, Any] = {"to": to, "body": body}
         if sender.startswith("MG"):
             kwargs["messaging_service_sid"] = sender
         else:
@@ -74,7 +103,7 @@ class SmsSender:
         if status_callback:
             kwargs["status_callback"] = status_callback
         try:
-            message = self._client.messages.create(**kwargs)
+            message = await self._client.messages.create_async(**kwargs)
         except TwilioRestException as err:
             code = err.code if isinstance(err.code, int) else None
             if err.status == 429 or err.status >= 500:
@@ -85,12 +114,11 @@ class SmsSender:
             if err.status == 429 or err.status >= 500:
                 raise SmsTransientError(f"Twilio HTTP {err.status}: {err.title}", err.code) from err
             raise SmsPermanentError(err.code, err.detail or err.title) from err
-        except (TwilioException, RequestException, OSError) as err:
+        except (TwilioException, aiohttp.ClientError, OSError, TimeoutError) as err:
             raise SmsTransientError(f"Twilio unreachable: {err}") from err
         if message.sid is None:
             raise SmsTransientError("Twilio answered without a message sid")
         return message.sid
 
-    def close(self) -> None:
-        if self._http_client.session is not None:
-            self._http_client.session.close()
+    async def close(self) -> None:
+        await self._http_client.close()
