@@ -19,16 +19,20 @@ from temporalio.worker import Worker
 
 from activities.inventory import InventoryActivities
 from activities.notifications import NotificationActivities
+from activities.returns import ReturnActivities
 from activities.shipping import ShippingActivities
 from activities.warehouse import WarehouseActivities
 from common.config import Settings, get_settings
 from common.db import Store
+from common.db.returns import ReturnsStore
 from common.integrations.carrier import CarrierClient
 from common.integrations.email import EmailSender
+from common.integrations.payments import SandboxPayments
 from common.integrations.sms import SmsSender
 from common.logs import configure_logging
 from common.temporal import connect
 from workflows.order import OrderWorkflow
+from workflows.returns import ReturnWorkflow
 
 log = logging.getLogger("fulfill.worker")
 
@@ -44,10 +48,11 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         shipping = ShippingActivities(store, carrier)
         sms = SmsSender(settings)
         notifications = NotificationActivities(store, email, sms, settings)
+        returns = ReturnActivities(store, carrier, SandboxPayments(ReturnsStore(store), settings))
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[OrderWorkflow],
+            workflows=[OrderWorkflow, ReturnWorkflow],
             activities=[
                 inventory.reserve_stock,
                 inventory.release_stock,
@@ -60,6 +65,12 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 shipping.await_tracking_change,
                 notifications.notify_customer,
                 notifications.alert_ops,
+                returns.record_rma,
+                returns.set_rma_status,
+                returns.buy_return_label,
+                returns.void_return_label,
+                returns.inspect_return,
+                returns.refund_return,
             ],
             max_cached_workflows=settings.worker_max_cached_workflows,
             max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,

@@ -44,6 +44,7 @@ from common.models import (
     ResolveDeliveryRequest,
     workflow_id_for,
 )
+from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS, connect
 
 WORKFLOW_TYPE = "OrderWorkflow"
@@ -245,12 +246,100 @@ class FulfillmentApi:
     async def receive_stock(self, sku: str, quantity: int, warehouse: str | None = None) -> StockLevel:
         """Restock, then wake the orders waiting for this SKU, oldest first."""
         level = await self.store.receive_stock(sku, quantity, warehouse)
-        for order_id in await self.store.backordered_orders([sku]):
-            try:
-                await self.signal_order(order_id, "stock_received", sku)
-            except OrderNotFound:
-                continue  # closed meanwhile; its backorder row is stale
+        await wake_backordered_orders(self.client, self.store, [sku])
         return level
+
+    # ------------------------------------------------------------------------------------------ returns
+
+    async def request_return(
+        self,
+        order_id: str,
+        lines: dict[str, int] | list[tuple[str, int]],
+        reason: str,
+        *,
+        exchange: bool = False,
+        note: str | None = None,
+    ) -> OrderView:
+        """Ask for a return (RMA) of delivered units; refused (InvalidRequest, nothing changed) outside the
+        return window, for units not delivered or already returned, or for an unknown reason."""
+        pairs = list(lines.items()) if isinstance(lines, dict) else list(lines)
+        try:
+            request = ReturnRequest.model_validate(
+                {
+                    "lines": [{"sku": sku, "quantity": qty} for sku, qty in pairs],
+                    "reason": reason,
+                    "exchange": exchange,
+                    "note": note,
+                }
+            )
+        except ValidationError as err:
+            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
+        return await self._update(order_id, "request_return", request)
+
+    async def rma_status(self, rma_id: str) -> RmaView:
+        handle = self.client.get_workflow_handle(return_workflow_id(rma_id), result_type=RmaView)
+        try:
+            description = await handle.describe()
+            if description.status == WorkflowExecutionStatus.COMPLETED:
+                return await handle.result()
+            return await handle.query("status", result_type=RmaView, rpc_timeout=timedelta(seconds=10))
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise InvalidRequest(f"no RMA {rma_id!r}") from None
+            raise
+
+    async def receive_return(self, rma_id: str, lines: list[tuple[str, int, str]], note: str | None = None) -> RmaView:
+        """The warehouse received an RMA's parcel: (sku, quantity, "resellable" | "damaged") per line."""
+        try:
+            request = ReceiveReturnRequest.model_validate(
+                {
+                    "lines": [{"sku": sku, "quantity": qty, "condition": cond} for sku, qty, cond in lines],
+                    "note": note,
+                }
+            )
+        except ValidationError as err:
+            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
+        return await self._rma_update(rma_id, "receive_return", request)
+
+    async def retry_refund(self, rma_id: str, description: str) -> RmaView:
+        """Ops retry a refund that failed (the RMA is REFUND_FAILED)."""
+        try:
+            request = RetryRefundRequest(description=description)
+        except ValidationError as err:
+            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
+        return await self._rma_update(rma_id, "retry_refund", request)
+
+    async def _rma_update(self, rma_id: str, update: str, arg: Any) -> RmaView:
+        handle = self.client.get_workflow_handle(return_workflow_id(rma_id), result_type=RmaView)
+        try:
+            return await handle.execute_update(update, arg, result_type=RmaView)
+        except WorkflowUpdateFailedError as err:
+            raise InvalidRequest(f"RMA {rma_id}: {_cause(err)}") from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                try:
+                    description = await handle.describe()
+                except RPCError:
+                    raise InvalidRequest(f"no RMA {rma_id!r}") from None
+                status = description.status.name.lower() if description.status else "closed"
+                raise InvalidRequest(f"RMA {rma_id} is closed ({status}); nothing can change it now") from None
+            raise
+
+
+async def wake_backordered_orders(client: Client, store: Store, skus: list[str]) -> list[str]:
+    """Signal `stock_received` to the orders waiting for these SKUs, oldest first (after a restock or a
+    returned unit back on hand); returns the orders signalled."""
+    woken = []
+    for sku in skus:
+        for order_id in await store.backordered_orders([sku]):
+            try:
+                await client.get_workflow_handle(workflow_id_for(order_id)).signal("stock_received", sku)
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    continue  # closed meanwhile; its backorder row is stale
+                raise
+            woken.append(order_id)
+    return woken
 
 
 def _cause(err: BaseException) -> str:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
     worker_max_concurrent_local_activities: int | None = Field(default=None, ge=1)
 
+    # Payments (refunds of returns): the sandbox gateway; true makes every refund fail (to see retry_refund)
+    sandbox_payments_fail: bool = False
+
 
     @field_validator("*", mode="before")
     @classmethod

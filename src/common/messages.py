@@ -64,6 +64,30 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
         "Order {order_id}: refund issued",
         "Order {order_id} could not be delivered, so we are refunding it in full. Sorry for the trouble, {name}.",
     ),
+    # Returns (context: rma_id and the values below)
+    NotificationEvent.RETURN_LABEL: (
+        "Order {order_id}: your return label ({rma_id})",
+        "Your return {rma_id} for order {order_id} ({items}) is approved. Print your {carrier} return label: "
+        "{label_url} and track the parcel ({tracking_number}): {tracking_url}",
+    ),
+    NotificationEvent.RETURN_EXPIRED: (
+        "Order {order_id}: return {rma_id} expired",
+        "Your return {rma_id} for order {order_id} expired: the parcel was not sent within {days} days. "
+        "Reply to this message if you still want to return it.",
+    ),
+    NotificationEvent.RETURN_RECEIVED: (
+        "Order {order_id}: we received your return {rma_id}",
+        "We received your return {rma_id} for order {order_id}: {items}. Thanks, {name}!",
+    ),
+    NotificationEvent.RETURN_REFUNDED: (
+        "Order {order_id}: refund issued for return {rma_id}",
+        "We refunded {amount} for your return {rma_id} (order {order_id}). It may take a few days to show.",
+    ),
+    NotificationEvent.REPLACEMENT_PLACED: (
+        "Order {order_id}: replacement order {replacement_order_id} placed",
+        "For your return {rma_id} we placed replacement order {replacement_order_id} for order {order_id}. "
+        "You will hear from us when it ships.",
+    ),
 }
 
 

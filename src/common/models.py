@@ -128,6 +128,21 @@ class TimelineEntry(BaseModel):
     note: str = ""
 
 
+class ReturnSummary(BaseModel):
+    """One return (RMA) of the order as the order's view shows it (the rest: common.returns.RmaView)."""
+
+    rma_id: str
+    status: str  # common.returns.RmaStatus
+    reason: str  # common.returns.ReturnReason
+    lines: list[OrderLine]
+    requested_at: datetime
+    exchange: bool = False
+    replacement_order_id: str | None = None
+    tracking_number: str | None = None
+    refund_cents: int | None = None
+    note: str | None = None
+
+
 class OrderView(BaseModel):
     """What `fulfill order status` prints and the workflow's `status` query returns."""
 
@@ -145,6 +160,9 @@ class OrderView(BaseModel):
     tracking_url: str | None = None
     estimated_delivery: datetime | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    # Returns (RMAs) of this order, and the order this one replaces (an exchange), if any.
+    returns: list[ReturnSummary] = Field(default_factory=list)
+    replacement_for: str | None = None
 
 
 class PartialShipment(StrEnum):
@@ -201,6 +219,8 @@ class HoldRequest(_Strict):
 class OrderWorkflowInput(BaseModel):
     order: Order
     policy: OrderPolicy = Field(default_factory=OrderPolicy)
+    # Set on a replacement order (an exchange): the order id it replaces and the RMA, e.g. "ORD-1 (RMA-ORD-1-1)".
+    replacement_for: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------

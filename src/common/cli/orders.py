@@ -148,3 +148,74 @@ async def order_resolve(
     """Decide an order in DELIVERY_EXCEPTION: refund and close it (reship comes later)."""
     async with await connect_api() as api:
         _print_outcome(await api.resolve_delivery_exception(order_id, action.value, note))
+
+
+# ------------------------------------------------------------------------------------------ returns
+
+
+def _parse_return_lines(lines: list[str]) -> list[tuple[str, int]]:
+    parsed = []
+    for raw in lines:
+        sku, sep, qty = raw.partition("=")
+        if not sep or not sku.strip() or not qty.strip().isdigit():
+            raise InvalidRequest(f"--line {raw!r}: expected SKU=QTY, e.g. MUG-RED=1")
+        parsed.append((sku.strip(), int(qty)))
+    return parsed
+
+
+@order_app.command("return")
+@run_async
+async def order_return(
+    order_id: str,
+    line: Annotated[list[str], typer.Option("--line", help="SKU=QTY to return (repeat for several lines).")],
+    reason: Annotated[
+        str,
+        typer.Option(help="damaged, wrong_item, not_as_described, no_longer_needed or other."),
+    ],
+    exchange: Annotated[
+        bool, typer.Option("--exchange", help="Send a replacement instead of a refund (damaged or wrong_item).")
+    ] = False,
+    note: Annotated[str | None, typer.Option("--note", help="Shown to ops in the timeline.")] = None,
+) -> None:
+    """Request a return (RMA) of delivered units, inside the return window: a return label goes to the customer."""
+    lines = _parse_return_lines(line)
+    async with await connect_api() as api:
+        view = await api.request_return(order_id, lines, reason, exchange=exchange, note=note)
+    rma = view.returns[-1]
+    out.print(f"[bold]{rma.rma_id}[/] accepted for order {view.order_id} ({view.status.value})")
+    if rma.replacement_order_id:
+        out.print(f"replacement order: {rma.replacement_order_id}")
+    out.print(f"next: fulfill warehouse receive-return {rma.rma_id} --line SKU=QTY:resellable|damaged")
+
+
+@order_app.command("returns")
+@run_async
+async def order_returns(
+    order_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The returns (RMAs) of an order: status, lines, tracking, refund."""
+    async with await connect_api() as api:
+        view = await api.order_status(order_id)
+    if as_json:
+        print_json([r.model_dump(mode="json") for r in view.returns])
+        return
+    table = Table("RMA", "status", "reason", "lines", "tracking", "refund", "note")
+    for r in view.returns:
+        refund = f"{r.refund_cents / 100:.2f}" if r.refund_cents is not None else ""
+        lines = ", ".join(f"{li.sku} x{li.quantity}" for li in r.lines)
+        reason = r.reason + (f" (exchange: {r.replacement_order_id})" if r.exchange else "")
+        table.add_row(r.rma_id, r.status, reason, lines, r.tracking_number or "", refund, r.note or "")
+    out.print(table)
+
+
+@order_app.command("retry-refund")
+@run_async
+async def order_retry_refund(
+    rma_id: str,
+    description: Annotated[str, typer.Option("--description", help="What ops did (shown in the timeline).")],
+) -> None:
+    """Retry the refund of an RMA that failed and waits for ops (REFUND_FAILED)."""
+    async with await connect_api() as api:
+        rma = await api.retry_refund(rma_id, description)
+    out.print(f"[bold]{rma.rma_id}[/]  {rma.status.value}" + (f"  ({rma.note})" if rma.note else ""))

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from common.cli._base import connect_api, out, print_json, run_async
+from common.errors import InvalidRequest
 
 warehouse_app = typer.Typer(help="Pick tasks for warehouse staff.", no_args_is_help=True)
 
@@ -38,3 +39,31 @@ async def warehouse_confirm(task_id: str) -> None:
     async with await connect_api() as api:
         task = await api.confirm_pick(task_id)
     out.print(f"pick task {task.id} confirmed (order {task.order_id})")
+
+
+def _parse_received(lines: list[str]) -> list[tuple[str, int, str]]:
+    parsed = []
+    for raw in lines:
+        sku, sep, rest = raw.partition("=")
+        qty, sep2, condition = rest.partition(":")
+        if not sep or not sep2 or not sku.strip() or not qty.strip().isdigit():
+            raise InvalidRequest(f"--line {raw!r}: expected SKU=QTY:resellable or SKU=QTY:damaged")
+        parsed.append((sku.strip(), int(qty), condition.strip()))
+    return parsed
+
+
+@warehouse_app.command("receive-return")
+@run_async
+async def warehouse_receive_return(
+    rma_id: str,
+    line: Annotated[
+        list[str], typer.Option("--line", help="SKU=QTY:resellable or SKU=QTY:damaged (repeat for several).")
+    ],
+    note: Annotated[str | None, typer.Option("--note", help="Inspection note (kept with a write-off).")] = None,
+) -> None:
+    """Receive and inspect a returned parcel: resellable units back on hand, damaged ones written off."""
+    lines = _parse_received(line)
+    async with await connect_api() as api:
+        rma = await api.receive_return(rma_id, lines, note)
+    found = ", ".join(f"{li.sku} x{li.quantity} {li.condition.value}" for li in rma.received)
+    out.print(f"[bold]{rma.rma_id}[/]  {rma.status.value}  (received {found})")

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -43,7 +44,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 RESERVATION_STATUSES = ("held", "released", "committed")
 # reservation/release/commit: an order's stock; receipt: goods in (purchase order or not); return: goods
 # back from a customer (RMA); adjustment: a correction with a reason; count: a cycle count's difference.
-LEDGER_KINDS = ("receipt", "reservation", "release", "commit", "adjustment", "count", "return")
+# writeoff (0003): returned units inspected as damaged, recorded with zero on-hand delta (ref: the RMA).
+LEDGER_KINDS = ("receipt", "reservation", "release", "commit", "adjustment", "count", "return", "writeoff")
 PURCHASE_ORDER_STATUSES = ("open", "received", "cancelled")
 PICK_TASK_STATUSES = ("open", "confirmed", "cancelled")
 SHIPMENT_STATUSES = ("created", "purchased", "voided")
@@ -259,4 +261,59 @@ low_stock_crossings = Table(
     Column("rearmed_at", UTCDateTime, nullable=True),
     Column("alerted_at", UTCDateTime, nullable=True),
     Index("ix_low_stock_crossings_sku_warehouse_rearmed_at", "sku", "warehouse", "rearmed_at"),
+)
+
+# ---------------------------------------------------------------------------------------------------------
+# Returns (0003): one row per RMA, its lines (authorised, then what the warehouse found), and the refunds
+# ledger of the sandbox payments gateway (one refund per RMA: the key is "refund:<rma_id>").
+
+RMA_STATUSES = ("REQUESTED", "IN_TRANSIT", "RECEIVED", "REFUND_FAILED", "REFUNDED", "EXCHANGED", "EXPIRED", "FAILED")
+REFUND_STATUSES = ("refunded",)
+
+rmas = Table(
+    "rmas",
+    metadata,
+    Column("rma_id", String(100), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("exchange", Boolean, nullable=False),
+    Column("replacement_order_id", String(80), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("carrier", String(64), nullable=True),
+    Column("tracking_number", String(200), nullable=True),
+    Column("label_url", Text, nullable=True),
+    Column("note", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint(_in("status", RMA_STATUSES), name="status"),
+    Index("ix_rmas_order_id", "order_id"),
+)
+
+rma_lines = Table(
+    "rma_lines",
+    metadata,
+    Column("rma_id", String(100), ForeignKey("rmas.rma_id"), primary_key=True),
+    Column("sku", String(64), ForeignKey("products.sku"), primary_key=True),
+    Column("quantity", Integer, nullable=False),  # authorised
+    Column("resellable", Integer, nullable=False),  # found at inspection
+    Column("damaged", Integer, nullable=False),
+    CheckConstraint("quantity > 0", name="quantity_positive"),
+    CheckConstraint("resellable >= 0 AND damaged >= 0", name="inspected_non_negative"),
+    CheckConstraint("resellable + damaged <= quantity", name="inspected_within_authorised"),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("refund_id", String(64), nullable=False, unique=True),
+    Column("rma_id", String(100), nullable=False),
+    Column("order_id", String(64), nullable=False),
+    Column("amount_cents", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("amount_cents >= 0", name="amount_non_negative"),
+    CheckConstraint(_in("status", REFUND_STATUSES), name="status"),
+    Index("ix_refunds_order_id", "order_id"),
 )

@@ -1,0 +1,199 @@
+"""Side effects of a return (RMA): record it, buy the return label, inspect what came back, refund.
+
+Every one is idempotent by a business key: the RMA id for the DB rows, `return-label:<rma>` for the carrier
+(the carrier shipment id is recorded before buying, as for outbound labels), `(RMA, sku, warehouse)` for the
+restock and write-off ledger rows, `refund:<rma>` for the payments gateway.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from common.api import wake_backordered_orders
+from common.db import Store
+from common.db.returns import ReturnsStore
+from common.db.store import ShipmentRecord
+from common.integrations.carrier import (
+    CarrierAddressError,
+    CarrierAlreadyPurchasedError,
+    CarrierClient,
+    CarrierError,
+    CarrierTransientError,
+    choose_rate,
+)
+from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
+from common.returns import (
+    Condition,
+    InspectRequest,
+    InspectResult,
+    RecordRmaRequest,
+    RefundRequest,
+    RefundResult,
+    ReturnLabel,
+    ReturnLabelRequest,
+    RmaStatusChange,
+    refund_key,
+    refundable_units,
+    return_label_key,
+)
+
+# Returns go back the cheapest way: no customer is waiting on the parcel.
+RETURN_MAX_DELIVERY_DAYS = 7
+
+
+class ReturnActivities:
+    def __init__(self, store: Store, carrier: CarrierClient, payments: PaymentsGateway) -> None:
+        self._store = store
+        self._returns = ReturnsStore(store)
+        self._carrier = carrier
+        self._payments = payments
+
+    @activity.defn(name="record_rma")
+    async def record_rma(self, request: RecordRmaRequest) -> str:
+        rma = await self._returns.record_rma(
+            request.rma_id,
+            request.order_id,
+            reason=request.reason.value,
+            lines=[(li.sku, li.quantity) for li in request.lines],
+            exchange=request.exchange,
+            replacement_order_id=request.replacement_order_id,
+            note=request.note or "",
+        )
+        return rma.status
+
+    @activity.defn(name="set_rma_status")
+    async def set_rma_status(self, change: RmaStatusChange) -> None:
+        await self._returns.set_status(
+            change.rma_id,
+            change.status.value,
+            note=change.note or None,
+            carrier=change.carrier,
+            tracking_number=change.tracking_number,
+            label_url=change.label_url,
+        )
+
+    @activity.defn(name="buy_return_label")
+    async def buy_return_label(self, request: ReturnLabelRequest) -> ReturnLabel:
+        """A return label (EasyPost `is_return: true`: the label runs from the customer back to the warehouse)."""
+        key = return_label_key(request.rma_id)
+        try:
+            record = await self._store.get_shipment(key)
+            if record is None or record.status != "purchased":
+                if record is None:
+                    created = await self._carrier.create_shipment(
+                        reference=key,
+                        to_address=request.customer_address,
+                        from_address=await self._warehouse_address(request.warehouse),
+                        parcel=await self._parcel(request),
+                        is_return=True,
+                    )
+                    record = await self._store.record_carrier_shipment(key, request.order_id, created.id)
+                shipment = await self._carrier.get_shipment(record.carrier_shipment_id)
+                if shipment.tracking_code is None:
+                    rate = choose_rate(shipment.rates, RETURN_MAX_DELIVERY_DAYS)
+                    try:
+                        shipment = await self._carrier.buy(shipment.id, rate.id)
+                    except CarrierAlreadyPurchasedError:
+                        shipment = await self._carrier.get_shipment(shipment.id)
+                if shipment.selected_rate is None or shipment.tracking_code is None or shipment.label_url is None:
+                    raise ApplicationError(f"carrier returned shipment {shipment.id} without a label")
+                record = await self._store.record_label(
+                    key,
+                    carrier=shipment.selected_rate.carrier,
+                    service=shipment.selected_rate.service,
+                    rate_cents=shipment.selected_rate.rate_cents,
+                    tracking_number=shipment.tracking_code,
+                    label_url=shipment.label_url,
+                    tracking_url=shipment.tracking_url or "",
+                )
+            return _label(record)
+        except CarrierAddressError as err:
+            raise ApplicationError(str(err), type="CarrierAddressError", non_retryable=True) from err
+        except CarrierTransientError:
+            raise
+        except CarrierError as err:
+            raise ApplicationError(str(err), type="CarrierRejected", non_retryable=True) from err
+
+    @activity.defn(name="void_return_label")
+    async def void_return_label(self, rma_id: str) -> bool:
+        """An expired RMA's unused label is refunded by the carrier. Idempotent."""
+        record = await self._store.get_shipment(return_label_key(rma_id))
+        if record is None or record.status != "purchased":
+            return False
+        shipment = await self._carrier.refund(record.carrier_shipment_id)
+        await self._store.mark_shipment_voided(record.key)
+        return shipment.refund_status in ("submitted", "refunded")
+
+    @activity.defn(name="inspect_return")
+    async def inspect_return(self, request: InspectRequest) -> InspectResult:
+        """Resellable units back on hand (a "return" ledger row, idempotent by RMA), damaged ones written off
+        (a "writeoff" row with zero on-hand delta); then wake orders backordered on the restocked SKUs."""
+        resellable: dict[str, int] = {}
+        damaged: dict[str, int] = {}
+        for line in request.lines:
+            target = resellable if line.condition == Condition.RESELLABLE else damaged
+            target[line.sku] = target.get(line.sku, 0) + line.quantity
+        reason = "damaged on return" + (f" ({request.note})" if request.note else "")
+        await self._returns.record_inspection(
+            request.rma_id, resellable=resellable, damaged=damaged, warehouses=request.warehouses, reason=reason
+        )
+        for sku, qty in sorted(resellable.items()):
+            await self._store.return_stock(
+                sku, qty, request.warehouses.get(sku), ref=request.rma_id, note=f"customer return {request.rma_id}"
+            )
+        woken: list[str] = []
+        if resellable:
+            woken = await wake_backordered_orders(activity.client(), self._store, sorted(resellable))
+        return InspectResult(restocked=resellable, written_off=damaged, woken_orders=woken)
+
+    @activity.defn(name="refund_return")
+    async def refund_return(self, request: RefundRequest) -> RefundResult:
+        units = refundable_units(request.reason, request.lines)
+        prices = await self._returns.prices(sorted(units))
+        missing = sorted(set(units) - set(prices))
+        if missing:
+            raise ApplicationError(f"no catalogue price for {', '.join(missing)}", non_retryable=True)
+        amount = sum(prices[sku] * qty for sku, qty in units.items())
+        try:
+            receipt = await self._payments.refund(
+                key=refund_key(request.rma_id), order_id=request.order_id, rma_id=request.rma_id, amount_cents=amount
+            )
+        except PaymentDeclined as err:
+            raise ApplicationError(str(err), type="PaymentDeclined", non_retryable=True) from err
+        except PaymentError as err:
+            raise ApplicationError(str(err), type="PaymentUnavailable") from err
+        return RefundResult(
+            refund_id=receipt.refund_id,
+            amount_cents=receipt.amount_cents,
+            currency=receipt.currency,
+            already_refunded=receipt.already_refunded,
+        )
+
+    async def _warehouse_address(self, code: str) -> dict[str, str]:
+        wh = next((w for w in await self._store.warehouses() if w.code == code), None)
+        if wh is None:
+            raise ApplicationError(f"unknown warehouse {code}", non_retryable=True)
+        return {
+            "name": wh.name,
+            "street1": wh.name,
+            "city": wh.region or wh.name,
+            "zip": "00000",
+            "country": wh.country,
+        }
+
+    async def _parcel(self, request: ReturnLabelRequest) -> dict[str, float]:
+        weights = {p.sku: p.weight_grams for p in await self._store.products()}
+        grams = sum(weights.get(line.sku, 500) * line.quantity for line in request.lines)
+        return {"weight": round(grams / 28.35, 1)}
+
+
+def _label(record: ShipmentRecord) -> ReturnLabel:
+    return ReturnLabel(
+        shipment_key=record.key,
+        carrier=record.carrier or "",
+        service=record.service or "",
+        tracking_number=record.tracking_number or "",
+        label_url=record.label_url or "",
+        tracking_url=record.tracking_url or "",
+    )
