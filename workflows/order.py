@@ -17,6 +17,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.order_returns import OrderReturns
+
 with workflow.unsafe.imports_passed_through():
     # pydantic imports email_validator lazily when it validates an EmailStr: pass it through, or the
     # sandbox re-imports it for every workflow run.
@@ -99,7 +101,7 @@ _FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DEL
 
 
 @workflow.defn(name="OrderWorkflow")
-class OrderWorkflow:
+class OrderWorkflow(OrderReturns):
     @workflow.init
     def __init__(self, input: OrderWorkflowInput) -> None:
         self._order = input.order
@@ -231,7 +233,7 @@ class OrderWorkflow:
 
     @workflow.run
     async def run(self, input: OrderWorkflowInput) -> OrderView:
-        self._record(OrderStatus.RECEIVED, "order placed")
+        self._record(OrderStatus.RECEIVED, self._intake_note(input))
         try:
             await self._notify(NotificationEvent.ORDER_CONFIRMED)
             await self._checkpoint()
@@ -247,6 +249,8 @@ class OrderWorkflow:
                 InventoryActivities.commit_stock, self._order.order_id, summary="commit stock", **DB_STEP
             )
             self._compensations.clear()
+            if self._view.status == OrderStatus.DELIVERED:
+                await self._return_window()
             done = "delivered" if self._view.status == OrderStatus.DELIVERED else "refunded"
             self._record(OrderStatus.COMPLETED, f"{done}; stock committed")
             return self._view
