@@ -11,18 +11,15 @@ from common.db import ReservationOutcome, Store
 from common.integrations.email import EmailSender
 from common.inventory.alerts import send_low_stock_alerts
 from common.inventory.contracts import AllocationRequest, ReserveShipmentRequest, ShipmentPlan, ShipmentRef
-from common.models import OrderLine, ReserveRequest, ReserveResult
+from common.models import OrderLine, ReserveRequest, ReserveResult, ShipmentAllocation
 
 
 def _result(outcome: ReservationOutcome) -> ReserveResult:
-    # `low_stock` is passed on once ReserveResult has such a field (pydantic ignores it until then).
-    return ReserveResult.model_validate(
-        {
-            "reserved": outcome.reserved,
-            "warehouse": outcome.warehouse,
-            "short": dict(outcome.short),
-            "low_stock": list(outcome.low_stock),
-        }
+    return ReserveResult(
+        reserved=outcome.reserved,
+        warehouse=outcome.warehouse,
+        short=dict(outcome.short),
+        low_stock=list(outcome.low_stock),
     )
 
 
@@ -34,18 +31,39 @@ class InventoryActivities:
 
     @activity.defn(name="reserve_stock")
     async def reserve_stock(self, request: ReserveRequest) -> ReserveResult:
-        """Reserve the whole order in one warehouse, preferring the ship-to region, then country."""
-        outcome = await self._store.reserve(
+        """Reserve the lines as one shipment from one warehouse (ship-to region, then country, preferred), or
+        split over the fewest warehouses; with `allow_partial`, what is in stock now. Idempotent per
+        (order, first shipment no)."""
+        allocation = await self._store.allocate(
             request.order_id,
             [(line.sku, line.quantity) for line in request.lines],
             prefer_country=request.ship_to_country,
             prefer_region=request.ship_to_region,
+            allow_partial=request.allow_partial,
+            first_shipment=request.first_shipment,
         )
-        return _result(outcome)
+        shipments = [
+            ShipmentAllocation(
+                shipment_no=n, warehouse=warehouse, lines=[OrderLine(sku=sku, quantity=qty) for sku, qty in lines]
+            )
+            for n, warehouse, lines in allocation.shipments
+        ]
+        return ReserveResult(
+            reserved=bool(shipments) and not allocation.short,
+            warehouse=shipments[0].warehouse if shipments else None,
+            short=allocation.short,
+            shipments=shipments,
+            low_stock=allocation.low_stock,
+        )
 
     @activity.defn(name="release_stock")
     async def release_stock(self, order_id: str) -> int:
         return await self._store.release(order_id)
+
+    @activity.defn(name="close_backorder")
+    async def close_backorder(self, order_id: str) -> bool:
+        """The order stops waiting for stock (the rest of it was given up); its reservations stay as they are."""
+        return await self._store.close_backorder(order_id)
 
     @activity.defn(name="commit_stock")
     async def commit_stock(self, order_id: str) -> int:

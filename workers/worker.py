@@ -57,6 +57,8 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 inventory.reserve_stock,
                 inventory.release_stock,
                 inventory.commit_stock,
+                inventory.commit_shipment,
+                inventory.close_backorder,
                 inventory.alert_low_stock,
                 warehouse.create_pick_task,
                 warehouse.cancel_pick_tasks,

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notifications import NotificationActivities
     from activities.shipping import ShippingActivities
     from activities.warehouse import WarehouseActivities
+    from common.inventory.contracts import ShipmentRef
     from common.models import (
         SHIPPED_STATUSES,
         TERMINAL_STATUSES,
@@ -41,12 +42,17 @@ with workflow.unsafe.imports_passed_through():
         NotificationEvent,
         NotifyRequest,
         OpsAlert,
+        OrderLine,
         OrderStatus,
         OrderView,
         OrderWorkflowInput,
+        PartialShipment,
+        PickShortage,
         PickTaskRequest,
         ReserveRequest,
         ResolveDeliveryRequest,
+        ShipmentAllocation,
+        ShipmentView,
         TimelineEntry,
         TrackingPollRequest,
         TrackingStatus,
@@ -98,10 +104,24 @@ _TRACKING_TO_ORDER = {
 }
 _EXCEPTION_STATUSES = frozenset({TrackingStatus.FAILURE, TrackingStatus.RETURN_TO_SENDER})
 _FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED]
+# A parcel's way through the warehouse and the carrier; the order shows its least advanced parcel.
+_PROGRESS = [
+    OrderStatus.RESERVED,
+    OrderStatus.PICKING,
+    OrderStatus.PACKED,
+    OrderStatus.ADDRESS_INVALID,
+    *_FORWARD,
+]
 
 
 @workflow.defn(name="OrderWorkflow")
 class OrderWorkflow(OrderReturns):
+    """One order from intake to delivery. Stock is reserved as one or more shipments (parcels): one warehouse
+    when one covers the order, else a split, or what is in stock now under the ship-available policy. Each
+    parcel runs its own pick, label, tracking and messages concurrently; the order's status sums them up, and
+    lines that could not be reserved (or went missing at the pick, or were lost and reshipped) wait for stock
+    and become further parcels."""
+
     @workflow.init
     def __init__(self, input: OrderWorkflowInput) -> None:
         self._order = input.order
@@ -117,19 +137,33 @@ class OrderWorkflow(OrderReturns):
         self._published_status: OrderStatus | None = OrderStatus.RECEIVED
         self._restocks_seen = 0
         self._confirmed_picks: set[str] = set()
+        self._pick_shortages: dict[str, dict[str, int]] = {}
         self._address_updates = 0
+        # Lines not in any parcel yet, and since when they wait for stock (None: not waiting)
+        self._unallocated: list[OrderLine] = list(input.order.lines)
+        self._waiting_since: datetime | None = None
+        self._next_shipment = 1
+        self._told_delayed = False
+        self._given_up: list[OrderLine] = []  # lines never restocked in time (cancelled, the rest shipped)
+        self._parcels: list[asyncio.Task[None]] = []
+        self._allocator: asyncio.Task[None] | None = None
+        # The first error of any parcel (or a cancellation it hit): the main path rethrows it.
+        self._failure: BaseException | None = None
+        # Parcels whose reservation a stock count released before they were packed
+        self._released: set[int] = set()
+        self._overdue_picks = 0
         # Ops requests, acted on at the next step boundary (or at once while the order waits).
         self._cancel_reason: str | None = None
         self._hold_reason: str | None = None
         self._label_bought = False
-        self._delivery_resolution: ResolveDeliveryRequest | None = None
-        self._delay_notified_for: datetime | None = None  # the estimate the customer was last told had slipped
+        self._resolutions: dict[int, ResolveDeliveryRequest] = {}  # shipment no -> ops decision
+        self._delay_notified_for: dict[int, datetime] = {}  # shipment no -> the estimate the customer heard slip
         # Saga: undo steps, registered before the step they undo, run newest first on cancel or failure.
         self._compensations: list[tuple[str, Callable[[], Awaitable[object]]]] = []
 
     # ------------------------------------------------------------------------------------------ messages
 
-    @workflow.query(description="The order as ops see it: status, timeline, tracking, what it waits for.")
+    @workflow.query(description="The order as ops see it: status, parcels, timeline, what it waits for.")
     def status(self) -> OrderView:
         return self._view
 
@@ -138,14 +172,31 @@ class OrderWorkflow(OrderReturns):
         self._confirmed_picks.add(task_id)
 
     @workflow.signal(
+        description='The warehouse confirmed a pick short, e.g. {"task_id": "PICK-1A2B", "short": {"MUG-RED": 1}}: '
+        "the missing units are re-reserved elsewhere or wait for stock."
+    )
+    def pick_short(self, shortage: PickShortage) -> None:
+        self._pick_shortages[shortage.task_id] = dict(shortage.short)
+        self._confirmed_picks.add(shortage.task_id)
+
+    @workflow.signal(
         description="Stock arrived for one of this order's SKUs: a backordered order retries its reservation."
     )
     def stock_received(self, sku: str) -> None:
         self._restocks_seen += 1
 
+    @workflow.signal(
+        description="A stock count released this order's reservations of parcels not picked yet: they are "
+        "re-reserved, or wait for stock."
+    )
+    def stock_released(self, sku: str) -> None:
+        for parcel in self._view.shipments:
+            if parcel.outcome is None and parcel.status in (OrderStatus.RESERVED, OrderStatus.PICKING):
+                self._released.add(parcel.shipment_no)
+
     @workflow.update(
         description='Cancel the order, e.g. {"reason": "customer changed their mind"}. Releases stock, cancels '
-        "the pick task and voids a bought label. Refused once the parcel is with the carrier."
+        "the pick tasks and voids bought labels. Refused once a parcel is with the carrier."
     )
     async def cancel(self, request: CancelRequest) -> OrderView:
         self._cancel_reason = request.reason
@@ -188,7 +239,7 @@ class OrderWorkflow(OrderReturns):
 
     @workflow.update(
         description="Correct the ship-to address (an Address object: name, line1, line2, city, region, "
-        "postal_code, country). Allowed until a label is bought, and while the order is ADDRESS_INVALID."
+        "postal_code, country). Allowed until a label is bought, and while a parcel is ADDRESS_INVALID."
     )
     async def update_address(self, address: Address) -> OrderView:
         self._order = self._order.model_copy(update={"ship_to": address})
@@ -198,36 +249,64 @@ class OrderWorkflow(OrderReturns):
 
     @update_address.validator
     def _validate_update_address(self, address: Address) -> None:
+        if any(p.status == OrderStatus.ADDRESS_INVALID for p in self._view.shipments):
+            return
         self._refuse_if_closed_or_shipped("change the address of")
         if self._label_bought:
             raise ValueError("a label is already bought for the old address: cancel and place the order again")
 
     @workflow.update(
-        description='Decide a DELIVERY_EXCEPTION: {"action": "refund", "note": "lost"} refunds and closes the order. '
-        "Only while the order is in DELIVERY_EXCEPTION."
+        description='Decide a DELIVERY_EXCEPTION: {"action": "reship"} sends the parcel\'s goods again as a new '
+        'parcel; {"action": "refund", "note": "lost"} refunds it. Optional "shipment": which parcel (default: '
+        "the first in exception). Only while the order is in DELIVERY_EXCEPTION."
     )
     async def resolve_delivery_exception(self, request: ResolveDeliveryRequest) -> OrderView:
-        self._delivery_resolution = request
-        await workflow.wait_condition(lambda: self._view.status != OrderStatus.DELIVERY_EXCEPTION)
+        parcel = self._exception_parcel(request.shipment)
+        assert parcel is not None  # the validator checked
+        self._resolutions[parcel.shipment_no] = request
+        await workflow.wait_condition(
+            lambda: parcel.status != OrderStatus.DELIVERY_EXCEPTION or parcel.outcome is not None
+        )
         return self._view
 
     @resolve_delivery_exception.validator
     def _validate_resolution(self, request: ResolveDeliveryRequest) -> None:
-        if self._view.status != OrderStatus.DELIVERY_EXCEPTION:
+        parcel = self._exception_parcel(request.shipment)
+        if parcel is None:
+            which = f" shipment {request.shipment}" if request.shipment is not None else ""
             raise ValueError(
-                f"order {self._order.order_id} has no delivery exception to resolve (it is {self._view.status.value})"
+                f"order {self._order.order_id}{which} has no delivery exception to resolve "
+                f"(it is {self._view.status.value})"
             )
-        if self._delivery_resolution is not None:
-            raise ValueError(f"already being resolved ({self._delivery_resolution.action.value})")
-        if request.action == DeliveryResolution.RESHIP:
-            raise ValueError("reship is not available yet: refund, then place a new order")
+        if parcel.shipment_no in self._resolutions:
+            raise ValueError(f"already being resolved ({self._resolutions[parcel.shipment_no].action.value})")
+
+    def _exception_parcel(self, shipment_no: int | None) -> ShipmentView | None:
+        for parcel in self._view.shipments:
+            in_exception = parcel.status == OrderStatus.DELIVERY_EXCEPTION and parcel.outcome is None
+            if in_exception and (shipment_no is None or parcel.shipment_no == shipment_no):
+                if shipment_no is not None or parcel.shipment_no not in self._resolutions:
+                    return parcel
+        return None
 
     def _refuse_if_closed_or_shipped(self, action: str) -> None:
         status = self._view.status
         if status in TERMINAL_STATUSES:
             raise ValueError(f"cannot {action} order {self._order.order_id}: it is already {status.value}")
-        if status in SHIPPED_STATUSES:
+        if self._handed_to_carrier():
             raise ValueError(f"cannot {action} order {self._order.order_id}: already shipped: request a return")
+
+    def _handed_to_carrier(self) -> bool:
+        return any(p.status in SHIPPED_STATUSES or p.status == OrderStatus.REFUNDED for p in self._view.shipments)
+
+    def _shipped_from(self) -> dict[str, str]:
+        """sku -> the warehouse its delivered units left from (returns go back there)."""
+        origin: dict[str, str] = {}
+        for parcel in self._view.shipments:
+            if parcel.status == OrderStatus.DELIVERED:
+                for line in parcel.lines:
+                    origin.setdefault(line.sku, parcel.warehouse)
+        return origin
 
     # ------------------------------------------------------------------------------------------ main path
 
@@ -237,22 +316,13 @@ class OrderWorkflow(OrderReturns):
         try:
             await self._notify(NotificationEvent.ORDER_CONFIRMED)
             await self._checkpoint()
-            warehouse = await self._reserve()
-            await self._checkpoint()
-            task_id = await self._pick(warehouse)
-            self._record(OrderStatus.PACKED, f"pick task {task_id} confirmed, parcel packed")
-            await self._checkpoint()
-            label = await self._buy_label(warehouse)
-            await self._follow_tracking(label)
-            # Delivered, or refunded after a lost parcel: either way the goods have left for good.
-            await workflow.execute_local_activity_method(
-                InventoryActivities.commit_stock, self._order.order_id, summary="commit stock", **DB_STEP
-            )
+            await self._fulfil()
             self._compensations.clear()
+            delivered = [p for p in self._view.shipments if p.status == OrderStatus.DELIVERED]
+            # Return window hook: after delivery (stock committed per parcel), before COMPLETED.
             if self._view.status == OrderStatus.DELIVERED:
                 await self._return_window()
-            done = "delivered" if self._view.status == OrderStatus.DELIVERED else "refunded"
-            self._record(OrderStatus.COMPLETED, f"{done}; stock committed")
+            self._record(OrderStatus.COMPLETED, self._summary(delivered))
             return self._view
         except OrderCancelled as cancelled:
             await self._compensate()
@@ -265,61 +335,195 @@ class OrderWorkflow(OrderReturns):
             self._record(OrderStatus.FAILED, f"needs ops: {_cause(err)}")
             raise ApplicationError(f"order {self._order.order_id} failed: {_cause(err)}", non_retryable=True) from err
 
-    async def _reserve(self) -> str:
-        """Reserve every line in one warehouse; while stock is short, wait BACKORDERED for a restock."""
-        order = self._order
-        told_customer = False
-        give_up_at = workflow.now() + timedelta(seconds=self._policy.backorder_max_wait_s)
-        # Registered once, before the first attempt: releasing is idempotent, and it also closes the
-        # order's backorder entry when the order is cancelled while waiting for stock.
+    def _summary(self, delivered: list[ShipmentView]) -> str:
+        parcels = self._view.shipments
+        given_up = [f"{_describe(self._given_up)} cancelled (not restocked in time)"] if self._given_up else []
+        if len(parcels) == 1:
+            return "; ".join(["delivered" if delivered else "refunded", *given_up])
+        others = [f"shipment {p.shipment_no} {p.outcome}" for p in parcels if p.outcome]
+        return "; ".join([f"{len(delivered)} of {len(parcels)} parcels delivered", *others, *given_up])
+
+    async def _fulfil(self) -> None:
+        """Run the allocator (whenever lines wait for a parcel) and every parcel until all are done; the first
+        failure or cancellation any of them hits stops the rest and is raised here."""
+        # Registered once, before the first reservation: releasing is idempotent, and it also closes the
+        # order's backorder entry when the order is cancelled while waiting for stock. Cancelling pick tasks
+        # only touches open ones.
         self._compensations.append(("release reservation", self._release_stock))
-        while True:
+        self._compensations.append(("cancel pick tasks", self._cancel_picks))
+        try:
+            while True:
+                if self._unallocated and (self._allocator is None or self._allocator.done()):
+                    self._allocator = asyncio.create_task(self._guard(self._allocate()))
+                await workflow.wait_condition(
+                    lambda: (
+                        self._failure is not None
+                        or self._all_done()
+                        or (bool(self._unallocated) and self._allocator is not None and self._allocator.done())
+                    )
+                )
+                if self._failure is not None:
+                    raise self._failure
+                if self._all_done() and not self._unallocated:
+                    return
+        finally:
+            running = [t for t in (*self._parcels, self._allocator) if t is not None and not t.done()]
+            for task in running:
+                task.cancel()
+            for task in running:
+                await _settle(task)
+
+    def _all_done(self) -> bool:
+        """Every parcel finished (delivered, refunded, reshipped...) and the allocator is not running."""
+        return all(t.done() for t in self._parcels) and (self._allocator is None or self._allocator.done())
+
+    async def _guard(self, work: Awaitable[None]) -> None:
+        """Run one parcel or the allocator; record its failure for the main path instead of losing it."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:
+            if self._failure is None:
+                self._failure = err
+
+    # ------------------------------------------------------------------------------------------ allocation
+
+    async def _allocate(self) -> None:
+        """Reserve the unallocated lines as parcels; what cannot be reserved waits BACKORDERED for a restock
+        (the customer hears once), up to the backorder limit."""
+        order = self._order
+        while self._unallocated:
             seen = self._restocks_seen
             result = await workflow.execute_local_activity_method(
                 InventoryActivities.reserve_stock,
                 ReserveRequest(
                     order_id=order.order_id,
-                    lines=order.lines,
+                    lines=self._unallocated,
                     ship_to_country=order.ship_to.country,
                     ship_to_region=order.ship_to.region,
+                    allow_partial=self._policy.partial_shipment == PartialShipment.SHIP_AVAILABLE,
+                    first_shipment=self._next_shipment,
                 ),
                 summary="reserve stock",
                 **DB_STEP,
             )
-            if result.reserved and result.warehouse:
-                self._view.warehouse = result.warehouse
-                self._record(OrderStatus.RESERVED, f"reserved in {result.warehouse}")
-                return result.warehouse
+            if result.shipments:  # what is left waits; with nothing reserved, all of it still does
+                self._unallocated = [OrderLine(sku=sku, quantity=qty) for sku, qty in sorted(result.short.items())]
+            self._view.backordered = list(self._unallocated)
+            if not self._unallocated:
+                self._waiting_since = None
+            elif self._waiting_since is None:
+                self._waiting_since = workflow.now()
+            for allocation in result.shipments:
+                self._start_parcel(allocation, split=len(result.shipments) > 1 or self._next_shipment > 1)
+            if result.shipments:
+                self._next_shipment = result.shipments[-1].shipment_no + 1
+            if result.low_stock:
+                await self._alert_low_stock(result.low_stock)
+            if not self._unallocated:
+                return
             short = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(result.short.items()))
-            if self._view.status != OrderStatus.BACKORDERED:
-                self._record(OrderStatus.BACKORDERED, f"waiting for stock: {short}", waiting_for="a restock")
-            if not told_customer:
-                told_customer = True
-                await self._notify(NotificationEvent.BACKORDERED, {"short": short})
+            if result.shipments:
+                self._record(self._status_now(), f"shipping what is in stock; waiting for {short}")
+            elif self._view.status != OrderStatus.BACKORDERED:
+                self._record(self._status_now(), f"waiting for stock: {short}", waiting_for="a restock")
+            if not self._told_delayed:
+                self._told_delayed = True
+                event = NotificationEvent.PARTIAL_SHIPMENT if self._view.shipments else NotificationEvent.BACKORDERED
+                await self._notify(event, {"short": short})
+            assert self._waiting_since is not None  # set above while lines wait
+            give_up_at = self._waiting_since + timedelta(seconds=self._policy.backorder_max_wait_s)
             if workflow.now() >= give_up_at:
-                raise OrderCancelled(f"backordered too long: still short of {short}")
+                await self._give_up_waiting(short)
+                return
             # A restock signal wakes us; the periodic recheck covers a signal sent before we started waiting.
             recheck = min(give_up_at, workflow.now() + timedelta(seconds=self._policy.backorder_recheck_interval_s))
             await self._wait_until(lambda: self._restocks_seen > seen, recheck)  # noqa: B023 (awaited here)
 
-    async def _pick(self, warehouse: str) -> str:
-        order = self._order
-        request = PickTaskRequest(order_id=order.order_id, attempt=1, warehouse=warehouse, lines=order.lines)
-        self._compensations.append(("cancel pick task", partial(self._cancel_pick, request)))
+    async def _give_up_waiting(self, short: str) -> None:
+        """Backordered past the limit: cancel the order, or only the part that never came when parcels are on
+        their way already."""
+        if not any(p.outcome is None for p in self._view.shipments):
+            raise OrderCancelled(f"backordered too long: still short of {short}")
+        await workflow.execute_local_activity_method(
+            InventoryActivities.close_backorder, self._order.order_id, summary="stop waiting for stock", **DB_STEP
+        )
+        self._given_up = _merge(self._given_up, self._unallocated)
+        self._unallocated, self._waiting_since = [], None
+        self._view.backordered = []
+        self._record(self._status_now(), f"gave up waiting for {short}: that part is cancelled")
+        reason = f"{short} could not be restocked in time; the rest of the order still comes"
+        await self._notify(NotificationEvent.CANCELLED, {"reason": reason}, occurrence="remainder")
+
+    def _start_parcel(self, allocation: ShipmentAllocation, *, split: bool) -> None:
+        parcel = ShipmentView(
+            shipment_no=allocation.shipment_no, warehouse=allocation.warehouse, lines=list(allocation.lines)
+        )
+        self._view.shipments.append(parcel)
+        what = f": {_describe(parcel.lines)}" if split else ""
+        self._advance(parcel, OrderStatus.RESERVED, f"reserved in {parcel.warehouse}{what}")
+        self._parcels.append(asyncio.create_task(self._guard(self._ship(parcel))))
+
+    # ------------------------------------------------------------------------------------------ one parcel
+
+    async def _ship(self, parcel: ShipmentView) -> None:
+        try:
+            await self._checkpoint(parcel)
+            if not await self._pick(parcel):
+                return
+            await self._checkpoint(parcel)
+            label = await self._buy_label(parcel)
+            await self._follow_tracking(parcel, label)
+        except ParcelReleased:
+            # A stock count took this parcel's units before they were picked: its lines wait for stock again.
+            parcel.outcome = "stock released by a count; re-reserving"
+            self._unallocated = _merge(self._unallocated, parcel.lines)
+            await self._cancel_picks()
+            self._advance(parcel, parcel.status, f"reservation released by a stock count; {parcel.outcome}")
+
+    async def _pick(self, parcel: ShipmentView) -> bool:
+        """Create the pick task and wait for it; a short pick sends the missing units back to allocation.
+        False if nothing at all could be picked (the parcel ends there)."""
+        request = PickTaskRequest(
+            order_id=self._order.order_id,
+            attempt=parcel.shipment_no,
+            warehouse=parcel.warehouse,
+            lines=parcel.lines,
+        )
         task_id = await workflow.execute_local_activity_method(
             WarehouseActivities.create_pick_task, request, summary="create pick task", **DB_STEP
         )
-        self._view.pick_task_id = task_id
-        self._record(
+        parcel.pick_task_id = task_id
+        self._advance(
+            parcel,
             OrderStatus.PICKING,
-            f"pick task {task_id} in {warehouse}",
+            f"pick task {task_id} in {parcel.warehouse}",
             waiting_for=f"pick confirmation of {task_id}",
         )
-        await self._await_pick(task_id)
-        self._compensations.pop()  # a confirmed pick has nothing to cancel; the reservation still does
-        return task_id
+        await self._await_pick(parcel, task_id)
+        short = self._pick_shortages.get(task_id, {})
+        if not short:
+            self._advance(parcel, OrderStatus.PACKED, f"pick task {task_id} confirmed, parcel packed")
+            return True
+        missing = [OrderLine(sku=sku, quantity=qty) for sku, qty in sorted(short.items())]
+        parcel.lines = [
+            OrderLine(sku=line.sku, quantity=line.quantity - short.get(line.sku, 0))
+            for line in parcel.lines
+            if line.quantity > short.get(line.sku, 0)
+        ]
+        self._unallocated = _merge(self._unallocated, missing)
+        self._view.backordered = list(self._unallocated)
+        if not parcel.lines:
+            parcel.outcome = "nothing found at the pick"
+            self._advance(parcel, OrderStatus.PICKING, f"pick {task_id} short of everything; re-reserving it all")
+            return False
+        self._advance(
+            parcel, OrderStatus.PACKED, f"pick {task_id} short of {_describe(missing)}; packed the rest, re-reserving"
+        )
+        return True
 
-    async def _await_pick(self, task_id: str) -> None:
+    async def _await_pick(self, parcel: ShipmentView, task_id: str) -> None:
         """Wait for the pick; past the SLA alert ops (PickOverdue), later tell the customer of the delay."""
         started = workflow.now()
         policy = self._policy
@@ -327,35 +531,40 @@ class OrderWorkflow(OrderReturns):
         def picked() -> bool:
             return task_id in self._confirmed_picks
 
-        if await self._wait_until(picked, started + timedelta(seconds=policy.pick_escalate_after_s)):
+        if await self._wait_until(picked, started + timedelta(seconds=policy.pick_escalate_after_s), parcel):
             return
-        workflow.upsert_search_attributes([PICK_OVERDUE.value_set(True)])
+        self._overdue_picks += 1
+        if self._overdue_picks == 1:
+            workflow.upsert_search_attributes([PICK_OVERDUE.value_set(True)])
         self._note(f"pick {task_id} overdue: ops alerted")
         await self._alert_ops(
             "pick_overdue",
             f"Pick {task_id} for order {self._order.order_id} is overdue",
-            f"Pick task {task_id} in {self._view.warehouse} was created {started:%Y-%m-%d %H:%M} UTC and is not "
+            f"Pick task {task_id} in {parcel.warehouse} was created {started:%Y-%m-%d %H:%M} UTC and is not "
             "confirmed yet. Confirm it with `fulfill warehouse confirm` or put the order on hold.",
+            occurrence=_occurrence(parcel),
         )
-        if not await self._wait_until(picked, started + timedelta(seconds=policy.pick_customer_delay_after_s)):
+        if not await self._wait_until(picked, started + timedelta(seconds=policy.pick_customer_delay_after_s), parcel):
             self._note("customer told of the delay")
             await self._notify(NotificationEvent.PICK_DELAYED)
-            await self._wait_until(picked)
-        workflow.upsert_search_attributes([PICK_OVERDUE.value_set(False)])
+            await self._wait_until(picked, None, parcel)
+        self._overdue_picks -= 1
+        if self._overdue_picks == 0:
+            workflow.upsert_search_attributes([PICK_OVERDUE.value_set(False)])
 
-    async def _buy_label(self, warehouse: str) -> Label:
-        """Rate-shop and buy; an address the carrier rejects parks the order until ops correct it."""
+    async def _buy_label(self, parcel: ShipmentView) -> Label:
+        """Rate-shop and buy; an address the carrier rejects parks the parcel until ops correct it."""
         while True:
             order = self._order
             request = LabelRequest(
                 order_id=order.order_id,
-                shipment_no=1,
-                warehouse=warehouse,
+                shipment_no=parcel.shipment_no,
+                warehouse=parcel.warehouse,
                 ship_to=order.ship_to,
-                lines=order.lines,
+                lines=parcel.lines,
                 speed=order.shipping_speed,
             )
-            self._compensations.append(("void label", partial(self._void_label, request)))
+            self._compensations.append((f"void label {parcel.shipment_no}", partial(self._void_label, request)))
             try:
                 label = await workflow.execute_activity_method(
                     ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
@@ -365,46 +574,47 @@ class OrderWorkflow(OrderReturns):
                 if _error_type(err) != "CarrierAddressError":
                     raise  # keep "void label": the carrier may have sold one before the failure (voiding is safe)
                 self._compensations.pop()  # the carrier refused the address: nothing was bought
-                resume_at = self._view.status
-                self._record(
+                self._advance(
+                    parcel,
                     OrderStatus.ADDRESS_INVALID,
                     f"carrier rejected the address: {_cause(err)}",
                     waiting_for="ops to send update_address",
                 )
-                await self._notify(NotificationEvent.ADDRESS_PROBLEM)
+                await self._notify(NotificationEvent.ADDRESS_PROBLEM, occurrence=_occurrence(parcel))
                 seen = self._address_updates
                 await self._wait_until(lambda: self._address_updates > seen)  # noqa: B023 (awaited here)
-                self._record(resume_at, "address corrected; buying the label again")
+                self._advance(parcel, OrderStatus.PACKED, "address corrected; buying the label again")
         self._label_bought = True
-        view = self._view
-        view.carrier, view.service = label.carrier, label.service
-        view.tracking_number, view.tracking_url = label.tracking_number, label.tracking_url
-        self._record(
+        parcel.carrier, parcel.service = label.carrier, label.service
+        parcel.tracking_number, parcel.tracking_url = label.tracking_number, label.tracking_url
+        self._advance(
+            parcel,
             OrderStatus.LABELED,
             f"{label.carrier} {label.service} label, tracking {label.tracking_number}",
             also=[CARRIER.value_set(label.carrier), TRACKING_NUMBER.value_set(label.tracking_number)],
         )
-        await self._notify(NotificationEvent.SHIPPED, self._tracking_context())
+        await self._notify(NotificationEvent.SHIPPED, self._tracking_context(parcel), occurrence=_occurrence(parcel))
         return label
 
-    async def _follow_tracking(self, label: Label) -> None:
+    async def _follow_tracking(self, parcel: ShipmentView, label: Label) -> None:
         """Infrequent polling: the activity fails while nothing changed and its retry policy is the poll loop,
-        so a parcel that takes days costs a handful of history events. While a poll is in flight the order
-        also watches the delivery estimate (delay notice when it passes), ops requests before shipping, and
-        an ops decision on a delivery exception."""
+        so a parcel that takes days costs a handful of history events. While a poll is in flight the parcel
+        also watches its delivery estimate (delay notice when it passes), ops requests before shipping, and
+        an ops decision on a delivery exception. The stock is committed when the carrier first moves it."""
         last, estimate = TrackingStatus.PRE_TRANSIT, None
         poll: workflow.ActivityHandle[TrackingUpdate] | None = None
         exception_deadline: datetime | None = None
+        committed = False
         # One timer for the next deadline, kept across polls while that deadline stays the same.
         alarm = _Alarm()
         try:
-            while self._view.status != OrderStatus.DELIVERED:
+            while parcel.status != OrderStatus.DELIVERED:
                 if poll is None:
                     poll = self._start_tracking_poll(label, last, estimate)
                 in_flight = poll
-                alarm.set(self._next_wake(exception_deadline))
+                alarm.set(self._next_wake(parcel, exception_deadline))
                 await workflow.wait_condition(
-                    lambda: in_flight.done() or alarm.rang or self._tracking_interrupted()  # noqa: B023
+                    lambda: in_flight.done() or alarm.rang or self._tracking_interrupted(parcel)  # noqa: B023
                 )
                 if not poll.done() and alarm.rang:
                     alarm.clear()
@@ -412,42 +622,58 @@ class OrderWorkflow(OrderReturns):
                         raise ApplicationError(
                             "delivery exception not resolved by ops in time", type="DeliveryExceptionTimeout"
                         )
-                    await self._notify_delivery_delay()
+                    await self._notify_delivery_delay(parcel)
                     continue
                 if not poll.done():  # ops: a hold or cancel before shipping, or a delivery exception decision
                     poll.cancel()
                     await _settle(poll)
                     poll = None
-                    if self._delivery_resolution is not None:
-                        await self._resolve_delivery_exception(self._delivery_resolution)
+                    decision = self._resolutions.get(parcel.shipment_no)
+                    if decision is not None:
+                        await self._resolve_delivery_exception(parcel, decision)
                         return
-                    await self._checkpoint()
+                    await self._checkpoint(parcel)
                     continue
                 update = await poll
                 poll = None
                 last = update.status
                 if update.estimated_delivery is not None and update.estimated_delivery != estimate:
-                    estimate = self._view.estimated_delivery = update.estimated_delivery
+                    estimate = parcel.estimated_delivery = update.estimated_delivery
+                    self._view.estimated_delivery = estimate
+                if not committed and update.status not in (TrackingStatus.PRE_TRANSIT, TrackingStatus.UNKNOWN):
+                    committed = True  # the goods left the building
+                    await self._commit_parcel(parcel)
                 if update.status in _EXCEPTION_STATUSES:
-                    if self._view.status != OrderStatus.DELIVERY_EXCEPTION:
+                    if parcel.status != OrderStatus.DELIVERY_EXCEPTION:
                         timeout = timedelta(seconds=self._policy.delivery_exception_timeout_s)
                         exception_deadline = workflow.now() + timeout
-                        await self._enter_delivery_exception(update)
+                        await self._enter_delivery_exception(parcel, update)
                     continue
                 target = _TRACKING_TO_ORDER.get(update.status)
                 if target is None:
                     continue
-                if self._view.status == OrderStatus.DELIVERY_EXCEPTION:
+                if parcel.status == OrderStatus.DELIVERY_EXCEPTION:
                     exception_deadline = None  # the carrier recovered on its own ("failure" is not final)
-                elif _FORWARD.index(target) <= _FORWARD.index(self._view.status):
-                    continue  # carrier noise or an out-of-order update: the order only moves forward
-                self._record(target, update.message or f"carrier reports {update.status.value}")
+                elif _FORWARD.index(target) <= _FORWARD.index(parcel.status):
+                    continue  # carrier noise or an out-of-order update: the parcel only moves forward
+                self._advance(parcel, target, update.message or f"carrier reports {update.status.value}")
+                context = self._tracking_context(parcel)
                 if target == OrderStatus.OUT_FOR_DELIVERY:
-                    await self._notify(NotificationEvent.OUT_FOR_DELIVERY, self._tracking_context(), sms_only=True)
+                    await self._notify(
+                        NotificationEvent.OUT_FOR_DELIVERY, context, sms_only=True, occurrence=_occurrence(parcel)
+                    )
                 elif target == OrderStatus.DELIVERED:
-                    await self._notify(NotificationEvent.DELIVERED, self._tracking_context())
+                    await self._notify(NotificationEvent.DELIVERED, context, occurrence=_occurrence(parcel))
         finally:
             alarm.clear()
+
+    async def _commit_parcel(self, parcel: ShipmentView) -> None:
+        await workflow.execute_local_activity_method(
+            InventoryActivities.commit_shipment,
+            ShipmentRef(order_id=self._order.order_id, shipment_no=parcel.shipment_no),
+            summary="commit stock",
+            **DB_STEP,
+        )
 
     def _start_tracking_poll(
         self, label: Label, last: TrackingStatus, estimate: datetime | None
@@ -464,79 +690,102 @@ class OrderWorkflow(OrderReturns):
             retry_policy=RetryPolicy(initial_interval=poll, backoff_coefficient=1.0, maximum_interval=poll),
         )
 
-    def _tracking_interrupted(self) -> bool:
-        if self._view.status in SHIPPED_STATUSES:
-            return self._delivery_resolution is not None
-        return self._interrupted()  # before the carrier has it, ops may still hold or cancel
+    def _tracking_interrupted(self, parcel: ShipmentView) -> bool:
+        if parcel.status in SHIPPED_STATUSES:
+            return parcel.shipment_no in self._resolutions
+        return self._interrupted(parcel)  # before the carrier has it, ops may still hold or cancel
 
-    def _next_wake(self, exception_deadline: datetime | None) -> datetime | None:
+    def _next_wake(self, parcel: ShipmentView, exception_deadline: datetime | None) -> datetime | None:
         """When the estimate passes (if the customer was not told about this one yet) or the exception times out."""
         wakes = []
-        estimate = self._view.estimated_delivery
-        shipped = self._view.status in (OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY)
-        if shipped and estimate is not None and estimate != self._delay_notified_for:
+        estimate = parcel.estimated_delivery
+        shipped = parcel.status in (OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY)
+        if shipped and estimate is not None and estimate != self._delay_notified_for.get(parcel.shipment_no):
             wakes.append(estimate + timedelta(seconds=self._policy.delivery_delay_grace_s))
         if exception_deadline is not None:
             wakes.append(exception_deadline)
         return min(wakes) if wakes else None
 
-    async def _notify_delivery_delay(self) -> None:
-        estimate = self._view.estimated_delivery
-        late_from = estimate + timedelta(seconds=self._policy.delivery_delay_grace_s) if estimate else None
-        if estimate is None or late_from is None or estimate == self._delay_notified_for or workflow.now() < late_from:
+    async def _notify_delivery_delay(self, parcel: ShipmentView) -> None:
+        estimate = parcel.estimated_delivery
+        if estimate is None or estimate == self._delay_notified_for.get(parcel.shipment_no):
             return
-        self._delay_notified_for = estimate
-        self._note(f"expected delivery {estimate:%Y-%m-%d %H:%M} UTC passed; customer told")
+        if workflow.now() < estimate + timedelta(seconds=self._policy.delivery_delay_grace_s):
+            return
+        self._delay_notified_for[parcel.shipment_no] = estimate
+        self._note(
+            f"{_parcel_prefix(self._view, parcel)}expected delivery {estimate:%Y-%m-%d %H:%M} UTC passed; customer told"
+        )
+        occurrence = estimate.isoformat() if parcel.shipment_no == 1 else f"{parcel.shipment_no}:{estimate.isoformat()}"
         await self._notify(
             NotificationEvent.DELIVERY_DELAYED,
-            {**self._tracking_context(), "estimate": f"{estimate:%Y-%m-%d}"},
-            occurrence=estimate.isoformat(),
+            {**self._tracking_context(parcel), "estimate": f"{estimate:%Y-%m-%d}"},
+            occurrence=occurrence,
         )
 
-    async def _enter_delivery_exception(self, update: TrackingUpdate) -> None:
+    async def _enter_delivery_exception(self, parcel: ShipmentView, update: TrackingUpdate) -> None:
         problem = update.message or update.status.value.replace("_", " ")
-        self._record(
+        self._advance(
+            parcel,
             OrderStatus.DELIVERY_EXCEPTION,
             f"carrier reports {update.status.value}: {problem}",
             waiting_for="ops: resolve_delivery_exception (reship or refund)",
         )
-        occurrence = str(sum(e.status == OrderStatus.DELIVERY_EXCEPTION for e in self._view.timeline))
+        count = sum(e.status == OrderStatus.DELIVERY_EXCEPTION for e in self._view.timeline)
+        occurrence = str(count) if parcel.shipment_no == 1 else f"{parcel.shipment_no}:{count}"
         await self._notify(
-            NotificationEvent.DELIVERY_PROBLEM, {**self._tracking_context(), "problem": problem}, occurrence=occurrence
+            NotificationEvent.DELIVERY_PROBLEM,
+            {**self._tracking_context(parcel), "problem": problem},
+            occurrence=occurrence,
         )
         await self._alert_ops(
             "delivery_exception",
             f"Delivery exception on order {self._order.order_id}",
-            f"{self._view.carrier} {self._view.tracking_number}: {problem}. Resolve it with `fulfill order "
+            f"{parcel.carrier} {parcel.tracking_number}: {problem}. Resolve it with `fulfill order "
             f"resolve {self._order.order_id} --action reship|refund`.",
             occurrence=occurrence,
         )
 
-    async def _resolve_delivery_exception(self, decision: ResolveDeliveryRequest) -> None:
-        """Ops decided (the validator admits only what is implemented): refund and close."""
+    async def _resolve_delivery_exception(self, parcel: ShipmentView, decision: ResolveDeliveryRequest) -> None:
+        """Ops decided: refund the parcel, or send its goods again as a new parcel (reserved afresh)."""
         note = f" ({decision.note})" if decision.note else ""
-        await self._notify(NotificationEvent.REFUND_ISSUED)
-        self._record(OrderStatus.REFUNDED, f"ops: refund and close{note}")
+        if decision.action == DeliveryResolution.RESHIP:
+            parcel.outcome = "reshipped"
+            self._unallocated = _merge(self._unallocated, parcel.lines)
+            self._advance(parcel, parcel.status, f"ops: reship{note}; reserving the goods again")
+            await self._notify(NotificationEvent.RESHIPPED, occurrence=_occurrence(parcel))
+            return
+        parcel.outcome = "refunded"
+        await self._notify(NotificationEvent.REFUND_ISSUED, occurrence=_occurrence(parcel))
+        self._advance(parcel, OrderStatus.REFUNDED, f"ops: refund{note}")
 
     # ------------------------------------------------------------------------------------------ ops requests
 
-    def _interrupted(self) -> bool:
-        return self._cancel_reason is not None or self._hold_reason is not None
+    def _interrupted(self, parcel: ShipmentView | None = None) -> bool:
+        released = parcel is not None and parcel.shipment_no in self._released
+        return self._cancel_reason is not None or self._hold_reason is not None or released
 
-    async def _checkpoint(self) -> None:
-        """Step boundary: act on a pending cancel (raise) or hold (wait here until released)."""
+    async def _checkpoint(self, parcel: ShipmentView | None = None) -> None:
+        """Step boundary: act on a pending cancel (raise) or hold (wait here until released), or on a stock
+        count that took this parcel's reservation."""
         if self._cancel_reason is not None:
             raise OrderCancelled(f"cancelled: {self._cancel_reason}")
+        if parcel is not None and parcel.shipment_no in self._released:
+            self._released.discard(parcel.shipment_no)
+            raise ParcelReleased()
         if self._hold_reason is None:
             return
-        resume_status, resume_waiting = self._view.status, self._view.waiting_for
-        self._record(OrderStatus.ON_HOLD, f"on hold: {self._hold_reason}", waiting_for="release by ops")
+        if self._view.status != OrderStatus.ON_HOLD:  # the first of the order's parts to stop records the hold
+            self._record(OrderStatus.ON_HOLD, f"on hold: {self._hold_reason}", waiting_for="release by ops")
         await workflow.wait_condition(lambda: self._hold_reason is None or self._cancel_reason is not None)
         if self._cancel_reason is not None:
             raise OrderCancelled(f"cancelled: {self._cancel_reason}")
-        self._record(resume_status, "released from hold; resuming", waiting_for=resume_waiting)
+        if self._view.status == OrderStatus.ON_HOLD:
+            self._record(self._status_now(), "released from hold; resuming", waiting_for=self._waiting_for_now())
 
-    async def _wait_until(self, condition: Callable[[], bool], deadline: datetime | None = None) -> bool:
+    async def _wait_until(
+        self, condition: Callable[[], bool], deadline: datetime | None = None, parcel: ShipmentView | None = None
+    ) -> bool:
         """Wait for `condition` (True) or the deadline (False), honouring holds and cancels meanwhile."""
         while not condition():
             timeout = None
@@ -545,12 +794,60 @@ class OrderWorkflow(OrderReturns):
                 if timeout <= timedelta(0):
                     return False
             try:
-                await workflow.wait_condition(lambda: condition() or self._interrupted(), timeout=timeout)
+                await workflow.wait_condition(lambda: condition() or self._interrupted(parcel), timeout=timeout)
             except TimeoutError:
                 return False
             if not condition():
-                await self._checkpoint()
+                await self._checkpoint(parcel)
         return True
+
+    # ------------------------------------------------------------------------------------------ status
+
+    def _status_now(self) -> OrderStatus:
+        """The order's status from its parts: a problem first, then waiting for stock, then the least advanced
+        parcel still going; DELIVERED once all are."""
+        going = [p for p in self._view.shipments if p.outcome is None]
+        statuses = {p.status for p in going}
+        for problem in (OrderStatus.DELIVERY_EXCEPTION, OrderStatus.ADDRESS_INVALID):
+            if problem in statuses:
+                return problem
+        if self._waiting_since is not None:
+            return OrderStatus.BACKORDERED
+        progress = [p.status for p in going if p.status in _PROGRESS]
+        if progress:
+            return min(progress, key=_PROGRESS.index)
+        if any(p.status == OrderStatus.REFUNDED for p in self._view.shipments):
+            return OrderStatus.REFUNDED
+        return self._view.status
+
+    def _waiting_for_now(self) -> str | None:
+        if self._waiting_since is not None:
+            return "a restock"
+        picking = [
+            p.pick_task_id for p in self._view.shipments if p.status == OrderStatus.PICKING and p.outcome is None
+        ]
+        return f"pick confirmation of {', '.join(str(t) for t in picking)}" if picking else None
+
+    def _advance(
+        self,
+        parcel: ShipmentView,
+        status: OrderStatus,
+        note: str,
+        *,
+        waiting_for: str | None = None,
+        also: Sequence[SearchAttributeUpdate[Any]] = (),
+    ) -> None:
+        """A parcel moved: its status, the order's fields that show the latest parcel, and one order transition."""
+        parcel.status = status
+        view = self._view
+        view.warehouse, view.pick_task_id = parcel.warehouse, parcel.pick_task_id
+        if parcel.tracking_number:
+            view.carrier, view.service = parcel.carrier, parcel.service
+            view.tracking_number, view.tracking_url = parcel.tracking_number, parcel.tracking_url
+        if self._view.status == OrderStatus.ON_HOLD and self._hold_reason is not None:
+            self._note(_parcel_prefix(view, parcel) + note)  # stays ON_HOLD until released
+            return
+        self._record(self._status_now(), _parcel_prefix(view, parcel) + note, waiting_for=waiting_for, also=also)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -586,21 +883,31 @@ class OrderWorkflow(OrderReturns):
         rows = [f"**{v.status.value}** — order `{v.order_id}`"]
         if v.waiting_for:
             rows.append(f"Waiting for: {v.waiting_for}")
-        if v.warehouse:
+        if len(v.shipments) > 1:
+            for p in v.shipments:
+                tracking = f", {p.carrier} [{p.tracking_number}]({p.tracking_url})" if p.tracking_number else ""
+                outcome = f" ({p.outcome})" if p.outcome else ""
+                rows.append(f"Shipment {p.shipment_no}: {p.status.value}{outcome} from {p.warehouse}{tracking}")
+        elif v.warehouse:
             rows.append(f"Warehouse: {v.warehouse}")
-        if v.tracking_number:
-            rows.append(f"Tracking: {v.carrier} [{v.tracking_number}]({v.tracking_url})")
+            if v.tracking_number:
+                rows.append(f"Tracking: {v.carrier} [{v.tracking_number}]({v.tracking_url})")
+        if v.backordered:
+            rows.append(f"Waiting for stock: {_describe(v.backordered)}")
         rows.append("")
         rows += [f"- {e.at:%Y-%m-%d %H:%M:%S} {e.status.value}: {e.note}" for e in v.timeline[-10:]]
         return "\n".join(rows)
 
-    def _tracking_context(self) -> dict[str, str]:
-        v = self._view
+    def _tracking_context(self, parcel: ShipmentView) -> dict[str, str]:
         return {
-            "carrier": v.carrier or "",
-            "service": v.service or "",
-            "tracking_number": v.tracking_number or "",
-            "tracking_url": v.tracking_url or "",
+            "carrier": parcel.carrier or "",
+            "service": parcel.service or "",
+            "tracking_number": parcel.tracking_number or "",
+            "tracking_url": parcel.tracking_url or "",
+            # "(parcel 2: TEE-M x1)" once the order has more than one parcel; nothing for a single one
+            "parcel": f" (parcel {parcel.shipment_no}: {_describe(parcel.lines)})"
+            if len(self._view.shipments) > 1
+            else "",
         }
 
     async def _notify(
@@ -634,14 +941,20 @@ class OrderWorkflow(OrderReturns):
             NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", **MESSAGE_SEND
         )
 
+    async def _alert_low_stock(self, skus: list[str]) -> None:
+        """This reservation took stock to its reorder point: ops get one email per crossing (idempotent)."""
+        await workflow.execute_local_activity_method(
+            InventoryActivities.alert_low_stock, skus, summary="low-stock alert", **MESSAGE_SEND
+        )
+
     async def _release_stock(self) -> object:
         return await workflow.execute_local_activity_method(
             InventoryActivities.release_stock, self._order.order_id, summary="release reservation", **DB_STEP
         )
 
-    async def _cancel_pick(self, request: PickTaskRequest) -> object:
+    async def _cancel_picks(self) -> object:
         return await workflow.execute_local_activity_method(
-            WarehouseActivities.cancel_pick_tasks, request.order_id, summary="cancel pick task", **DB_STEP
+            WarehouseActivities.cancel_pick_tasks, self._order.order_id, summary="cancel pick tasks", **DB_STEP
         )
 
     async def _void_label(self, request: LabelRequest) -> object:
@@ -654,14 +967,10 @@ class OrderWorkflow(OrderReturns):
         for name, undo in reversed(self._compensations):
             try:
                 await asyncio.shield(asyncio.ensure_future(undo()))
-                self._view.timeline.append(
-                    TimelineEntry(at=workflow.now(), status=self._view.status, note=f"compensated: {name}")
-                )
+                self._note(f"compensated: {name}")
             except (ActivityError, ApplicationError) as undo_err:
                 workflow.logger.error("compensation %s failed: %s", name, undo_err)
-                self._view.timeline.append(
-                    TimelineEntry(at=workflow.now(), status=self._view.status, note=f"FAILED to {name}")
-                )
+                self._note(f"FAILED to {name}")
         self._compensations.clear()
 
 
@@ -698,6 +1007,30 @@ class OrderCancelled(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ParcelReleased(Exception):
+    """Control flow inside the workflow only: a stock count took an unpicked parcel's reservation."""
+
+
+def _occurrence(parcel: ShipmentView) -> str | None:
+    """Idempotency-key suffix for a parcel's messages: none for the first (as for a one-parcel order)."""
+    return None if parcel.shipment_no == 1 else str(parcel.shipment_no)
+
+
+def _parcel_prefix(view: OrderView, parcel: ShipmentView) -> str:
+    return f"shipment {parcel.shipment_no}: " if len(view.shipments) > 1 else ""
+
+
+def _describe(lines: Sequence[OrderLine]) -> str:
+    return ", ".join(f"{line.sku} x{line.quantity}" for line in lines)
+
+
+def _merge(lines: Sequence[OrderLine], more: Sequence[OrderLine]) -> list[OrderLine]:
+    units: dict[str, int] = {}
+    for line in (*lines, *more):
+        units[line.sku] = units.get(line.sku, 0) + line.quantity
+    return [OrderLine(sku=sku, quantity=qty) for sku, qty in sorted(units.items())]
 
 
 async def _settle(task: Awaitable[object]) -> None:

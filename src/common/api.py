@@ -22,7 +22,7 @@ from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import Settings
-from common.db import PickTask, StockLevel, Store
+from common.db import PickTask, StockChange, StockLevel, Store
 from common.errors import (
     FulfillmentError,
     InvalidOrder,
@@ -41,6 +41,7 @@ from common.models import (
     OrderStatus,
     OrderView,
     OrderWorkflowInput,
+    PickShortage,
     ResolveDeliveryRequest,
     workflow_id_for,
 )
@@ -176,9 +177,11 @@ class FulfillmentApi:
     async def release_order(self, order_id: str) -> OrderView:
         return await self._update(order_id, "release", None)
 
-    async def resolve_delivery_exception(self, order_id: str, action: str, note: str | None = None) -> OrderView:
+    async def resolve_delivery_exception(
+        self, order_id: str, action: str, note: str | None = None, *, shipment: int | None = None
+    ) -> OrderView:
         try:
-            request = ResolveDeliveryRequest(action=action, note=note)  # type: ignore[arg-type]
+            request = ResolveDeliveryRequest(action=action, note=note, shipment=shipment)  # type: ignore[arg-type]
         except ValidationError as err:
             raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
         return await self._update(order_id, "resolve_delivery_exception", request)
@@ -227,15 +230,31 @@ class FulfillmentApi:
     async def open_picks(self) -> list[PickTask]:
         return await self.store.open_pick_tasks()
 
-    async def confirm_pick(self, task_id: str) -> PickTask:
+    async def confirm_pick(self, task_id: str, short: dict[str, int] | None = None) -> PickTask:
+        """Confirm a pick; with `short` (sku -> units not found), a short pick: on hand is corrected with a
+        recorded discrepancy and the order re-reserves the missing units elsewhere or waits for them."""
         task = await self.store.get_pick_task(task_id)
         if task is None:
             raise PickNotAllowed(f"no pick task {task_id!r}")
         if task.status == "cancelled":
             raise PickNotAllowed(f"pick task {task_id} was cancelled (order {task.order_id}); do not ship it")
+        if short:
+            ordered = dict(task.lines)
+            for sku, units in short.items():
+                if sku not in ordered:
+                    raise InvalidRequest(f"pick task {task_id} has no line for {sku} (it has {', '.join(ordered)})")
+                if not 0 < units <= ordered[sku]:
+                    raise InvalidRequest(
+                        f"pick task {task_id}: short {sku}={units} must be between 1 and the {ordered[sku]} to pick"
+                    )
+            if task.status == "confirmed" and task.short != short:
+                raise PickNotAllowed(f"pick task {task_id} is already confirmed; a shortage can't be added now")
         # DB first (idempotent), then the signal: re-running the command after a failure is always safe.
-        task = await self.store.confirm_pick_task(task_id)
-        await self.signal_order(task.order_id, "pick_confirmed", task_id)
+        task = await self.store.confirm_pick_task(task_id, short)
+        if task.short:
+            await self.signal_order(task.order_id, "pick_short", PickShortage(task_id=task_id, short=task.short))
+        else:
+            await self.signal_order(task.order_id, "pick_confirmed", task_id)
         return task
 
     # ------------------------------------------------------------------------------------------ stock
@@ -243,11 +262,37 @@ class FulfillmentApi:
     async def stock(self, sku: str | None = None, warehouse: str | None = None) -> list[StockLevel]:
         return await self.store.stock_levels(sku, warehouse)
 
-    async def receive_stock(self, sku: str, quantity: int, warehouse: str | None = None) -> StockLevel:
-        """Restock, then wake the orders waiting for this SKU, oldest first."""
-        level = await self.store.receive_stock(sku, quantity, warehouse)
+    async def receive_stock(
+        self, sku: str, quantity: int, warehouse: str | None = None, *, po: str | None = None
+    ) -> StockLevel:
+        """Restock (closing purchase order `po` if given), then wake the orders waiting for this SKU that the
+        stock covers, oldest first."""
+        level = await self.store.receive_stock(sku, quantity, warehouse, po=po)
         await wake_backordered_orders(self.client, self.store, [sku])
         return level
+
+    async def count_stock(self, sku: str, warehouse: str, counted: int, *, reason: str | None = None) -> StockChange:
+        """A physical count. Orders whose unpicked reservations it released (newest first) are told, so they
+        re-reserve elsewhere or wait for stock; a count above the books wakes backorders."""
+        change = await self.store.count_stock(sku, warehouse, counted, reason=reason)
+        await self.after_stock_change(change)
+        return change
+
+    async def adjust_stock(self, sku: str, warehouse: str, delta: int, *, reason: str) -> StockChange:
+        change = await self.store.adjust_stock(sku, warehouse, delta, reason=reason)
+        await self.after_stock_change(change)
+        return change
+
+    async def after_stock_change(self, change: StockChange) -> None:
+        """Tell the orders a count or adjustment affected: those it released re-reserve or wait; more stock
+        wakes backorders."""
+        for order_id in change.released_orders:
+            try:
+                await self.signal_order(order_id, "stock_released", change.sku)
+            except OrderNotFound:
+                continue  # closed meanwhile
+        if change.delta > 0:
+            await wake_backordered_orders(self.client, self.store, [change.sku])
 
     # ------------------------------------------------------------------------------------------ returns
 
@@ -327,11 +372,12 @@ class FulfillmentApi:
 
 
 async def wake_backordered_orders(client: Client, store: Store, skus: list[str]) -> list[str]:
-    """Signal `stock_received` to the orders waiting for these SKUs, oldest first (after a restock or a
-    returned unit back on hand); returns the orders signalled."""
+    """Signal `stock_received` to the orders waiting for these SKUs (after a restock or a returned unit back
+    on hand): first come, first served, and only as many as the available stock covers (see
+    Store.backorders_to_wake). Returns the orders signalled."""
     woken = []
     for sku in skus:
-        for order_id in await store.backordered_orders([sku]):
+        for order_id in await store.backorders_to_wake(sku):
             try:
                 await client.get_workflow_handle(workflow_id_for(order_id)).signal("stock_received", sku)
             except RPCError as err:

@@ -27,15 +27,15 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
     ),
     NotificationEvent.SHIPPED: (
         "Order {order_id} has shipped",
-        "Order {order_id} is on its way with {carrier}. Tracking number {tracking_number}: {tracking_url}",
+        "Order {order_id}{parcel} is on its way with {carrier}. Tracking number {tracking_number}: {tracking_url}",
     ),
     NotificationEvent.OUT_FOR_DELIVERY: (
         "Order {order_id} is out for delivery",
-        "Order {order_id} is out for delivery today with {carrier}. Track it: {tracking_url}",
+        "Order {order_id}{parcel} is out for delivery today with {carrier}. Track it: {tracking_url}",
     ),
     NotificationEvent.DELIVERED: (
         "Order {order_id} was delivered",
-        "Order {order_id} was delivered. Enjoy, {name}! Problem with it? Just reply to this message.",
+        "Order {order_id}{parcel} was delivered. Enjoy, {name}! Problem with it? Just reply to this message.",
     ),
     NotificationEvent.CANCELLED: (
         "Order {order_id} was cancelled",
@@ -59,6 +59,16 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
         "Order {order_id}: delivery problem",
         "{carrier} reports a problem delivering order {order_id}: {problem}. We are on it and will tell you "
         "what happens next.",
+    ),
+    NotificationEvent.PARTIAL_SHIPMENT: (
+        "Order {order_id} ships in parts",
+        "Part of order {order_id} is on its way to you now; {short} is out of stock and follows as soon as it "
+        "arrives. You will get tracking for each parcel.",
+    ),
+    NotificationEvent.RESHIPPED: (
+        "Order {order_id}: we are sending it again",
+        "Sorry {name}, the parcel for order {order_id} did not make it. We are sending the goods again and "
+        "will share the new tracking number.",
     ),
     NotificationEvent.REFUND_ISSUED: (
         "Order {order_id}: refund issued",
@@ -98,7 +108,10 @@ class _Defaults(dict[str, str]):
 
 def render(request: NotifyRequest, channel: Channel) -> RenderedMessage:
     subject_tpl, body_tpl = _TEMPLATES[request.event]
-    values = _Defaults(request.context, order_id=request.order_id, name=request.customer.name.split()[0])
+    # "parcel" is empty for a one-parcel order: "(parcel 2: TEE-M x1)" only when it ships in several
+    values = _Defaults(
+        {"parcel": "", **request.context}, order_id=request.order_id, name=request.customer.name.split()[0]
+    )
     subject = subject_tpl.format_map(values)
     body = body_tpl.format_map(values)
     if channel == Channel.SMS:

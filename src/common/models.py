@@ -128,6 +128,23 @@ class TimelineEntry(BaseModel):
     note: str = ""
 
 
+class ShipmentView(BaseModel):
+    """One parcel of the order: its own pick task, label, tracking and messages."""
+
+    shipment_no: int
+    warehouse: str
+    lines: list[OrderLine]
+    status: OrderStatus = OrderStatus.RESERVED
+    pick_task_id: str | None = None
+    carrier: str | None = None
+    service: str | None = None
+    tracking_number: str | None = None
+    tracking_url: str | None = None
+    estimated_delivery: datetime | None = None
+    # Set when the parcel ends any other way than delivered: "refunded", "reshipped", "nothing found at the pick"
+    outcome: str | None = None
+
+
 class ReturnSummary(BaseModel):
     """One return (RMA) of the order as the order's view shows it (the rest: common.returns.RmaView)."""
 
@@ -159,6 +176,11 @@ class OrderView(BaseModel):
     tracking_number: str | None = None
     tracking_url: str | None = None
     estimated_delivery: datetime | None = None
+    # Every parcel (most orders have one; a split or a partial shipment has more). The fields above
+    # (warehouse, tracking...) repeat those of the parcel that moved last.
+    shipments: list[ShipmentView] = Field(default_factory=list)
+    # Lines waiting for stock, not in any shipment yet
+    backordered: list[OrderLine] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
     # Returns (RMAs) of this order, and the order this one replaces (an exchange), if any.
     returns: list[ReturnSummary] = Field(default_factory=list)
@@ -278,6 +300,8 @@ class DeliveryResolution(StrEnum):
 class ResolveDeliveryRequest(_Strict):
     action: DeliveryResolution
     note: Reason | None = None
+    # Which parcel (shipment no) when several are in exception; default: the first
+    shipment: int | None = Field(default=None, ge=1)
 
 
 class NotifyResult(BaseModel):
@@ -292,13 +316,34 @@ class ReserveRequest(BaseModel):
     # Where the parcel goes: allocation prefers a warehouse serving this country/region.
     ship_to_country: str | None = None
     ship_to_region: str | None = None
+    # Reserve what is in stock now and leave the rest waiting (PartialShipment.SHIP_AVAILABLE)
+    allow_partial: bool = False
+    # Number of the first shipment this reservation creates (later ones for a remainder, a reship...)
+    first_shipment: int = 1
+
+
+class ShipmentAllocation(BaseModel):
+    shipment_no: int
+    warehouse: str
+    lines: list[OrderLine]
 
 
 class ReserveResult(BaseModel):
     reserved: bool
-    warehouse: str | None = None
-    # sku -> units missing across the best warehouse, when not reserved
+    warehouse: str | None = None  # of the first shipment
+    # sku -> units not reserved (still waiting for stock)
     short: dict[str, int] = Field(default_factory=dict)
+    # The shipments reserved: one warehouse when one covers the order, else a split
+    shipments: list[ShipmentAllocation] = Field(default_factory=list)
+    # SKUs now at or below their reorder point with ops not alerted yet
+    low_stock: list[str] = Field(default_factory=list)
+
+
+class PickShortage(BaseModel):
+    """A pick confirmed short: sku -> units the picker could not find."""
+
+    task_id: str
+    short: dict[str, int]
 
 
 class PickTaskRequest(BaseModel):

@@ -74,7 +74,16 @@ async def test_reserve_stock_prefers_the_ship_to_region(
     anywhere = await env.run(acts.reserve_stock, ReserveRequest(order_id="B", lines=_lines(("MUG-RED", 2))))
     assert anywhere.warehouse == "NYC-1"  # most available
     short = await env.run(acts.reserve_stock, ReserveRequest(order_id="C", lines=_lines(("MUG-RED", 99))))
-    assert (short.reserved, short.short) == (False, {"MUG-RED": 71})  # in the best warehouse (NYC-1, 28 left)
+    assert (short.reserved, short.short) == (False, {"MUG-RED": 63})  # all warehouses together have 8 + 28
+    split = await env.run(acts.reserve_stock, ReserveRequest(order_id="D", lines=_lines(("MUG-RED", 30))))
+    assert [(p.shipment_no, p.warehouse, p.lines[0].quantity) for p in split.shipments] == [
+        (1, "NYC-1", 28),
+        (2, "LDN-1", 2),
+    ]
+    partial = ReserveRequest(order_id="E", lines=_lines(("MUG-RED", 9), ("TEE-M", 1)), allow_partial=True)
+    some = await env.run(acts.reserve_stock, partial)
+    assert not some.reserved and some.short == {"MUG-RED": 3}  # 6 left in London: those go now
+    assert [(x.sku, x.quantity) for x in some.shipments[0].lines] == [("MUG-RED", 6), ("TEE-M", 1)]
 
 
 async def test_split_shipment_activities(store: Store, outbox: tuple[SandboxStore, SandboxSmtpServer]) -> None:

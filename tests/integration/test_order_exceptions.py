@@ -265,8 +265,6 @@ async def test_carrier_failure_parks_the_order_for_ops_and_refund_closes_it(
     ops = [m for m in sandbox.outbox(order_id) if m.recipient == "ops@fulfill.example"]
     assert len(problem) == 1 and len(ops) == 1
 
-    reship = await run_cli(cli, "order", "resolve", order_id, "--action", "reship")
-    assert reship.returncode == 2 and "reship is not available yet" in reship.stderr
     bogus = await run_cli(cli, "order", "resolve", order_id, "--action", "shrug")
     assert bogus.returncode == 2
 
@@ -278,6 +276,42 @@ async def test_carrier_failure_parks_the_order_for_ops_and_refund_closes_it(
     after = stock(await store.stock_levels("MUG-RED"))
     warehouse = view.warehouse or ""
     assert after["MUG-RED", warehouse] == (before["MUG-RED", warehouse][0] - 1, before["MUG-RED", warehouse][1])
+
+
+@pytest.mark.usefixtures("slow_parcels")
+async def test_lost_parcel_is_reshipped_as_a_new_parcel_with_its_own_label(
+    api: FulfillmentApi, store: Store, sandbox: SandboxServers, cli: Cli
+) -> None:
+    order_id = new_id()
+    before = stock(await store.stock_levels("MUG-RED"))
+    await api.place_order(order_dict(order_id, {"MUG-RED": 1}))
+    first_task = await confirm_pick(api, order_id)
+    lost = await wait_status(api, order_id, OrderStatus.LABELED)
+    sandbox.force_tracker_status(lost.tracking_number or "", "in_transit")
+    await wait_status(api, order_id, OrderStatus.IN_TRANSIT)
+    sandbox.force_tracker_status(lost.tracking_number or "", "return_to_sender", message="address unreachable")
+    await wait_status(api, order_id, OrderStatus.DELIVERY_EXCEPTION)
+
+    reship = await run_cli(cli, "order", "resolve", order_id, "--action", "reship", "--note", "lost in depot")
+    assert reship.returncode == 0, reship.stderr
+    second_task = await confirm_pick(api, order_id)  # the goods are reserved and picked again
+    assert second_task != first_task
+    view = await wait_status(api, order_id, OrderStatus.LABELED)
+    assert [(p.shipment_no, p.outcome) for p in view.shipments] == [(1, "reshipped"), (2, None)]
+    assert view.tracking_number and view.tracking_number != lost.tracking_number
+    sandbox.force_tracker_status(view.tracking_number, "delivered")
+    view = await wait_status(api, order_id, OrderStatus.COMPLETED)
+    assert view.shipments[1].status == OrderStatus.DELIVERED
+
+    # Two units left the building (the lost one and its replacement); nothing stays reserved.
+    after = stock(await store.stock_levels("MUG-RED"))
+    warehouse = view.warehouse or ""
+    assert after["MUG-RED", warehouse] == (before["MUG-RED", warehouse][0] - 2, before["MUG-RED", warehouse][1])
+    labels = [s for s in await store.shipments_for_order(order_id) if s.status != "voided"]
+    assert len(labels) == 2
+    subjects = [m.subject for m in sandbox.outbox(order_id) if m.channel == "email"]
+    assert subjects.count(f"Order {order_id}: we are sending it again") == 1
+    assert subjects.count(f"Order {order_id} has shipped") == 2  # one per parcel, each with its tracking
 
 
 async def test_resolve_without_an_exception_is_refused(api: FulfillmentApi, cli: Cli) -> None:

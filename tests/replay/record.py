@@ -145,6 +145,47 @@ async def delivery_exception_refunded(stack: Stack, path: str) -> str:
     return order_id
 
 
+async def split_over_two_warehouses(stack: Stack, path: str) -> str:
+    # TEE-L: 25 in London, 5 in New York (the demo stock): 27 go as two parcels.
+    order_id = await stack.place(path, {"TEE-L": 27})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    for task in await stack.api.store.pick_tasks_for_order(order_id):
+        await stack.api.confirm_pick(task.id)
+    view = await stack.finished(order_id)
+    assert [p.warehouse for p in view.shipments] == ["LDN-1", "NYC-1"], view.timeline
+    return order_id
+
+
+async def short_pick_reserved_again(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"MUG-RED": 2})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    (task,) = await stack.api.store.pick_tasks_for_order(order_id)
+    await stack.api.confirm_pick(task.id, {"MUG-RED": 1})
+    for _ in range(100):  # the missing mug gets a pick task of its own
+        open_tasks = [t for t in await stack.api.store.pick_tasks_for_order(order_id) if t.status == "open"]
+        if open_tasks:
+            await stack.api.confirm_pick(open_tasks[0].id)
+            break
+        await asyncio.sleep(0.2)
+    view = await stack.finished(order_id)
+    assert len(view.shipments) == 2, view.timeline
+    return order_id
+
+
+async def lost_parcel_reshipped(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"MUG-BLUE": 1})
+    await stack.confirm_pick(order_id)
+    await stack.wait_for(order_id, OrderStatus.LABELED)
+    view = await stack.api.order_status(order_id)
+    stack.sandbox.force_tracker_status(view.tracking_number or "", "return_to_sender", message="unknown address")
+    await stack.wait_for(order_id, OrderStatus.DELIVERY_EXCEPTION)
+    await stack.api.resolve_delivery_exception(order_id, "reship", "send it again")
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    assert [p.outcome for p in view.shipments] == ["reshipped", None], view.timeline
+    return order_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "happy_path": happy_path,
     "backorder_then_restock": backorder_then_restock,
@@ -152,6 +193,9 @@ SCENARIOS: dict[str, Scenario] = {
     "held_then_released": held_then_released,
     "address_invalid_then_fixed": address_invalid_then_fixed,
     "delivery_exception_refunded": delivery_exception_refunded,
+    "split_over_two_warehouses": split_over_two_warehouses,
+    "short_pick_reserved_again": short_pick_reserved_again,
+    "lost_parcel_reshipped": lost_parcel_reshipped,
 }
 
 

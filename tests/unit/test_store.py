@@ -550,3 +550,61 @@ async def test_timestamps_are_utc(shop: Store) -> None:
     await shop.reserve("ORD-1", [("MUG-RED", 1)])
     [reservation] = await shop.reservations()
     assert reservation.created_at.tzinfo is UTC and before <= reservation.created_at <= datetime.now(UTC)
+
+
+async def test_short_pick_corrects_on_hand_and_the_order_reservation_once(shop: Store) -> None:
+    await shop.receive_stock("MUG-RED", 5, "LDN-1")
+    await shop.receive_stock("TEE-M", 5, "LDN-1")
+    await shop.reserve("ORD-1", [("MUG-RED", 3), ("TEE-M", 1)], prefer_country="GB", prefer_region="LDN")
+    task = await shop.create_pick_task("ORD-1", 1, "LDN-1", [("MUG-RED", 3), ("TEE-M", 1)])
+    before = _level(await shop.stock_levels(), "MUG-RED", "LDN-1")
+
+    with pytest.raises(StoreError, match="has no line for POSTER-A2"):
+        await shop.confirm_pick_task(task.id, {"POSTER-A2": 1})
+    with pytest.raises(StoreError, match="only 3 were to pick"):
+        await shop.confirm_pick_task(task.id, {"MUG-RED": 4})
+    assert (await shop.get_pick_task(task.id)).status == "open"  # type: ignore[union-attr]
+
+    short = await shop.confirm_pick_task(task.id, {"MUG-RED": 2})
+    assert (short.status, short.short) == ("confirmed", {"MUG-RED": 2})
+    assert await shop.confirm_pick_task(task.id, {"MUG-RED": 2}) == short  # the same confirmation again: no-op
+    after = _level(await shop.stock_levels(), "MUG-RED", "LDN-1")
+    # Two units were never on the shelf: on hand and the order's reservation drop by 2, available is unchanged.
+    assert (after.on_hand, after.reserved, after.available) == (
+        before.on_hand - 2,
+        before.reserved - 2,
+        before.available,
+    )
+    held = {r.sku: r.quantity for r in await shop.reservations("ORD-1") if r.status == "held"}
+    assert held == {"MUG-RED": 1, "TEE-M": 1}
+    [entry] = [e for e in await shop.stock_history("MUG-RED") if e.kind == "adjustment" and e.ref == task.id]
+    assert (entry.delta_on_hand, entry.delta_reserved) == (-2, -2)
+
+
+async def test_restock_wakes_backorders_in_order_and_only_what_it_covers(shop: Store) -> None:
+    for order_id, qty in (("ORD-1", 3), ("ORD-2", 1), ("ORD-3", 1)):
+        assert not (await shop.reserve(order_id, [("POSTER-A2", qty)])).reserved
+    await shop.reserve("ORD-4", [("POSTER-A2", 1), ("TEE-M", 99)])  # also short of shirts
+
+    await shop.receive_stock("POSTER-A2", 2, "LDN-1")
+    assert await shop.backorders_to_wake("POSTER-A2") == []  # the oldest needs 3: nobody jumps the queue
+    await shop.receive_stock("POSTER-A2", 2, "LDN-1")
+    assert await shop.backorders_to_wake("POSTER-A2") == ["ORD-1", "ORD-2"]  # 4 units: 3 + 1; ORD-4 lacks shirts
+    [waiting] = [b for b in await shop.backorders() if b.order_id == "ORD-4"]
+    assert waiting.needs == {"POSTER-A2": 1, "TEE-M": 99}
+
+
+async def test_allocate_splits_or_ships_what_is_there(shop: Store) -> None:
+    await shop.receive_stock("TEE-M", 25, "LDN-1")
+    await shop.receive_stock("TEE-M", 5, "NYC-1")
+    split = await shop.allocate("ORD-1", [("TEE-M", 27)], prefer_country="GB", prefer_region="LDN")
+    assert (split.shipments, split.short) == ([(1, "LDN-1", [("TEE-M", 25)]), (2, "NYC-1", [("TEE-M", 2)])], {})
+    assert await shop.allocate("ORD-1", [("TEE-M", 27)]) == split  # a retry returns what was reserved
+
+    nothing = await shop.allocate("ORD-2", [("TEE-M", 5), ("POSTER-A2", 1)])
+    assert (nothing.shipments, nothing.short) == ([], {"TEE-M": 2, "POSTER-A2": 1})
+    assert await shop.backordered_orders() == ["ORD-2"]
+    some = await shop.allocate("ORD-2", [("TEE-M", 5), ("POSTER-A2", 1)], allow_partial=True)
+    assert (some.shipments, some.short) == ([(1, "NYC-1", [("TEE-M", 3)])], {"POSTER-A2": 1, "TEE-M": 2})
+    [waiting] = await shop.backorders()
+    assert waiting.needs == {"POSTER-A2": 1, "TEE-M": 2}

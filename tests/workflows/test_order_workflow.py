@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from common.inventory.contracts import ShipmentRef
 from common.models import (
     Label,
     LabelRequest,
@@ -27,14 +28,18 @@ from common.models import (
     NotifyResult,
     OpsAlert,
     Order,
+    OrderLine,
     OrderPolicy,
     OrderStatus,
     OrderView,
     OrderWorkflowInput,
+    PartialShipment,
+    PickShortage,
     PickTaskRequest,
     ReserveRequest,
     ReserveResult,
     ResolveDeliveryRequest,
+    ShipmentAllocation,
     TrackingPollRequest,
     TrackingStatus,
     TrackingUpdate,
@@ -63,24 +68,28 @@ class FakeWorld:
     messages: list[tuple[str, str]] = field(default_factory=list)  # (event, channel)
     ops_alerts: list[str] = field(default_factory=list)
     labels_bought: int = 0
+    shipments: dict[int, ShipmentAllocation] = field(default_factory=dict)
+    gave_up: bool = False
     bought_at: datetime | None = None
     tracking_polls: int = 0
 
     @activity.defn(name="reserve_stock")
     async def reserve_stock(self, request: ReserveRequest) -> ReserveResult:
-        if self.reserved:
-            return ReserveResult(reserved=True, warehouse="LDN-1")
-        short = {
-            li.sku: li.quantity - self.available.get(li.sku, 0)
-            for li in request.lines
-            if self.available.get(li.sku, 0) < li.quantity
-        }
-        if short:
+        """One warehouse; all or nothing, or what is there with allow_partial."""
+        if request.first_shipment in self.shipments:
+            return ReserveResult(reserved=True, warehouse="LDN-1", shipments=[self.shipments[request.first_shipment]])
+        take = {li.sku: min(li.quantity, self.available.get(li.sku, 0)) for li in request.lines}
+        short = {li.sku: li.quantity - take[li.sku] for li in request.lines if take[li.sku] < li.quantity}
+        if (short and not request.allow_partial) or not any(take.values()):
             return ReserveResult(reserved=False, short=short)
-        for li in request.lines:
-            self.available[li.sku] -= li.quantity
-            self.reserved[li.sku] = li.quantity
-        return ReserveResult(reserved=True, warehouse="LDN-1")
+        for sku, qty in take.items():
+            if qty:
+                self.available[sku] -= qty
+                self.reserved[sku] = self.reserved.get(sku, 0) + qty
+        lines = [OrderLine(sku=sku, quantity=qty) for sku, qty in take.items() if qty]
+        shipment = ShipmentAllocation(shipment_no=request.first_shipment, warehouse="LDN-1", lines=lines)
+        self.shipments[request.first_shipment] = shipment
+        return ReserveResult(reserved=not short, warehouse="LDN-1", short=short, shipments=[shipment])
 
     @activity.defn(name="release_stock")
     async def release_stock(self, order_id: str) -> int:
@@ -90,11 +99,24 @@ class FakeWorld:
         self.reserved.clear()
         return units
 
-    @activity.defn(name="commit_stock")
-    async def commit_stock(self, order_id: str) -> int:
-        self.committed.update(self.reserved)
-        self.reserved.clear()
-        return sum(self.committed.values())
+    @activity.defn(name="commit_shipment")
+    async def commit_shipment(self, ref: ShipmentRef) -> int:
+        for line in self.shipments[ref.shipment_no].lines:
+            self.committed[line.sku] = self.committed.get(line.sku, 0) + line.quantity
+            self.reserved[line.sku] -= line.quantity
+            if not self.reserved[line.sku]:
+                del self.reserved[line.sku]
+        return sum(line.quantity for line in self.shipments[ref.shipment_no].lines)
+
+    @activity.defn(name="close_backorder")
+    async def close_backorder(self, order_id: str) -> bool:
+        self.gave_up = True
+        return True
+
+    @activity.defn(name="alert_low_stock")
+    async def alert_low_stock(self, skus: list[str]) -> int:
+        self.ops_alerts += [f"low_stock:{sku}" for sku in skus]
+        return len(skus)
 
     @activity.defn(name="create_pick_task")
     async def create_pick_task(self, request: PickTaskRequest) -> str:
@@ -155,7 +177,9 @@ class FakeWorld:
         return [
             self.reserve_stock,
             self.release_stock,
-            self.commit_stock,
+            self.commit_shipment,
+            self.close_backorder,
+            self.alert_low_stock,
             self.create_pick_task,
             self.cancel_pick_tasks,
             self.buy_label,
@@ -440,3 +464,54 @@ async def test_unresolved_delivery_exception_fails_for_ops_after_the_timeout(env
 
     assert view.status == OrderStatus.FAILED
     assert "not resolved by ops" in view.timeline[-1].note
+
+
+async def test_ship_available_sends_what_is_there_and_gives_up_the_rest_after_the_limit(
+    env: WorkflowEnvironment,
+) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 2, "TEE-M": 1})
+    fake = world(env, {"MUG-RED": 2, "TEE-M": 0})
+    policy = POLICY.model_copy(update={"partial_shipment": PartialShipment.SHIP_AVAILABLE})
+    async with worker(env, fake):
+        handle = await start(env.client, order, policy)
+        view = await wait_for_status(env, handle, OrderStatus.BACKORDERED)  # the order waits for TEE-M...
+        await env.sleep(60)
+        view = await handle.query(OrderWorkflow.status)
+        assert [(li.sku, li.quantity) for li in view.shipments[0].lines] == [("MUG-RED", 2)]  # ...the mugs go
+        assert view.shipments[0].status == OrderStatus.PICKING
+        await handle.signal(OrderWorkflow.pick_confirmed, view.shipments[0].pick_task_id or "")
+        view = await handle.result()  # TEE-M never comes: after 14 days that part is given up
+
+    assert view.status == OrderStatus.COMPLETED
+    assert view.shipments[0].status == OrderStatus.DELIVERED and fake.gave_up
+    assert "TEE-M x1 cancelled (not restocked in time)" in view.timeline[-1].note
+    # One delay message (the partial shipment), then one for the part that is cancelled.
+    assert fake.messages.count(("partial_shipment", "email")) == 1
+    assert ("backordered", "email") not in fake.messages
+    assert fake.messages.count(("cancelled", "email")) == 1
+    assert fake.committed == {"MUG-RED": 2} and fake.reserved == {}
+
+
+async def test_pick_short_of_everything_reserves_the_goods_again_as_a_new_parcel(env: WorkflowEnvironment) -> None:
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 2})
+    fake = world(env, {"MUG-RED": 5})
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        view = await wait_for_status(env, handle, OrderStatus.PICKING)
+        await handle.signal(
+            OrderWorkflow.pick_short, PickShortage(task_id=view.pick_task_id or "", short={"MUG-RED": 2})
+        )
+        await env.sleep(60)
+        view = await handle.query(OrderWorkflow.status)
+        assert view.shipments[0].outcome == "nothing found at the pick"
+        assert view.pick_task_id == f"PICK-{order.order_id}-2"  # the second parcel's pick
+        await handle.signal(OrderWorkflow.pick_confirmed, view.pick_task_id)
+        view = await handle.result()
+
+    assert view.status == OrderStatus.COMPLETED
+    assert [(p.shipment_no, p.status) for p in view.shipments] == [
+        (1, OrderStatus.PICKING),
+        (2, OrderStatus.DELIVERED),
+    ]
+    assert fake.labels_bought == 1  # nothing was shipped from the empty pick
+    assert fake.messages.count(("shipped", "email")) == 1

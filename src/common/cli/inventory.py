@@ -20,7 +20,6 @@ from rich.table import Table
 from common.cli._base import connect_api, err, out, print_json, run_async
 from common.config import get_settings
 from common.db import LedgerEntry, LowStockCrossing, StockChange, Store
-from common.errors import OrderNotFound
 from common.inventory import forecast as fc
 
 inventory_app = typer.Typer(
@@ -141,15 +140,7 @@ async def inventory_receive(
     if quantity <= 0:
         raise ValueError(f"quantity must be a positive number of units (got {quantity})")
     async with await connect_api() as api:
-        if po is None:
-            level = await api.receive_stock(sku, quantity, warehouse)
-        else:
-            level = await api.store.receive_stock(sku, quantity, warehouse, po=po)
-            for order_id in await api.store.backordered_orders([sku]):
-                try:
-                    await api.signal_order(order_id, "stock_received", sku)
-                except OrderNotFound:
-                    continue  # closed meanwhile; its backorder row is stale
+        level = await api.receive_stock(sku, quantity, warehouse, po=po)
     closed = f" (purchase order {po} received)" if po else ""
     out.print(f"{level.sku} @ {level.warehouse}: on hand {level.on_hand}, available {level.available}{closed}")
 
@@ -224,6 +215,24 @@ def _print_change(change: StockChange, as_json: bool, what: str) -> None:
         )
 
 
+async def _tell_orders(change: StockChange) -> None:
+    """The stock change is recorded; now the running orders it affects must hear of it (released orders
+    re-reserve or wait, more stock wakes backorders). Without the engine, say so instead of failing: the
+    count stands either way."""
+    if not change.released_orders and change.delta <= 0:
+        return
+    try:
+        async with await connect_api() as api:
+            await api.after_stock_change(change)
+    except (ConnectionError, OSError, RuntimeError) as e:
+        orders = f" (orders {', '.join(change.released_orders)})" if change.released_orders else ""
+        err.print(
+            f"[yellow]warning:[/] recorded, but the engine is unreachable, so running orders{orders} "
+            f"were not told ({e})",
+            highlight=False,
+        )
+
+
 @inventory_app.command("count", context_settings={"ignore_unknown_options": True})
 @run_async
 async def inventory_count(
@@ -245,6 +254,7 @@ async def inventory_count(
         crossings = await store.low_stock_crossings([sku], pending_only=True)
         _print_change(change, as_json, f"counted {counted}")
         await _alert_ops(store, [c for c in crossings if c.warehouse == warehouse])
+    await _tell_orders(change)
 
 
 @inventory_app.command("adjust", context_settings={"ignore_unknown_options": True})
@@ -264,6 +274,7 @@ async def inventory_adjust(
         crossings = await store.low_stock_crossings([sku], pending_only=True)
         _print_change(change, as_json, f"adjusted by {delta:+d}")
         await _alert_ops(store, [c for c in crossings if c.warehouse == warehouse])
+    await _tell_orders(change)
 
 
 def _with_balances(entries: list[LedgerEntry], on_hand: dict[str, int]) -> list[tuple[LedgerEntry, int]]:

@@ -61,8 +61,18 @@ async def order_status(
         f"[bold]{view.order_id}[/]  {view.status.value}"
         + (f"  (waiting for {view.waiting_for})" if view.waiting_for else "")
     )
-    if view.tracking_number:
+    if len(view.shipments) > 1:
+        parcels = Table("parcel", "from", "lines", "status", "tracking")
+        for p in view.shipments:
+            lines = ", ".join(f"{li.sku} x{li.quantity}" for li in p.lines)
+            status = p.status.value + (f" ({p.outcome})" if p.outcome else "")
+            tracking = f"{p.carrier} {p.tracking_number}" if p.tracking_number else ""
+            parcels.add_row(str(p.shipment_no), p.warehouse, lines, status, tracking)
+        out.print(parcels)
+    elif view.tracking_number:
         out.print(f"tracking: {view.carrier} {view.service} {view.tracking_number}  {view.tracking_url}")
+    if view.backordered:
+        out.print("waiting for stock: " + ", ".join(f"{li.sku} x{li.quantity}" for li in view.backordered))
     table = Table("time (UTC)", "status", "note")
     for entry in view.timeline:
         table.add_row(f"{entry.at:%Y-%m-%d %H:%M:%S}", entry.status.value, entry.note)
@@ -144,10 +154,13 @@ async def order_resolve(
     order_id: str,
     action: Annotated[DeliveryResolution, typer.Option("--action", help="What to do about the delivery exception.")],
     note: Annotated[str | None, typer.Option("--note", help="Why (shown in the timeline).")] = None,
+    shipment: Annotated[
+        int | None, typer.Option("--shipment", help="Which parcel, when several are in exception (default: first).")
+    ] = None,
 ) -> None:
-    """Decide an order in DELIVERY_EXCEPTION: refund and close it (reship comes later)."""
+    """Decide an order in DELIVERY_EXCEPTION: reship the parcel's goods as a new parcel, or refund it."""
     async with await connect_api() as api:
-        _print_outcome(await api.resolve_delivery_exception(order_id, action.value, note))
+        _print_outcome(await api.resolve_delivery_exception(order_id, action.value, note, shipment=shipment))
 
 
 # ------------------------------------------------------------------------------------------ returns

@@ -34,11 +34,39 @@ async def warehouse_picks(
 
 @warehouse_app.command("confirm")
 @run_async
-async def warehouse_confirm(task_id: str) -> None:
-    """Confirm a pick task: every line picked and packed."""
+async def warehouse_confirm(
+    task_id: str,
+    short: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--short",
+            help="SKU=N: N units of SKU were not on the shelf (repeat per SKU). On hand is corrected and the "
+            "order re-reserves them elsewhere or waits for stock.",
+        ),
+    ] = None,
+) -> None:
+    """Confirm a pick task: every line picked and packed (or short, with --short)."""
+    missing = _parse_short(short or [])
     async with await connect_api() as api:
-        task = await api.confirm_pick(task_id)
-    out.print(f"pick task {task.id} confirmed (order {task.order_id})")
+        task = await api.confirm_pick(task_id, missing or None)
+    if task.short:
+        gone = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(task.short.items()))
+        out.print(f"pick task {task.id} confirmed short of {gone} (order {task.order_id}); discrepancy recorded")
+    else:
+        out.print(f"pick task {task.id} confirmed (order {task.order_id})")
+
+
+def _parse_short(values: list[str]) -> dict[str, int]:
+    missing: dict[str, int] = {}
+    for raw in values:
+        sku, sep, qty = raw.partition("=")
+        sku, qty = sku.strip(), qty.strip()
+        if not sep or not sku or not qty.isdigit() or int(qty) < 1:
+            raise InvalidRequest(f"--short {raw!r}: expected SKU=N with N a whole number of units >= 1")
+        if sku in missing:
+            raise InvalidRequest(f"--short: {sku} given twice")
+        missing[sku] = int(qty)
+    return missing
 
 
 def _parse_received(lines: list[str]) -> list[tuple[str, int, str]]:

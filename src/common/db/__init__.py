@@ -1,6 +1,7 @@
 """The database layer: tables, migrations and the `Store` every activity, the CLI and the client use."""
 
 from common.db.store import (
+    Allocation,
     Backorder,
     DemandRecord,
     ImportResult,
@@ -34,6 +35,7 @@ from common.db.store import (
 )
 
 __all__ = [
+    "Allocation",
     "Backorder",
     "DemandRecord",
     "ImportResult",

@@ -19,7 +19,7 @@ import random
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self, TypeVar
 
@@ -75,6 +75,17 @@ class ReservationOutcome:
     short: dict[str, int]
     # SKUs of this order whose available stock is at or below its reorder point with ops not yet alerted
     # (see `low_stock_crossings`): the caller should run the low-stock alert for them.
+    low_stock: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What `allocate` reserved: one or more shipments, and what is still missing (backordered)."""
+
+    # (shipment no, warehouse, [(sku, qty), ...]) in shipment order
+    shipments: list[tuple[int, str, list[tuple[str, int]]]]
+    # sku -> units not reserved (all warehouses together lack them); empty when the whole request is reserved
+    short: dict[str, int]
     low_stock: list[str] = field(default_factory=list)
 
 
@@ -218,6 +229,8 @@ class Backorder:
     skus: list[str]
     created_at: datetime
     resolved_at: datetime | None
+    # sku -> units the order needs of it to go ahead (0: unknown, from before this was recorded)
+    needs: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -230,6 +243,8 @@ class PickTask:
     status: str  # open | confirmed | cancelled
     created_at: datetime
     confirmed_at: datetime | None
+    # sku -> units the picker could not find (a short pick), recorded with the confirmation
+    short: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -480,7 +495,8 @@ def _ledger(r: Row[Any]) -> LedgerEntry:
 
 def _pick_task(r: Row[Any]) -> PickTask:
     lines = [(str(line["sku"]), int(line["quantity"])) for line in r.lines]
-    return PickTask(r.id, r.order_id, r.attempt, r.warehouse, lines, r.status, r.created_at, r.confirmed_at)
+    short = {str(line["sku"]): int(line["short"]) for line in r.lines if line.get("short")}
+    return PickTask(r.id, r.order_id, r.attempt, r.warehouse, lines, r.status, r.created_at, r.confirmed_at, short)
 
 
 def _shipment(r: Row[Any]) -> ShipmentRecord:
@@ -519,7 +535,15 @@ def _notification(r: Row[Any]) -> NotificationRecord:
 
 
 def _backorder(r: Row[Any]) -> Backorder:
-    return Backorder(r.order_id, list(r.skus), r.created_at, r.resolved_at)
+    needs = _backorder_needs(r.skus)
+    return Backorder(r.order_id, sorted(needs), r.created_at, r.resolved_at, needs)
+
+
+def _backorder_needs(stored: Any) -> dict[str, int]:
+    """The `skus` column holds {sku: units needed}; rows from before quantities were kept hold a list."""
+    if isinstance(stored, dict):
+        return {str(k): int(v) for k, v in stored.items()}
+    return {str(sku): 0 for sku in stored}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -884,7 +908,10 @@ class Store:
         async def op(conn: AsyncConnection) -> StockChange:
             await self._require_skus(conn, [sku])
             await self._require_warehouse(conn, warehouse)
-            return await self._set_on_hand(conn, sku, warehouse, lambda _: counted, "count", note, ref)
+            # Units already picked into parcels waiting for the carrier are off the shelf but still ours.
+            packed = await self._picked_units(conn, sku, warehouse)
+            counted_note = f"{note} (+{packed} in packed parcels)" if packed else note
+            return await self._set_on_hand(conn, sku, warehouse, lambda _: counted + packed, "count", counted_note, ref)
 
         return await self._write(op, f"count {sku} at {warehouse}")
 
@@ -955,6 +982,11 @@ class Store:
             reserved = (
                 await conn.execute(select(sl.c.reserved).where(sl.c.sku == sku, sl.c.warehouse == warehouse))
             ).scalar_one()
+            if new < reserved:  # what is left is packed in parcels: those units exist, the change cannot be right
+                raise StoreError(
+                    f"{sku} at {warehouse}: {reserved} units are packed in parcels waiting for the carrier, so on "
+                    f"hand cannot be {new}; nothing changed"
+                )
         delta = new - previous
         ledger_id = 0
         if delta or not skip_unchanged:
@@ -969,17 +1001,38 @@ class Store:
         await self._track_low_stock(conn, touched, now)
         return StockChange(sku, warehouse, previous, new, reserved, delta, released, ledger_id)
 
+    async def _picked_units(self, conn: AsyncConnection, sku: str, warehouse: str) -> int:
+        """Units of `sku` at `warehouse` held by shipments whose pick is confirmed (packed, not shipped yet)."""
+        rv, pt = t.reservations, t.pick_tasks
+        picked = (
+            select(pt.c.id)
+            .where(pt.c.order_id == rv.c.order_id, pt.c.attempt == rv.c.shipment_no, pt.c.status == "confirmed")
+            .exists()
+        )
+        total = await conn.execute(
+            select(func.coalesce(func.sum(rv.c.quantity), 0)).where(
+                rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held", picked
+            )
+        )
+        return int(total.scalar_one())
+
     async def _release_newest(
         self, conn: AsyncConnection, sku: str, warehouse: str, excess: int, why: str, now: datetime
     ) -> tuple[list[str], set[tuple[str, str]]]:
-        """Release whole orders holding `sku` at `warehouse`, newest reservation first, until at least
-        `excess` units of it are freed. Each released order waits for stock again (backorder row).
-        Returns the orders and every (sku, warehouse) whose reservations changed."""
-        rv, sl = t.reservations, t.stock_levels
+        """Release the reservations of orders holding `sku` at `warehouse`, newest reservation first, until at
+        least `excess` units of it are freed: each order's shipments that are not picked yet (picked units
+        are off the shelf, in a parcel, so a count does not see them). Each released order waits for stock
+        again (backorder row). Returns the orders and every (sku, warehouse) whose reservations changed."""
+        rv, sl, pt = t.reservations, t.stock_levels, t.pick_tasks
+        picked = (
+            select(pt.c.id)
+            .where(pt.c.order_id == rv.c.order_id, pt.c.attempt == rv.c.shipment_no, pt.c.status == "confirmed")
+            .exists()
+        )
         candidates = (
             await conn.execute(
                 select(rv.c.order_id)
-                .where(rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held")
+                .where(rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held", ~picked)
                 .order_by(rv.c.created_at.desc(), rv.c.id.desc())
             )
         ).scalars()
@@ -992,7 +1045,7 @@ class Store:
             held = (
                 await conn.execute(
                     select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
-                    .where(rv.c.order_id == order_id, rv.c.status == "held")
+                    .where(rv.c.order_id == order_id, rv.c.status == "held", ~picked)
                     .order_by(rv.c.sku, rv.c.warehouse, rv.c.shipment_no)
                 )
             ).all()
@@ -1016,7 +1069,7 @@ class Store:
                 f"stock short at {warehouse} after {why}",
                 now,
             )
-            await self._open_backorder(conn, order_id, [sku], now)
+            await self._open_backorder(conn, order_id, {sku: sum(r.quantity for r in held if r.sku == sku)}, now)
             excess -= sum(r.quantity for r in held if (r.sku, r.warehouse) == (sku, warehouse))
             released.append(order_id)
         return released, touched
@@ -1238,7 +1291,7 @@ class Store:
 
                 best = min(codes, key=lambda c: (sum(short_in(c).values()), -total(c), c)) if codes else None
                 short = short_in(best) if best is not None else dict(items)
-                await self._open_backorder(conn, order_id, sorted(short), now)
+                await self._open_backorder(conn, order_id, {sku: dict(items)[sku] for sku in short}, now)
                 return ReservationOutcome(False, None, items, short)
 
             await self._hold(conn, order_id, 1, chosen, items, now)
@@ -1305,6 +1358,87 @@ class Store:
 
         return await self._write(op, f"reserve shipment {shipment_no} of order {order_id}")
 
+    async def allocate(
+        self,
+        order_id: str,
+        lines: Sequence[tuple[str, int]],
+        *,
+        prefer_country: str | None = None,
+        prefer_region: str | None = None,
+        allow_partial: bool = False,
+        first_shipment: int = 1,
+    ) -> Allocation:
+        """Reserve `lines` for the order in one transaction, as shipments numbered from `first_shipment`:
+        from one warehouse if one covers them all (ship-to region first, like `reserve`), else split over the
+        fewest warehouses (`plan_split`). If all warehouses together fall short, nothing is reserved and the
+        order waits (backorder row) — unless `allow_partial`, which reserves what is in stock now and leaves
+        only the rest waiting. Idempotent: if shipments from `first_shipment` on are already reserved (a
+        retried call) they are returned as they are, with what they leave short."""
+        _require_text("order_id", order_id)
+        _require_int("first_shipment", first_shipment, minimum=1)
+        items = _normalize_lines(lines, merge=True)
+        wanted = dict(items)
+        skus = list(wanted)
+        rv = t.reservations
+
+        async def op(conn: AsyncConnection) -> Allocation:
+            await self._lock_key(conn, f"order:{order_id}")
+            done = (
+                await conn.execute(
+                    select(rv.c.shipment_no, rv.c.warehouse, rv.c.sku, rv.c.quantity)
+                    .where(
+                        rv.c.order_id == order_id,
+                        rv.c.shipment_no >= first_shipment,
+                        rv.c.status.in_(("held", "committed")),
+                    )
+                    .order_by(rv.c.shipment_no, rv.c.sku)
+                )
+            ).all()
+            if done:
+                shipments: dict[int, tuple[str, list[tuple[str, int]]]] = {}
+                for r in done:
+                    shipments.setdefault(r.shipment_no, (r.warehouse, []))[1].append((r.sku, r.quantity))
+                got: dict[str, int] = {}
+                for r in done:
+                    got[r.sku] = got.get(r.sku, 0) + r.quantity
+                short = {sku: qty - got.get(sku, 0) for sku, qty in items if got.get(sku, 0) < qty}
+                waiting = await self._pending_low_stock(conn, {(r.sku, r.warehouse) for r in done})
+                return Allocation([(n, wh, ls) for n, (wh, ls) in sorted(shipments.items())], short, waiting)
+
+            await self._require_skus(conn, skus)
+            sites = await self._sites(conn)
+            available = await self._availability(conn, skus, lock=True)
+            totals = {sku: sum(max(stock.get(sku, 0), 0) for stock in available.values()) for sku in skus}
+            chosen = choose_warehouse(sites, available, items, prefer_country, prefer_region)
+            plan = [(chosen, items)] if chosen else plan_split(sites, available, items, prefer_country, prefer_region)
+            if not plan and allow_partial:
+                coverable = [(sku, min(qty, totals[sku])) for sku, qty in items if totals[sku] > 0]
+                plan = plan_split(sites, available, coverable, prefer_country, prefer_region) if coverable else []
+            planned: dict[str, int] = {}
+            for _, part in plan:
+                for sku, qty in part:
+                    planned[sku] = planned.get(sku, 0) + qty
+            now = _now()
+            if not plan:  # nothing reserved: short is what all warehouses together lack
+                short = {sku: qty - totals[sku] for sku, qty in items if totals[sku] < qty}
+                await self._open_backorder(conn, order_id, {sku: wanted[sku] for sku in short}, now)
+                return Allocation([], short)
+            shipments_out = []
+            for n, (warehouse, part) in enumerate(plan, start=first_shipment):
+                await self._hold(conn, order_id, n, warehouse, part, now)
+                shipments_out.append((n, warehouse, list(part)))
+            short = {sku: qty - planned.get(sku, 0) for sku, qty in items if planned.get(sku, 0) < qty}
+            if short:
+                await self._open_backorder(conn, order_id, short, now)
+            else:
+                await self._resolve_backorder(conn, order_id, now)
+            pending: set[str] = set()
+            touched = [(sku, warehouse) for warehouse, part in plan for sku, _ in part]
+            await self._track_low_stock(conn, touched, now, pending)
+            return Allocation(shipments_out, short, sorted(pending))
+
+        return await self._write(op, f"allocate order {order_id}")
+
     async def _existing_reservations(self, conn: AsyncConnection, order_id: str, shipment_no: int | None) -> list[Any]:
         rv = t.reservations
         conditions = [rv.c.order_id == order_id, rv.c.status.in_(("held", "committed"))]
@@ -1367,8 +1501,13 @@ class Store:
             conn, [(sku, warehouse, 0, qty) for sku, qty in items], "reservation", order_id, note, now
         )
 
-    async def _open_backorder(self, conn: AsyncConnection, order_id: str, skus: Sequence[str], now: datetime) -> None:
-        ins = self._insert(t.backorders).values(order_id=order_id, skus=sorted(skus), created_at=now, resolved_at=None)
+    async def _open_backorder(
+        self, conn: AsyncConnection, order_id: str, needs: Mapping[str, int], now: datetime
+    ) -> None:
+        """The order waits for stock: `needs` is sku -> units it needs of each SKU it is short of."""
+        ins = self._insert(t.backorders).values(
+            order_id=order_id, skus=dict(sorted(needs.items())), created_at=now, resolved_at=None
+        )
         # A re-opened backorder keeps its created_at: the order keeps its place in the queue.
         await conn.execute(
             ins.on_conflict_do_update(
@@ -1376,6 +1515,21 @@ class Store:
                 set_={"skus": ins.excluded.skus, "resolved_at": None},
             )
         )
+
+    async def close_backorder(self, order_id: str) -> bool:
+        """End the order's wait for stock without touching its reservations (it gave up on the rest).
+        True if it was waiting. Idempotent."""
+        _require_text("order_id", order_id)
+
+        async def op(conn: AsyncConnection) -> bool:
+            result = await conn.execute(
+                update(t.backorders)
+                .where(t.backorders.c.order_id == order_id, t.backorders.c.resolved_at.is_(None))
+                .values(resolved_at=_now())
+            )
+            return bool(result.rowcount)
+
+        return await self._write(op, f"close backorder of order {order_id}")
 
     async def _resolve_backorder(self, conn: AsyncConnection, order_id: str, now: datetime) -> None:
         await conn.execute(
@@ -1872,7 +2026,40 @@ class Store:
         if skus is None:
             return [r.order_id for r in rows]
         wanted = {skus} if isinstance(skus, str) else set(skus)
-        return [r.order_id for r in rows if wanted.intersection(r.skus)]
+        return [r.order_id for r in rows if wanted.intersection(_backorder_needs(r.skus))]
+
+    async def backorders_to_wake(self, sku: str) -> list[str]:
+        """Backordered orders waiting for `sku` that the stock available now can serve: first come, first
+        served, and only as many as the stock covers. The oldest order that needs more of `sku` than is
+        available stops the queue (younger orders must not take its units); an order still short of another
+        SKU is passed over without taking any."""
+        rows = await self._read(
+            select(t.backorders.c.order_id, t.backorders.c.skus)
+            .where(t.backorders.c.resolved_at.is_(None))
+            .order_by(t.backorders.c.created_at, t.backorders.c.order_id)
+        )
+        waiting = [(r.order_id, _backorder_needs(r.skus)) for r in rows]
+        waiting = [(order_id, needs) for order_id, needs in waiting if sku in needs]
+        skus = sorted({s for _, needs in waiting for s in needs})
+        if not skus:
+            return []
+        sl = t.stock_levels
+        budget: dict[str, int] = {s: 0 for s in skus}
+        for r in await self._read(
+            select(sl.c.sku, (sl.c.on_hand - sl.c.reserved).label("available")).where(sl.c.sku.in_(skus))
+        ):
+            budget[r.sku] += max(r.available, 0)
+        wake: list[str] = []
+        for order_id, needs in waiting:
+            wanted = {s: max(q, 1) for s, q in needs.items()}  # unknown quantity: at least one unit
+            if wanted[sku] > budget[sku]:
+                break
+            if any(budget[s] < q for s, q in wanted.items()):
+                continue
+            wake.append(order_id)
+            for s, q in wanted.items():
+                budget[s] -= q
+        return wake
 
     async def backorders(self, *, include_resolved: bool = False) -> list[Backorder]:
         stmt = select(t.backorders).order_by(t.backorders.c.created_at, t.backorders.c.order_id)
@@ -1976,9 +2163,88 @@ class Store:
 
         return await self._write(op, f"{to} pick task {task_id}")
 
-    async def confirm_pick_task(self, task_id: str) -> PickTask:
-        """open -> confirmed (idempotent). PickTaskNotFound, or PickTaskClosed if it was cancelled."""
-        return await self._close_pick_task(task_id, "confirmed")
+    async def confirm_pick_task(self, task_id: str, short: Mapping[str, int] | None = None) -> PickTask:
+        """open -> confirmed (idempotent). PickTaskNotFound, or PickTaskClosed if it was cancelled.
+
+        With `short` (sku -> units the picker could not find), a short pick: the shelf held fewer units than
+        the books said, so on hand is corrected (an "adjustment" ledger row naming the task: the discrepancy)
+        and the order's reservation of those units is dropped with it, all in the same transaction as the
+        confirmation. The order then re-reserves the missing units elsewhere or waits for them."""
+        if not short:
+            return await self._close_pick_task(task_id, "confirmed")
+        missing_units = {str(sku): qty for sku, qty in short.items()}
+        for sku, qty in missing_units.items():
+            _require_int(f"units short of {sku}", qty, minimum=1)
+        pt, sl, rv = t.pick_tasks, t.stock_levels, t.reservations
+
+        async def op(conn: AsyncConnection) -> PickTask:
+            row = (await conn.execute(select(pt).where(pt.c.id == task_id))).first()
+            if row is None:
+                raise PickTaskNotFound(task_id)
+            task = _pick_task(row)
+            if task.status == "confirmed" and task.short == missing_units:
+                return task  # the same short confirmation again: already done
+            if task.status != "open":
+                raise PickTaskClosed(task_id, task.status)
+            ordered = dict(task.lines)
+            for sku, qty in missing_units.items():
+                if sku not in ordered:
+                    raise StoreError(f"pick task {task_id} has no line for {sku} (it has {', '.join(ordered)})")
+                if qty > ordered[sku]:
+                    raise StoreError(f"pick task {task_id}: {qty} x {sku} short, but only {ordered[sku]} were to pick")
+            now = _now()
+            await self._lock_key(conn, f"order:{task.order_id}")
+            for sku, qty in sorted(missing_units.items()):
+                held = (
+                    await conn.execute(
+                        select(rv.c.id, rv.c.quantity).where(
+                            rv.c.order_id == task.order_id,
+                            rv.c.shipment_no == task.attempt,
+                            rv.c.sku == sku,
+                            rv.c.warehouse == task.warehouse,
+                            rv.c.status == "held",
+                        )
+                    )
+                ).first()
+                dropped = min(qty, held.quantity) if held is not None else 0
+                if held is not None:
+                    left = held.quantity - dropped
+                    # Nothing left of the line: the row is released (keeping the quantity it had held).
+                    values = {"quantity": left, "status": "held"} if left else {"status": "released"}
+                    await conn.execute(update(rv).where(rv.c.id == held.id).values(**values, updated_at=now))
+                # The units are not on the shelf: on hand drops by what was missing, reserved by what the
+                # order held of them (available stays right for everyone else).
+                result = await conn.execute(
+                    update(sl)
+                    .where(sl.c.sku == sku, sl.c.warehouse == task.warehouse, sl.c.on_hand >= qty)
+                    .values(on_hand=sl.c.on_hand - qty, reserved=sl.c.reserved - dropped)
+                )
+                if result.rowcount != 1:
+                    raise StoreError(f"{sku} at {task.warehouse}: fewer than {qty} on hand in the books")
+                await self._ledger_row(
+                    conn,
+                    sku,
+                    task.warehouse,
+                    -qty,
+                    -dropped,
+                    "adjustment",
+                    task_id,
+                    f"short pick: {qty} x {sku} not found for order {task.order_id}",
+                    now,
+                )
+            lines = [
+                {"sku": sku, "quantity": qty, **({"short": missing_units[sku]} if sku in missing_units else {})}
+                for sku, qty in task.lines
+            ]
+            await conn.execute(
+                update(pt)
+                .where(pt.c.id == task_id, pt.c.status == "open")
+                .values(status="confirmed", confirmed_at=now, lines=lines)
+            )
+            await self._track_low_stock(conn, {(sku, task.warehouse) for sku in missing_units}, now)
+            return replace(task, status="confirmed", confirmed_at=now, short=missing_units)
+
+        return await self._write(op, f"confirm pick task {task_id} short")
 
     async def cancel_pick_task(self, task_id: str) -> PickTask:
         """open -> cancelled (idempotent). PickTaskNotFound, or PickTaskClosed if it was already confirmed."""
