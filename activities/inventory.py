@@ -10,7 +10,7 @@ from common.config import Settings, get_settings
 from common.db import ReservationOutcome, Store
 from common.integrations.email import EmailSender
 from common.inventory.alerts import send_low_stock_alerts
-from common.inventory.contracts import AllocationRequest, ReserveShipmentRequest, ShipmentPlan, ShipmentRef
+from common.inventory.contracts import ShipmentRef
 from common.models import OrderLine, ReserveRequest, ReserveResult, ShipmentAllocation
 
 
@@ -68,39 +68,6 @@ class InventoryActivities:
     @activity.defn(name="commit_stock")
     async def commit_stock(self, order_id: str) -> int:
         return await self._store.commit_reservation(order_id)
-
-    @activity.defn(name="plan_allocation")
-    async def plan_allocation(self, request: AllocationRequest) -> list[ShipmentPlan]:
-        """Shipments (fewest warehouses, ship-to region first) that cover the order with stock available
-        now; [] if even all warehouses together cannot. Reserves nothing."""
-        plan = await self._store.plan_allocation(
-            [(line.sku, line.quantity) for line in request.lines],
-            request.ship_to_country,
-            request.ship_to_region,
-        )
-        return [
-            ShipmentPlan(
-                shipment_no=n,
-                warehouse=warehouse,
-                lines=[OrderLine(sku=sku, quantity=qty) for sku, qty in lines],
-            )
-            for n, (warehouse, lines) in enumerate(plan, start=1)
-        ]
-
-    @activity.defn(name="reserve_shipment")
-    async def reserve_shipment(self, request: ReserveShipmentRequest) -> ReserveResult:
-        """Reserve exactly one planned shipment; idempotent by (order id, shipment no)."""
-        outcome = await self._store.reserve_in(
-            request.order_id,
-            request.shipment_no,
-            request.warehouse,
-            [(line.sku, line.quantity) for line in request.lines],
-        )
-        return _result(outcome)
-
-    @activity.defn(name="release_shipment")
-    async def release_shipment(self, ref: ShipmentRef) -> int:
-        return await self._store.release(ref.order_id, shipment_no=ref.shipment_no)
 
     @activity.defn(name="commit_shipment")
     async def commit_shipment(self, ref: ShipmentRef) -> int:

@@ -14,7 +14,7 @@ from activities.inventory import InventoryActivities
 from common.config import Settings
 from common.db import Store
 from common.integrations.email import EmailSender
-from common.inventory.contracts import AllocationRequest, ReserveShipmentRequest, ShipmentRef
+from common.inventory.contracts import ShipmentRef
 from common.models import OrderLine, ReserveRequest
 from common.sandbox.smtp import SandboxSmtpServer
 from common.sandbox.store import SandboxStore
@@ -86,31 +86,27 @@ async def test_reserve_stock_prefers_the_ship_to_region(
     assert [(x.sku, x.quantity) for x in some.shipments[0].lines] == [("MUG-RED", 6), ("TEE-M", 1)]
 
 
-async def test_split_shipment_activities(store: Store, outbox: tuple[SandboxStore, SandboxSmtpServer]) -> None:
+async def test_a_split_reserved_by_reserve_stock_commits_parcel_by_parcel(
+    store: Store, outbox: tuple[SandboxStore, SandboxSmtpServer]
+) -> None:
     acts = _activities(store, outbox[1].port)
     env = ActivityEnvironment()
-    plan = await env.run(
-        acts.plan_allocation,
-        AllocationRequest(lines=_lines(("MUG-RED", 12), ("TEE-M", 1)), ship_to_country="GB", ship_to_region="LDN"),
+    request = ReserveRequest(
+        order_id="A", lines=_lines(("MUG-RED", 12), ("TEE-M", 1)), ship_to_country="GB", ship_to_region="LDN"
     )
-    assert [(p.shipment_no, p.warehouse, [(x.sku, x.quantity) for x in p.lines]) for p in plan] == [
+    result = await env.run(acts.reserve_stock, request)
+    assert [(p.shipment_no, p.warehouse, [(x.sku, x.quantity) for x in p.lines]) for p in result.shipments] == [
         (1, "LDN-1", [("MUG-RED", 10), ("TEE-M", 1)]),
         (2, "NYC-1", [("MUG-RED", 2)]),
     ]
-    for part in plan:
-        request = ReserveShipmentRequest(
-            order_id="A", shipment_no=part.shipment_no, warehouse=part.warehouse, lines=part.lines
-        )
-        result = await env.run(acts.reserve_shipment, request)
-        assert (result.reserved, result.warehouse) == (True, part.warehouse)
     assert await env.run(acts.commit_shipment, ShipmentRef(order_id="A", shipment_no=2)) == 2
-    assert await env.run(acts.release_shipment, ShipmentRef(order_id="A", shipment_no=1)) == 11
+    assert await env.run(acts.commit_shipment, ShipmentRef(order_id="A", shipment_no=2)) == 0  # idempotent
+    assert await env.run(acts.release_stock, "A") == 11  # what parcel 1 held goes back
     assert {(x.warehouse, x.sku): (x.on_hand, x.reserved) for x in await store.stock_levels()} == {
         ("LDN-1", "MUG-RED"): (10, 0),
         ("LDN-1", "TEE-M"): (2, 0),
         ("NYC-1", "MUG-RED"): (28, 0),
     }
-    assert await env.run(acts.plan_allocation, AllocationRequest(lines=_lines(("TEE-M", 3)))) == []
 
 
 async def test_one_low_stock_email_per_crossing(store: Store, outbox: tuple[SandboxStore, SandboxSmtpServer]) -> None:

@@ -1259,8 +1259,8 @@ class Store:
         `prefer_country`) is chosen first, then one in the ship-to country, then the one with the most total
         available, then by code. Each line is reserved with a conditional UPDATE that cannot oversell, and
         the order's backorder (if any) is resolved. If no warehouse covers the order it is recorded as
-        backordered and `short` says what is missing in the best warehouse (see `plan_allocation` for
-        splitting it instead). Duplicate skus in `lines` are summed.
+        backordered and `short` says what is missing in the best warehouse (`allocate`, which the order
+        workflow uses, splits it instead). Duplicate skus in `lines` are summed.
         """
         _require_text("order_id", order_id)
         items = _normalize_lines(lines, merge=True)
@@ -1311,8 +1311,8 @@ class Store:
         """How to ship `lines` from the fewest warehouses given stock available now, preferring the ship-to
         region, then country: [(warehouse, [(sku, qty), ...]), ...]. One entry when a single warehouse
         covers the order (the one `reserve` would choose); [] when all warehouses together cannot. Reserves
-        nothing: reserve each part with `reserve_in` (stock may move in between; a part that no longer fits
-        comes back not reserved)."""
+        nothing (`allocate` plans and reserves in one transaction; `reserve_in` reserves one part, and a part
+        that no longer fits comes back not reserved)."""
         items = _normalize_lines(lines, merge=True)
         skus = [sku for sku, _ in items]
         async with self._engine.connect() as conn:
