@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from common.db import Store
-from common.models import PickTaskRequest
+from common.db import Store, StoreError
+from common.models import PickShortage, PickTaskRequest
 
 
 class WarehouseActivities:
@@ -22,6 +23,15 @@ class WarehouseActivities:
             [(line.sku, line.quantity) for line in request.lines],
         )
         return task.id
+
+    @activity.defn(name="confirm_short_pick")
+    async def confirm_short_pick(self, shortage: PickShortage) -> dict[str, int]:
+        """Confirm the task short and correct on hand (a discrepancy ledger row); a no-op if already done."""
+        try:
+            task = await self._store.confirm_pick_task(shortage.task_id, shortage.short)
+        except StoreError as err:  # e.g. confirmed in full meanwhile: retrying cannot change that
+            raise ApplicationError(str(err), type="PickConflict", non_retryable=True) from err
+        return task.short
 
     @activity.defn(name="cancel_pick_tasks")
     async def cancel_pick_tasks(self, order_id: str) -> list[str]:

@@ -62,6 +62,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 inventory.alert_low_stock,
                 warehouse.create_pick_task,
                 warehouse.cancel_pick_tasks,
+                warehouse.confirm_short_pick,
                 shipping.buy_label,
                 shipping.void_label,
                 shipping.await_tracking_change,

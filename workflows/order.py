@@ -171,13 +171,31 @@ class OrderWorkflow(OrderReturns):
     def pick_confirmed(self, task_id: str) -> None:
         self._confirmed_picks.add(task_id)
 
-    @workflow.signal(
-        description='The warehouse confirmed a pick short, e.g. {"task_id": "PICK-1A2B", "short": {"MUG-RED": 1}}: '
-        "the missing units are re-reserved elsewhere or wait for stock."
+    @workflow.update(
+        description='Confirm a pick short, e.g. {"task_id": "PICK-1A2B", "short": {"MUG-RED": 1}} (units not on '
+        "the shelf): on hand is corrected with a recorded discrepancy and the missing units are re-reserved "
+        "elsewhere or wait for stock. Only for a pick task of this order that is waiting for confirmation."
     )
-    def pick_short(self, shortage: PickShortage) -> None:
+    async def pick_short(self, shortage: PickShortage) -> OrderView:
         self._pick_shortages[shortage.task_id] = dict(shortage.short)
         self._confirmed_picks.add(shortage.task_id)
+        return self._view
+
+    @pick_short.validator
+    def _validate_pick_short(self, shortage: PickShortage) -> None:
+        parcels = [p for p in self._view.shipments if p.pick_task_id == shortage.task_id]
+        if not parcels or parcels[0].status != OrderStatus.PICKING or shortage.task_id in self._confirmed_picks:
+            raise ValueError(
+                f"{shortage.task_id} is not a pick of order {self._order.order_id} waiting to be confirmed"
+            )
+        ordered = {line.sku: line.quantity for line in parcels[0].lines}
+        if not shortage.short:
+            raise ValueError('say which units are missing, e.g. {"MUG-RED": 1}')
+        for sku, units in shortage.short.items():
+            if sku not in ordered:
+                raise ValueError(f"pick task {shortage.task_id} has no line for {sku} (it has {', '.join(ordered)})")
+            if not 0 < units <= ordered[sku]:
+                raise ValueError(f"short {sku}={units} must be between 1 and the {ordered[sku]} to pick")
 
     @workflow.signal(
         description="Stock arrived for one of this order's SKUs: a backordered order retries its reservation."
@@ -506,6 +524,13 @@ class OrderWorkflow(OrderReturns):
         if not short:
             self._advance(parcel, OrderStatus.PACKED, f"pick task {task_id} confirmed, parcel packed")
             return True
+        # The stock correction (idempotent: the CLI makes it before asking, the Web UI does not).
+        await workflow.execute_local_activity_method(
+            WarehouseActivities.confirm_short_pick,
+            PickShortage(task_id=task_id, short=short),
+            summary="record short pick",
+            **DB_STEP,
+        )
         missing = [OrderLine(sku=sku, quantity=qty) for sku, qty in sorted(short.items())]
         parcel.lines = [
             OrderLine(sku=line.sku, quantity=line.quantity - short.get(line.sku, 0))

@@ -210,10 +210,6 @@ class OrderReturns:
         state = self._returns_state
         if self._policy.return_window_s <= 0 and not state.running:
             return
-        # Orders placed before returns existed carry no return_window_s (the 30-day default applies when their
-        # input is read): they replay through here without the marker and close at delivery as they did.
-        if not workflow.patched("return-window"):
-            return
         delivered_at = self._delivered_at() or workflow.now()
         closes = delivered_at + timedelta(seconds=self._policy.return_window_s)
         remaining = closes - workflow.now()

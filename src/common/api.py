@@ -252,7 +252,7 @@ class FulfillmentApi:
         # DB first (idempotent), then the signal: re-running the command after a failure is always safe.
         task = await self.store.confirm_pick_task(task_id, short)
         if task.short:
-            await self.signal_order(task.order_id, "pick_short", PickShortage(task_id=task_id, short=task.short))
+            await self._update(task.order_id, "pick_short", PickShortage(task_id=task_id, short=task.short))
         else:
             await self.signal_order(task.order_id, "pick_confirmed", task_id)
         return task

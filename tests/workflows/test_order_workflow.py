@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -70,6 +70,7 @@ class FakeWorld:
     labels_bought: int = 0
     shipments: dict[int, ShipmentAllocation] = field(default_factory=dict)
     gave_up: bool = False
+    short_picks: list[str] = field(default_factory=list)
     bought_at: datetime | None = None
     tracking_polls: int = 0
 
@@ -121,6 +122,11 @@ class FakeWorld:
     @activity.defn(name="create_pick_task")
     async def create_pick_task(self, request: PickTaskRequest) -> str:
         return f"PICK-{request.order_id}-{request.attempt}"
+
+    @activity.defn(name="confirm_short_pick")
+    async def confirm_short_pick(self, shortage: PickShortage) -> dict[str, int]:
+        self.short_picks.append(shortage.task_id)
+        return shortage.short
 
     @activity.defn(name="cancel_pick_tasks")
     async def cancel_pick_tasks(self, order_id: str) -> list[str]:
@@ -182,6 +188,7 @@ class FakeWorld:
             self.alert_low_stock,
             self.create_pick_task,
             self.cancel_pick_tasks,
+            self.confirm_short_pick,
             self.buy_label,
             self.void_label,
             self.await_tracking_change,
@@ -498,7 +505,11 @@ async def test_pick_short_of_everything_reserves_the_goods_again_as_a_new_parcel
     async with worker(env, fake):
         handle = await start(env.client, order)
         view = await wait_for_status(env, handle, OrderStatus.PICKING)
-        await handle.signal(
+        with pytest.raises(WorkflowUpdateFailedError):  # more than the task holds: refused, nothing changes
+            await handle.execute_update(
+                OrderWorkflow.pick_short, PickShortage(task_id=view.pick_task_id or "", short={"MUG-RED": 3})
+            )
+        await handle.execute_update(
             OrderWorkflow.pick_short, PickShortage(task_id=view.pick_task_id or "", short={"MUG-RED": 2})
         )
         await env.sleep(60)
@@ -514,4 +525,5 @@ async def test_pick_short_of_everything_reserves_the_goods_again_as_a_new_parcel
         (2, OrderStatus.DELIVERED),
     ]
     assert fake.labels_bought == 1  # nothing was shipped from the empty pick
+    assert fake.short_picks == [f"PICK-{order.order_id}-1"]  # the stock correction, recorded once
     assert fake.messages.count(("shipped", "email")) == 1
