@@ -787,7 +787,11 @@ class OrderWorkflow(OrderReturns):
     # ------------------------------------------------------------------------------------------ ops requests
 
     def _interrupted(self, parcel: ShipmentView | None = None) -> bool:
-        released = parcel is not None and parcel.shipment_no in self._released
+        released = (
+            parcel is not None
+            and parcel.shipment_no in self._released
+            and parcel.pick_task_id not in self._confirmed_picks
+        )
         return self._cancel_reason is not None or self._hold_reason is not None or released
 
     async def _checkpoint(self, parcel: ShipmentView | None = None) -> None:
@@ -797,7 +801,8 @@ class OrderWorkflow(OrderReturns):
             raise OrderCancelled(f"cancelled: {self._cancel_reason}")
         if parcel is not None and parcel.shipment_no in self._released:
             self._released.discard(parcel.shipment_no)
-            raise ParcelReleased()
+            if parcel.pick_task_id not in self._confirmed_picks:  # picked first: the count did not take it
+                raise ParcelReleased()
         if self._hold_reason is None:
             return
         if self._view.status != OrderStatus.ON_HOLD:  # the first of the order's parts to stop records the hold
