@@ -433,8 +433,7 @@ class OrderWorkflow(OrderReturns):
                 self._waiting_since = None
             elif self._waiting_since is None:
                 self._waiting_since = workflow.now()
-            for allocation in result.shipments:
-                self._start_parcel(allocation, split=len(result.shipments) > 1 or self._next_shipment > 1)
+            self._start_parcels(result.shipments)
             if result.shipments:
                 self._next_shipment = result.shipments[-1].shipment_no + 1
             if result.low_stock:
@@ -474,14 +473,16 @@ class OrderWorkflow(OrderReturns):
         reason = f"{short} could not be restocked in time; the rest of the order still comes"
         await self._notify(NotificationEvent.CANCELLED, {"reason": reason}, occurrence="remainder")
 
-    def _start_parcel(self, allocation: ShipmentAllocation, *, split: bool) -> None:
-        parcel = ShipmentView(
-            shipment_no=allocation.shipment_no, warehouse=allocation.warehouse, lines=list(allocation.lines)
-        )
-        self._view.shipments.append(parcel)
-        what = f": {_describe(parcel.lines)}" if split else ""
-        self._advance(parcel, OrderStatus.RESERVED, f"reserved in {parcel.warehouse}{what}")
-        self._parcels.append(asyncio.create_task(self._guard(self._ship(parcel))))
+    def _start_parcels(self, allocations: Sequence[ShipmentAllocation]) -> None:
+        """Each reserved shipment becomes a parcel with its own pick, label and tracking, running concurrently."""
+        parcels = [
+            ShipmentView(shipment_no=a.shipment_no, warehouse=a.warehouse, lines=list(a.lines)) for a in allocations
+        ]
+        self._view.shipments += parcels  # all of them first: the timeline then names each parcel
+        for parcel in parcels:
+            what = f": {_describe(parcel.lines)}" if len(self._view.shipments) > 1 else ""
+            self._advance(parcel, OrderStatus.RESERVED, f"reserved in {parcel.warehouse}{what}")
+            self._parcels.append(asyncio.create_task(self._guard(self._ship(parcel))))
 
     # ------------------------------------------------------------------------------------------ one parcel
 
