@@ -280,6 +280,10 @@ class NotificationRecord:
     sent_at: datetime | None
 
 
+class _KnownNotification(Exception):
+    """Control flow in `Store.claim_notifications`: a key is already in the log."""
+
+
 @dataclass(frozen=True)
 class NotificationClaim:
     """One message to claim in the delivery log before sending it (see `Store.claim_notifications`)."""
@@ -2389,28 +2393,38 @@ class Store:
             }
             for c in claims
         ]
-        insert = self._insert(n).values(rows)
-        # A new key is inserted; a known one is claimed again unless it was sent, in the same statement (the
-        # WHERE is evaluated under the row's lock, so a concurrent "sent" is never claimed again). RETURNING
-        # names the rows inserted or updated, i.e. the claimed keys.
-        stmt = insert.on_conflict_do_update(
-            index_elements=[n.c.key],
-            set_={
-                "status": "sending",
-                "attempts": n.c.attempts + 1,
-                "error": None,
-                "recipient": insert.excluded.recipient,
-                "subject": insert.excluded.subject,
-                "body": insert.excluded.body,
-            },
-            where=n.c.status != "sent",
-        ).returning(n.c.key)
+        insert = self._insert(n).values(rows if len(rows) > 1 else rows[0])
 
-        async def op(conn: AsyncConnection) -> set[str]:
+        async def all_new(conn: AsyncConnection) -> set[str]:
+            # The usual case, every key new: one plain INSERT, and its row count says all were claimed.
+            inserted = await conn.execute(insert.on_conflict_do_nothing(index_elements=[n.c.key]))
+            if inserted.rowcount != len(claims):
+                raise _KnownNotification  # rolls this transaction back; the reclaim transaction follows
+            return {c.key for c in claims}
+
+        async def reclaim(conn: AsyncConnection) -> set[str]:
+            # A retry: a known key is claimed again unless it was sent, in the same statement (the WHERE is
+            # evaluated under the row's lock, so a concurrent "sent" is never claimed again). RETURNING names the
+            # rows inserted or updated, i.e. the claimed keys (it costs a fetch, hence not the first try).
+            stmt = insert.on_conflict_do_update(
+                index_elements=[n.c.key],
+                set_={
+                    "status": "sending",
+                    "attempts": n.c.attempts + 1,
+                    "error": None,
+                    "recipient": insert.excluded.recipient,
+                    "subject": insert.excluded.subject,
+                    "body": insert.excluded.body,
+                },
+                where=n.c.status != "sent",
+            ).returning(n.c.key)
             return set((await conn.execute(stmt)).scalars())
 
         what = claims[0].key if len(claims) == 1 else f"{len(claims)} notifications of order {claims[0].order_id}"
-        return await self._write(op, f"claim {what}")
+        try:
+            return await self._write(all_new, f"claim {what}")
+        except _KnownNotification:
+            return await self._write(reclaim, f"claim {what} again")
 
     async def mark_notification_sent(self, key: str, provider_message_id: str) -> None:
         n = t.notifications
