@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
@@ -31,6 +31,7 @@ from common.config import Settings
 from common.db import Store
 from common.demo import seed_demo
 from common.models import OrderStatus, OrderView, workflow_id_for
+from common.returns import RmaStatus, return_workflow_id
 from common.sandbox import SandboxServers
 from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
 from tests.conftest import TEMPORAL_CLI
@@ -48,6 +49,8 @@ class Stack:
     api: FulfillmentApi
     client: Client
     sandbox: SandboxServers
+    # Other workflows a scenario ran (an RMA's return workflow): recorded under histories/<workflow type>/
+    children: list[tuple[str, str]] = field(default_factory=list)  # (subdirectory, workflow id)
 
     async def place(self, path: str, lines: dict[str, int]) -> str:
         """Place an order for an email+SMS customer; the order id names the path it records."""
@@ -186,6 +189,27 @@ async def lost_parcel_reshipped(stack: Stack, path: str) -> str:
     return order_id
 
 
+async def returned_and_refunded(stack: Stack, path: str) -> str:
+    # The return window must be open (the other paths close at delivery): 20 s here.
+    api = FulfillmentApi(stack.client, stack.api.store, stack.api.settings.model_copy(update={"return_window": 20}))
+    order_id = f"REC-{path.replace('_', '-')}"
+    await api.place_order(order_dict(order_id, {"MUG-RED": 2}))
+    await stack.confirm_pick(order_id)
+    await stack.wait_for(order_id, OrderStatus.DELIVERED)
+    view = await api.request_return(order_id, {"MUG-RED": 2}, "damaged")
+    rma_id = view.returns[-1].rma_id
+    stack.children.append(("returns", return_workflow_id(rma_id)))
+    for _ in range(150):  # the return parcel is with the carrier
+        if (await api.rma_status(rma_id)).status != RmaStatus.REQUESTED:
+            break
+        await asyncio.sleep(0.2)
+    await api.receive_return(rma_id, [("MUG-RED", 1, "resellable"), ("MUG-RED", 1, "damaged")])
+    view = await stack.finished(order_id, within=90)
+    assert OrderStatus.REFUNDED in [e.status for e in view.timeline], view.timeline
+    assert (await api.rma_status(rma_id)).status == RmaStatus.REFUNDED
+    return order_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "happy_path": happy_path,
     "backorder_then_restock": backorder_then_restock,
@@ -196,6 +220,7 @@ SCENARIOS: dict[str, Scenario] = {
     "split_over_two_warehouses": split_over_two_warehouses,
     "short_pick_reserved_again": short_pick_reserved_again,
     "lost_parcel_reshipped": lost_parcel_reshipped,
+    "returned_and_refunded": returned_and_refunded,
 }
 
 
@@ -209,6 +234,7 @@ def record(paths: list[str], out_dir: Path = HISTORIES) -> list[Path]:
     written = []
     for path, history_json in histories.items():
         target = out_dir / f"{path}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(history_json + "\n")
         written.append(target)
         log.info("%s -> %s", path, target)
@@ -261,6 +287,10 @@ async def run_scenarios(paths: list[str]) -> dict[str, str]:
                         history = await stack.handle(order_id).fetch_history()
                         log.info("%s: order %s completed in %d events", path, order_id, len(history.events))
                         histories[path] = history.to_json()
+                        for subdir, workflow_id in stack.children:
+                            child = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+                            histories[f"{subdir}/{path}"] = child.to_json()
+                        stack.children.clear()
             finally:
                 await store.close()
     return histories

@@ -19,6 +19,7 @@ from temporalio.worker import Replayer
 from common.temporal import DATA_CONVERTER
 from tests.replay.changed_workflows import ReservesBeforeConfirming, ReservesBeforeConfirmingPatched
 from workflows.order import OrderWorkflow
+from workflows.returns import ReturnWorkflow
 
 # pydantic imports email_validator's submodules (and idna) lazily, on the first EmailStr it validates: when
 # that first one is inside the workflow sandbox (this module run alone), the SDK warns that a passed-through
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Module .* was imported after ini
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
+# Return workflows (one per RMA) recorded beside the order path that ran them
+RETURN_FILES = sorted((HISTORIES / "returns").glob("*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -51,6 +54,11 @@ def test_histories_are_recorded() -> None:
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 async def test_recorded_history_replays_against_todays_workflow(path: Path) -> None:
     await replay(load(path), OrderWorkflow)
+
+
+@pytest.mark.parametrize("path", RETURN_FILES, ids=[p.stem for p in RETURN_FILES])
+async def test_recorded_return_history_replays_against_todays_return_workflow(path: Path) -> None:
+    await replay(load(path), ReturnWorkflow)
 
 
 # ------------------------------------------------------------------------------------- the check has teeth
