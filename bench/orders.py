@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -883,8 +884,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # As Ctrl-C: unwinds run(), whose cleanup stops the dev server, worker and sandbox it started.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         results = asyncio.run(run(opts))
     except StackError as err:
