@@ -10,6 +10,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.shipping import parcel_of, warehouse_address
 from common.api import wake_backordered_orders
 from common.db import Store
 from common.db.returns import ReturnsStore
@@ -171,21 +172,10 @@ class ReturnActivities:
         )
 
     async def _warehouse_address(self, code: str) -> dict[str, str]:
-        wh = next((w for w in await self._store.warehouses() if w.code == code), None)
-        if wh is None:
-            raise ApplicationError(f"unknown warehouse {code}", non_retryable=True)
-        return {
-            "name": wh.name,
-            "street1": wh.name,
-            "city": wh.region or wh.name,
-            "zip": "00000",
-            "country": wh.country,
-        }
+        return warehouse_address(next((w for w in await self._store.warehouses() if w.code == code), None), code)
 
     async def _parcel(self, request: ReturnLabelRequest) -> dict[str, float]:
-        weights = {p.sku: p.weight_grams for p in await self._store.products()}
-        grams = sum(weights.get(line.sku, 500) * line.quantity for line in request.lines)
-        return {"weight": round(grams / 28.35, 1)}
+        return parcel_of(request.lines, {p.sku: p.weight_grams for p in await self._store.products()})
 
 
 def _label(record: ShipmentRecord) -> ReturnLabel:

@@ -8,6 +8,8 @@ worker finds the label it already paid for instead of buying another.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -116,21 +118,11 @@ class ShippingActivities:
 
     async def _from_address(self, warehouse_code: str) -> dict[str, str]:
         warehouses, _ = await self._catalogue()
-        wh = warehouses.get(warehouse_code)
-        if wh is None:
-            raise ApplicationError(f"unknown warehouse {warehouse_code}", non_retryable=True)
-        return {
-            "name": wh.name,
-            "street1": wh.name,
-            "city": wh.region or wh.name,
-            "zip": "00000",
-            "country": wh.country,
-        }
+        return warehouse_address(warehouses.get(warehouse_code), warehouse_code)
 
     async def _parcel(self, request: LabelRequest) -> dict[str, float]:
         _, weights = await self._catalogue()
-        grams = sum(weights.get(line.sku, 500) * line.quantity for line in request.lines)
-        return {"weight": round(grams / 28.35, 1)}  # EasyPost parcels weigh in ounces
+        return parcel_of(request.lines, weights)
 
     async def _catalogue(self) -> tuple[dict[str, Warehouse], dict[str, int]]:
         """Warehouses and product weights, read at most once a minute: every label needs them, they rarely change."""
@@ -152,3 +144,23 @@ def _label(record: ShipmentRecord) -> Label:
         tracking_url=record.tracking_url or "",
         carrier_shipment_id=record.carrier_shipment_id,
     )
+
+
+def warehouse_address(wh: Warehouse | None, code: str) -> dict[str, str]:
+    """A warehouse as the carrier's address (the sender of a label, or the recipient of a return)."""
+    if wh is None:
+        raise ApplicationError(f"unknown warehouse {code}", non_retryable=True)
+    return {"name": wh.name, "street1": wh.name, "city": wh.region or wh.name, "zip": "00000", "country": wh.country}
+
+
+class _Line(Protocol):
+    @property
+    def sku(self) -> str: ...
+    @property
+    def quantity(self) -> int: ...
+
+
+def parcel_of(lines: Sequence[_Line], weights: Mapping[str, int]) -> dict[str, float]:
+    """The parcel for these lines: catalogue weights (500 g when unknown), in ounces as EasyPost wants."""
+    grams = sum(weights.get(line.sku, 500) * line.quantity for line in lines)
+    return {"weight": round(grams / 28.35, 1)}

@@ -11,12 +11,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypedDict
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.activity_options import DB_STEP, EXTERNAL_CALL, MESSAGE_SEND
 from workflows.order_returns import OrderReturns
 
 with workflow.unsafe.imports_passed_through():
@@ -60,40 +61,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from common.temporal import CARRIER, ORDER_STATUS, PICK_OVERDUE, TRACKING_NUMBER
 
-
-class ActivityOptions(TypedDict, total=False):
-    start_to_close_timeout: timedelta
-    schedule_to_close_timeout: timedelta
-    retry_policy: RetryPolicy
-
-
-# Short steps run as local activities: a marker in history instead of three events and a workflow-task round
-# trip each, and no task-queue wait before the customer's confirmation goes out. Their side effects are
-# idempotent by business key, so re-running one after a crash is safe.
-# DB steps: fail fast, retry a bounded number of times, then the order goes to FAILED for ops.
-DB_STEP = ActivityOptions(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=20
-    ),
-)
-# Customer and ops messages: the provider may be down for a while; keep trying for an hour.
-MESSAGE_SEND = ActivityOptions(
-    start_to_close_timeout=timedelta(seconds=45),
-    schedule_to_close_timeout=timedelta(hours=1),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5)),
-)
-# Carrier calls are regular activities (slower, rate-limited by workers): transient failures retry with backoff
-# for up to an hour; an address the carrier rejects, or another refusal, is final.
-EXTERNAL_CALL = ActivityOptions(
-    start_to_close_timeout=timedelta(seconds=60),
-    schedule_to_close_timeout=timedelta(hours=1),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=2),
-        maximum_interval=timedelta(minutes=5),
-        non_retryable_error_types=["CarrierAddressError", "CarrierRejected"],
-    ),
-)
 
 # Tracking statuses in the order they happen; the order only moves forward along them.
 _TRACKING_TO_ORDER = {

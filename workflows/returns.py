@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TypedDict
 
 from temporalio import workflow
 from temporalio.common import (
@@ -25,6 +24,8 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 from temporalio.workflow import ParentClosePolicy
+
+from workflows.activity_options import DB_STEP, EXTERNAL_CALL, MESSAGE_SEND, ActivityOptions
 
 with workflow.unsafe.imports_passed_through():
     import email_validator  # noqa: F401  (see workflows/order.py)
@@ -67,34 +68,6 @@ with workflow.unsafe.imports_passed_through():
     from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS
 
 
-class ActivityOptions(TypedDict, total=False):
-    start_to_close_timeout: timedelta
-    schedule_to_close_timeout: timedelta
-    retry_policy: RetryPolicy
-
-
-# Same habits as workflows/order.py: short DB steps and messages as local activities, carrier and payment calls
-# as regular activities, every retry bounded.
-DB_STEP = ActivityOptions(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=20
-    ),
-)
-MESSAGE_SEND = ActivityOptions(
-    start_to_close_timeout=timedelta(seconds=45),
-    schedule_to_close_timeout=timedelta(hours=1),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5)),
-)
-EXTERNAL_CALL = ActivityOptions(
-    start_to_close_timeout=timedelta(seconds=60),
-    schedule_to_close_timeout=timedelta(hours=1),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=2),
-        maximum_interval=timedelta(minutes=5),
-        non_retryable_error_types=["CarrierAddressError", "CarrierRejected"],
-    ),
-)
 # A refund retries with bounded backoff (2 s, 4 s, 8 s, 16 s), then waits for ops (retry_refund).
 REFUND_CALL = ActivityOptions(
     start_to_close_timeout=timedelta(seconds=30),

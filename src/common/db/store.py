@@ -543,6 +543,17 @@ def _backorder(r: Row[Any]) -> Backorder:
     return Backorder(r.order_id, sorted(needs), r.created_at, r.resolved_at, needs)
 
 
+def _picked() -> ColumnElement[bool]:
+    """A reservation row whose shipment's pick is confirmed: its units are packed, off the shelf (the pick
+    task of shipment n is the order's attempt n)."""
+    rv, pt = t.reservations, t.pick_tasks
+    return (
+        select(pt.c.id)
+        .where(pt.c.order_id == rv.c.order_id, pt.c.attempt == rv.c.shipment_no, pt.c.status == "confirmed")
+        .exists()
+    )
+
+
 def _backorder_needs(stored: Any) -> dict[str, int]:
     """The `skus` column holds {sku: units needed}; rows from before quantities were kept hold a list."""
     if isinstance(stored, dict):
@@ -1007,12 +1018,8 @@ class Store:
 
     async def _picked_units(self, conn: AsyncConnection, sku: str, warehouse: str) -> int:
         """Units of `sku` at `warehouse` held by shipments whose pick is confirmed (packed, not shipped yet)."""
-        rv, pt = t.reservations, t.pick_tasks
-        picked = (
-            select(pt.c.id)
-            .where(pt.c.order_id == rv.c.order_id, pt.c.attempt == rv.c.shipment_no, pt.c.status == "confirmed")
-            .exists()
-        )
+        rv = t.reservations
+        picked = _picked()
         total = await conn.execute(
             select(func.coalesce(func.sum(rv.c.quantity), 0)).where(
                 rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held", picked
@@ -1027,12 +1034,8 @@ class Store:
         least `excess` units of it are freed: each order's shipments that are not picked yet (picked units
         are off the shelf, in a parcel, so a count does not see them). Each released order waits for stock
         again (backorder row). Returns the orders and every (sku, warehouse) whose reservations changed."""
-        rv, sl, pt = t.reservations, t.stock_levels, t.pick_tasks
-        picked = (
-            select(pt.c.id)
-            .where(pt.c.order_id == rv.c.order_id, pt.c.attempt == rv.c.shipment_no, pt.c.status == "confirmed")
-            .exists()
-        )
+        rv, sl = t.reservations, t.stock_levels
+        picked = _picked()
         candidates = (
             await conn.execute(
                 select(rv.c.order_id)
