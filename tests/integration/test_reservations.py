@@ -20,7 +20,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 
-from common.db import ReservationOutcome, StockLevel, Store
+from common.db import NotificationNotFound, ReservationOutcome, StockLevel, Store
+from common.db.store import NotificationClaim
 from common.db.tables import metadata
 from tests.integration.db_fixtures import BACKENDS, database_url
 
@@ -255,6 +256,35 @@ async def test_idempotency_keys_hold_under_concurrency(stores: list[Store]) -> N
             )
         )
     )
+
+
+async def test_notifications_marked_sent_in_one_batch(stores: list[Store]) -> None:
+    """The channels of one notification are marked sent together, each with its own provider id."""
+    keys = ["notify:ORD-1:shipped:email", "notify:ORD-1:shipped:sms", "notify:ORD-1:delivered:email"]
+    claims = [NotificationClaim(k, "ORD-1", k.split(":")[2], k.split(":")[3], "ada", None, "b") for k in keys]
+    assert await stores[0].claim_notifications(claims) == set(keys)
+    await stores[0].mark_notifications_sent([])  # nothing to do
+    await asyncio.gather(
+        stores[1].mark_notifications_sent([(keys[0], "<m1@fulfill>"), (keys[1], "SM1")]),
+        stores[2].mark_notification_failed(keys[2], "SMTP 451 try later"),
+    )
+    records = {r.key: r for r in await stores[0].notifications("ORD-1")}
+    assert [(records[k].status, records[k].provider_message_id, records[k].error) for k in keys] == [
+        ("sent", "<m1@fulfill>", None),
+        ("sent", "SM1", None),
+        ("failed", None, "SMTP 451 try later"),
+    ]
+    assert records[keys[0]].sent_at is not None and records[keys[2]].sent_at is None
+    await stores[3].mark_notification_failed(keys[0], "late report")  # never downgrades a sent message
+    assert await stores[0].claim_notifications(claims) == {keys[2]}
+
+    # An unknown key: the known ones are still marked, then it is reported
+    with pytest.raises(NotificationNotFound) as err:
+        await stores[0].mark_notifications_sent([(keys[2], "P1"), ("notify:nope:x:email", "x")])
+    assert err.value.key == "notify:nope:x:email"
+    assert {r.key: r.status for r in await stores[0].notifications("ORD-1")}[keys[2]] == "sent"
+    with pytest.raises(ValueError, match="twice"):
+        await stores[0].mark_notifications_sent([(keys[0], "a"), (keys[0], "b")])
 
 
 async def test_backorder_queue_is_in_placement_order(stores: list[Store]) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, Table, func, select, text, update
+from sqlalchemy import ColumnElement, Row, Select, Table, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -2430,18 +2430,34 @@ class Store:
             return await self._write(reclaim, f"claim {what} again")
 
     async def mark_notification_sent(self, key: str, provider_message_id: str) -> None:
+        await self.mark_notifications_sent([(key, provider_message_id)])
+
+    async def mark_notifications_sent(self, sent: Sequence[tuple[str, str]]) -> None:
+        """Mark claimed notifications sent, each with its provider's message id, in one UPDATE statement. Every
+        key that exists is marked; NotificationNotFound (for the first unknown key) is raised after that."""
+        if not sent:
+            return
+        ids = dict(sent)
+        if len(ids) != len(sent):
+            raise ValueError("the same notification key twice in one mark")
         n = t.notifications
 
-        async def op(conn: AsyncConnection) -> None:
+        async def op(conn: AsyncConnection) -> list[str]:
+            provider_id = case(ids, value=n.c.key) if len(ids) > 1 else next(iter(ids.values()))
             result = await conn.execute(
                 update(n)
-                .where(n.c.key == key)
-                .values(status="sent", provider_message_id=provider_message_id, error=None, sent_at=_now())
+                .where(n.c.key.in_(list(ids)))
+                .values(status="sent", provider_message_id=provider_id, error=None, sent_at=_now())
             )
-            if result.rowcount != 1:
-                raise NotificationNotFound(key)
+            if result.rowcount == len(ids):
+                return []
+            found = set((await conn.execute(select(n.c.key).where(n.c.key.in_(list(ids))))).scalars())
+            return [key for key in ids if key not in found]
 
-        await self._write(op, f"mark notification {key} sent")
+        what = f"notification {sent[0][0]}" if len(sent) == 1 else f"{len(sent)} notifications"
+        missing = await self._write(op, f"mark {what} sent")
+        if missing:
+            raise NotificationNotFound(missing[0])
 
     async def mark_notification_failed(self, key: str, error: str) -> None:
         """Record why sending failed; a later claim may try again. Never downgrades a "sent" message."""
