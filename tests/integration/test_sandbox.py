@@ -8,9 +8,11 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from common.config import Settings
 from common.integrations.carrier import (
@@ -26,6 +28,8 @@ from common.integrations.email import EmailPermanentError, EmailSender, EmailTra
 from common.integrations.sms import SmsPermanentError, SmsSender, SmsTransientError
 from common.models import Address, ShippingSpeed, TrackingStatus
 from common.sandbox import SandboxServers, fetch_outbox
+from common.sandbox.smtp import OutboxHandler
+from common.sandbox.store import SandboxStore
 
 STEP = 0.3  # seconds between tracker statuses in these tests
 SHIP_TO = Address(
@@ -138,6 +142,198 @@ async def test_email_unreachable_relay_is_transient(sb: SandboxServers) -> None:
         await EmailSender(settings, timeout=2).send(
             to="ada@example.com", subject="s", text="t", html="t", message_id="<y@fulfill>", headers={}
         )
+
+
+class ScriptedOutbox(OutboxHandler):
+    """The sandbox's outbox handler, with canned answers to the next MAIL or DATA commands."""
+
+    def __init__(self, store: SandboxStore) -> None:
+        super().__init__(store)
+        self.mail_replies: list[str] = []
+        self.data_replies: list[str] = []
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if self.mail_replies:
+            return self.mail_replies.pop(0)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.data_replies:
+            return self.data_replies.pop(0)
+        return await super().handle_DATA(server, session, envelope)
+
+
+class Relay:
+    """An SMTP relay (aiosmtpd with the sandbox's handler) that counts the connections it accepted and can drop
+    them, as a relay's idle timeout does; with `password`, AUTH is required (user "fulfill")."""
+
+    def __init__(self, store: SandboxStore, password: str | None = None) -> None:
+        self.store = store
+        self.handler = ScriptedOutbox(store)
+        self.password = password
+        self.connections: list[SMTP] = []
+        self.logins = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    def _protocol(self) -> SMTP:
+        auth: dict[str, Any] = {}
+        if self.password is not None:
+            auth = {"authenticator": self._authenticate, "auth_require_tls": False, "auth_required": True}
+        proto = SMTP(self.handler, hostname="relay.test", loop=asyncio.get_running_loop(), **auth)
+        self.connections.append(proto)
+        return proto
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        self.logins += 1
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"fulfill",
+            (self.password or "").encode(),
+        )
+        return AuthResult(success=ok)
+
+    def settings(self, **update: Any) -> Settings:
+        return Settings(smtp_host="127.0.0.1", smtp_port=self.port, **update)
+
+    def open_connections(self) -> int:
+        return sum(1 for proto in self.connections if proto.transport is not None)
+
+    async def all_closed(self) -> bool:
+        return self.open_connections() == 0
+
+    def drop_connections(self) -> None:
+        for proto in self.connections:
+            if proto.transport is not None:
+                proto.transport.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.drop_connections()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.get_running_loop().create_server(self._protocol, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    store = SandboxStore(tmp_path / "relay.db")
+    try:
+        async with Relay(store) as r:
+            yield r
+    finally:
+        store.close()
+
+
+async def email(sender: EmailSender, n: int, to: str = "ada@example.com") -> str:
+    return await sender.send(
+        to=to,
+        subject=f"Message {n}",
+        text=f"Body {n}",
+        html=f"<p>Body {n}</p>",
+        message_id=f"<m{n}@fulfill>",
+        headers={"X-Order-Id": f"ORD-{n}"},
+    )
+
+
+def subjects(relay: Relay) -> list[str | None]:
+    return [m.subject for m in relay.store.messages()]
+
+
+async def test_email_connections_are_kept_and_reused(relay: Relay) -> None:
+    sender = EmailSender(relay.settings(), pool_size=2)
+    for n in range(3):
+        await email(sender, n)
+    assert len(relay.connections) == 1
+    # Six at once on a pool of two: the kept connection and one more
+    await asyncio.gather(*(email(sender, n) for n in range(3, 9)))
+    assert len(relay.connections) == 2
+    assert sorted(subjects(relay)) == [f"Message {n}" for n in range(9)]
+    await sender.close()  # QUIT: the relay sees both connections end
+    await eventually(relay.all_closed)
+    # Still usable after close(), on a new connection
+    await email(sender, 9)
+    assert len(relay.connections) == 3
+    await sender.close()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_email_login_once_per_connection(tmp_path: Path) -> None:
+    store = SandboxStore(tmp_path / "relay.db")
+    try:
+        async with Relay(store, password="s3cret") as relay:
+            sender = EmailSender(relay.settings(smtp_username="fulfill", smtp_password="s3cret"))
+            await email(sender, 1)
+            await email(sender, 2)
+            assert (len(relay.connections), relay.logins) == (1, 1)
+            assert subjects(relay) == ["Message 1", "Message 2"]
+            await sender.close()
+    finally:
+        store.close()
+
+
+async def test_email_reconnects_when_the_relay_dropped_the_connection(relay: Relay) -> None:
+    sender = EmailSender(relay.settings())
+    await email(sender, 1)
+    # The relay closed the idle connection and the sender has seen it: a new connection
+    relay.drop_connections()
+    await eventually(relay.all_closed)
+    await asyncio.sleep(0.05)
+    await email(sender, 2)
+    assert len(relay.connections) == 2
+    # Dropped just now, not noticed yet (no loop iteration in between): MAIL fails on the dead connection and the
+    # message goes out once on a fresh one
+    relay.drop_connections()
+    await email(sender, 3)
+    assert len(relay.connections) == 3
+    # A relay going away answers 421 on the pooled connection: same
+    relay.handler.mail_replies.append("421 4.3.2 Service shutting down")
+    await email(sender, 4)
+    assert len(relay.connections) == 4
+    assert subjects(relay) == ["Message 1", "Message 2", "Message 3", "Message 4"]
+    await sender.close()
+
+
+async def test_email_refusals_on_a_reused_connection_are_not_retried(relay: Relay) -> None:
+    sender = EmailSender(relay.settings())
+    await email(sender, 1)
+    with pytest.raises(EmailPermanentError) as err:
+        await email(sender, 2, to="nobody@example.invalid")
+    assert err.value.code == 550
+    relay.handler.data_replies.append("554 5.6.0 Message rejected by policy")
+    with pytest.raises(EmailPermanentError) as err:
+        await email(sender, 3)
+    assert err.value.code == 554
+    relay.handler.mail_replies.append("451 4.3.0 Try again later")
+    with pytest.raises(EmailTransientError) as transient:
+        await email(sender, 4)
+    assert transient.value.code == 451
+    # Each refusal was the relay's answer: no second try, and the connection (RSET) carries the next message
+    await email(sender, 5)
+    assert subjects(relay) == ["Message 1", "Message 5"]
+    assert len(relay.connections) == 1
+    await sender.close()
+
+
+async def test_email_relay_gone_for_good_is_transient(relay: Relay) -> None:
+    sender = EmailSender(relay.settings(), timeout=2)
+    await email(sender, 1)
+    await relay.stop()  # the pooled connection is dead, and a fresh one is refused
+    with pytest.raises(EmailTransientError, match="unavailable"):
+        await email(sender, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------
