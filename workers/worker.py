@@ -86,6 +86,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 yield worker
         finally:
             await sms.close()
+            await email.close()
     finally:
         await carrier.close()
 

@@ -66,11 +66,14 @@ async def _alert_ops(store: Store, crossings: list[LowStockCrossing]) -> None:
             highlight=False,
         )
     settings = get_settings()
+    email = EmailSender(settings)
     try:
-        sent = await send_low_stock_alerts(store, EmailSender(settings), settings.ops_email, {c.sku for c in crossings})
+        sent = await send_low_stock_alerts(store, email, settings.ops_email, {c.sku for c in crossings})
     except Exception as e:  # the stock change is done; the alert waits for the next run
         err.print(f"[yellow]warning:[/] could not email ops ({e}); the low-stock alert stays pending", highlight=False)
         return
+    finally:
+        await email.close()
     if sent:
         err.print(f"ops alerted at {settings.ops_email}", highlight=False)
 
