@@ -1,10 +1,14 @@
 """Customer notifications by email and SMS, exactly once per (order, event, channel).
 
 The delivery log in the database is claimed before sending (all channels of a notification in one
-transaction) and each message is marked as soon as it is sent: a retried activity or a
-restarted worker skips what was already sent. The only window left is a crash after the provider accepted
-the message and before the log was marked; then the message is sent again (at-least-once beats a missing
-shipping notice). Emails carry a deterministic Message-ID so relays and mail clients can drop that rare copy.
+transaction), the channels are sent at once, and the ones that went out are marked sent together in one
+transaction when the last channel is done (also when the attempt is cancelled half-way): a retried activity or a
+restarted worker skips what was already sent. The window left is a crash after a provider accepted a message and
+before that mark; then the message is sent again (at-least-once beats a missing shipping notice). The window
+lasts until the slowest channel of the notification answers (milliseconds usually, at most the adapters'
+timeouts) rather than until each message's own mark: that is one write transaction per notification instead of
+one per channel, and a crash in those milliseconds costs the same rare duplicate as before. Emails carry a
+deterministic Message-ID so relays and mail clients can drop that copy.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ class NotificationActivities:
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
-        """Every channel's message is claimed in one transaction, then the channels are sent at once, each
-        marked in the log as soon as it is sent. A channel that fails for good is skipped; a transient failure
-        is raised after the other channels are done, so the retry sends only what is missing."""
+        """Every channel's message is claimed in one transaction, then the channels are sent at once and the ones
+        sent are marked in the log together. A channel that fails for good is skipped; a transient failure is
+        raised after the other channels are done, so the retry sends only what is missing."""
         result = NotifyResult()
         pending: list[tuple[Channel, NotificationClaim, RenderedMessage]] = []
         for channel in request.channels:
@@ -56,10 +60,18 @@ class NotificationActivities:
         claimed = await self._store.claim_notifications([claim for _, claim, _ in pending])
         sending = [p for p in pending if p[1].key in claimed]
         result.already_sent.extend(channel for channel, claim, _ in pending if claim.key not in claimed)
-        outcomes = await asyncio.gather(
-            *(self._send_claimed(claim, channel, message) for channel, claim, message in sending),
-            return_exceptions=True,
-        )
+        sent: list[tuple[str, str]] = []  # (key, provider id) of each message a provider accepted
+
+        async def send(channel: Channel, claim: NotificationClaim, message: RenderedMessage) -> None:
+            sent.append((claim.key, await self._send_claimed(claim, channel, message)))
+
+        try:
+            outcomes = await asyncio.gather(
+                *(send(channel, claim, message) for channel, claim, message in sending), return_exceptions=True
+            )
+        finally:
+            # One transaction for all channels; on cancellation too, so a retry does not send them again.
+            await self._store.mark_notifications_sent(sent)
         failure: BaseException | None = None
         for (channel, claim, _), outcome in zip(sending, outcomes, strict=True):
             if isinstance(outcome, EmailPermanentError | SmsPermanentError):
@@ -96,12 +108,13 @@ class NotificationActivities:
         claim = NotificationClaim(key, order_id, event, channel.value, recipient, message.subject, message.text)
         if key not in await self._store.claim_notifications([claim]):
             return False
-        await self._send_claimed(claim, channel, message)
+        await self._store.mark_notification_sent(key, await self._send_claimed(claim, channel, message))
         return True
 
-    async def _send_claimed(self, claim: NotificationClaim, channel: Channel, message: RenderedMessage) -> None:
-        """Send a claimed message and mark it sent. A permanent provider refusal is logged as failed and raised
-        as is; anything else becomes a retryable ApplicationError."""
+    async def _send_claimed(self, claim: NotificationClaim, channel: Channel, message: RenderedMessage) -> str:
+        """Send a claimed message and return the provider's id for it; the caller marks it sent. A failure is
+        marked in the log: a permanent provider refusal is raised as is, anything else becomes a retryable
+        ApplicationError."""
         key, order_id = claim.key, claim.order_id
         try:
             provider_id = await self._send(key, order_id, channel, claim.recipient, message)
@@ -111,7 +124,7 @@ class NotificationActivities:
         except Exception as err:
             await self._store.mark_notification_failed(key, str(err))
             raise ApplicationError(f"{channel.value} to order {order_id} failed: {err}") from err
-        await self._store.mark_notification_sent(key, provider_id)
+        return provider_id
 
     async def _send(self, key: str, order_id: str, channel: Channel, recipient: str, message: RenderedMessage) -> str:
         if channel == Channel.EMAIL:

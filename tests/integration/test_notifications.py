@@ -1,0 +1,191 @@
+"""The notification activities on a real database and the sandbox's SMTP and SMS servers: the channels of a
+notification are claimed in one transaction and the ones sent are marked in one more, also when the attempt
+fails half-way or is cancelled, so a retry sends only what is missing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.notifications import NotificationActivities
+from common.config import Settings
+from common.db import Store
+from common.integrations.email import EmailSender
+from common.integrations.sms import SmsSender
+from common.models import Channel, Customer, NotificationEvent, NotifyRequest, OpsAlert
+from common.sandbox import SandboxServers
+
+EMAIL_KEY = "notify:ORD-1:order_confirmed:email"
+SMS_KEY = "notify:ORD-1:order_confirmed:sms"
+OPTED_OUT = "+15005550004"  # the sandbox refuses it for good, as Twilio does an opted-out number
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxServers]:
+    settings = Settings(var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0)
+    async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.01, 0.02)) as sb:
+        yield sb
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'fulfill.db'}")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+class Senders:
+    """The activities with their adapters, pointed at the sandbox (or, for email, at `settings`)."""
+
+    def __init__(self, store: Store, settings: Settings, email_settings: Settings | None = None) -> None:
+        self.email = EmailSender(email_settings or settings, timeout=5)
+        self.sms = SmsSender(settings)
+        self.activities = NotificationActivities(store, self.email, self.sms, settings)
+
+    async def close(self) -> None:
+        await self.email.close()
+        await self.sms.close()
+
+
+def request(*channels: Channel, phone: str = "+15555550100") -> NotifyRequest:
+    customer = Customer(id="C-1", name="Ada Lovelace", email="ada@example.com", phone=phone, channels=list(channels))
+    return NotifyRequest(
+        order_id="ORD-1", event=NotificationEvent.ORDER_CONFIRMED, customer=customer, channels=list(channels)
+    )
+
+
+def count_write_transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The description of every write transaction the store runs from now on."""
+    seen: list[str] = []
+    write = store._write
+
+    async def counting(op: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        seen.append(what)
+        return await write(op, what)
+
+    monkeypatch.setattr(store, "_write", counting)
+    return seen
+
+
+async def statuses(store: Store) -> dict[str, tuple[str, str | None]]:
+    return {n.key: (n.status, n.provider_message_id) for n in await store.notifications("ORD-1")}
+
+
+async def test_channels_are_claimed_and_marked_sent_in_one_transaction_each(
+    store: Store, sandbox: SandboxServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        writes = count_write_transactions(store, monkeypatch)
+        result = await ActivityEnvironment().run(
+            senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS)
+        )
+        assert sorted(result.sent) == [Channel.EMAIL, Channel.SMS]
+        assert writes == ["claim 2 notifications of order ORD-1", "mark 2 notifications sent"]
+        [email] = [m for m in sandbox.outbox("ORD-1") if m.channel == "email"]
+        [sms] = [m for m in sandbox.outbox("ORD-1") if m.channel == "sms"]
+        assert await statuses(store) == {EMAIL_KEY: ("sent", email.provider_id), SMS_KEY: ("sent", sms.provider_id)}
+
+        # Again: nothing is sent, nothing is marked
+        again = await ActivityEnvironment().run(senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+        assert (again.sent, sorted(again.already_sent)) == ([], [Channel.EMAIL, Channel.SMS])
+        assert len(sandbox.outbox("ORD-1")) == 2
+    finally:
+        await senders.close()
+
+
+async def test_a_permanent_refusal_is_skipped_and_the_other_channel_marked(
+    store: Store, sandbox: SandboxServers
+) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        result = await ActivityEnvironment().run(
+            senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS, phone=OPTED_OUT)
+        )
+        assert result.sent == [Channel.EMAIL] and "sms" in result.skipped
+        state = await statuses(store)
+        assert state[SMS_KEY] == ("failed", None)
+        assert state[EMAIL_KEY][0] == "sent"
+    finally:
+        await senders.close()
+
+
+async def test_a_transient_failure_is_raised_after_marking_what_was_sent(
+    store: Store, sandbox: SandboxServers, unused_tcp_port: int
+) -> None:
+    settings = sandbox.settings_for_clients()
+    down = Senders(store, settings, settings.model_copy(update={"smtp_port": unused_tcp_port}))
+    try:
+        with pytest.raises(ApplicationError, match="email to order ORD-1 failed"):
+            await ActivityEnvironment().run(down.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+    finally:
+        await down.close()
+    state = await statuses(store)
+    assert state[EMAIL_KEY] == ("failed", None)
+    assert state[SMS_KEY][0] == "sent"
+
+    # The retry, with the relay back, sends only the email
+    up = Senders(store, settings)
+    try:
+        result = await ActivityEnvironment().run(up.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+    finally:
+        await up.close()
+    assert (result.sent, result.already_sent) == ([Channel.EMAIL], [Channel.SMS])
+    assert sorted(m.channel for m in sandbox.outbox("ORD-1")) == ["email", "sms"]
+
+
+async def test_what_was_sent_is_marked_when_the_attempt_is_cancelled(
+    store: Store, sandbox: SandboxServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relay that accepts the connection and never greets: the email hangs while the SMS goes out
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    settings = sandbox.settings_for_clients()
+    senders = Senders(store, settings, settings.model_copy(update={"smtp_port": silent.sockets[0].getsockname()[1]}))
+    sms_sent = asyncio.Event()
+    send_sms = senders.sms.send
+
+    async def send_and_tell(**kwargs: Any) -> str:
+        sid = await send_sms(**kwargs)
+        sms_sent.set()
+        return sid
+
+    monkeypatch.setattr(senders.sms, "send", send_and_tell)
+    env = ActivityEnvironment()
+    try:
+        attempt = asyncio.create_task(env.run(senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS)))
+        await asyncio.wait_for(sms_sent.wait(), 5)
+        env.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+    finally:
+        await senders.close()
+        silent.close()
+    state = await statuses(store)
+    assert state[SMS_KEY][0] == "sent"
+    assert state[EMAIL_KEY] == ("sending", None)  # claimed, never sent: the retry sends it
+
+
+async def test_ops_alerts_are_sent_once(store: Store, sandbox: SandboxServers) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    alert = OpsAlert(order_id="ORD-1", kind="pick_overdue", subject="Pick overdue", body="Pick task 7 is late")
+    try:
+        assert await ActivityEnvironment().run(senders.activities.alert_ops, alert) is True
+        assert await ActivityEnvironment().run(senders.activities.alert_ops, alert) is False
+    finally:
+        await senders.close()
+    [record] = await store.notifications("ORD-1")
+    [email] = sandbox.outbox("ORD-1")
+    assert (record.key, record.status, record.provider_message_id) == (
+        "ops:ORD-1:pick_overdue",
+        "sent",
+        email.provider_id,
+    )
+    assert email.subject == "[ops] Pick overdue"
