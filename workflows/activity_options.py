@@ -32,8 +32,8 @@ MESSAGE_SEND = ActivityOptions(
     schedule_to_close_timeout=timedelta(hours=1),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=5)),
 )
-# Carrier calls are regular activities (slower, rate-limited by workers): transient failures retry with backoff
-# for up to an hour; an address the carrier rejects, or another refusal, is final.
+# Carrier calls (label purchase as a local activity, tracking polls and voids as regular ones): transient
+# failures retry with backoff for up to an hour; an address the carrier rejects, or another refusal, is final.
 EXTERNAL_CALL = ActivityOptions(
     start_to_close_timeout=timedelta(seconds=60),
     schedule_to_close_timeout=timedelta(hours=1),

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.activity_options import DB_STEP, EXTERNAL_CALL, MESSAGE_SEND
 from workflows.order_returns import OrderReturns
+from workflows.visibility import SearchAttributeBatch
 
 with workflow.unsafe.imports_passed_through():
     # pydantic imports email_validator lazily when it validates an EmailStr: pass it through, or the
@@ -62,6 +63,16 @@ with workflow.unsafe.imports_passed_through():
     from common.temporal import CARRIER, ORDER_STATUS, PICK_OVERDUE, TRACKING_NUMBER
 
 
+# Orders of this OrderWorkflowInput.workflow_version and later batch their search attribute upserts
+# (workflows/visibility.py) and buy labels as local activities (one workflow task and one activity task less
+# per parcel); earlier ones replay the way they were recorded (tests/replay/histories). A version in the input,
+# not workflow.patched(): a patch writes a marker and upserts TemporalChangeVersion in every order, one more
+# visibility write of the kind this version removes.
+LEAN_HISTORY = 2
+
+_Arg = TypeVar("_Arg")
+_Result = TypeVar("_Result")
+
 # Tracking statuses in the order they happen; the order only moves forward along them.
 _TRACKING_TO_ORDER = {
     TrackingStatus.IN_TRANSIT: OrderStatus.IN_TRANSIT,
@@ -102,6 +113,8 @@ class OrderWorkflow(OrderReturns):
         )
         # The starter sets OrderStatus=RECEIVED when it starts the workflow: no upsert needed for it.
         self._published_status: OrderStatus | None = OrderStatus.RECEIVED
+        self._visibility = SearchAttributeBatch()
+        self._lean = False  # set in run(): see LEAN_HISTORY
         self._restocks_seen = 0
         self._confirmed_picks: set[str] = set()
         self._pick_shortages: dict[str, dict[str, int]] = {}
@@ -297,7 +310,16 @@ class OrderWorkflow(OrderReturns):
 
     @workflow.run
     async def run(self, input: OrderWorkflowInput) -> OrderView:
+        if input.workflow_version >= LEAN_HISTORY:
+            self._lean = True
+            self._visibility.start_batching()
         self._record(OrderStatus.RECEIVED, self._intake_note(input))
+        try:
+            return await self._run()
+        finally:
+            self._visibility.flush()  # the final status, before the workflow closes
+
+    async def _run(self) -> OrderView:
         try:
             await self._notify(NotificationEvent.ORDER_CONFIRMED)
             await self._checkpoint()
@@ -380,7 +402,7 @@ class OrderWorkflow(OrderReturns):
         order = self._order
         while self._unallocated:
             seen = self._restocks_seen
-            result = await workflow.execute_local_activity_method(
+            result = await self._local(
                 InventoryActivities.reserve_stock,
                 ReserveRequest(
                     order_id=order.order_id,
@@ -430,7 +452,7 @@ class OrderWorkflow(OrderReturns):
         their way already."""
         if not any(p.outcome is None for p in self._view.shipments):
             raise OrderCancelled(f"backordered too long: still short of {short}")
-        await workflow.execute_local_activity_method(
+        await self._local(
             InventoryActivities.close_backorder, self._order.order_id, summary="stop waiting for stock", **DB_STEP
         )
         self._given_up = _merge(self._given_up, self._unallocated)
@@ -477,7 +499,7 @@ class OrderWorkflow(OrderReturns):
             warehouse=parcel.warehouse,
             lines=parcel.lines,
         )
-        task_id = await workflow.execute_local_activity_method(
+        task_id = await self._local(
             WarehouseActivities.create_pick_task, request, summary="create pick task", **DB_STEP
         )
         parcel.pick_task_id = task_id
@@ -493,7 +515,7 @@ class OrderWorkflow(OrderReturns):
             self._advance(parcel, OrderStatus.PACKED, f"pick task {task_id} confirmed, parcel packed")
             return True
         # The stock correction (idempotent: the CLI makes it before asking, the Web UI does not).
-        await workflow.execute_local_activity_method(
+        await self._local(
             WarehouseActivities.confirm_short_pick,
             PickShortage(task_id=task_id, short=short),
             summary="record short pick",
@@ -528,7 +550,7 @@ class OrderWorkflow(OrderReturns):
             return
         self._overdue_picks += 1
         if self._overdue_picks == 1:
-            workflow.upsert_search_attributes([PICK_OVERDUE.value_set(True)])
+            self._visibility.stage([PICK_OVERDUE.value_set(True)])
         self._note(f"pick {task_id} overdue: ops alerted")
         await self._alert_ops(
             "pick_overdue",
@@ -543,7 +565,7 @@ class OrderWorkflow(OrderReturns):
             await self._wait_until(picked, None, parcel)
         self._overdue_picks -= 1
         if self._overdue_picks == 0:
-            workflow.upsert_search_attributes([PICK_OVERDUE.value_set(False)])
+            self._visibility.stage([PICK_OVERDUE.value_set(False)])
 
     async def _buy_label(self, parcel: ShipmentView) -> Label:
         """Rate-shop and buy; an address the carrier rejects parks the parcel until ops correct it."""
@@ -559,11 +581,16 @@ class OrderWorkflow(OrderReturns):
             )
             self._compensations.append((f"void label {parcel.shipment_no}", partial(self._void_label, request)))
             try:
-                label = await workflow.execute_activity_method(
-                    ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
-                )
+                if self._lean:
+                    label = await self._local(
+                        ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
+                    )
+                else:
+                    label = await workflow.execute_activity_method(
+                        ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
+                    )
                 break
-            except ActivityError as err:
+            except (ActivityError, ApplicationError) as err:
                 if _error_type(err) != "CarrierAddressError":
                     raise  # keep "void label": the carrier may have sold one before the failure (voiding is safe)
                 self._compensations.pop()  # the carrier refused the address: nothing was bought
@@ -661,7 +688,7 @@ class OrderWorkflow(OrderReturns):
             alarm.clear()
 
     async def _commit_parcel(self, parcel: ShipmentView) -> None:
-        await workflow.execute_local_activity_method(
+        await self._local(
             InventoryActivities.commit_shipment,
             ShipmentRef(order_id=self._order.order_id, shipment_no=parcel.shipment_no),
             summary="commit stock",
@@ -867,8 +894,7 @@ class OrderWorkflow(OrderReturns):
         if self._published_status != status:
             updates.append(ORDER_STATUS.value_set(status.value))
             self._published_status = status
-        if updates:
-            workflow.upsert_search_attributes(updates)
+        self._visibility.stage(updates)
         workflow.set_current_details(self._details_markdown())
 
     def _note(self, note: str) -> None:
@@ -908,6 +934,13 @@ class OrderWorkflow(OrderReturns):
             else "",
         }
 
+    async def _local(
+        self, step: Callable[[Any, _Arg], Awaitable[_Result]], arg: _Arg, *, summary: str, **options: Any
+    ) -> _Result:
+        """A local activity; search attribute changes made while it runs go out with the next batch."""
+        with self._visibility.local_step():
+            return await workflow.execute_local_activity_method(step, arg, summary=summary, **options)
+
     async def _notify(
         self,
         event: NotificationEvent,
@@ -919,7 +952,7 @@ class OrderWorkflow(OrderReturns):
         channels = [c for c in self._order.customer.channels if not sms_only or c == Channel.SMS]
         if not channels:
             return
-        await workflow.execute_local_activity_method(
+        await self._local(
             NotificationActivities.notify_customer,
             NotifyRequest(
                 order_id=self._order.order_id,
@@ -935,23 +968,19 @@ class OrderWorkflow(OrderReturns):
 
     async def _alert_ops(self, kind: str, subject: str, body: str, *, occurrence: str | None = None) -> None:
         alert = OpsAlert(order_id=self._order.order_id, kind=kind, subject=subject, body=body, occurrence=occurrence)
-        await workflow.execute_local_activity_method(
-            NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", **MESSAGE_SEND
-        )
+        await self._local(NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", **MESSAGE_SEND)
 
     async def _alert_low_stock(self, skus: list[str]) -> None:
         """This reservation took stock to its reorder point: ops get one email per crossing (idempotent)."""
-        await workflow.execute_local_activity_method(
-            InventoryActivities.alert_low_stock, skus, summary="low-stock alert", **MESSAGE_SEND
-        )
+        await self._local(InventoryActivities.alert_low_stock, skus, summary="low-stock alert", **MESSAGE_SEND)
 
     async def _release_stock(self) -> object:
-        return await workflow.execute_local_activity_method(
+        return await self._local(
             InventoryActivities.release_stock, self._order.order_id, summary="release reservation", **DB_STEP
         )
 
     async def _cancel_picks(self) -> object:
-        return await workflow.execute_local_activity_method(
+        return await self._local(
             WarehouseActivities.cancel_pick_tasks, self._order.order_id, summary="cancel pick tasks", **DB_STEP
         )
 
@@ -1040,7 +1069,9 @@ async def _settle(task: Awaitable[object]) -> None:
 
 
 def _error_type(err: BaseException) -> str | None:
-    cause = err.__cause__
+    """The type of an activity's ApplicationError: wrapped in an ActivityError for a regular activity, raised
+    as it is when a local activity fails for good."""
+    cause = err if isinstance(err, ApplicationError) else err.__cause__
     return cause.type if isinstance(cause, ApplicationError) else None
 
 

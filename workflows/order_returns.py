@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from common.returns import (
         FINAL_RMA_STATUSES,
+        RETURN_WORKFLOW_TYPE,
         RMA_TO_ORDER_STATUS,
         ReturnProgress,
         ReturnRequest,
@@ -44,7 +45,6 @@ with workflow.unsafe.imports_passed_through():
         rma_id_for,
     )
 
-from workflows.returns import ReturnWorkflow
 
 # RMA statuses that no longer count the units as returned (they stay with the customer)
 _UNITS_NOT_RETURNED = frozenset({RmaStatus.EXPIRED.value, RmaStatus.FAILED.value})
@@ -143,8 +143,9 @@ class OrderReturns:
             waiting_for=f"return {rma_id}",
         )
         shipped_from = self._shipped_from()
-        handle = await workflow.start_child_workflow(
-            ReturnWorkflow.run,
+        # By type name: importing workflows.returns here would re-run it in the sandbox for every order.
+        handle: ChildWorkflowHandle[Any, RmaView] = await workflow.start_child_workflow(
+            RETURN_WORKFLOW_TYPE,
             ReturnWorkflowInput(
                 rma_id=rma_id,
                 n=n,
@@ -165,6 +166,7 @@ class OrderReturns:
             # The customer's parcel is in the mail whatever happens to the order workflow: the return goes on.
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary=f"Return {rma_id} of order {order.order_id}: {what} ({request.reason.value})",
+            result_type=RmaView,
         )
         state = self._returns_state
         state.running[rma_id] = handle

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.returns import ReturnActivities
     from activities.shipping import ShippingActivities
     from common.models import (
+        ORDER_WORKFLOW_VERSION,
         Channel,
         NotificationEvent,
         NotifyRequest,
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         workflow_id_for,
     )
     from common.returns import (
+        RETURN_WORKFLOW_TYPE,
         InspectionLine,
         InspectRequest,
         InspectResult,
@@ -82,7 +84,7 @@ REFUND_CALL = ActivityOptions(
 _AWAITING_PARCEL = (RmaStatus.REQUESTED, RmaStatus.IN_TRANSIT)
 
 
-@workflow.defn(name="ReturnWorkflow")
+@workflow.defn(name=RETURN_WORKFLOW_TYPE)
 class ReturnWorkflow:
     @workflow.init
     def __init__(self, input: ReturnWorkflowInput) -> None:
@@ -206,7 +208,12 @@ class ReturnWorkflow:
         )
         await workflow.start_child_workflow(
             "OrderWorkflow",
-            OrderWorkflowInput(order=order, policy=i.policy, replacement_for=f"{i.order_id} ({i.rma_id})"),
+            OrderWorkflowInput(
+                order=order,
+                policy=i.policy,
+                replacement_for=f"{i.order_id} ({i.rma_id})",
+                workflow_version=ORDER_WORKFLOW_VERSION,
+            ),
             id=workflow_id_for(replacement_id),
             parent_close_policy=ParentClosePolicy.ABANDON,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

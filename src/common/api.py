@@ -33,6 +33,7 @@ from common.errors import (
 )
 from common.intake import describe_error, parse_order
 from common.models import (
+    ORDER_WORKFLOW_VERSION,
     Address,
     CancelRequest,
     HoldRequest,
@@ -111,7 +112,7 @@ class FulfillmentApi:
         try:
             handle = await self.client.start_workflow(
                 WORKFLOW_TYPE,
-                OrderWorkflowInput(order=order, policy=self.policy()),
+                OrderWorkflowInput(order=order, policy=self.policy(), workflow_version=ORDER_WORKFLOW_VERSION),
                 id=order.workflow_id,
                 task_queue=self.settings.task_queue,
                 # An order id is placed once, ever: a second placement starts nothing.

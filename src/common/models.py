@@ -215,7 +215,6 @@ class OrderPolicy(BaseModel):
     return_transit_timeout_s: float = 14 * 24 * 3600
 
 
-
 TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED})
 # Once the carrier has the parcel, the order can no longer be cancelled or held: it is a return now.
 SHIPPED_STATUSES = frozenset(
@@ -238,9 +237,16 @@ class HoldRequest(_Strict):
     reason: Reason
 
 
+# How OrderWorkflow runs an order, fixed when the order starts (see workflows/order.py, LEAN_HISTORY).
+ORDER_WORKFLOW_VERSION = 2
+
+
 class OrderWorkflowInput(BaseModel):
     order: Order
     policy: OrderPolicy = Field(default_factory=OrderPolicy)
+    # Replay safety: an input without it (an order started before versions existed) runs as version 1 on
+    # replay too. Starters set ORDER_WORKFLOW_VERSION.
+    workflow_version: int = Field(default=1, ge=1)
     # Set on a replacement order (an exchange): the order id it replaces and the RMA, e.g. "ORD-1 (RMA-ORD-1-1)".
     replacement_for: str | None = None
 

@@ -126,6 +126,9 @@ def rma_id_for(order_id: str, n: int) -> str:
     return f"RMA-{order_id}-{n}"
 
 
+RETURN_WORKFLOW_TYPE = "ReturnWorkflow"
+
+
 def return_workflow_id(rma_id: str) -> str:
     return f"return-{rma_id}"
 

@@ -10,30 +10,21 @@ tests follow them by what they do: bytes held at a gate, the notification log, r
 the database, the sandbox outbox; and afterwards by the workflow history (which worker took and completed
 which workflow task, and the markers of the local activities it ran).
 
-How the server finds out about the crash depends on the kind of step:
-
-- The DB steps (reserve_stock, create_pick_task, ...) and the notifications are local activities. They run
-  inside the worker's workflow task, one after the other with no call to Temporal in between, and reach
-  Temporal only as markers when that workflow task completes. A worker killed in one leaves the workflow task
-  started and nothing of it in the history. The server retries the task when its start_to_close timeout (the
-  workflow task timeout: orders are started with the default, 10 s) expires, on the shared task queue (timing
-  out a task also drops the dead worker's sticky queue), and the next worker replays the history and runs the
-  task's local activities again from the first one; each finds what the dead worker did by its business key.
-  Nothing can tell the server sooner (a workflow task is failed with its task token, which died with the
-  worker): these kills cost ~10 s.
-- buy_label (like every carrier call) is a regular activity: the server retries the orphaned attempt only
-  when its start_to_close timeout expires (60 s; no heartbeats), and the workflow task that follows waits up
-  to 10 s on the dead worker's sticky queue. By default the test stands in for both: it fails the attempt
-  through the server's API right after the kill, which is what a heartbeat timeout would do within seconds,
-  and resets the sticky queue. FULFILL_TEST_REAL_ACTIVITY_TIMEOUTS=1 waits for the real timeouts instead
-  (~65 s).
+How the server finds out about the crash: every step these tests kill the worker in (the DB steps
+reserve_stock and create_pick_task, buy_label, the notifications) is a local activity. They run inside the
+worker's workflow task, one after the other with no call to Temporal in between, and reach Temporal only as
+markers when that workflow task completes. A worker killed in one leaves the workflow task started and nothing
+of it in the history. The server retries the task when its start_to_close timeout (the workflow task timeout:
+orders are started with the default, 10 s) expires, on the shared task queue (timing out a task also drops the
+dead worker's sticky queue), and the next worker replays the history and runs the task's local activities again
+from the first one; each finds what the dead worker did by its business key. Nothing can tell the server
+sooner (a workflow task is failed with its task token, which died with the worker): these kills cost ~10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
 import sys
 import time
@@ -44,13 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import EventType, PendingActivityState, TaskQueueKind
+from temporalio.api.enums.v1 import EventType, TaskQueueKind
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.api.workflow.v1 import PendingActivityInfo
-from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
@@ -64,8 +51,6 @@ from common.sandbox.carrier import Progression
 from common.temporal import DATA_CONVERTER, ORDER_STATUS
 from tests.integration.worker_process import DevServerProcess, TcpGate, WorkerProcess, eventually
 from tests.orders import order_dict
-
-REAL_TIMEOUTS = os.environ.get("FULFILL_TEST_REAL_ACTIVITY_TIMEOUTS", "") not in ("", "0")
 
 HAPPY_TIMELINE = [
     OrderStatus.RECEIVED,
@@ -213,55 +198,6 @@ async def status_is(handle: WorkflowHandle[object, OrderView], status: OrderStat
     return description.typed_search_attributes.get(ORDER_STATUS) == status.value
 
 
-async def started_activity(handle: WorkflowHandle[object, OrderView], activity_type: str) -> PendingActivityInfo:
-    """A regular activity's attempt that a worker has taken (local activities never show up here)."""
-
-    async def probe() -> PendingActivityInfo | None:
-        description = await handle.describe()
-        for activity in description.raw_description.pending_activities:
-            if (
-                activity.activity_type.name == activity_type
-                and activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-            ):
-                return activity
-        return None
-
-    return await eventually(probe, f"{handle.id} to show {activity_type} started")
-
-
-async def server_notices_crash(rig: Rig, order: Order, orphan: PendingActivityInfo) -> float:
-    """After a kill in a regular activity: let the server find out that the worker died, and return the
-    seconds until it retried `orphan`.
-
-    The server finds out by itself, but slowly: the orphaned attempt is retried once its start_to_close
-    timeout expires (60 s for carrier calls: they do not heartbeat), and a workflow task due soon after the
-    crash waits up to 10 s on the dead worker's sticky queue before it goes to the shared one. By default
-    the test stands in for both: it resets the workflow's sticky queue and fails the orphaned attempt through
-    the server's API, which is what a heartbeat timeout would do seconds after the crash.
-    FULFILL_TEST_REAL_ACTIVITY_TIMEOUTS=1 waits for the real timeouts instead."""
-    started = time.monotonic()
-    if not REAL_TIMEOUTS:
-        description = await order.handle.describe()
-        await rig.client.workflow_service.reset_sticky_task_queue(
-            ResetStickyTaskQueueRequest(
-                namespace=rig.client.namespace,
-                execution=WorkflowExecution(workflow_id=order.handle.id, run_id=description.run_id),
-            )
-        )
-        activity = rig.client.get_async_activity_handle(
-            workflow_id=order.handle.id, run_id=description.run_id, activity_id=orphan.activity_id
-        )
-        await activity.fail(ApplicationError("worker process was SIGKILLed (test stands in for the timeout)"))
-
-    async def retried() -> bool:
-        description = await order.handle.describe()
-        same = [a for a in description.raw_description.pending_activities if a.activity_id == orphan.activity_id]
-        return not same or same[0].attempt > orphan.attempt
-
-    await eventually(retried, f"a retry of {orphan.activity_type.name}", within=120 if REAL_TIMEOUTS else 30)
-    return time.monotonic() - started
-
-
 async def history(order: Order) -> list[HistoryEvent]:
     return [event async for event in order.handle.fetch_history_events()]
 
@@ -314,7 +250,7 @@ async def workflow_task_retried(order: Order, lost: HistoryEvent, successor: Wor
     the task's retry, i.e. ran those local activities again. Returns the seconds that took.
 
     The timeout is the real one, 10 s after the task started. The retry goes to the shared task queue, not
-    to the dead worker's sticky queue: no sticky queue to reset, unlike `server_notices_crash`."""
+    to the dead worker's sticky queue."""
     started = time.monotonic()
 
     async def completed_by_successor() -> bool:
@@ -528,14 +464,16 @@ async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> No
 
 async def test_worker_killed_while_buying_the_label(rig: Rig) -> None:
     """Killed while the carrier is still processing `buy`: the carrier completes the purchase for a worker
-    that is gone; the retry finds that label by its business key instead of buying a second one."""
+    that is gone; the retry finds that label by its business key instead of buying a second one.
+
+    buy_label is a local activity in the workflow task the pick confirmation starts: that task is lost with
+    the worker, and the next worker replays it and buys the label again, by the same key."""
     worker = await rig.start_worker()
     order = await rig.place({"MUG-BLUE": 1})
     reference = f"label:{order.order_id}:1"
     await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), "PICKING")
     rig.sandbox.inject_fault("buy", fail_next=1, status=None, delay=2.0)  # slow, then a normal answer
     await confirm_pick(rig, order)
-    orphan = await started_activity(order.handle, "buy_label")
     await eventually(lambda: "buy" not in rig.sandbox.carrier.faults, "the buy request to reach the carrier")
 
     worker.kill()
@@ -545,9 +483,10 @@ async def test_worker_killed_while_buying_the_label(rig: Rig) -> None:
     )
     (record,) = await rig.store.shipments_for_order(order.order_id)
     assert record.status == "created"  # the engine never heard back
+    lost = await lost_workflow_task(order, worker)
+    assert local_activities(await history(order)) == ["notify_customer", "reserve_stock", "create_pick_task"]
 
-    await rig.start_worker()
-    await server_notices_crash(rig, order, orphan)
+    await workflow_task_retried(order, lost, await rig.start_worker())
     await deliver(rig, order)
     view = await assert_fulfilled_exactly_once(rig, order)
     assert view.tracking_number == bought[0]["tracking_code"]
@@ -557,8 +496,9 @@ async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
     """Killed in the "shipped" notification after the email went out and was logged, while the SMS request
     is on its way to Twilio: the retry skips the email and sends the SMS once.
 
-    notify_customer is a local activity, in the workflow task that follows buy_label's completion: that
-    task is lost with the worker, and the next worker replays it, so the notification runs again as a whole.
+    notify_customer is a local activity, in the workflow task that buys the label: that task is lost with
+    the worker, and the next worker replays it, so the label purchase (found by its key) and the notification
+    run again as a whole.
 
     The kill lands outside the one window the notification activity documents as at-least-once (the provider
     accepted a message, the log is not yet marked): a crash there sends that message twice by design."""

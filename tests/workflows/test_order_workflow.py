@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 
 from common.inventory.contracts import ShipmentRef
 from common.models import (
+    ORDER_WORKFLOW_VERSION,
     Label,
     LabelRequest,
     NotifyRequest,
@@ -218,7 +219,7 @@ POLICY = OrderPolicy(
 async def start(client: Client, order: Order, policy: OrderPolicy = POLICY) -> WorkflowHandle:
     return await client.start_workflow(
         OrderWorkflow.run,
-        OrderWorkflowInput(order=order, policy=policy),
+        OrderWorkflowInput(order=order, policy=policy, workflow_version=ORDER_WORKFLOW_VERSION),
         id=order.workflow_id,
         task_queue="test-orders",
         result_type=OrderView,
