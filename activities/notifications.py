@@ -1,14 +1,16 @@
 """Customer notifications by email and SMS, exactly once per (order, event, channel).
 
 The delivery log in the database is claimed before sending (all channels of a notification in one
-transaction), the channels are sent at once, and the ones that went out are marked sent together in one
-transaction when the last channel is done (also when the attempt is cancelled half-way): a retried activity or a
-restarted worker skips what was already sent. The window left is a crash after a provider accepted a message and
-before that mark; then the message is sent again (at-least-once beats a missing shipping notice). The window
-lasts until the slowest channel of the notification answers (milliseconds usually, at most the adapters'
-timeouts) rather than until each message's own mark: that is one write transaction per notification instead of
-one per channel, and a crash in those milliseconds costs the same rare duplicate as before. Emails carry a
-deterministic Message-ID so relays and mail clients can drop that copy.
+transaction), the channels are sent at once, and the messages that went out are marked sent in one more
+transaction (also when the attempt is cancelled half-way): a retried activity or a restarted worker skips what
+was already sent. The window left is a crash after a provider accepted a message and before it was marked; then
+the message is sent again (at-least-once beats a missing shipping notice). Marking the channels together makes
+that window a little longer than marking each as soon as it is sent: a message that went out waits for the other
+channels, up to MARK_GRACE (a quarter second), before it is marked without them. Usually all channels answer
+within milliseconds of each other, so a notification costs one write transaction after the claim instead of one
+per channel, and a crash in that window is as rare as before; a slow or hung channel never holds back the
+others' mark longer than MARK_GRACE. Emails carry a deterministic Message-ID so relays and mail clients can
+drop that rare copy.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from common.integrations.sms import SmsPermanentError, SmsSender
 from common.messages import RenderedMessage, render
 from common.models import Channel, NotifyRequest, NotifyResult, OpsAlert
 
+# How long the channels of a notification that went out wait for the others before they are marked sent anyway:
+# together they cost one transaction; a slow channel holds back the others' mark (the window in which a crash
+# sends a message again) for this long at most.
+MARK_GRACE = 0.25
+
 
 def notification_key(order_id: str, event: str, channel: str, occurrence: str | None = None) -> str:
     return f"notify:{order_id}:{event}:{channel}" + (f":{occurrence}" if occurrence else "")
@@ -42,8 +49,8 @@ class NotificationActivities:
     @activity.defn(name="notify_customer")
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
         """Every channel's message is claimed in one transaction, then the channels are sent at once and the ones
-        sent are marked in the log together. A channel that fails for good is skipped; a transient failure is
-        raised after the other channels are done, so the retry sends only what is missing."""
+        sent are marked in the log together (see _send_and_mark). A channel that fails for good is skipped; a
+        transient failure is raised after the other channels are done, so the retry sends only what is missing."""
         result = NotifyResult()
         pending: list[tuple[Channel, NotificationClaim, RenderedMessage]] = []
         for channel in request.channels:
@@ -60,18 +67,7 @@ class NotificationActivities:
         claimed = await self._store.claim_notifications([claim for _, claim, _ in pending])
         sending = [p for p in pending if p[1].key in claimed]
         result.already_sent.extend(channel for channel, claim, _ in pending if claim.key not in claimed)
-        sent: list[tuple[str, str]] = []  # (key, provider id) of each message a provider accepted
-
-        async def send(channel: Channel, claim: NotificationClaim, message: RenderedMessage) -> None:
-            sent.append((claim.key, await self._send_claimed(claim, channel, message)))
-
-        try:
-            outcomes = await asyncio.gather(
-                *(send(channel, claim, message) for channel, claim, message in sending), return_exceptions=True
-            )
-        finally:
-            # One transaction for all channels; on cancellation too, so a retry does not send them again.
-            await self._store.mark_notifications_sent(sent)
+        outcomes = await self._send_and_mark(sending)
         failure: BaseException | None = None
         for (channel, claim, _), outcome in zip(sending, outcomes, strict=True):
             if isinstance(outcome, EmailPermanentError | SmsPermanentError):
@@ -85,6 +81,40 @@ class NotificationActivities:
         if failure is not None:
             raise failure
         return result
+
+    async def _send_and_mark(
+        self, sending: list[tuple[Channel, NotificationClaim, RenderedMessage]]
+    ) -> list[BaseException | None]:
+        """Send the claimed messages at once; returns each one's failure (None: sent). The ones sent are marked
+        together: in one transaction when the channels finish within MARK_GRACE of each other (the usual case),
+        else what went out is marked after MARK_GRACE and the rest when it is done. Cancelled, it marks what
+        was sent before giving up, so a retry does not send that again."""
+        sent: list[tuple[str, str]] = []  # (key, provider id) of each message a provider accepted, not marked yet
+
+        async def send(channel: Channel, claim: NotificationClaim, message: RenderedMessage) -> None:
+            sent.append((claim.key, await self._send_claimed(claim, channel, message)))
+
+        async def mark() -> None:
+            batch = sent.copy()  # sends finishing meanwhile append after it
+            await self._store.mark_notifications_sent(batch)
+            del sent[: len(batch)]
+
+        tasks = [asyncio.create_task(send(channel, claim, message)) for channel, claim, message in sending]
+        try:
+            waiting: set[asyncio.Task[None]] = set(tasks)
+            while waiting:
+                _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if waiting and sent:  # one went out, others are on their way: give them a moment to join
+                    _, waiting = await asyncio.wait(waiting, timeout=MARK_GRACE)
+                if sent:
+                    await mark()
+        finally:
+            for task in tasks:
+                task.cancel()  # those still running, when this attempt is cancelled or marking failed
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if sent:
+                await mark()
+        return [task.exception() for task in tasks]
 
     @activity.defn(name="alert_ops")
     async def alert_ops(self, alert: OpsAlert) -> bool:

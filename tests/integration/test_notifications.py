@@ -1,10 +1,12 @@
 """The notification activities on a real database and the sandbox's SMTP and SMS servers: the channels of a
-notification are claimed in one transaction and the ones sent are marked in one more, also when the attempt
-fails half-way or is cancelled, so a retry sends only what is missing."""
+notification are claimed in one transaction and the ones sent are marked in one more (a hung channel does not
+hold back the others' mark), also when the attempt fails half-way or is cancelled, so a retry sends only what is
+missing."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.notifications import NotificationActivities
+from activities.notifications import MARK_GRACE, NotificationActivities
 from common.config import Settings
 from common.db import Store
 from common.integrations.email import EmailSender
@@ -142,35 +144,64 @@ async def test_a_transient_failure_is_raised_after_marking_what_was_sent(
     assert sorted(m.channel for m in sandbox.outbox("ORD-1")) == ["email", "sms"]
 
 
-async def test_what_was_sent_is_marked_when_the_attempt_is_cancelled(
-    store: Store, sandbox: SandboxServers, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A relay that accepts the connection and never greets: the email hangs while the SMS goes out
-    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
-    settings = sandbox.settings_for_clients()
-    senders = Senders(store, settings, settings.model_copy(update={"smtp_port": silent.sockets[0].getsockname()[1]}))
-    sms_sent = asyncio.Event()
-    send_sms = senders.sms.send
+class HungEmail:
+    """Senders whose email goes to a relay that accepts the connection and never greets (the email hangs), with
+    an event set when the SMS adapter has its answer."""
 
-    async def send_and_tell(**kwargs: Any) -> str:
-        sid = await send_sms(**kwargs)
-        sms_sent.set()
-        return sid
+    def __init__(self, store: Store, settings: Settings, relay: asyncio.Server) -> None:
+        port = relay.sockets[0].getsockname()[1]
+        self.senders = Senders(store, settings, settings.model_copy(update={"smtp_port": port}))
+        self.sms_sent = asyncio.Event()
+        send_sms = self.senders.sms.send
 
-    monkeypatch.setattr(senders.sms, "send", send_and_tell)
-    env = ActivityEnvironment()
-    try:
-        attempt = asyncio.create_task(env.run(senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS)))
-        await asyncio.wait_for(sms_sent.wait(), 5)
-        env.cancel()
+        async def send_and_tell(**kwargs: Any) -> str:
+            sid = await send_sms(**kwargs)
+            self.sms_sent.set()
+            return sid
+
+        self.senders.sms.send = send_and_tell  # type: ignore[method-assign]
+        self.env = ActivityEnvironment()
+        self.attempt = asyncio.create_task(
+            self.env.run(self.senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+        )
+
+    async def cancel(self) -> None:
+        self.env.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await attempt
-    finally:
-        await senders.close()
-        silent.close()
+            await self.attempt
+        await self.senders.close()
+
+
+@pytest.fixture
+async def silent_relay() -> AsyncIterator[asyncio.Server]:
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    yield server
+    server.close()
+
+
+async def test_a_hung_channel_does_not_hold_back_the_others_mark(
+    store: Store, sandbox: SandboxServers, silent_relay: asyncio.Server
+) -> None:
+    hung = HungEmail(store, sandbox.settings_for_clients(), silent_relay)
+    await asyncio.wait_for(hung.sms_sent.wait(), 5)
+    deadline = time.monotonic() + MARK_GRACE + 2
+    while (await statuses(store))[SMS_KEY][0] != "sent":
+        assert time.monotonic() < deadline, "the SMS was not marked while the email hung"
+        await asyncio.sleep(0.02)
+    assert not hung.attempt.done()
+    await hung.cancel()
+    assert (await statuses(store))[EMAIL_KEY] == ("sending", None)  # claimed, never sent: the retry sends it
+
+
+async def test_what_was_sent_is_marked_when_the_attempt_is_cancelled(
+    store: Store, sandbox: SandboxServers, silent_relay: asyncio.Server
+) -> None:
+    hung = HungEmail(store, sandbox.settings_for_clients(), silent_relay)
+    await asyncio.wait_for(hung.sms_sent.wait(), 5)
+    await hung.cancel()  # within MARK_GRACE: the SMS was waiting for the email to be marked with it
     state = await statuses(store)
     assert state[SMS_KEY][0] == "sent"
-    assert state[EMAIL_KEY] == ("sending", None)  # claimed, never sent: the retry sends it
+    assert state[EMAIL_KEY] == ("sending", None)
 
 
 async def test_ops_alerts_are_sent_once(store: Store, sandbox: SandboxServers) -> None:
