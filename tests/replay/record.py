@@ -221,6 +221,11 @@ SCENARIOS: dict[str, Scenario] = {
     "short_pick_reserved_again": short_pick_reserved_again,
     "lost_parcel_reshipped": lost_parcel_reshipped,
     "returned_and_refunded": returned_and_refunded,
+    # Workflow version 2 (batched search attributes, labels by local activity): recorded from then on.
+    "v2_happy_path": happy_path,
+    "v2_held_then_released": held_then_released,
+    "v2_address_invalid_then_fixed": address_invalid_then_fixed,
+    "v2_split_over_two_warehouses": split_over_two_warehouses,
 }
 
 

@@ -7,6 +7,7 @@ workflow against the real activities, database and sandbox servers.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from common.models import (
     TrackingStatus,
     TrackingUpdate,
 )
-from common.temporal import PICK_OVERDUE, register_search_attributes
+from common.temporal import ORDER_STATUS, PICK_OVERDUE, register_search_attributes
 from tests.conftest import TEMPORAL_TEST_SERVER
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
@@ -304,6 +305,31 @@ async def test_happy_path_walks_every_status_and_messages_once(env: WorkflowEnvi
     ]
     assert fake.committed == {"MUG-RED": 2} and fake.reserved == {} and fake.available == {"MUG-RED": 3}
     assert fake.labels_bought == 1
+
+
+async def test_ops_lists_see_each_status_the_order_waits_in_with_one_upsert_per_wait(env: WorkflowEnvironment) -> None:
+    """Statuses passed through inside one workflow task (RESERVED on the way to PICKING, PACKED on the way to
+    LABELED, DELIVERED on the way to COMPLETED) are never visible to a list, so they cost no upsert; every
+    status the order waits in is upserted once, and the last one is COMPLETED."""
+    order = sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines={"MUG-RED": 1})
+    fake = world(env, {"MUG-RED": 5})
+    async with worker(env, fake):
+        handle = await start(env.client, order)
+        await wait_for_status(env, handle, OrderStatus.PICKING)
+        assert (await handle.describe()).typed_search_attributes.get(ORDER_STATUS) == "PICKING"
+        await confirm_pick(env, handle)
+        await handle.result()
+        history = await handle.fetch_history()
+
+    upserts = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        for e in history.events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+    ]
+    published = [json.loads(fields["OrderStatus"].data) for fields in upserts if "OrderStatus" in fields]
+    assert published == ["PICKING", "LABELED", "IN_TRANSIT", "OUT_FOR_DELIVERY", "COMPLETED"]
+    assert len(upserts) == len(published)  # carrier and tracking number went out with LABELED
+    assert (await handle.describe()).typed_search_attributes.get(ORDER_STATUS) == "COMPLETED"
 
 
 async def test_backorder_waits_for_restock_then_ships(env: WorkflowEnvironment) -> None:
