@@ -94,7 +94,6 @@ class Settings(BaseSettings):
     # Payments (refunds of returns): the sandbox gateway; true makes every refund fail (to see retry_refund)
     sandbox_payments_fail: bool = False
 
-
     @field_validator("*", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object, info: ValidationInfo) -> object:
