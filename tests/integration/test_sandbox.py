@@ -121,6 +121,28 @@ async def test_email_lands_in_outbox(sb: SandboxServers) -> None:
     assert await fetch_outbox(sb.http_url, None) == [msg]
 
 
+async def test_email_non_ascii_lands_in_outbox_as_given(sb: SandboxServers) -> None:
+    """Display name, subject and bodies beyond ASCII (RFC 2047 headers, quoted-printable long lines) are
+    stored as given."""
+    settings = sb.settings_for_clients().model_copy(update={"email_from": "Zo\xeb's Shop <orders@fulfill.example>"})
+    subject = "Bestellung ORD-2 \u2013 versandt \u2713 " + "\u6ce8\u6587" * 20
+    text = "Gr\xfc\xdfe, Zo\xeb\n\n" + "Ihre Bestellung ist unterwegs \u2013 " * 10 + "\nFrom here\n.\n"
+    await EmailSender(settings).send(
+        to="ada@example.com",
+        subject=subject,
+        text=text,
+        html="<p>" + "\xe9" * 200 + "</p>",
+        message_id="<notify.ORD-2.shipped.email@fulfill>",
+        headers={"X-Order-Id": "ORD-2"},
+    )
+    [msg] = sb.outbox(order_id="ORD-2")
+    assert msg.sender == "Zo\xeb's Shop <orders@fulfill.example>"
+    assert msg.subject == subject
+    assert msg.body.replace("\r\n", "\n") == text
+    assert msg.html is True
+    assert msg.provider_id == "<notify.ORD-2.shipped.email@fulfill>"
+
+
 async def test_email_refused_recipient_is_permanent(sb: SandboxServers) -> None:
     sender = EmailSender(sb.settings_for_clients())
     with pytest.raises(EmailPermanentError) as err:
