@@ -14,7 +14,8 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from common.temporal import DATA_CONVERTER
+from common.config import Settings
+from common.temporal import DATA_CONVERTER, task_pollers
 
 from floor_workflow import FLOOR_ACTIVITY, FloorWorkflow
 
@@ -25,13 +26,23 @@ async def floor_step(step: int) -> int:
 
 
 async def serve(address: str, namespace: str, task_queue: str) -> None:
-    # Same data converter and worker defaults as the engine's worker, so the floor differs only in the work.
+    # Same data converter and worker tuning (slots, pollers) as the engine's worker: the floor differs only in
+    # the work.
     client = await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Worker(client, task_queue=task_queue, workflows=[FloorWorkflow], activities=[floor_step]):
+    settings = Settings()  # the FULFILL_* worker tuning the engine's worker gets from bench/orders.py
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[FloorWorkflow],
+        activities=[floor_step],
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        workflow_task_poller_behavior=task_pollers(settings),
+        activity_task_poller_behavior=task_pollers(settings),
+    ):
         await stop.wait()
 
 

@@ -30,7 +30,7 @@ from common.integrations.email import EmailSender
 from common.integrations.payments import SandboxPayments
 from common.integrations.sms import SmsSender
 from common.logs import configure_logging
-from common.temporal import connect
+from common.temporal import connect, task_pollers
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
@@ -79,6 +79,8 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
             max_concurrent_activities=settings.worker_max_concurrent_activities,
             max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
+            workflow_task_poller_behavior=task_pollers(settings),
+            activity_task_poller_behavior=task_pollers(settings),
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown),
         )
         try:

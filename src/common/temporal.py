@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum
 
 from common.config import Settings
 
@@ -68,3 +69,11 @@ async def register_search_attributes(client: Client, namespace: str = "default")
             AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
         )
     return sorted(missing)
+
+
+def task_pollers(settings: Settings) -> PollerBehavior:
+    """The worker's workflow and activity task pollers, from FULFILL_WORKER_TASK_POLLERS."""
+    pollers = settings.worker_task_pollers
+    if pollers == "autoscale":
+        return PollerBehaviorAutoscaling()
+    return PollerBehaviorSimpleMaximum(maximum=pollers)
