@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -107,27 +106,6 @@ async def test_session_pragmas(store: Store) -> None:
     async with store.engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
         assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 30_000
-
-
-async def test_a_write_waits_for_another_process_lock_without_freezing_the_event_loop(
-    shop: Store, tmp_path: Path
-) -> None:
-    """Writes run inline on the event loop (Store._write_inline); while another process holds SQLite's write
-    lock they wait with asyncio sleeps, so the worker's other work (workflow tasks, heartbeats) goes on."""
-    other = sqlite3.connect(tmp_path / "var" / "fulfill.db", isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        write = asyncio.create_task(shop.receive_stock("MUG-RED", 4))
-        ticks = 0
-        for _ in range(20):  # 0.4 s with the lock taken
-            await asyncio.sleep(0.02)
-            ticks += 1
-        assert not write.done()
-        assert ticks == 20
-        other.execute("COMMIT")
-        assert await asyncio.wait_for(write, 5) == StockLevel("MUG-RED", "LDN-1", 4, 0, 4)
-    finally:
-        other.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

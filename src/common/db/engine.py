@@ -16,15 +16,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.sql.base import Executable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-INLINE_BUSY_TIMEOUT_MS = 0  # the inline writer never blocks the event loop waiting (see create_inline_sqlite_engine)
 # Execution option read by the "begin" hook: "immediate" makes a SQLite transaction take the write lock
 # at BEGIN. Ignored on PostgreSQL.
 SQLITE_BEGIN_OPTION = "fulfill_sqlite_begin"
@@ -68,43 +65,15 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
     kwargs.setdefault("pool_timeout", 60)
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
-    _configure_sqlite(engine.sync_engine, path, SQLITE_BUSY_TIMEOUT_MS)
-    return engine
 
-
-def create_inline_sqlite_engine(url: str | URL) -> Engine:
-    """A synchronous engine on the same SQLite file, for write transactions run inline on the event loop
-    (Store._write). Its busy timeout is short: a write lock another process holds is waited for by retrying
-    with asyncio sleeps, not by blocking the loop."""
-    u = make_url(url).set(drivername="sqlite+pysqlite")
-    path = sqlite_path(u)
-    if path is None:
-        raise ValueError("inline writes need a SQLite file: an in-memory database is private to its connection")
-    engine = sqlalchemy.create_engine(u, connect_args={"timeout": INLINE_BUSY_TIMEOUT_MS / 1000})
-    _configure_sqlite(engine, path, INLINE_BUSY_TIMEOUT_MS)
-    return engine
-
-
-class InlineConnection:
-    """The part of AsyncConnection that write transactions use (`await conn.execute(...)`), over a synchronous
-    connection: the await returns at once, without a trip through the event loop."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
-        return self._conn.execute(statement, parameters)
-
-
-def _configure_sqlite(engine: Engine, path: Path | None, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine, "connect")
+    @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take BEGIN away from the sqlite3 module; the "begin" hook below emits it instead.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
             # busy_timeout first: switching to WAL needs a lock another process may briefly hold.
-            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if path is not None:
                 cursor.execute("PRAGMA journal_mode = WAL")
                 cursor.execute("PRAGMA synchronous = NORMAL")  # durable with WAL except on power loss
@@ -112,10 +81,12 @@ def _configure_sqlite(engine: Engine, path: Path | None, busy_timeout_ms: int) -
         finally:
             cursor.close()
 
-    @event.listens_for(engine, "begin")
+    @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(SQLITE_BEGIN_OPTION) == "immediate"
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
 
 
 def _postgres_engine(url: URL, **kwargs: Any) -> AsyncEngine:

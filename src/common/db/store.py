@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import ColumnElement, Row, Select, Table, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,14 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.db import tables as t
-from common.db.engine import (
-    SQLITE_BEGIN_OPTION,
-    SQLITE_BUSY_TIMEOUT_MS,
-    InlineConnection,
-    create_engine,
-    create_inline_sqlite_engine,
-    run_migrations,
-)
+from common.db.engine import SQLITE_BEGIN_OPTION, create_engine, run_migrations
 from common.inventory.allocation import Site, choose_warehouse, missing, plan_split
 
 T = TypeVar("T")
@@ -584,12 +577,6 @@ class Store:
         # SQLite has one writer at a time anyway: queueing this process's writers on an asyncio lock is
         # cheaper than SQLite's sleep-and-poll busy handler. Other processes still queue on busy_timeout.
         self._sqlite_write_lock: asyncio.Lock | None = asyncio.Lock() if self._dialect == "sqlite" else None
-        # SQLite write transactions run inline on the event loop (see _write_inline).
-        self._inline_writer = (
-            create_inline_sqlite_engine(engine.url).execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
-            if self._dialect == "sqlite"
-            else None
-        )
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Self:
@@ -605,8 +592,6 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
-        if self._inline_writer is not None:
-            self._inline_writer.dispose()
         await self._engine.dispose()
 
     async def __aenter__(self) -> Self:
@@ -630,12 +615,8 @@ class Store:
     async def _write(self, op: Callable[[AsyncConnection], Awaitable[T]], what: str) -> T:
         """Run `op` in one write transaction, retrying the whole transaction on transient lock errors."""
         transient = moved = 0
-        # Another process's write lock is waited for as long as the async engine's busy timeout would.
-        lock_deadline = asyncio.get_running_loop().time() + SQLITE_BUSY_TIMEOUT_MS / 1000
         while True:
             try:
-                if self._inline_writer is not None:
-                    return await self._write_inline(op)
                 lock = self._sqlite_write_lock or contextlib.nullcontext()
                 async with lock, self._writer.begin() as conn:
                     return await op(conn)
@@ -645,29 +626,10 @@ class Store:
                     raise StoreError(f"{what}: stock kept changing underneath, gave up after {moved} tries") from exc
                 await asyncio.sleep(_backoff(moved))
             except DBAPIError as exc:
-                locked_elsewhere = self._inline_writer is not None and _is_transient(exc)
-                if locked_elsewhere and asyncio.get_running_loop().time() < lock_deadline:
-                    await asyncio.sleep(_backoff(1))
-                    continue
                 transient += 1
                 if not _is_transient(exc) or transient >= MAX_TRANSIENT_ATTEMPTS:
                     raise
                 await asyncio.sleep(_backoff(transient))
-
-    async def _write_inline(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """One write transaction on SQLite, start to end without giving the event loop away.
-
-        Through aiosqlite every statement is a hop to its thread and back, and the transaction holds SQLite's
-        write lock (one writer per database) across all of those hops: on a busy worker each waits behind the
-        loop's other work, and `make bench` measured the lock held ~12 ms per transaction for ~1 ms of SQL, busy
-        all the time: the engine's throughput limit. Run inline on a synchronous connection (a local file,
-        WAL, no fsync per commit) it is held for the SQL alone. Reads stay on the async engine (WAL readers
-        never wait for the writer)."""
-        assert self._inline_writer is not None and self._sqlite_write_lock is not None
-        async with self._sqlite_write_lock:
-            with self._inline_writer.begin() as conn:
-                # Write transactions only `await conn.execute(...)`; InlineConnection returns at once.
-                return await op(cast(AsyncConnection, InlineConnection(conn)))
 
     async def _read(self, stmt: Select[Any]) -> Sequence[Row[Any]]:
         async with self._engine.connect() as conn:
