@@ -7,13 +7,13 @@ failure path of the email adapter can be exercised against a real server.
 from __future__ import annotations
 
 import asyncio
-import email
 import logging
 import re
-from collections.abc import Iterator
+from email import policy
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from email.message import Message
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -41,17 +41,19 @@ class OutboxHandler:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        # The compat32 parser: the default policy's header registry parses every header into objects and was
-        # most of this server's CPU. Only a few headers are read here, decoded as the registry would.
-        msg = email.message_from_bytes(raw)
-        text_part = _body(msg, "plain")
+        # The compat32 policy: the default policy's header registry parses every header into objects and was
+        # most of this server's CPU. Only a few headers are read here, decoded as the registry would; the
+        # EmailMessage class still finds the bodies (get_body) as before.
+        msg = BytesParser(EmailMessage, policy=policy.compat32).parsebytes(raw)
+        assert isinstance(msg, EmailMessage)
+        text_part = msg.get_body(preferencelist=("plain",))
         saved = self._store.add_message(
             channel="email",
             sender=_header(msg, "From") or envelope.mail_from or "",
             recipient=", ".join(envelope.rcpt_tos),
             subject=_header(msg, "Subject"),
             body=_text(text_part) if text_part is not None else "",
-            html=_body(msg, "html") is not None,
+            html=msg.get_body(preferencelist=("html",)) is not None,
             order_id=_header(msg, "X-Order-Id"),
             provider_id=_header(msg, "Message-ID"),
         )
@@ -75,33 +77,6 @@ def _header(msg: Message, name: str) -> str | None:
         except (LookupError, ValueError, HeaderParseError):  # unknown charset, broken encoded word: keep as sent
             pass
     return value
-
-
-def _find_body(part: Message, subtype: str) -> Iterator[Message]:
-    """Candidates for the text/<subtype> body in the order EmailMessage.get_body looks at them: attachments
-    and other types skipped, multipart/related only through its start part."""
-    if part.get_content_disposition() == "attachment":
-        return
-    maintype, sub = part.get_content_maintype(), part.get_content_subtype()
-    if maintype == "text":
-        if sub == subtype:
-            yield part
-        return
-    if maintype != "multipart" or not part.is_multipart():
-        return
-    subparts: list[Message] = part.get_payload()  # type: ignore[assignment]  # a multipart's list of parts
-    if sub == "related":
-        start = part.get_param("start")
-        root = next((p for p in subparts if start and p.get("Content-ID") == start), None)
-        if root is None and subparts:
-            root = subparts[0]
-        subparts = [root] if root is not None else []
-    for subpart in subparts:
-        yield from _find_body(subpart, subtype)
-
-
-def _body(msg: Message, subtype: str) -> Message | None:
-    return next(_find_body(msg, subtype), None)
 
 
 def _text(part: Message) -> str:
