@@ -47,6 +47,7 @@ class ShippingActivities:
             record = await self._store.get_shipment(key)
             if record is not None and record.status == "purchased":
                 return _label(record)
+            shipment: CarrierShipment | None = None
             if record is None:
                 created = await self._carrier.create_shipment(
                     reference=key,
@@ -56,7 +57,10 @@ class ShippingActivities:
                 )
                 # If a concurrent attempt recorded first, its shipment wins and ours is never bought.
                 record = await self._store.record_carrier_shipment(key, request.order_id, created.id)
-            shipment = await self._carrier.get_shipment(record.carrier_shipment_id)
+                if record.carrier_shipment_id == created.id:
+                    shipment = created  # ours, just created with its rates: no need to fetch it again
+            if shipment is None:  # a retry, or another attempt's shipment: it may have been bought meanwhile
+                shipment = await self._carrier.get_shipment(record.carrier_shipment_id)
             if shipment.tracking_code is None:
                 rate = choose_rate(shipment.rates, request.speed.max_delivery_days)
                 try:

@@ -9,12 +9,14 @@ import asyncio
 import uuid
 
 import pytest
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.shipping import ShippingActivities
 from common.api import FulfillmentApi
 from common.config import Settings
 from common.db import Store
-from common.models import OrderStatus, OrderView, PartialShipment
+from common.integrations.carrier import CarrierClient
+from common.models import LabelRequest, Order, OrderStatus, OrderView, PartialShipment
 from common.sandbox import SandboxServers
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
@@ -210,3 +212,37 @@ async def test_count_below_reservations_sends_an_unpicked_order_back_to_backorde
     view = await wait_for(api, order_id, OrderStatus.COMPLETED)
     assert view.shipments[-1].pick_task_id != first.pick_task_id
     assert await levels(store, sku) == {"LDN-1": (0, 0)}
+
+
+async def test_two_attempts_at_one_label_buy_it_once_and_both_get_it(
+    stack_settings: Settings, store: Store, sandbox: SandboxServers
+) -> None:
+    """Two attempts at the same label at once (a retry racing a slow first try): each creates a carrier
+    shipment, the first recorded under the business key wins, and only that one is bought; both attempts
+    return its label."""
+    sku = await new_sku(store, {"LDN-1": 1})
+    order_id = new_id()
+    order = Order.model_validate(order_dict(order_id, {sku: 1}))
+    request = LabelRequest(
+        order_id=order_id,
+        shipment_no=1,
+        warehouse="LDN-1",
+        ship_to=order.ship_to,
+        lines=order.lines,
+        speed=order.shipping_speed,
+    )
+    carrier = CarrierClient(stack_settings)
+    try:
+        shipping = ShippingActivities(store, carrier)
+        env = ActivityEnvironment()
+        first, second = await asyncio.gather(env.run(shipping.buy_label, request), env.run(shipping.buy_label, request))
+    finally:
+        await carrier.close()
+
+    assert first == second
+    created = [s for s in sandbox.shipments() if s["reference"] == f"label:{order_id}:1"]
+    assert len(created) == 2  # both attempts reached the carrier
+    bought = [s for s in created if s["postage_label"]]
+    assert [s["tracking_code"] for s in bought] == [first.tracking_number]
+    (record,) = await store.shipments_for_order(order_id)
+    assert (record.status, record.carrier_shipment_id) == ("purchased", bought[0]["id"])
