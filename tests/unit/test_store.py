@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import (
     PickTaskClosed,
@@ -22,7 +24,7 @@ from common.db import (
     UnknownSkuError,
     UnknownWarehouseError,
 )
-from common.db.tables import metadata
+from common.db.tables import metadata, products
 from common.demo import seed_demo
 
 
@@ -106,6 +108,39 @@ async def test_session_pragmas(store: Store) -> None:
     async with store.engine.connect() as conn:
         assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
         assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 30_000
+
+
+async def test_writes_wait_for_another_writer_without_stalling_the_event_loop(shop: Store, tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock: a write waits for it (busy timeout) on the store's writer
+    thread while the event loop goes on, then goes through; reads are not held up meanwhile."""
+    await shop.receive_stock("MUG-RED", 1, "LDN-1", note="first delivery")
+    other = sqlite3.connect(tmp_path / "var" / "fulfill.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        write = asyncio.create_task(shop.receive_stock("MUG-RED", 5, "LDN-1", note="second delivery"))
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done() and ticks == 20  # waiting on the lock, and the loop ran on
+        assert _level(await shop.stock_levels("MUG-RED"), "MUG-RED", "LDN-1").on_hand == 1
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert (await asyncio.wait_for(write, 10)).on_hand == 6
+
+
+async def test_a_write_transaction_that_awaits_anything_else_is_refused_and_rolled_back(shop: Store) -> None:
+    """Write transactions run start to end on the writer thread: one that would wait on the event loop
+    inside the transaction (holding the write lock) is a programming error, and changes nothing."""
+
+    async def op(conn: AsyncConnection) -> None:
+        await conn.execute(update(products).values(name="renamed"))
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match=r"awaited something other than conn\.execute"):
+        await shop._write(op, "rename every product")
+    assert {p.name for p in await shop.products()} == {"Red mug", "T-shirt M", "Poster"}
 
 
 # ---------------------------------------------------------------------------------------------------------

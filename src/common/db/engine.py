@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.base import Executable
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Execution option read by the "begin" hook: "immediate" makes a SQLite transaction take the write lock
@@ -65,8 +70,48 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
     kwargs.setdefault("pool_timeout", 60)
     engine = create_async_engine(url, connect_args=connect_args, **kwargs)
+    _configure_sqlite(engine.sync_engine, path)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def create_sqlite_writer_engine(url: str | URL) -> Engine:
+    """A synchronous engine on the same SQLite file, for the write thread of Store._write (write transactions
+    start with BEGIN IMMEDIATE). Not for an in-memory database, which is private to its one connection."""
+    u = make_url(url).set(drivername="sqlite+pysqlite")
+    path = sqlite_path(u)
+    if path is None:
+        raise ValueError("a separate writer needs a SQLite file: an in-memory database is private to its connection")
+    engine = sqlalchemy.create_engine(u, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, pool_size=1)
+    _configure_sqlite(engine, path)
+    return engine.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
+
+
+class SyncConnectionAdapter:
+    """The one method of AsyncConnection that write transactions use, `await conn.execute(...)`, over a
+    synchronous connection: the await completes at once, so the whole transaction runs without a trip
+    through an event loop (see run_without_loop)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
+        return self._conn.execute(statement, parameters)
+
+
+def run_without_loop(transaction: Awaitable[T]) -> T:
+    """The result of a write transaction that never suspends (it only awaits SyncConnectionAdapter)."""
+    steps = transaction.__await__()
+    try:
+        next(steps)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    steps.close()
+    raise RuntimeError("a write transaction awaited something other than conn.execute()")
+
+
+def _configure_sqlite(engine: Engine, path: Path | None) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take BEGIN away from the sqlite3 module; the "begin" hook below emits it instead.
         dbapi_connection.isolation_level = None
@@ -81,12 +126,10 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(SQLITE_BEGIN_OPTION) == "immediate"
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
 
 
 def _postgres_engine(url: URL, **kwargs: Any) -> AsyncEngine:
