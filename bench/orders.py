@@ -631,6 +631,18 @@ def _cpu_per(phase: dict | None, name: str, count_key: str) -> str:
     return f"{total:.1f} s ({1000 * total / phase[count_key]:.0f} ms each)"
 
 
+def _cpu_budget(phase: dict | None, count_key: str, nproc: int) -> str:
+    """CPU of every process per workflow, and the throughput that CPU allows on this machine's cores: the
+    bound no tuning of waits and queues gets past."""
+    if not phase:
+        return "-"
+    cpu = phase["cpu_s"]
+    names = [n for n in ("worker", "temporal", "sandbox", "bench") if n in cpu]
+    total = sum(cpu.get("all_workers", cpu["worker"]) if n == "worker" else cpu[n] for n in names)
+    each_ms = 1000 * total / phase[count_key]
+    return f"{each_ms:.0f} ms each (<= {nproc * 1000 / each_ms:.1f}/s on {nproc} CPUs)"
+
+
 def results_table(results: dict) -> Table:
     floor, engine = results.get("floor"), results.get("engine")
     machine = results["machine"]
@@ -706,6 +718,8 @@ def results_table(results: dict) -> Table:
     row("temporal server CPU", _cpu_per(floor, "temporal", "workflows"), _cpu_per(engine, "temporal", "orders"))
     row("sandbox CPU", "", _cpu_per(engine, "sandbox", "orders"))
     row("bench (load generator) CPU", _cpu_per(floor, "bench", "workflows"), _cpu_per(engine, "bench", "orders"))
+    nproc = machine["nproc"]
+    row("CPU of all processes", _cpu_budget(floor, "workflows", nproc), _cpu_budget(engine, "orders", nproc))
     if engine:
         s = engine["settings"]
         prog = "/".join(f"{v:g}" for v in s["sandbox_progression_s"])

@@ -90,7 +90,12 @@ class Settings(BaseSettings):
     # per order instead of 41-49, less worker and server CPU per order, same throughput.
     worker_max_concurrent_workflow_tasks: int | None = Field(default=20, ge=2)
     worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
-    worker_max_concurrent_local_activities: int | None = Field(default=None, ge=1)
+    # Local activities: 10, fewer than the workflow tasks that issue them. The SDK's core hands Python the
+    # next local activity before any regular one (a biased select), so while local activities keep coming
+    # (orders pouring in) tracking polls, already started on the server, waited up to their 30 s timeout and
+    # were retried a poll interval later: `bench/orders.py --scale 600` stalled 3 runs in 5. With the local
+    # activity slots full, the regular ones get their turn: 5 runs of 5 steady, same throughput.
+    worker_max_concurrent_local_activities: int | None = Field(default=10, ge=1)
     # Task pollers (workflow and activity tasks each): "autoscale" lets the server's backlog hints add pollers
     # (up to 100) while tasks queue up; a number is a fixed maximum. The SDK default, 5 fixed, left new orders
     # (on the shared queue: one poller in five) and tracking polls queued for seconds on a worker with free
