@@ -3,7 +3,8 @@
 SQLite (aiosqlite, the default): WAL so readers never block the single writer, a 30 s busy timeout so
 writers queue instead of failing with "database is locked", foreign keys on, and SQLAlchemy (not the
 sqlite3 module) emitting BEGIN, so a write transaction can start with BEGIN IMMEDIATE and take the write
-lock before it reads what it is about to change.
+lock before it reads what it is about to change. A Store writes a SQLite file through a synchronous engine on
+a thread of its own (create_sqlite_writer_engine), each transaction start to end there.
 
 PostgreSQL (asyncpg): a normal pool. A `search_path` query parameter in the URL (not an asyncpg option)
 is turned into the session's search_path, which lets tests and multi-tenant setups use one schema each.

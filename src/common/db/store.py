@@ -6,8 +6,9 @@ Rules the methods keep:
 - Side-effect bookkeeping is idempotent by business key (order id, (order, attempt), label key,
   notification key), so activity retries and replays never double-reserve, double-buy or double-send.
 - Write transactions on SQLite start with BEGIN IMMEDIATE (writers queue on the busy timeout instead of
-  failing halfway); on PostgreSQL they run at READ COMMITTED with row locks taken in a fixed order.
-  Lock/deadlock/serialization errors retry the whole transaction a few times.
+  failing halfway) and run on the Store's writer thread, so the write lock is held for the SQL alone (write
+  transactions await nothing but `conn.execute`); on PostgreSQL they run at READ COMMITTED with row locks
+  taken in a fixed order. Lock/deadlock/serialization errors retry the whole transaction a few times.
 - Bad input raises ValueError or a StoreError subclass with a clear message and changes nothing.
 """
 
