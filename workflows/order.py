@@ -358,6 +358,7 @@ class OrderWorkflow(OrderReturns):
         # only touches open ones.
         self._compensations.append(("release reservation", self._release_stock))
         self._compensations.append(("cancel pick tasks", self._cancel_picks))
+        evicted = False
         try:
             while True:
                 if self._unallocated and (self._allocator is None or self._allocator.done()):
@@ -373,12 +374,18 @@ class OrderWorkflow(OrderReturns):
                     raise self._failure
                 if self._all_done() and not self._unallocated:
                     return
+        except GeneratorExit:
+            # The worker dropped this workflow from its cache and Python is closing the coroutine: awaiting on
+            # the way out is not allowed then ("coroutine ignored GeneratorExit"); a replay picks it up again.
+            evicted = True
+            raise
         finally:
             running = [t for t in (*self._parcels, self._allocator) if t is not None and not t.done()]
             for task in running:
                 task.cancel()
-            for task in running:
-                await _settle(task)
+            if not evicted:
+                for task in running:
+                    await _settle(task)
 
     def _all_done(self) -> bool:
         """Every parcel finished (delivered, refunded, reshipped...) and the allocator is not running."""
