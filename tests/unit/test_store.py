@@ -130,6 +130,18 @@ async def test_writes_wait_for_another_writer_without_stalling_the_event_loop(sh
     assert (await asyncio.wait_for(write, 10)).on_hand == 6
 
 
+async def test_closing_a_store_twice_is_harmless(tmp_path: Path) -> None:
+    store = await Store.open(_url(tmp_path / "fulfill.db"))
+    await store.upsert_warehouse("LDN-1", "London", "GB", "LDN")
+    await store.close()
+    await store.close()
+    reopened = await Store.open(_url(tmp_path / "fulfill.db"))
+    try:
+        assert [w.code for w in await reopened.warehouses()] == ["LDN-1"]
+    finally:
+        await reopened.close()
+
+
 async def test_a_write_transaction_that_awaits_anything_else_is_refused_and_rolled_back(shop: Store) -> None:
     """Write transactions run start to end on the writer thread: one that would wait on the event loop
     inside the transaction (holding the write lock) is a programming error, and changes nothing."""

@@ -576,6 +576,20 @@ def _backorder_needs(stored: Any) -> dict[str, int]:
 # Store
 
 
+def _write_in_thread(writer: Engine, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """One SQLite write transaction, start to end on the writer thread.
+
+    SQLite has one write lock per database, and a transaction holds it from BEGIN IMMEDIATE to COMMIT.
+    Through aiosqlite every statement is a hop to its thread and back through the event loop, which on a
+    busy worker waits behind the loop's other work: `make bench` measured the lock held ~7-18 ms per
+    transaction for ~1 ms of SQL, and busy ~95% of the run. Here the transaction's statements follow one
+    another on this thread (the event loop goes on meanwhile), so the lock is held for the SQL alone.
+    Reads stay on the async engine: in WAL mode readers never wait for the writer."""
+    with writer.begin() as conn:
+        # Write transactions only `await conn.execute(...)`, which the adapter answers at once.
+        return run_without_loop(op(cast(AsyncConnection, SyncConnectionAdapter(conn))))
+
+
 class Store:
     """Async access to the fulfillment database. One engine (connection pool) per Store; share one Store
     per process. Create with `await Store.open(url)`, finish with `await store.close()`."""
@@ -585,8 +599,9 @@ class Store:
         self._dialect = engine.dialect.name
         # Write transactions take SQLite's write lock at BEGIN (no-op option on PostgreSQL).
         self._writer = engine.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
-        # SQLite has one writer at a time anyway: queueing this process's writers on an asyncio lock is
-        # cheaper than SQLite's sleep-and-poll busy handler. Other processes still queue on busy_timeout.
+        # SQLite has one writer at a time anyway: where writes go through the async engine (an in-memory
+        # database), this process's writers queue on an asyncio lock, cheaper than SQLite's sleep-and-poll busy
+        # handler. Other processes still queue on busy_timeout.
         self._sqlite_write_lock: asyncio.Lock | None = asyncio.Lock() if self._dialect == "sqlite" else None
         # A SQLite file is written from one thread of its own, each transaction start to end in one go (see
         # _write_in_thread); an in-memory database is private to the async engine's connection.
@@ -610,10 +625,12 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
-        if self._sqlite_writer is not None and self._write_thread is not None:
+        writer, thread = self._sqlite_writer, self._write_thread
+        self._sqlite_writer = self._write_thread = None  # closing twice is harmless
+        if writer is not None and thread is not None:
             # The writer's connection belongs to its thread: close it there.
-            await asyncio.get_running_loop().run_in_executor(self._write_thread, self._sqlite_writer.dispose)
-            self._write_thread.shutdown()
+            await asyncio.get_running_loop().run_in_executor(thread, writer.dispose)
+            thread.shutdown()
         await self._engine.dispose()
 
     async def __aenter__(self) -> Self:
@@ -639,10 +656,9 @@ class Store:
         transient = moved = 0
         while True:
             try:
-                if self._write_thread is not None:
-                    return await asyncio.get_running_loop().run_in_executor(
-                        self._write_thread, self._write_in_thread, op
-                    )
+                writer, thread = self._sqlite_writer, self._write_thread
+                if writer is not None and thread is not None:
+                    return await asyncio.get_running_loop().run_in_executor(thread, _write_in_thread, writer, op)
                 lock = self._sqlite_write_lock or contextlib.nullcontext()
                 async with lock, self._writer.begin() as conn:
                     return await op(conn)
@@ -656,20 +672,6 @@ class Store:
                 if not _is_transient(exc) or transient >= MAX_TRANSIENT_ATTEMPTS:
                     raise
                 await asyncio.sleep(_backoff(transient))
-
-    def _write_in_thread(self, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """One SQLite write transaction, start to end on the writer thread.
-
-        SQLite has one write lock per database, and a transaction holds it from BEGIN IMMEDIATE to COMMIT.
-        Through aiosqlite every statement is a hop to its thread and back through the event loop, which on a
-        busy worker waits behind the loop's other work: `make bench` measured the lock held ~7-18 ms per
-        transaction for ~1 ms of SQL, and busy ~95% of the run. Here the transaction's statements follow one
-        another on this thread (the event loop goes on meanwhile), so the lock is held for the SQL alone.
-        Reads stay on the async engine: in WAL mode readers never wait for the writer."""
-        assert self._sqlite_writer is not None
-        with self._sqlite_writer.begin() as conn:
-            # Write transactions only `await conn.execute(...)`, which the adapter answers at once.
-            return run_without_loop(op(cast(AsyncConnection, SyncConnectionAdapter(conn))))
 
     async def _read(self, stmt: Select[Any]) -> Sequence[Row[Any]]:
         async with self._engine.connect() as conn:
