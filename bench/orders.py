@@ -624,10 +624,16 @@ def _events(phase: dict | None) -> str:
     return f"{e['min']} / {e['median']:g} / {e['max']}"
 
 
+def _cpu_s(phase: dict, name: str) -> float:
+    """CPU seconds of one process kind; the worker's counts every engine worker process."""
+    cpu = phase["cpu_s"]
+    return float(cpu.get("all_workers" if name == "worker" else name, cpu[name]))
+
+
 def _cpu_per(phase: dict | None, name: str, count_key: str) -> str:
     if not phase or name not in phase["cpu_s"]:
         return "-"
-    total = phase["cpu_s"].get("all_workers" if name == "worker" else name, phase["cpu_s"][name])
+    total = _cpu_s(phase, name)
     return f"{total:.1f} s ({1000 * total / phase[count_key]:.0f} ms each)"
 
 
@@ -636,9 +642,7 @@ def _cpu_budget(phase: dict | None, count_key: str, nproc: int) -> str:
     bound no tuning of waits and queues gets past."""
     if not phase:
         return "-"
-    cpu = phase["cpu_s"]
-    names = [n for n in ("worker", "temporal", "sandbox", "bench") if n in cpu]
-    total = sum(cpu.get("all_workers", cpu["worker"]) if n == "worker" else cpu[n] for n in names)
+    total = sum(_cpu_s(phase, n) for n in ("worker", "temporal", "sandbox", "bench") if n in phase["cpu_s"])
     each_ms = 1000 * total / phase[count_key]
     return f"{each_ms:.0f} ms each (<= {nproc * 1000 / each_ms:.1f}/s on {nproc} CPUs)"
 

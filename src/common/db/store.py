@@ -6,9 +6,10 @@ Rules the methods keep:
 - Side-effect bookkeeping is idempotent by business key (order id, (order, attempt), label key,
   notification key), so activity retries and replays never double-reserve, double-buy or double-send.
 - Write transactions on SQLite start with BEGIN IMMEDIATE (writers queue on the busy timeout instead of
-  failing halfway) and run on the Store's writer thread, so the write lock is held for the SQL alone (write
-  transactions await nothing but `conn.execute`); on PostgreSQL they run at READ COMMITTED with row locks
-  taken in a fixed order. Lock/deadlock/serialization errors retry the whole transaction a few times.
+  failing halfway) and run on the Store's writer thread (SqliteFileWriter), so the write lock is held for
+  the SQL alone (write transactions await nothing but `conn.execute`); on PostgreSQL they run at READ
+  COMMITTED with row locks taken in a fixed order. Lock/deadlock/serialization errors retry the whole
+  transaction a few times.
 - Bad input raises ValueError or a StoreError subclass with a clear message and changes nothing.
 """
 
@@ -20,27 +21,17 @@ import random
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import ColumnElement, Row, Select, Table, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.db import tables as t
-from common.db.engine import (
-    SQLITE_BEGIN_OPTION,
-    SyncConnectionAdapter,
-    create_engine,
-    create_sqlite_writer_engine,
-    run_migrations,
-    run_without_loop,
-    sqlite_path,
-)
+from common.db.engine import SQLITE_BEGIN_OPTION, SqliteFileWriter, create_engine, run_migrations
 from common.inventory.allocation import Site, choose_warehouse, missing, plan_split
 
 T = TypeVar("T")
@@ -576,20 +567,6 @@ def _backorder_needs(stored: Any) -> dict[str, int]:
 # Store
 
 
-def _write_in_thread(writer: Engine, op: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    """One SQLite write transaction, start to end on the writer thread.
-
-    SQLite has one write lock per database, and a transaction holds it from BEGIN IMMEDIATE to COMMIT.
-    Through aiosqlite every statement is a hop to its thread and back through the event loop, which on a
-    busy worker waits behind the loop's other work: `make bench` measured the lock held ~7-18 ms per
-    transaction for ~1 ms of SQL, and busy ~95% of the run. Here the transaction's statements follow one
-    another on this thread (the event loop goes on meanwhile), so the lock is held for the SQL alone.
-    Reads stay on the async engine: in WAL mode readers never wait for the writer."""
-    with writer.begin() as conn:
-        # Write transactions only `await conn.execute(...)`, which the adapter answers at once.
-        return run_without_loop(op(cast(AsyncConnection, SyncConnectionAdapter(conn))))
-
-
 class Store:
     """Async access to the fulfillment database. One engine (connection pool) per Store; share one Store
     per process. Create with `await Store.open(url)`, finish with `await store.close()`."""
@@ -599,17 +576,12 @@ class Store:
         self._dialect = engine.dialect.name
         # Write transactions take SQLite's write lock at BEGIN (no-op option on PostgreSQL).
         self._writer = engine.execution_options(**{SQLITE_BEGIN_OPTION: "immediate"})
-        # SQLite has one writer at a time anyway: where writes go through the async engine (an in-memory
-        # database), this process's writers queue on an asyncio lock, cheaper than SQLite's sleep-and-poll busy
-        # handler. Other processes still queue on busy_timeout.
-        self._sqlite_write_lock: asyncio.Lock | None = asyncio.Lock() if self._dialect == "sqlite" else None
-        # A SQLite file is written from one thread of its own, each transaction start to end in one go (see
-        # _write_in_thread); an in-memory database is private to the async engine's connection.
-        self._sqlite_writer: Engine | None = None
-        self._write_thread: ThreadPoolExecutor | None = None
-        if self._dialect == "sqlite" and sqlite_path(engine.url) is not None:
-            self._sqlite_writer = create_sqlite_writer_engine(engine.url)
-            self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        # A SQLite file is written through a thread of its own (see SqliteFileWriter). An in-memory database
+        # is written through the async engine, and this process's writers queue on an asyncio lock, cheaper
+        # than SQLite's sleep-and-poll busy handler (other processes still queue on busy_timeout).
+        sqlite_db = self._dialect == "sqlite"
+        self._file_writer = SqliteFileWriter.for_url(engine.url) if sqlite_db else None
+        self._sqlite_write_lock = asyncio.Lock() if sqlite_db and self._file_writer is None else None
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Self:
@@ -625,12 +597,9 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
-        writer, thread = self._sqlite_writer, self._write_thread
-        self._sqlite_writer = self._write_thread = None  # closing twice is harmless
-        if writer is not None and thread is not None:
-            # The writer's connection belongs to its thread: close it there.
-            await asyncio.get_running_loop().run_in_executor(thread, writer.dispose)
-            thread.shutdown()
+        writer, self._file_writer = self._file_writer, None  # closing twice is harmless
+        if writer is not None:
+            await writer.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> Self:
@@ -656,9 +625,8 @@ class Store:
         transient = moved = 0
         while True:
             try:
-                writer, thread = self._sqlite_writer, self._write_thread
-                if writer is not None and thread is not None:
-                    return await asyncio.get_running_loop().run_in_executor(thread, _write_in_thread, writer, op)
+                if self._file_writer is not None:
+                    return await self._file_writer.run(op)
                 lock = self._sqlite_write_lock or contextlib.nullcontext()
                 async with lock, self._writer.begin() as conn:
                     return await op(conn)
