@@ -10,7 +10,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.shipping import parcel_of, warehouse_address
+from activities.shipping import parcel_of, undo_label, warehouse_address
 from common.api import wake_backordered_orders
 from common.db import Store
 from common.db.returns import ReturnsStore
@@ -24,6 +24,7 @@ from common.integrations.carrier import (
     choose_rate,
 )
 from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
+from common.models import LabelUndo
 from common.returns import (
     Condition,
     InspectRequest,
@@ -118,13 +119,10 @@ class ReturnActivities:
 
     @activity.defn(name="void_return_label")
     async def void_return_label(self, rma_id: str) -> bool:
-        """An expired RMA's unused label is refunded by the carrier. Idempotent."""
-        record = await self._store.get_shipment(return_label_key(rma_id))
-        if record is None or record.status != "purchased":
-            return False
-        shipment = await self._carrier.refund(record.carrier_shipment_id)
-        await self._store.mark_shipment_voided(record.key)
-        return shipment.refund_status in ("submitted", "refunded")
+        """An expired RMA's unused label is refunded by the carrier, unless the parcel moved after all (see
+        undo_label). True if it is voided now. Idempotent."""
+        undo = await undo_label(self._store, self._carrier, return_label_key(rma_id))
+        return undo.outcome == LabelUndo.VOIDED
 
     @activity.defn(name="inspect_return")
     async def inspect_return(self, request: InspectRequest) -> InspectResult:

@@ -21,11 +21,22 @@ from common.integrations.carrier import (
     CarrierAlreadyPurchasedError,
     CarrierClient,
     CarrierError,
+    CarrierNotFoundError,
     CarrierShipment,
     CarrierTransientError,
     choose_rate,
 )
-from common.models import Label, LabelRequest, TrackingPollRequest, TrackingStatus, TrackingUpdate
+from common.inventory.contracts import ShipmentRef
+from common.models import (
+    MOVED_TRACKING_STATUSES,
+    Label,
+    LabelRequest,
+    LabelUndo,
+    LabelUndoResult,
+    TrackingPollRequest,
+    TrackingStatus,
+    TrackingUpdate,
+)
 
 CATALOGUE_TTL_S = 60.0
 
@@ -78,13 +89,34 @@ class ShippingActivities:
 
     @activity.defn(name="void_label")
     async def void_label(self, request: LabelRequest) -> bool:
-        """Compensation for buy_label: ask the carrier to refund an unused label. Idempotent."""
-        record = await self._store.get_shipment(label_key(request.order_id, request.shipment_no))
-        if record is None or record.status != "purchased":
-            return False
-        shipment = await self._carrier.refund(record.carrier_shipment_id)
-        await self._store.mark_shipment_voided(record.key)
-        return shipment.refund_status in ("submitted", "refunded")
+        """Compensation for buy_label of orders recorded before void_label_if_unshipped: True if the label is
+        voided now (see undo_label)."""
+        undo = await self._undo(label_key(request.order_id, request.shipment_no))
+        return undo.outcome == LabelUndo.VOIDED
+
+    @activity.defn(name="void_label_if_unshipped")
+    async def void_label_if_unshipped(self, ref: ShipmentRef) -> LabelUndoResult:
+        """Undo the parcel's label unless the carrier has the parcel (see undo_label). Idempotent."""
+        return await self._undo(label_key(ref.order_id, ref.shipment_no))
+
+    @activity.defn(name="check_tracking")
+    async def check_tracking(self, request: TrackingPollRequest) -> TrackingUpdate:
+        """Where the parcel is now, in one call (no waiting for a change): asked before a cancel or hold is
+        allowed to undo or stop a labelled parcel."""
+        tracker = await self._carrier.get_tracker(request.tracking_number)
+        return TrackingUpdate(
+            status=tracker.status,
+            estimated_delivery=tracker.est_delivery_date,
+            message=tracker.message or f"carrier reports {tracker.status.value}",
+        )
+
+    async def _undo(self, key: str) -> LabelUndoResult:
+        try:
+            return await undo_label(self._store, self._carrier, key)
+        except CarrierTransientError:
+            raise
+        except CarrierError as err:
+            raise ApplicationError(str(err), type="CarrierRejected", non_retryable=True) from err
 
     @activity.defn(name="await_tracking_change")
     async def await_tracking_change(self, request: TrackingPollRequest) -> TrackingUpdate:
@@ -147,6 +179,46 @@ def _label(record: ShipmentRecord) -> Label:
         label_url=record.label_url or "",
         tracking_url=record.tracking_url or "",
         carrier_shipment_id=record.carrier_shipment_id,
+    )
+
+
+async def undo_label(store: Store, carrier: CarrierClient, key: str) -> LabelUndoResult:
+    """Undo the label bought under `key`, asking the carrier what happened first: a label is voided only when
+    the carrier accepted its refund, never once the carrier has the parcel. A shipment that was created but
+    not (yet) known to be bought in our records is looked up too: a purchase interrupted after the carrier
+    sold the label is found and refunded. The record is marked voided only when nothing is left to pay for.
+    Idempotent."""
+    record = await store.get_shipment(key)
+    if record is None:
+        return LabelUndoResult(outcome=LabelUndo.NOTHING_BOUGHT, note="no carrier shipment was created")
+    if record.status == "voided":
+        return LabelUndoResult(outcome=LabelUndo.VOIDED, note="voided before")
+    shipment = await carrier.get_shipment(record.carrier_shipment_id)
+    if shipment.tracking_code is None:
+        await store.mark_shipment_voided(key)  # never bought: nothing to refund, and nothing may be bought now
+        return LabelUndoResult(outcome=LabelUndo.NOTHING_BOUGHT, note="the carrier shipment has no label")
+    if shipment.refund_status in ("submitted", "refunded"):
+        await store.mark_shipment_voided(key)
+        return LabelUndoResult(outcome=LabelUndo.VOIDED, refund_status=shipment.refund_status, note="refunded before")
+    try:
+        status = (await carrier.get_tracker(shipment.tracking_code)).status
+    except CarrierNotFoundError:
+        status = TrackingStatus.UNKNOWN
+    if status in MOVED_TRACKING_STATUSES:
+        return LabelUndoResult(
+            outcome=LabelUndo.IN_USE, tracking_status=status, note=f"the carrier has the parcel ({status.value})"
+        )
+    refunded = await carrier.refund(shipment.id)
+    if refunded.refund_status in ("submitted", "refunded"):
+        await store.mark_shipment_voided(key)
+        return LabelUndoResult(
+            outcome=LabelUndo.VOIDED, tracking_status=status, refund_status=refunded.refund_status, note="refunded"
+        )
+    return LabelUndoResult(
+        outcome=LabelUndo.IN_USE,
+        tracking_status=status,
+        refund_status=refunded.refund_status,
+        note=f"the carrier refused the refund ({refunded.refund_status})",
     )
 
 

@@ -65,6 +65,8 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 warehouse.confirm_short_pick,
                 shipping.buy_label,
                 shipping.void_label,
+                shipping.void_label_if_unshipped,
+                shipping.check_tracking,
                 shipping.await_tracking_change,
                 notifications.notify_customer,
                 notifications.alert_ops,

@@ -392,6 +392,20 @@ class TrackingStatus(StrEnum):
     UNKNOWN = "unknown"
 
 
+# The carrier has the parcel: it left the building (a "cancelled" tracker means the label was voided, and
+# "error" or "unknown" say nothing about where the parcel is).
+MOVED_TRACKING_STATUSES = frozenset(
+    {
+        TrackingStatus.IN_TRANSIT,
+        TrackingStatus.OUT_FOR_DELIVERY,
+        TrackingStatus.AVAILABLE_FOR_PICKUP,
+        TrackingStatus.DELIVERED,
+        TrackingStatus.RETURN_TO_SENDER,
+        TrackingStatus.FAILURE,
+    }
+)
+
+
 class TrackingPollRequest(BaseModel):
     tracking_number: str
     carrier: str
@@ -404,3 +418,29 @@ class TrackingUpdate(BaseModel):
     status: TrackingStatus
     estimated_delivery: datetime | None = None
     message: str = ""
+
+
+class LabelUndo(StrEnum):
+    """What undoing a label found at the carrier."""
+
+    NOTHING_BOUGHT = "nothing_bought"  # no label was ever bought under the key
+    VOIDED = "voided"  # the carrier accepted the refund (or had already)
+    IN_USE = "in_use"  # the carrier has the parcel, or refused the refund: the label stays, the goods are gone
+
+
+class LabelUndoResult(BaseModel):
+    outcome: LabelUndo
+    tracking_status: TrackingStatus | None = None
+    refund_status: str | None = None
+    note: str = ""
+
+
+class ReservationReleased(BaseModel):
+    """Signal `reservation_released`, written by the stock change's own transaction (the order-signal outbox):
+    these shipments of the order lost their reservation before they were picked; their pick tasks are
+    cancelled already."""
+
+    sku: str
+    warehouse: str
+    shipments: list[int]
+    reason: str = ""
