@@ -149,7 +149,10 @@ class ReturnActivities:
     @activity.defn(name="refund_return")
     async def refund_return(self, request: RefundRequest) -> RefundResult:
         units = refundable_units(request.reason, request.lines)
-        prices = await self._returns.prices(sorted(units))
+        prices = dict(request.unit_prices)
+        unpriced = sorted(set(units) - set(prices))
+        if unpriced:  # an order placed before prices were kept: today's catalogue price
+            prices.update(await self._returns.prices(unpriced))
         missing = sorted(set(units) - set(prices))
         if missing:
             raise ApplicationError(f"no catalogue price for {', '.join(missing)}", non_retryable=True)

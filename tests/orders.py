@@ -28,6 +28,7 @@ def order_dict(order_id: str = "ORD-1001", lines: dict[str, int] | None = None, 
         },
         "lines": [{"sku": sku, "quantity": qty} for sku, qty in (lines or {"MUG-RED": 2}).items()],
         "shipping_speed": "standard",
+        "payment": {"reference": f"pi_test_{order_id.replace('-', '_')}", "currency": "USD"},
     }
     data.update(changes)
     return data

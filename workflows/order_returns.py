@@ -161,6 +161,9 @@ class OrderReturns:
                 warehouses={li.sku: shipped_from.get(li.sku, "") for li in request.lines},
                 policy=self._policy,
                 shipping_speed=order.shipping_speed.value,
+                unit_prices=order.unit_prices_cents(),
+                payment_reference=order.payment.reference if order.payment else None,
+                currency=order.currency,
             ),
             id=return_workflow_id(rma_id),
             # The customer's parcel is in the mail whatever happens to the order workflow: the return goes on.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
+from decimal import Decimal
 
 from temporalio import workflow
 from temporalio.common import (
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         OrderLine,
         OrderStatus,
         OrderWorkflowInput,
+        Payment,
         ShippingSpeed,
         TrackingPollRequest,
         TrackingStatus,
@@ -203,8 +205,13 @@ class ReturnWorkflow:
             order_id=replacement_id,
             customer=i.customer,
             ship_to=i.ship_to,
-            lines=[OrderLine(sku=li.sku, quantity=li.quantity) for li in i.lines],
+            # What the customer paid for the goods it replaces: returning the replacement refunds that.
+            lines=[
+                OrderLine(sku=li.sku, quantity=li.quantity, unit_price=_from_cents(i.unit_prices.get(li.sku)))
+                for li in i.lines
+            ],
             shipping_speed=ShippingSpeed(i.shipping_speed),
+            payment=Payment(reference=i.payment_reference, currency=i.currency) if i.payment_reference else None,
         )
         await workflow.start_child_workflow(
             "OrderWorkflow",
@@ -354,7 +361,15 @@ class ReturnWorkflow:
     async def _refund(self) -> None:
         i = self._input
         assert self._received is not None
-        request = RefundRequest(rma_id=i.rma_id, order_id=i.order_id, reason=i.reason, lines=self._received.lines)
+        request = RefundRequest(
+            rma_id=i.rma_id,
+            order_id=i.order_id,
+            reason=i.reason,
+            lines=self._received.lines,
+            unit_prices=i.unit_prices,
+            payment_reference=i.payment_reference,
+            currency=i.currency,
+        )
         while True:
             try:
                 result: RefundResult = await workflow.execute_activity_method(
@@ -475,6 +490,10 @@ class ReturnWorkflow:
             )
         except Exception as err:
             workflow.logger.warning("order %s did not get %s: %s", self._input.order_id, status.value, err)
+
+
+def _from_cents(cents: int | None) -> Decimal | None:
+    return None if cents is None else Decimal(cents) / 100
 
 
 def _lines_text(lines: Sequence[ReturnLine | InspectionLine]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Self
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import Settings
 from common.db import PickTask, StockChange, StockLevel, Store
+from common.db.returns import ReturnsStore
 from common.errors import (
     FulfillmentError,
     InvalidOrder,
@@ -106,9 +108,11 @@ class FulfillmentApi:
 
     async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:
         order = parse_order(data)
-        unknown = await self.store.unknown_skus(line.sku for line in order.lines)
+        prices = await ReturnsStore(self.store).prices([line.sku for line in order.lines])
+        unknown = [line.sku for line in order.lines if line.sku not in prices]
         if unknown:
             raise InvalidOrder([f"lines: unknown sku {sku!r} (not in the catalogue)" for sku in unknown])
+        order = with_prices(order, prices)
         try:
             handle = await self.client.start_workflow(
                 WORKFLOW_TYPE,
@@ -387,6 +391,20 @@ async def wake_backordered_orders(client: Client, store: Store, skus: list[str])
                 raise
             woken.append(order_id)
     return woken
+
+
+def with_prices(order: Order, catalogue_cents: dict[str, int]) -> Order:
+    """The order with a unit_price on every line: the price paid when the storefront gave one, else the catalogue
+    price now, at placement (kept with the order, so a later price change does not change its refunds)."""
+    if all(line.unit_price is not None for line in order.lines):
+        return order
+    lines = [
+        line
+        if line.unit_price is not None
+        else line.model_copy(update={"unit_price": Decimal(catalogue_cents[line.sku]) / 100})
+        for line in order.lines
+    ]
+    return order.model_copy(update={"lines": lines})
 
 
 def _cause(err: BaseException) -> str:

@@ -7,6 +7,7 @@ rejected with the field that is wrong before any workflow starts.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Self
 
@@ -67,9 +68,29 @@ class Address(_Strict):
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 
+# A price in the order's currency: at most two decimals ("12.50" or 12.5), never negative.
+Money = Annotated[Decimal, Field(ge=0, le=1_000_000, decimal_places=2)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+
+def to_cents(amount: Decimal) -> int:
+    return int((amount * 100).to_integral_value(ROUND_HALF_UP))
+
+
 class OrderLine(_Strict):
     sku: Sku
     quantity: int = Field(gt=0, le=10_000)
+    # The price paid per unit (refunds pay it back). Optional at intake: the starter keeps the catalogue
+    # price at placement when it is missing.
+    unit_price: Money | None = None
+
+
+class Payment(_Strict):
+    """How the customer paid: the payment provider's reference (a Stripe PaymentIntent `pi_...`), which refunds
+    go back to, and the currency of the order's prices."""
+
+    reference: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{2,254}$")]
+    currency: Currency = "USD"
 
 
 class Order(_Strict):
@@ -78,6 +99,7 @@ class Order(_Strict):
     ship_to: Address
     lines: list[OrderLine] = Field(min_length=1, max_length=200)
     shipping_speed: ShippingSpeed = ShippingSpeed.STANDARD
+    payment: Payment | None = None
 
     @model_validator(mode="after")
     def _skus_unique(self) -> Self:
@@ -90,6 +112,14 @@ class Order(_Strict):
     @property
     def workflow_id(self) -> str:
         return workflow_id_for(self.order_id)
+
+    @property
+    def currency(self) -> str:
+        return self.payment.currency if self.payment else "USD"
+
+    def unit_prices_cents(self) -> dict[str, int]:
+        """sku -> the price paid per unit, in cents (lines without a price are left out)."""
+        return {line.sku: to_cents(line.unit_price) for line in self.lines if line.unit_price is not None}
 
 
 def workflow_id_for(order_id: str) -> str:

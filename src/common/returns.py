@@ -1,10 +1,10 @@
 """Returns: the request a customer (or ops for them) makes, the RMA that follows it, and the contracts of the
 return workflow's activities.
 
-Refund rule (issue 4): a return is refunded at the catalogue price (products.price_cents) of the units the
-warehouse accepted. For reasons where the customer is not at fault (damaged, wrong_item) every received unit is
-refunded, damaged on arrival or not; for the other reasons only resellable units are. An exchange is not
-refunded: the replacement order is the remedy.
+Refund rule: a return is refunded at the price the customer paid (the order line's unit_price; the catalogue
+price for orders placed before prices were kept) for the units the warehouse accepted. For reasons where the
+customer is not at fault (damaged, wrong_item) every received unit is refunded, damaged on arrival or not; for
+the other reasons only resellable units are. An exchange is not refunded: the replacement order is the remedy.
 """
 
 from __future__ import annotations
@@ -191,6 +191,11 @@ class ReturnWorkflowInput(BaseModel):
     policy: OrderPolicy = Field(default_factory=OrderPolicy)
     shipping_speed: str = "standard"
     task_queue: str | None = None
+    # What the customer paid (sku -> cents per unit) and where it goes back to; empty for returns of orders
+    # placed before prices were kept (those are refunded at the catalogue price).
+    unit_prices: dict[str, int] = Field(default_factory=dict)
+    payment_reference: str | None = None
+    currency: str = "USD"
 
 
 class ReturnProgress(BaseModel):
@@ -264,6 +269,10 @@ class RefundRequest(BaseModel):
     order_id: str
     reason: ReturnReason
     lines: list[InspectionLine]
+    # The prices paid (sku -> cents per unit); a SKU missing here is refunded at the catalogue price.
+    unit_prices: dict[str, int] = Field(default_factory=dict)
+    payment_reference: str | None = None
+    currency: str = "USD"
 
 
 class RefundResult(BaseModel):
