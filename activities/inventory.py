@@ -60,6 +60,11 @@ class InventoryActivities:
     async def release_stock(self, order_id: str) -> int:
         return await self._store.release(order_id)
 
+    @activity.defn(name="release_shipment")
+    async def release_shipment(self, ref: ShipmentRef) -> int:
+        """Undo of one parcel's reservation (the rest of the order keeps its own). Idempotent."""
+        return await self._store.release(ref.order_id, shipment_no=ref.shipment_no, note="cancel shipment")
+
     @activity.defn(name="close_backorder")
     async def close_backorder(self, order_id: str) -> bool:
         """The order stops waiting for stock (the rest of it was given up); its reservations stay as they are."""

@@ -153,7 +153,9 @@ class NotificationActivities:
             raise
         except Exception as err:
             await self._store.mark_notification_failed(key, str(err))
-            raise ApplicationError(f"{channel.value} to order {order_id} failed: {err}") from err
+            # The type names the provider the order waits for (workflows/steps.py).
+            provider = "EmailUnavailable" if channel == Channel.EMAIL else "SmsUnavailable"
+            raise ApplicationError(f"{channel.value} to order {order_id} failed: {err}", type=provider) from err
         return provider_id
 
     async def _send(self, key: str, order_id: str, channel: Channel, recipient: str, message: RenderedMessage) -> str:

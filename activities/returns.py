@@ -24,7 +24,7 @@ from common.integrations.carrier import (
     choose_rate,
 )
 from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
-from common.models import LabelUndo
+from common.models import LabelUndo, ParcelRefundRequest, PaymentRefund
 from common.returns import (
     Condition,
     InspectRequest,
@@ -148,24 +148,91 @@ class ReturnActivities:
 
     @activity.defn(name="refund_return")
     async def refund_return(self, request: RefundRequest) -> RefundResult:
-        units = refundable_units(request.reason, request.lines)
-        prices = dict(request.unit_prices)
+        """Pay back what the warehouse accepted of an RMA (refundable_units), at the prices paid. Once per RMA."""
+        refund = await self._pay_back(
+            refund_key(request.rma_id),
+            order_id=request.order_id,
+            rma_id=request.rma_id,
+            units=refundable_units(request.reason, request.lines),
+            unit_prices=request.unit_prices,
+            payment_reference=request.payment_reference,
+            currency=request.currency,
+            reason=f"return {request.rma_id} ({request.reason.value})",
+        )
+        return RefundResult(
+            refund_id=refund.refund_id,
+            amount_cents=refund.amount_cents,
+            currency=refund.currency,
+            already_refunded=refund.already_refunded,
+        )
+
+    @activity.defn(name="refund_shipment")
+    async def refund_shipment(self, request: ParcelRefundRequest) -> PaymentRefund:
+        """Pay back one parcel ops decided to refund (a delivery exception), at the prices paid. Once per parcel."""
+        units: dict[str, int] = {}
+        for line in request.lines:
+            units[line.sku] = units.get(line.sku, 0) + line.quantity
+        return await self._pay_back(
+            f"refund:{request.order_id}:shipment-{request.shipment_no}",
+            order_id=request.order_id,
+            rma_id=None,
+            units=units,
+            unit_prices=request.unit_prices,
+            payment_reference=request.payment_reference,
+            currency=request.currency,
+            reason=f"shipment {request.shipment_no} not delivered",
+        )
+
+    async def _pay_back(
+        self,
+        key: str,
+        *,
+        order_id: str,
+        rma_id: str | None,
+        units: dict[str, int],
+        unit_prices: dict[str, int],
+        payment_reference: str | None,
+        currency: str,
+        reason: str,
+    ) -> PaymentRefund:
+        """The one way money goes back: the amount at the prices paid (today's catalogue price for orders placed
+        before prices were kept), through the payments gateway with `key` as its idempotency key, recorded in
+        the refunds ledger. A refund recorded before is returned as it is."""
+        done = await self._returns.get_refund(key)
+        if done is not None:
+            return PaymentRefund(
+                refund_id=done.refund_id, amount_cents=done.amount_cents, currency=done.currency, already_refunded=True
+            )
+        prices = dict(unit_prices)
         unpriced = sorted(set(units) - set(prices))
-        if unpriced:  # an order placed before prices were kept: today's catalogue price
+        if unpriced:
             prices.update(await self._returns.prices(unpriced))
         missing = sorted(set(units) - set(prices))
         if missing:
-            raise ApplicationError(f"no catalogue price for {', '.join(missing)}", non_retryable=True)
+            raise ApplicationError(f"no price for {', '.join(missing)}", type="PaymentDeclined", non_retryable=True)
         amount = sum(prices[sku] * qty for sku, qty in units.items())
         try:
             receipt = await self._payments.refund(
-                key=refund_key(request.rma_id), order_id=request.order_id, rma_id=request.rma_id, amount_cents=amount
+                key=key,
+                order_id=order_id,
+                payment_reference=payment_reference,
+                amount_cents=amount,
+                currency=currency,
+                reason=reason,
             )
         except PaymentDeclined as err:
             raise ApplicationError(str(err), type="PaymentDeclined", non_retryable=True) from err
         except PaymentError as err:
             raise ApplicationError(str(err), type="PaymentUnavailable") from err
-        return RefundResult(
+        await self._returns.record_refund(
+            key,
+            refund_id=receipt.refund_id,
+            rma_id=rma_id,
+            order_id=order_id,
+            amount_cents=receipt.amount_cents,
+            currency=receipt.currency,
+        )
+        return PaymentRefund(
             refund_id=receipt.refund_id,
             amount_cents=receipt.amount_cents,
             currency=receipt.currency,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from common.db import Store, StoreError
+from common.db import PickTaskClosed, Store, StoreError
 from common.models import PickShortage, PickTaskRequest
 
 
@@ -42,3 +42,13 @@ class WarehouseActivities:
                 await self._store.cancel_pick_task(task.id)
                 cancelled.append(task.id)
         return cancelled
+
+    @activity.defn(name="cancel_pick_task")
+    async def cancel_pick_task(self, task_id: str) -> bool:
+        """Undo of one parcel's pick: True if the open task is cancelled now, False if it was closed before
+        (confirmed: the packed goods go back to the shelf; or cancelled already). Idempotent."""
+        try:
+            task = await self._store.cancel_pick_task(task_id)
+        except PickTaskClosed:
+            return False
+        return task.status == "cancelled"

@@ -26,7 +26,10 @@ def order_dict(order_id: str = "ORD-1001", lines: dict[str, int] | None = None, 
             "postal_code": "N1 9GU",
             "country": "GB",
         },
-        "lines": [{"sku": sku, "quantity": qty} for sku, qty in (lines or {"MUG-RED": 2}).items()],
+        # The price paid: 12.50 a unit, whatever the catalogue says (refunds pay back this)
+        "lines": [
+            {"sku": sku, "quantity": qty, "unit_price": "12.50"} for sku, qty in (lines or {"MUG-RED": 2}).items()
+        ],
         "shipping_speed": "standard",
         "payment": {"reference": f"pi_test_{order_id.replace('-', '_')}", "currency": "USD"},
     }

@@ -21,15 +21,16 @@ from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from common.models import (
-        TERMINAL_STATUSES,
         NotificationEvent,
         Order,
         OrderLine,
         OrderPolicy,
         OrderStatus,
+        OrderUpdateResult,
         OrderView,
         OrderWorkflowInput,
         ReturnSummary,
+        ShipmentView,
     )
     from common.returns import (
         FINAL_RMA_STATUSES,
@@ -46,13 +47,16 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-# RMA statuses that no longer count the units as returned (they stay with the customer)
+# RMA statuses whose units stay with the customer: they can be returned again (a failed RMA only if its parcel
+# never moved: once the carrier or the warehouse had it, or an exchange's replacement left, they count)
 _UNITS_NOT_RETURNED = frozenset({RmaStatus.EXPIRED.value, RmaStatus.FAILED.value})
+_PARCEL_MOVED = frozenset({RmaStatus.IN_TRANSIT, RmaStatus.RECEIVED, RmaStatus.REFUND_FAILED, RmaStatus.REFUNDED})
 
 
 @dataclass
 class _ReturnsState:
     running: dict[str, ChildWorkflowHandle[Any, RmaView]] = field(default_factory=dict)
+    starting: set[str] = field(default_factory=set)  # accepted, the child workflow not started yet
     followers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -74,6 +78,12 @@ class OrderReturns:
         ) -> None: ...
 
         def _note(self, note: str) -> None: ...
+
+        def _result(self) -> OrderUpdateResult: ...
+
+        def _delivered_parcels(self) -> list[ShipmentView]: ...
+
+        _closed: bool
 
         async def _notify(
             self,
@@ -112,7 +122,7 @@ class OrderReturns:
         "not_as_described, no_longer_needed, other; exchange (a replacement order) only for damaged or "
         "wrong_item. Creates an RMA, buys a return label and sends it to the customer."
     )
-    async def request_return(self, request: ReturnRequest) -> OrderView:
+    async def request_return(self, request: ReturnRequest) -> OrderUpdateResult:
         try:  # again: another request may have been accepted since this one was validated
             self._validate_request_return(request)
         except ValueError as err:
@@ -143,8 +153,23 @@ class OrderReturns:
             waiting_for=f"return {rma_id}",
         )
         shipped_from = self._shipped_from()
+        state = self._returns_state
+        state.starting.add(rma_id)  # open before the child starts: the order must not close meanwhile
+        try:
+            handle = await self._start_return(request, n, rma_id, replacement, shipped_from)
+        finally:
+            state.starting.discard(rma_id)
+        state.running[rma_id] = handle
+        state.followers.append(asyncio.create_task(self._follow_rma(rma_id, handle)))
+        return self._result().model_copy(update={"rma_id": rma_id})
+
+    async def _start_return(
+        self, request: ReturnRequest, n: int, rma_id: str, replacement: str | None, shipped_from: dict[str, str]
+    ) -> ChildWorkflowHandle[Any, RmaView]:
+        order = self._order
+        what = ", ".join(f"{li.sku} x{li.quantity}" for li in request.lines)
         # By type name: importing workflows.returns here would re-run it in the sandbox for every order.
-        handle: ChildWorkflowHandle[Any, RmaView] = await workflow.start_child_workflow(
+        return await workflow.start_child_workflow(
             RETURN_WORKFLOW_TYPE,
             ReturnWorkflowInput(
                 rma_id=rma_id,
@@ -171,16 +196,12 @@ class OrderReturns:
             static_summary=f"Return {rma_id} of order {order.order_id}: {what} ({request.reason.value})",
             result_type=RmaView,
         )
-        state = self._returns_state
-        state.running[rma_id] = handle
-        state.followers.append(asyncio.create_task(self._follow_rma(rma_id, handle)))
-        return self._view
 
     @request_return.validator
     def _validate_request_return(self, request: ReturnRequest) -> None:
         order_id = self._order.order_id
         status = self._view.status
-        if status in TERMINAL_STATUSES:
+        if self._closed or status in (OrderStatus.COMPLETED, OrderStatus.CANCELLED):
             raise ValueError(f"order {order_id} is {status.value}: its return window is over")
         delivered_at = self._delivered_at()
         if delivered_at is None:
@@ -188,11 +209,14 @@ class OrderReturns:
         closes = delivered_at + timedelta(seconds=self._policy.return_window_s)
         if workflow.now() >= closes:
             raise ValueError(f"the return window of order {order_id} closed on {closes:%Y-%m-%d %H:%M} UTC")
-        delivered = {line.sku: line.quantity for line in self._order.lines}
+        delivered = self._delivered_units()
         returned = self._returned_units()
+        ordered = {line.sku for line in self._order.lines}
         for line in request.lines:
-            if line.sku not in delivered:
+            if line.sku not in ordered:
                 raise ValueError(f"{line.sku} is not in order {order_id}")
+            if line.sku not in delivered:
+                raise ValueError(f"no {line.sku} of order {order_id} was delivered: nothing of it to return")
             left = delivered[line.sku] - returned.get(line.sku, 0)
             if line.quantity > left:
                 raise ValueError(
@@ -213,7 +237,7 @@ class OrderReturns:
         """Keep the delivered order open for returns: one durable timer to the end of the window, then wait for
         the open RMAs to settle. With a zero window and no returns this adds nothing to history."""
         state = self._returns_state
-        if self._policy.return_window_s <= 0 and not state.running:
+        if self._policy.return_window_s <= 0 and not state.running and not state.starting:
             return
         delivered_at = self._delivered_at() or workflow.now()
         closes = delivered_at + timedelta(seconds=self._policy.return_window_s)
@@ -222,9 +246,9 @@ class OrderReturns:
             if self._view.waiting_for is None:
                 self._view.waiting_for = f"returns until {closes:%Y-%m-%d %H:%M} UTC"
             await workflow.sleep(remaining, summary=f"return window until {closes:%Y-%m-%d %H:%M} UTC")
-        if state.running:
-            self._note(f"return window closed; waiting for {', '.join(sorted(state.running))}")
-            await workflow.wait_condition(lambda: not state.running)
+        if state.running or state.starting:
+            self._note(f"return window closed; waiting for {', '.join(sorted({*state.running, *state.starting}))}")
+            await workflow.wait_condition(lambda: not state.running and not state.starting)
         await workflow.wait_condition(workflow.all_handlers_finished)
         settled = len(self._view.returns)
         note = f"return window closed ({settled} return{'s' if settled != 1 else ''})"
@@ -261,6 +285,7 @@ class OrderReturns:
         if summary is None or summary.status in {s.value for s in FINAL_RMA_STATUSES}:
             return  # unknown, or already settled (the signal and the child's result both report the end)
         summary.status = progress.status.value
+        summary.parcel_moved = summary.parcel_moved or progress.status in _PARCEL_MOVED
         if progress.tracking_number:
             summary.tracking_number = progress.tracking_number
         if progress.refund_cents is not None:
@@ -275,13 +300,21 @@ class OrderReturns:
         else:
             self._record(target, note, waiting_for=progress.waiting_for)
 
+    def _delivered_units(self) -> dict[str, int]:
+        """sku -> units delivered to the customer (parcels refunded, reshipped or lost do not count)."""
+        units: dict[str, int] = {}
+        for parcel in self._delivered_parcels():
+            for line in parcel.lines:
+                units[line.sku] = units.get(line.sku, 0) + line.quantity
+        return units
+
     def _delivered_at(self) -> datetime | None:
         return next((e.at for e in self._view.timeline if e.status == OrderStatus.DELIVERED), None)
 
     def _returned_units(self) -> dict[str, int]:
         units: dict[str, int] = {}
         for rma in self._view.returns:
-            if rma.status in _UNITS_NOT_RETURNED:
+            if rma.status in _UNITS_NOT_RETURNED and not rma.parcel_moved:
                 continue
             for line in rma.lines:
                 units[line.sku] = units.get(line.sku, 0) + line.quantity

@@ -26,7 +26,8 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.activity_options import DB_STEP, EXTERNAL_CALL, MESSAGE_SEND, ActivityOptions
+from workflows.activity_options import ActivityOptions
+from workflows.steps import CARRIER, DATABASE, Messenger, StepRunner
 
 with workflow.unsafe.imports_passed_through():
     import email_validator  # noqa: F401  (see workflows/order.py)
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.returns import ReturnActivities
     from activities.shipping import ShippingActivities
     from common.models import (
+        MOVED_TRACKING_STATUSES,
         ORDER_WORKFLOW_VERSION,
         Channel,
         NotificationEvent,
@@ -69,17 +71,21 @@ with workflow.unsafe.imports_passed_through():
         RmaStatusChange,
         RmaView,
     )
-    from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS
+    from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS
+
+# Patch ids (see workflows/order.py).
+REPLACEMENT_SHIPS_ON_RETURN = "replacement-ships-on-return"  # an exchange ships once the goods are on their way
+RETURN_FAILURES_ALERT_OPS = "return-failures-alert-ops"
 
 
-# A refund retries with bounded backoff (2 s, 4 s, 8 s, 16 s), then waits for ops (retry_refund).
+# A refund the gateway cannot make now (an outage) retries until it can (capped backoff); one it declines waits
+# for ops (retry_refund).
 REFUND_CALL = ActivityOptions(
     start_to_close_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=2),
         backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=1),
-        maximum_attempts=5,
+        maximum_interval=timedelta(minutes=5),
         non_retryable_error_types=["PaymentDeclined"],
     ),
 )
@@ -105,6 +111,10 @@ class ReturnWorkflow:
         self._inspected = False
         self._refund_retry: str | None = None
         self._refund_rounds = 0
+        self._steps = StepRunner()
+        self._messenger = Messenger(self._steps, on_note=self._note)
+        self._replacement_waits = False  # the exchange's replacement ships once the goods are on their way
+        self._last_note: str | None = None
 
     # ------------------------------------------------------------------------------------------ messages
 
@@ -162,45 +172,78 @@ class ReturnWorkflow:
     @workflow.run
     async def run(self, input: ReturnWorkflowInput) -> RmaView:
         try:
-            await workflow.execute_local_activity_method(
-                ReturnActivities.record_rma,
-                RecordRmaRequest(
-                    rma_id=input.rma_id,
-                    order_id=input.order_id,
-                    reason=input.reason,
-                    lines=input.lines,
-                    exchange=input.exchange,
-                    replacement_order_id=input.replacement_order_id,
-                    note=input.note,
-                ),
-                summary="record RMA",
-                **DB_STEP,
-            )
-            if input.exchange and input.replacement_order_id:
-                await self._place_replacement(input.replacement_order_id)
-            label = await self._buy_label()
-            if not await self._follow_tracking(label):
-                return await self._expire()
-            self._set(self._view.status, waiting_for="the warehouse to receive the parcel (warehouse receive-return)")
-            await workflow.wait_condition(lambda: self._received is not None)
-            assert self._received is not None
-            await self._inspect(self._received)
-            if input.exchange:
-                await self._finish(RmaStatus.EXCHANGED, f"closed: replaced by order {input.replacement_order_id}")
-                return self._view
-            await self._refund()
-            return self._view
+            view = await self._run(input)
         except (ActivityError, ApplicationError) as err:
             problem = _cause(err)
             self._set(RmaStatus.FAILED, waiting_for="ops")
             self._view.note = problem
             await self._progress(RmaStatus.FAILED, f"return failed, needs ops: {problem}")
+            await self._abandon_replacement()
+            if workflow.patched(RETURN_FAILURES_ALERT_OPS):
+                await self._alert_ops(
+                    "return_failed", f"Return {input.rma_id} failed (order {input.order_id})", problem
+                )
+            await self._messenger.drained()
             raise ApplicationError(f"return {input.rma_id} failed: {problem}", non_retryable=True) from err
+        await self._messenger.drained()
+        return view
+
+    async def _run(self, input: ReturnWorkflowInput) -> RmaView:
+        await self._steps.run(
+            ReturnActivities.record_rma,
+            RecordRmaRequest(
+                rma_id=input.rma_id,
+                order_id=input.order_id,
+                reason=input.reason,
+                lines=input.lines,
+                exchange=input.exchange,
+                replacement_order_id=input.replacement_order_id,
+                note=input.note,
+            ),
+            step=DATABASE,
+            summary="record RMA",
+        )
+        if input.exchange and input.replacement_order_id:
+            await self._place_replacement(input.replacement_order_id)
+        label = await self._buy_label()
+        if not await self._follow_tracking(label):
+            return await self._expire()
+        await self._replacement_may_ship()
+        self._set(self._view.status, waiting_for="the warehouse to receive the parcel (warehouse receive-return)")
+        await self._await_receipt()
+        assert self._received is not None
+        await self._inspect(self._received)
+        if input.exchange:
+            await self._finish(RmaStatus.EXCHANGED, f"closed: replaced by order {input.replacement_order_id}")
+            return self._view
+        await self._refund()
+        return self._view
+
+    async def _await_receipt(self) -> None:
+        """The carrier has the parcel; the warehouse receives it within return_receive_timeout_s (orders placed
+        before that setting wait without a deadline), else the RMA fails for ops."""
+        limit = self._input.policy.return_receive_timeout_s
+        try:
+            await workflow.wait_condition(
+                lambda: self._received is not None, timeout=timedelta(seconds=limit) if limit is not None else None
+            )
+        except asyncio.TimeoutError:  # noqa: UP041 (this module's TimeoutError is Temporal's)
+            raise ApplicationError(
+                f"the return parcel was not received within {limit / 86400:g} days of the carrier's first scan"
+                if limit is not None
+                else "the return parcel was not received",
+                type="ReturnNotReceived",
+                non_retryable=True,
+            ) from None
 
     async def _place_replacement(self, replacement_id: str) -> None:
         """The replacement is its own order (own workflow, stock, label and return window), started at once and
-        abandoned by this return workflow, which closes long before the replacement is delivered."""
+        abandoned by this return workflow, which closes long before the replacement is delivered. It reserves
+        its goods now and ships once the customer's parcel is on its way (the first carrier scan, or the
+        warehouse receiving it); if the return expires or fails, it is cancelled: a replacement cannot be had
+        for free (orders recorded before REPLACEMENT_SHIPS_ON_RETURN shipped it at once)."""
         i = self._input
+        self._replacement_waits = workflow.patched(REPLACEMENT_SHIPS_ON_RETURN)
         order = Order(
             order_id=replacement_id,
             customer=i.customer,
@@ -220,6 +263,7 @@ class ReturnWorkflow:
                 policy=i.policy,
                 replacement_for=f"{i.order_id} ({i.rma_id})",
                 workflow_version=ORDER_WORKFLOW_VERSION,
+                awaiting_return=i.rma_id if self._replacement_waits else None,
             ),
             id=workflow_id_for(replacement_id),
             parent_close_policy=ParentClosePolicy.ABANDON,
@@ -229,6 +273,7 @@ class ReturnWorkflow:
                     SearchAttributePair(ORDER_STATUS, OrderStatus.RECEIVED.value),
                     SearchAttributePair(CUSTOMER_ID, i.customer.id),
                     SearchAttributePair(SKUS, [li.sku for li in i.lines]),
+                    SearchAttributePair(PICK_OVERDUE, False),
                 ]
             ),
             static_summary=f"Replacement order {replacement_id} for {i.order_id} ({i.rma_id})",
@@ -249,7 +294,7 @@ class ReturnWorkflow:
                 rma_id=i.rma_id, order_id=i.order_id, customer_address=i.ship_to, warehouse=warehouse, lines=i.lines
             ),
             summary="buy return label",
-            **EXTERNAL_CALL,
+            **CARRIER.patient_options(),  # an outage waits (the pending activity shows its attempts)
         )
         v = self._view
         v.carrier, v.tracking_number, v.tracking_url, v.label_url = (
@@ -311,6 +356,10 @@ class ReturnWorkflow:
             if self._received is not None:
                 return True
             raise
+        if update.status not in MOVED_TRACKING_STATUSES:
+            # "cancelled" or "error": the carrier does not have the parcel; it expires if it never moves.
+            self._note(f"return parcel {label.tracking_number}: carrier reports {update.status.value}")
+            return await self._follow_tracking(label)
         self._set(RmaStatus.IN_TRANSIT, waiting_for="the parcel to reach the warehouse")
         await self._set_db(RmaStatus.IN_TRANSIT, update.message)
         await self._progress(RmaStatus.IN_TRANSIT, f"return parcel {label.tracking_number}: {update.message}")
@@ -322,24 +371,53 @@ class ReturnWorkflow:
         self._view.note = f"the parcel did not move within {days:g} days"
         try:
             await workflow.execute_activity_method(
-                ReturnActivities.void_return_label, self._input.rma_id, summary="void return label", **EXTERNAL_CALL
+                ReturnActivities.void_return_label,
+                self._input.rma_id,
+                summary="void return label",
+                **CARRIER.patient_options(),
             )
         except ActivityError as err:  # the unused label costs a little; the RMA still expires
             workflow.logger.warning("could not void return label of %s: %s", self._input.rma_id, err)
+        await self._abandon_replacement()
         await self._set_db(RmaStatus.EXPIRED, self._view.note)
         await self._notify(NotificationEvent.RETURN_EXPIRED, {"days": f"{days:g}"})
         await self._progress(RmaStatus.EXPIRED, f"expired: {self._view.note}; customer told")
         return self._view
 
+    async def _replacement_may_ship(self) -> None:
+        """The customer's parcel is on its way (or at the warehouse): the exchange's replacement ships."""
+        replacement = self._input.replacement_order_id
+        if not self._replacement_waits or replacement is None:
+            return
+        self._replacement_waits = False
+        await self._signal_replacement("return_sent", replacement)
+        self._note(f"replacement order {replacement} ships now")
+
+    async def _abandon_replacement(self) -> None:
+        """The goods never came back: the replacement that waited for them is cancelled."""
+        replacement = self._input.replacement_order_id
+        if not self._replacement_waits or replacement is None:
+            return
+        self._replacement_waits = False
+        await self._signal_replacement("return_abandoned", replacement)
+        self._note(f"replacement order {replacement} cancelled: the goods were not sent back")
+
+    async def _signal_replacement(self, signal: str, replacement: str) -> None:
+        try:
+            await workflow.get_external_workflow_handle(workflow_id_for(replacement)).signal(signal, self._input.rma_id)
+        except Exception as err:  # it closed (ops cancelled it): nothing to tell it
+            workflow.logger.warning("replacement %s did not get %s: %s", replacement, signal, err)
+
     async def _inspect(self, request: ReceiveReturnRequest) -> None:
         i = self._input
-        result: InspectResult = await workflow.execute_local_activity_method(
+        await self._replacement_may_ship()  # received before the carrier's first scan reached us
+        result: InspectResult = await self._steps.run(
             ReturnActivities.inspect_return,
             InspectRequest(
                 rma_id=i.rma_id, order_id=i.order_id, lines=request.lines, warehouses=i.warehouses, note=request.note
             ),
+            step=DATABASE,
             summary="inspect: restock / write off",
-            **DB_STEP,
         )
         self._view.received = list(request.lines)
         parts = []
@@ -384,18 +462,12 @@ class ReturnWorkflow:
                 self._set(RmaStatus.REFUND_FAILED, waiting_for=waiting)
                 self._view.note = f"refund failed: {problem}"
                 await self._set_db(RmaStatus.REFUND_FAILED, self._view.note)
-                await workflow.execute_local_activity_method(
-                    NotificationActivities.alert_ops,
-                    OpsAlert(
-                        order_id=i.order_id,
-                        kind="refund_failed",
-                        subject=f"Refund of {i.rma_id} failed (order {i.order_id})",
-                        body=f"{problem}. Retry it with `fulfill order retry-refund {i.rma_id} --description ...` "
-                        "or from the Web UI (Update retry_refund).",
-                        occurrence=f"{i.rma_id}:{self._refund_rounds}",
-                    ),
-                    summary="alert ops: refund failed",
-                    **MESSAGE_SEND,
+                await self._alert_ops(
+                    "refund_failed",
+                    f"Refund of {i.rma_id} failed (order {i.order_id})",
+                    f"{problem}. Retry it with `fulfill order retry-refund {i.rma_id} --description ...` "
+                    "or from the Web UI (Update retry_refund).",
+                    occurrence=f"{i.rma_id}:{self._refund_rounds}",
                 )
                 await self._progress(RmaStatus.REFUND_FAILED, self._view.note, waiting_for=waiting)
                 await workflow.wait_condition(lambda: self._refund_retry is not None)
@@ -427,10 +499,21 @@ class ReturnWorkflow:
         if v.replacement_order_id:
             rows.append(f"Replacement order: {v.replacement_order_id}")
         rows.append("Lines: " + _lines_text(v.lines))
+        if self._last_note:
+            rows.append(f"Latest: {self._last_note}")
         workflow.set_current_details("\n\n".join(rows))
 
+    def _note(self, note: str) -> None:
+        """Something worth a line in the Web UI's current details (e.g. a message waiting for its provider)."""
+        self._last_note = note
+        self._set(self._view.status, waiting_for=self._view.waiting_for)
+
+    async def _alert_ops(self, kind: str, subject: str, body: str, *, occurrence: str | None = None) -> None:
+        alert = OpsAlert(order_id=self._input.order_id, kind=kind, subject=subject, body=body, occurrence=occurrence)
+        await self._messenger.send(NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}")
+
     async def _set_db(self, status: RmaStatus, note: str, label: ReturnLabel | None = None) -> None:
-        await workflow.execute_local_activity_method(
+        await self._steps.run(
             ReturnActivities.set_rma_status,
             RmaStatusChange(
                 rma_id=self._input.rma_id,
@@ -440,8 +523,8 @@ class ReturnWorkflow:
                 tracking_number=label.tracking_number if label else None,
                 label_url=label.label_url if label else None,
             ),
+            step=DATABASE,
             summary=f"RMA {status.value}",
-            **DB_STEP,
         )
 
     async def _notify(self, event: NotificationEvent, context: dict[str, str]) -> None:
@@ -449,19 +532,15 @@ class ReturnWorkflow:
         channels = [c for c in i.customer.channels if c in (Channel.EMAIL, Channel.SMS)]
         if not channels:
             return
-        await workflow.execute_local_activity_method(
-            NotificationActivities.notify_customer,
-            NotifyRequest(
-                order_id=i.order_id,
-                event=event,
-                customer=i.customer,
-                channels=channels,
-                context={"rma_id": i.rma_id, **context},
-                occurrence=i.rma_id,
-            ),
-            summary=f"notify {event.value}",
-            **MESSAGE_SEND,
+        request = NotifyRequest(
+            order_id=i.order_id,
+            event=event,
+            customer=i.customer,
+            channels=channels,
+            context={"rma_id": i.rma_id, **context},
+            occurrence=i.rma_id,
         )
+        await self._messenger.send(NotificationActivities.notify_customer, request, summary=f"notify {event.value}")
 
     async def _progress(
         self,

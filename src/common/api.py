@@ -12,14 +12,20 @@ from decimal import Decimal
 from typing import Any, Self
 
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import Settings
@@ -42,14 +48,16 @@ from common.models import (
     Order,
     OrderPolicy,
     OrderStatus,
+    OrderUpdateResult,
     OrderView,
     OrderWorkflowInput,
     PickShortage,
     ResolveDeliveryRequest,
+    RetryRequest,
     workflow_id_for,
 )
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
-from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS, connect
+from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect
 
 WORKFLOW_TYPE = "OrderWorkflow"
 
@@ -104,6 +112,9 @@ class FulfillmentApi:
             partial_shipment=s.partial_shipment,
             return_window_s=s.return_window,
             return_transit_timeout_s=s.return_transit_timeout,
+            address_fix_timeout_s=s.address_fix_timeout,
+            failed_wait_s=s.failed_wait,
+            return_receive_timeout_s=s.return_receive_timeout,
         )
 
     async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:
@@ -119,14 +130,16 @@ class FulfillmentApi:
                 OrderWorkflowInput(order=order, policy=self.policy(), workflow_version=ORDER_WORKFLOW_VERSION),
                 id=order.workflow_id,
                 task_queue=self.settings.task_queue,
-                # An order id is placed once, ever: a second placement starts nothing.
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                # An order id is placed once: a second placement starts nothing, unless the order ended FAILED
+                # (given up after waiting for ops): then it may be placed again under its id.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(ORDER_STATUS, OrderStatus.RECEIVED.value),
                         SearchAttributePair(CUSTOMER_ID, order.customer.id),
                         SearchAttributePair(SKUS, [line.sku for line in order.lines]),
+                        SearchAttributePair(PICK_OVERDUE, False),  # so that `PickOverdue=false` lists it
                     ]
                 ),
                 static_summary=f"Order {order.order_id}: {sum(li.quantity for li in order.lines)} units, "
@@ -134,10 +147,18 @@ class FulfillmentApi:
                 result_type=OrderView,
             )
         except WorkflowAlreadyStartedError:
-            raise OrderAlreadyExists(
-                f"order {order.order_id} already exists (workflow {order.workflow_id}); nothing was started"
-            ) from None
+            raise OrderAlreadyExists(await self._already_placed(order.order_id)) from None
         return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
+
+    async def _already_placed(self, order_id: str) -> str:
+        message = f"order {order_id} already exists (workflow {workflow_id_for(order_id)}); nothing was started"
+        try:
+            status = (await self._handle(order_id).describe()).typed_search_attributes.get(ORDER_STATUS)
+        except RPCError:
+            return message
+        if status == OrderStatus.FAILED.value:
+            message += f". It is FAILED and waits for ops: `fulfill order retry {order_id}`, or cancel it"
+        return message
 
     def _handle(self, order_id: str) -> WorkflowHandle[Any, OrderView]:
         return self.client.get_workflow_handle(workflow_id_for(order_id), result_type=OrderView)
@@ -148,6 +169,10 @@ class FulfillmentApi:
             description = await handle.describe()
             if description.status == WorkflowExecutionStatus.COMPLETED:
                 return await handle.result()  # the final view, readable without a worker
+            if description.status == WorkflowExecutionStatus.FAILED:
+                final = await _failed_view(handle)
+                if final is not None:
+                    return final
             return await handle.query("status", result_type=OrderView, rpc_timeout=timedelta(seconds=10))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
@@ -173,8 +198,17 @@ class FulfillmentApi:
         return orders
 
     async def cancel_order(self, order_id: str, reason: str) -> OrderView:
-        """Cancel with compensation; returns once the order is CANCELLED. Refused once shipped."""
+        """Cancel with compensation; returns once the order is CANCELLED. Refused once shipped (the carrier is
+        asked)."""
         return await self._update(order_id, "cancel", CancelRequest(reason=reason))
+
+    async def retry_order(self, order_id: str, note: str | None = None) -> OrderView:
+        """Retry what failed and waits for ops (the order is FAILED); refused if nothing failed."""
+        try:
+            request = RetryRequest(note=note)
+        except ValidationError as err:
+            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
+        return await self._update(order_id, "retry", request)
 
     async def hold_order(self, order_id: str, reason: str) -> OrderView:
         return await self._update(order_id, "hold", HoldRequest(reason=reason))
@@ -201,11 +235,13 @@ class FulfillmentApi:
         return await self._update(order_id, "update_address", parsed)
 
     async def _update(self, order_id: str, update: str, arg: Any) -> OrderView:
-        """Run a validated Update; a refusal by its validator comes back as InvalidRequest, order unchanged."""
+        """Run a validated Update; a refusal (by its validator, or by the carrier it asked) comes back as
+        InvalidRequest, order unchanged. Returns the order as it stands after it."""
         handle = self._handle(order_id)
         try:
             args = [] if arg is None else [arg]
-            return await handle.execute_update(update, args=args, result_type=OrderView)
+            await handle.execute_update(update, args=args, result_type=OrderUpdateResult)
+            return await self.order_status(order_id)
         except WorkflowUpdateFailedError as err:
             raise InvalidRequest(f"order {order_id}: {_cause(err)}") from None
         except RPCError as err:
@@ -391,6 +427,21 @@ async def wake_backordered_orders(client: Client, store: Store, skus: list[str])
                 raise
             woken.append(order_id)
     return woken
+
+
+async def _failed_view(handle: WorkflowHandle[Any, OrderView]) -> OrderView | None:
+    """The final view a FAILED order closed with (the details of its failure), readable without a worker."""
+    try:
+        await handle.result()
+    except WorkflowFailureError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            detail = cause.details[0]
+            try:
+                return OrderView.model_validate(detail)
+            except ValidationError:
+                return None
+    return None
 
 
 def with_prices(order: Order, catalogue_cents: dict[str, int]) -> Order:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     partial_shipment: PartialShipment = PartialShipment.WAIT_FOR_ALL
     return_window: float = Field(default=30 * 24 * 3600, ge=0)
     return_transit_timeout: float = Field(default=14 * 24 * 3600, gt=0)
+    address_fix_timeout: float = Field(default=7 * 24 * 3600, gt=0)
+    failed_wait: float = Field(default=7 * 24 * 3600, gt=0)
+    return_receive_timeout: float = Field(default=30 * 24 * 3600, gt=0)
 
     # Simulated picker (demo only): confirms open pick tasks after this many seconds
     picker_enabled: bool = True

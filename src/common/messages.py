@@ -23,7 +23,7 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
     ),
     NotificationEvent.BACKORDERED: (
         "Order {order_id} is delayed",
-        "Sorry {name}, part of order {order_id} is out of stock ({short}). We will ship as soon as it arrives.",
+        "Sorry {name}, order {order_id} is waiting for stock ({short}). We will ship as soon as it arrives.",
     ),
     NotificationEvent.SHIPPED: (
         "Order {order_id} has shipped",
@@ -72,7 +72,18 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
     ),
     NotificationEvent.REFUND_ISSUED: (
         "Order {order_id}: refund issued",
-        "Order {order_id} could not be delivered, so we are refunding it in full. Sorry for the trouble, {name}.",
+        "Part of order {order_id} ({what}) could not be delivered, so we refunded {amount} for it. Sorry for the "
+        "trouble, {name}.",
+    ),
+    NotificationEvent.PARTLY_CANCELLED: (
+        "Order {order_id}: part of it is cancelled",
+        "Part of order {order_id} ({what}) is cancelled: {reason}. You will not be charged for it; the rest of "
+        "your order is not affected.",
+    ),
+    NotificationEvent.FULFILMENT_FAILED: (
+        "Order {order_id} could not be delivered",
+        "Sorry {name}, we could not deliver order {order_id} ({what}). You will not be charged for it; our team "
+        "will be in touch.",
     ),
     # Returns (context: rma_id and the values below)
     NotificationEvent.RETURN_LABEL: (
@@ -96,7 +107,7 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
     NotificationEvent.REPLACEMENT_PLACED: (
         "Order {order_id}: replacement order {replacement_order_id} placed",
         "For your return {rma_id} we placed replacement order {replacement_order_id} for order {order_id}. "
-        "You will hear from us when it ships.",
+        "It ships as soon as your return parcel is on its way to us.",
     ),
 }
 

@@ -188,6 +188,16 @@ class ReturnSummary(BaseModel):
     tracking_number: str | None = None
     refund_cents: int | None = None
     note: str | None = None
+    parcel_moved: bool = False  # the carrier or the warehouse had the return parcel at some point
+
+
+class ProviderWait(BaseModel):
+    """A step that cannot reach its provider (an outage) and retries until it answers."""
+
+    provider: str  # database, carrier, email, sms, payments
+    step: str  # what it is doing, e.g. "buy label (shipment 1)"
+    since: datetime
+    error: str = ""  # the provider's last answer
 
 
 class OrderView(BaseModel):
@@ -215,6 +225,21 @@ class OrderView(BaseModel):
     # Returns (RMAs) of this order, and the order this one replaces (an exchange), if any.
     returns: list[ReturnSummary] = Field(default_factory=list)
     replacement_for: str | None = None
+    # Steps that cannot reach their provider right now and retry until it answers (an outage), and customer or
+    # ops messages queued behind one.
+    provider_waits: list[ProviderWait] = Field(default_factory=list)
+    messages_waiting: int = 0
+
+
+class OrderUpdateResult(BaseModel):
+    """What an ops Update on an order returns: small (Update results are kept in the order's history), the
+    whole view is one `status` query away."""
+
+    order_id: str
+    status: OrderStatus
+    waiting_for: str | None = None
+    note: str = ""  # the order's latest timeline entry
+    rma_id: str | None = None  # request_return: the RMA it created
 
 
 class PartialShipment(StrEnum):
@@ -243,6 +268,15 @@ class OrderPolicy(BaseModel):
     return_window_s: float = 30 * 24 * 3600
     # A return label whose parcel never moves within this long expires (the customer is told).
     return_transit_timeout_s: float = 14 * 24 * 3600
+    # Deadlines added later. None (what orders placed before them carry) means no deadline, the way those
+    # orders were recorded; the starter sets every one for new orders.
+    # A parcel whose address the carrier rejected waits this long for ops to correct it, then fails for ops.
+    address_fix_timeout_s: float | None = None
+    # Something retrying cannot fix waits this long for ops (retry or cancel) in FAILED, then the part that
+    # failed is given up (its stock released, its label voided) and the customer is told.
+    failed_wait_s: float | None = None
+    # A return parcel the carrier has must reach the warehouse within this long, else the RMA fails for ops.
+    return_receive_timeout_s: float | None = None
 
 
 TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED})
@@ -263,6 +297,12 @@ class CancelRequest(_Strict):
     reason: Reason
 
 
+class RetryRequest(_Strict):
+    """Ops retry what failed (the order is FAILED and waits for them), e.g. {"note": "carrier account fixed"}."""
+
+    note: Reason | None = None
+
+
 class HoldRequest(_Strict):
     reason: Reason
 
@@ -279,6 +319,9 @@ class OrderWorkflowInput(BaseModel):
     workflow_version: int = Field(default=1, ge=1)
     # Set on a replacement order (an exchange): the order id it replaces and the RMA, e.g. "ORD-1 (RMA-ORD-1-1)".
     replacement_for: str | None = None
+    # A replacement that ships only once the customer sent the goods back: the RMA it waits for (its return
+    # workflow signals `return_sent` on the first carrier scan or on receipt, `return_abandoned` on expiry).
+    awaiting_return: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -299,6 +342,8 @@ class NotificationEvent(StrEnum):
     REFUND_ISSUED = "refund_issued"
     PARTIAL_SHIPMENT = "partial_shipment"  # part of the order ships now, the rest when it is in stock
     RESHIPPED = "reshipped"
+    PARTLY_CANCELLED = "partly_cancelled"  # a part never came (or could not be sent); the rest still does
+    FULFILMENT_FAILED = "fulfilment_failed"  # nothing could be sent: the order is given up
     # Returns
     RETURN_LABEL = "return_label"
     RETURN_EXPIRED = "return_expired"
@@ -338,6 +383,28 @@ class ResolveDeliveryRequest(_Strict):
     note: Reason | None = None
     # Which parcel (shipment no) when several are in exception; default: the first
     shipment: int | None = Field(default=None, ge=1)
+
+
+class ParcelRefundRequest(BaseModel):
+    """Pay back one parcel of an order (ops decided to refund a delivery exception), at the prices paid."""
+
+    order_id: str
+    shipment_no: int
+    lines: list[OrderLine]
+    unit_prices: dict[str, int] = Field(default_factory=dict)  # sku -> cents per unit paid
+    payment_reference: str | None = None
+    currency: str = "USD"
+
+
+class PaymentRefund(BaseModel):
+    refund_id: str
+    amount_cents: int
+    currency: str = "USD"
+    already_refunded: bool = False
+
+    @property
+    def amount(self) -> str:
+        return f"{self.amount_cents / 100:.2f} {self.currency}"
 
 
 class NotifyResult(BaseModel):

@@ -22,11 +22,21 @@ CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 SKUS = SearchAttributeKey.for_keyword_list("Skus")
 CARRIER = SearchAttributeKey.for_keyword("Carrier")
 TRACKING_NUMBER = SearchAttributeKey.for_keyword("TrackingNumber")
-# True while a pick task is past its SLA: ops filter `PickOverdue=true`.
+# True while a pick task is past its SLA: ops filter `PickOverdue=true` (false from the start: see the starter).
 PICK_OVERDUE = SearchAttributeKey.for_bool("PickOverdue")
+# The providers an order waits for right now, in an outage: `WaitingFor="carrier"` lists the orders it holds up.
+WAITING_FOR = SearchAttributeKey.for_keyword_list("WaitingFor")
 
 # No PII here: search attributes are stored unencrypted and shown to every UI user.
-SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [ORDER_STATUS, CUSTOMER_ID, SKUS, CARRIER, TRACKING_NUMBER, PICK_OVERDUE]
+SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [
+    ORDER_STATUS,
+    CUSTOMER_ID,
+    SKUS,
+    CARRIER,
+    TRACKING_NUMBER,
+    PICK_OVERDUE,
+    WAITING_FOR,
+]
 
 _CLI_TYPE_NAMES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "TEXT": "Text", "INT": "Int", "BOOL": "Bool"}
 

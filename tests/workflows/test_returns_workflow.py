@@ -77,6 +77,7 @@ class ReturnsWorld(base.FakeWorld):
     refunds: dict[str, int] = field(default_factory=dict)  # rma -> cents
     refund_attempts: int = 0
     gateway_down: bool = False
+    gateway_declines: bool = False
 
     @activity.defn(name="await_tracking_change")
     async def await_tracking_change(self, request: TrackingPollRequest) -> TrackingUpdate:
@@ -133,6 +134,8 @@ class ReturnsWorld(base.FakeWorld):
         self.refund_attempts += 1
         if self.gateway_down:
             raise ApplicationError("fake gateway unavailable", type="PaymentUnavailable")
+        if self.gateway_declines:
+            raise ApplicationError("fake gateway: charge not refundable", type="PaymentDeclined", non_retryable=True)
         amount = sum(PRICES[sku] * qty for sku, qty in refundable_units(request.reason, request.lines).items())
         self.refunds.setdefault(request.rma_id, amount)
         return RefundResult(refund_id=f"re_{request.rma_id}", amount_cents=self.refunds[request.rma_id])
@@ -199,7 +202,8 @@ async def request(handle: WorkflowHandle, reason: str = "no_longer_needed", exch
             "exchange": exchange,
         }
     )
-    return await handle.execute_update(OrderWorkflow.request_return, req)
+    await handle.execute_update(OrderWorkflow.request_return, req)
+    return await handle.query(OrderWorkflow.status)
 
 
 async def refused(handle: WorkflowHandle, reason: str = "no_longer_needed", **lines: int) -> str:
@@ -363,7 +367,7 @@ async def test_exchange_places_a_replacement_order_linked_both_ways(env: Workflo
 
 async def test_failed_refund_waits_for_ops_then_retry_refund_pays_once(env: WorkflowEnvironment) -> None:
     fake = returns_world(env, {"MUG-RED": 2})
-    fake.gateway_down = True
+    fake.gateway_declines = True
     async with worker(env, fake):
         handle, _ = await delivered_order(env, {"MUG-RED": 2})
         rma = (await request(handle, "not_as_described", MUG_RED=2)).returns[0].rma_id
@@ -380,12 +384,12 @@ async def test_failed_refund_waits_for_ops_then_retry_refund_pays_once(env: Work
                     {"lines": [{"sku": "MUG-RED", "quantity": 1, "condition": "damaged"}]}
                 ),
             )
-        fake.gateway_down = False
+        fake.gateway_declines = False
         done = await rma_handle(env, rma).execute_update(
             ReturnWorkflow.retry_refund, RetryRefundRequest(description="gateway back up")
         )
 
-    assert attempts == 5  # bounded: then it waits for ops
+    assert attempts == 1  # declined: retrying cannot fix it, ops must look
     assert failed.waiting_for and "retry_refund" in failed.waiting_for
     assert order_view.waiting_for and "retry_refund" in order_view.waiting_for
     assert order_view.returns[0].status == "REFUND_FAILED"

@@ -59,8 +59,17 @@ async def order_status(
         return
     out.print(
         f"[bold]{view.order_id}[/]  {view.status.value}"
-        + (f"  (waiting for {view.waiting_for})" if view.waiting_for else "")
+        + (f"  (waiting for {view.waiting_for})" if view.waiting_for else ""),
+        highlight=False,
     )
+    for wait in view.provider_waits:
+        out.print(
+            f"[yellow]the {wait.provider} is not answering[/] since {wait.since:%Y-%m-%d %H:%M:%S} UTC "
+            f"({wait.step}): {wait.error}; it carries on by itself once it is back",
+            highlight=False,
+        )
+    if view.messages_waiting:
+        out.print(f"{view.messages_waiting} message(s) to the customer or ops waiting to go out", highlight=False)
     if len(view.shipments) > 1:
         parcels = Table("parcel", "from", "lines", "status", "tracking")
         for p in view.shipments:
@@ -111,6 +120,17 @@ async def order_cancel(
     """Cancel an order: releases stock, cancels the pick, voids the label. Refused once shipped."""
     async with await connect_api() as api:
         _print_outcome(await api.cancel_order(order_id, reason))
+
+
+@order_app.command("retry")
+@run_async
+async def order_retry(
+    order_id: str,
+    note: Annotated[str | None, typer.Option("--note", help="What ops fixed (shown in the timeline).")] = None,
+) -> None:
+    """Retry what failed and waits for ops (the order is FAILED): the step runs again where it stopped."""
+    async with await connect_api() as api:
+        _print_outcome(await api.retry_order(order_id, note))
 
 
 @order_app.command("hold")

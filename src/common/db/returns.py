@@ -7,7 +7,6 @@ PostgreSQL alike.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -267,9 +266,17 @@ class ReturnsStore:
     # ------------------------------------------------------------------------------------------ refunds
 
     async def record_refund(
-        self, key: str, *, rma_id: str, order_id: str, amount_cents: int, currency: str = "USD"
+        self,
+        key: str,
+        *,
+        refund_id: str,
+        rma_id: str | None,
+        order_id: str,
+        amount_cents: int,
+        currency: str = "USD",
     ) -> tuple[RefundRecord, bool]:
-        """Write the refund once per key; returns (the refund, True if this call wrote it)."""
+        """Record a refund the payments gateway made (its id), once per key; returns (the refund, True if this
+        call wrote it). `rma_id` is None for a refund of a parcel that never arrived."""
         if amount_cents < 0:
             raise ValueError(f"refund amount must be >= 0, got {amount_cents}")
         created = False
@@ -282,8 +289,8 @@ class ReturnsStore:
                 await conn.execute(
                     t.refunds.insert().values(
                         key=key,
-                        refund_id="re_" + secrets.token_hex(12),
-                        rma_id=rma_id,
+                        refund_id=refund_id,
+                        rma_id=rma_id or "",
                         order_id=order_id,
                         amount_cents=amount_cents,
                         currency=currency,

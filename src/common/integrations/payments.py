@@ -14,6 +14,7 @@ while a worker runs in the same process.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,7 +44,14 @@ class RefundReceipt:
 
 class PaymentsGateway(Protocol):
     async def refund(
-        self, *, key: str, order_id: str, rma_id: str, amount_cents: int, currency: str = "USD"
+        self,
+        *,
+        key: str,
+        order_id: str,
+        payment_reference: str | None,
+        amount_cents: int,
+        currency: str,
+        reason: str,
     ) -> RefundReceipt: ...
 
 
@@ -73,16 +81,21 @@ class SandboxPayments:
         self._faults = faults
 
     async def refund(
-        self, *, key: str, order_id: str, rma_id: str, amount_cents: int, currency: str = "USD"
+        self,
+        *,
+        key: str,
+        order_id: str,
+        payment_reference: str | None,
+        amount_cents: int,
+        currency: str,
+        reason: str,
     ) -> RefundReceipt:
         self._faults.attempts += 1
         existing = await self._returns.get_refund(key)
-        if existing is None:
-            if self._faults.decline:
-                raise PaymentDeclined(f"refund {key} declined by the sandbox gateway (injected)")
-            if self._always_fail or self._faults.unavailable:
-                raise PaymentUnavailable(f"sandbox payments gateway unavailable (injected) for {key}")
-        record, created = await self._returns.record_refund(
-            key, rma_id=rma_id, order_id=order_id, amount_cents=amount_cents, currency=currency
-        )
-        return RefundReceipt(record.refund_id, record.amount_cents, record.currency, already_refunded=not created)
+        if existing is not None:
+            return RefundReceipt(existing.refund_id, existing.amount_cents, existing.currency, already_refunded=True)
+        if self._faults.decline:
+            raise PaymentDeclined(f"refund {key} declined by the sandbox gateway (injected)")
+        if self._always_fail or self._faults.unavailable:
+            raise PaymentUnavailable(f"sandbox payments gateway unavailable (injected) for {key}")
+        return RefundReceipt("re_" + secrets.token_hex(12), amount_cents, currency, already_refunded=False)
