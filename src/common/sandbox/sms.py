@@ -149,7 +149,7 @@ class TwilioSandbox:
             provider_id=sid,
             status=status,
         )
-        log.info("sms %s to %s (order %s)", sid, to, order_id)
+        log.info("sms %s accepted (order %s)", sid, order_id)  # not the number: customer data stays out of logs
         if callback:
             self._spawn(self._deliver_callbacks(callback, saved))
         return web.json_response(self._resource(saved, service=service or None), status=201)

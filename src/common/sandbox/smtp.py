@@ -57,7 +57,8 @@ class OutboxHandler:
             order_id=_header(msg, "X-Order-Id"),
             provider_id=_header(msg, "Message-ID"),
         )
-        log.info("email #%d to %s: %s", saved.id, saved.recipient, saved.subject)
+        # Not the recipient or subject: customers' addresses and names stay out of the logs
+        log.info("email #%d accepted (order %s)", saved.id, saved.order_id)
         return "250 2.0.0 Message accepted for delivery"
 
 
