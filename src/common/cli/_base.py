@@ -37,6 +37,8 @@ def run_async(fn: Callable[P, Awaitable[R]]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return asyncio.run(fn(*args, **kwargs))  # type: ignore[arg-type]
+        except typer.Exit:
+            raise  # a command's own exit code (click's Exit is a RuntimeError: keep it from the clause below)
         except InvalidOrder as e:
             err.print("[red]error:[/] invalid order, nothing was started:")
             for problem in e.problems:

@@ -3,7 +3,30 @@ the engine's real adapters run in the demo and the tests without reaching the in
 
 from common.sandbox.app import SandboxServers
 from common.sandbox.carrier import Progression
-from common.sandbox.client import fetch_outbox
+from common.sandbox.client import (
+    OutageInfo,
+    SandboxError,
+    SandboxRefused,
+    SandboxUnreachable,
+    end_outage,
+    fetch_outbox,
+    list_outages,
+    start_outage,
+)
+from common.sandbox.outages import SERVICES
 from common.sandbox.store import OutboxMessage
 
-__all__ = ["OutboxMessage", "Progression", "SandboxServers", "fetch_outbox"]
+__all__ = [
+    "SERVICES",
+    "OutageInfo",
+    "OutboxMessage",
+    "Progression",
+    "SandboxError",
+    "SandboxRefused",
+    "SandboxServers",
+    "SandboxUnreachable",
+    "end_outage",
+    "fetch_outbox",
+    "list_outages",
+    "start_outage",
+]

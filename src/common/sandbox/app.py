@@ -12,6 +12,7 @@ from aiohttp import web
 
 from common.config import Settings
 from common.sandbox.carrier import CarrierSandbox, Progression
+from common.sandbox.outages import OutageControl, Outages
 from common.sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
 from common.sandbox.smtp import SandboxSmtpServer
 from common.sandbox.store import OutboxMessage, SandboxStore
@@ -25,7 +26,8 @@ class SandboxServers:
     """Local stand-ins for the SMTP relay, Twilio and the carrier, sharing one SQLite file.
 
     Ports of 0 in the settings bind ephemeral ports; the bound ones are `smtp_port`, `http_port` and
-    `carrier_port` once started, and `settings_for_clients()` points the engine's adapters at them.
+    `carrier_port` once started, and `settings_for_clients()` points the engine's adapters at them. Each
+    service can be put into an outage and back (`start_outage`, also over HTTP: outages.py).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SandboxServers:
         self.smtp_port = settings.sandbox_smtp_port
         self.http_port = settings.sandbox_http_port
         self.carrier_port = settings.sandbox_carrier_port
+        self._outages = Outages()
         self._opted_out = opted_out
         self._sms_callback_delays = sms_callback_delays
         self.progression = Progression(
@@ -75,7 +78,12 @@ class SandboxServers:
         self._store = store = SandboxStore(self.db_path)
 
         self._smtp = SandboxSmtpServer(
-            store, self.host, self.smtp_port, username=s.smtp_username, password=s.smtp_password
+            store,
+            self.host,
+            self.smtp_port,
+            username=s.smtp_username,
+            password=s.smtp_password,
+            outages=self._outages,
         )
         await self._smtp.start()
         self.smtp_port = self._smtp.port
@@ -88,14 +96,18 @@ class SandboxServers:
             host=self.client_host,
             opted_out=self._opted_out,
             callback_delays=self._sms_callback_delays,
+            outages=self._outages,
         )
         self._twilio.add_routes(http_app)
+        OutageControl(self._outages).add_routes(http_app)
         http_app.router.add_get("/outbox", self._outbox_handler)
         http_app.router.add_get("/healthz", _healthz)
         self.http_port = await self._serve(http_app, self.http_port)
 
         carrier_app = web.Application()
-        self._carrier = CarrierSandbox(store, api_key=s.carrier_api_key, progression=self.progression)
+        self._carrier = CarrierSandbox(
+            store, api_key=s.carrier_api_key, progression=self.progression, outages=self._outages
+        )
         self._carrier.add_routes(carrier_app)
         carrier_app.router.add_get("/healthz", _healthz)
         self.carrier_port = await self._serve(carrier_app, self.carrier_port)
@@ -167,7 +179,8 @@ class SandboxServers:
     def describe(self) -> str:
         return (
             f"smtp={self.client_host}:{self.smtp_port} twilio={self.http_url} "
-            f"outbox={self.http_url}/outbox carrier={self.carrier_api_base} db={self.db_path}"
+            f"outbox={self.http_url}/outbox carrier={self.carrier_api_base} "
+            f"outages={self.http_url}/_sandbox/outages db={self.db_path}"
         )
 
     # -- in-process inspection and test controls ------------------------------------------------------------
@@ -189,6 +202,19 @@ class SandboxServers:
         if self._twilio is None:
             raise RuntimeError("sandbox not started")
         return self._twilio
+
+    def start_outage(self, service: str, seconds: float | None = None) -> None:
+        """Put `service` (smtp, sms, carrier) into an outage for `seconds` (None: until ended).
+        ValueError for an unknown service or a duration that is not a positive number."""
+        self._outages.start(service, seconds)
+
+    def end_outage(self, service: str) -> bool:
+        """End the outage of `service`; False if it had none. ValueError for an unknown service."""
+        return self._outages.end(service)
+
+    def outages(self) -> dict[str, float | None]:
+        """The active outages: service -> wall-clock end (time.time() scale; None: until ended)."""
+        return self._outages.snapshot()
 
     def outbox(self, order_id: str | None = None) -> list[OutboxMessage]:
         """Every email and SMS received (optionally for one order), oldest first."""
