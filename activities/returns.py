@@ -159,7 +159,12 @@ class ReturnActivities:
         amount = sum(prices[sku] * qty for sku, qty in units.items())
         try:
             receipt = await self._payments.refund(
-                key=refund_key(request.rma_id), order_id=request.order_id, rma_id=request.rma_id, amount_cents=amount
+                key=refund_key(request.rma_id),
+                order_id=request.order_id,
+                payment_reference=request.payment_reference,
+                amount_cents=amount,
+                currency=request.currency,
+                reason=request.reason.value,
             )
         except PaymentDeclined as err:
             raise ApplicationError(str(err), type="PaymentDeclined", non_retryable=True) from err

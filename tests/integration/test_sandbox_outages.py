@@ -1,5 +1,5 @@
 """Outages of the sandbox services, driven through the engine's real adapters (aiosmtplib's pooled EmailSender,
-the twilio SDK, the carrier client), the HTTP control and the real `fulfill dev` CLI."""
+the twilio SDK, the carrier client, Stripe's SDK), the HTTP control and the real `fulfill dev` CLI."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from common.config import Settings
 from common.integrations.carrier import CarrierClient, CarrierTransientError
 from common.integrations.email import EmailSender, EmailTransientError
+from common.integrations.payments import PaymentUnavailable, payments_gateway
 from common.integrations.sms import SmsSender, SmsTransientError
 from common.models import Address
 from common.sandbox import SandboxServers
@@ -26,7 +27,9 @@ FROM = {"name": "Main warehouse", "street1": "5 Depot Rd", "city": "Leeds", "zip
 
 @pytest.fixture
 async def sb(tmp_path: Path) -> AsyncIterator[SandboxServers]:
-    settings = Settings(var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0)
+    settings = Settings(
+        var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+    )
     async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.01, 0.02)) as sb:
         yield sb
 
@@ -116,14 +119,37 @@ async def test_carrier_outage_fails_every_api_call(sb: SandboxServers) -> None:
         await carrier.close()
 
 
+async def test_payments_outage_is_unavailable_then_the_refund_goes_through(sb: SandboxServers) -> None:
+    gateway = payments_gateway(sb.settings_for_clients())
+    refund = {
+        "key": "refund:RMA-ORD-1-1",
+        "order_id": "ORD-1",
+        "payment_reference": "pi_test_ORD_1",
+        "amount_cents": 1200,
+        "currency": "USD",
+        "reason": "damaged",
+    }
+    try:
+        sb.start_outage("payments")
+        with pytest.raises(PaymentUnavailable, match="503"):
+            await gateway.refund(**refund)
+        assert sb.refunds() == []
+        sb.end_outage("payments")
+        receipt = await gateway.refund(**refund)
+        assert (receipt.amount_cents, receipt.already_refunded) == (1200, False)
+        assert [r["id"] for r in sb.refunds()] == [receipt.refund_id]
+    finally:
+        await gateway.close()
+
+
 def test_unknown_service_and_bad_durations_are_refused(tmp_path: Path) -> None:
     sb = SandboxServers(Settings(var_dir=tmp_path))  # the in-process API needs no running servers
     for service, seconds in [("fax", None), ("SMTP", None), ("smtp", 0), ("smtp", -5), ("smtp", float("nan"))]:
         with pytest.raises(ValueError) as err:
             sb.start_outage(service, seconds)
         if service != "smtp":
-            assert "smtp, sms, carrier" in str(err.value)
-    with pytest.raises(ValueError, match="smtp, sms, carrier"):
+            assert "smtp, sms, carrier, payments" in str(err.value)
+    with pytest.raises(ValueError, match="smtp, sms, carrier, payments"):
         sb.end_outage("fax")
     assert sb.outages() == {}
     assert sb.end_outage("sms") is False
@@ -138,30 +164,30 @@ async def test_http_control_starts_lists_and_ends_outages(sb: SandboxServers) ->
     async with aiohttp.ClientSession() as http:
         async with http.post(url, json={"service": "carrier", "seconds": 600}) as resp:
             assert resp.status == 201
-        async with http.post(url, json={"service": "sms"}) as resp:
+        async with http.post(url, json={"service": "payments"}) as resp:
             assert resp.status == 201
         async with http.get(url) as resp:
             listed = (await resp.json())["outages"]
-        assert [o["service"] for o in listed] == ["sms", "carrier"]
-        assert 595 < listed[1]["seconds_left"] <= 600 and listed[1]["ends_at"].endswith("Z")
-        assert listed[0]["seconds_left"] is None and listed[0]["ends_at"] is None
+        assert [o["service"] for o in listed] == ["carrier", "payments"]
+        assert 595 < listed[0]["seconds_left"] <= 600 and listed[0]["ends_at"].endswith("Z")
+        assert listed[1]["seconds_left"] is None and listed[1]["ends_at"] is None
         carrier_end = sb.outages()["carrier"]
         assert carrier_end is not None and abs(carrier_end - (time.time() + 600)) < 5
-        assert sb.outages()["sms"] is None
+        assert sb.outages()["payments"] is None
 
         async with http.delete(f"{url}/carrier") as resp:
             assert resp.status == 200
             body = await resp.json()
-        assert body["ended"] is True and [o["service"] for o in body["outages"]] == ["sms"]
+        assert body["ended"] is True and [o["service"] for o in body["outages"]] == ["payments"]
         async with http.delete(f"{url}/carrier") as resp:
             assert (await resp.json())["ended"] is False
-    assert list(sb.outages()) == ["sms"]
+    assert list(sb.outages()) == ["payments"]
 
 
 @pytest.mark.parametrize(
     ("body", "detail"),
     [
-        (b'{"service": "fax"}', "smtp, sms, carrier"),
+        (b'{"service": "fax"}', "smtp, sms, carrier, payments"),
         (b'{"service": "smtp", "seconds": -1}', "positive"),
         (b'{"service": "smtp", "seconds": 0}', "positive"),
         (b'{"service": "smtp", "seconds": "600"}', "number"),
@@ -189,7 +215,7 @@ async def test_http_control_refuses_bad_input_and_changes_nothing(sb: SandboxSer
 async def test_http_control_refuses_ending_an_unknown_service(sb: SandboxServers) -> None:
     async with aiohttp.ClientSession() as http, http.delete(f"{sb.http_url}/_sandbox/outages/fax") as resp:
         assert resp.status == 400 and resp.content_type == "application/problem+json"
-        assert "smtp, sms, carrier" in (await resp.json(content_type=None))["detail"]
+        assert "smtp, sms, carrier, payments" in (await resp.json(content_type=None))["detail"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,8 +256,8 @@ async def test_cli_refuses_bad_input_and_changes_nothing(sb: SandboxServers) -> 
     cli = Cli(sb.settings_for_clients())
     sb.start_outage("sms")
     for args, says in [
-        (("fax",), "smtp, sms, carrier"),
-        (("fax", "--end"), "smtp, sms, carrier"),
+        (("fax",), "smtp, sms, carrier, payments"),
+        (("fax", "--end"), "smtp, sms, carrier, payments"),
         (("smtp", "--for", "0"), "positive"),
         (("smtp", "--for", "-3"), "positive"),
         (("smtp", "--for", "5", "--end"), "not both"),
@@ -245,7 +271,9 @@ async def test_cli_refuses_bad_input_and_changes_nothing(sb: SandboxServers) -> 
 
 async def test_cli_says_when_the_sandbox_is_not_running(tmp_path: Path) -> None:
     async with SandboxServers(
-        Settings(var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0),
+        Settings(
+            var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+        ),
         db_path=":memory:",
     ) as gone:
         settings = gone.settings_for_clients()

@@ -1,5 +1,5 @@
-"""Local servers that speak the real external APIs (SMTP, Twilio Messages, an EasyPost-shaped carrier), so
-the engine's real adapters run in the demo and the tests without reaching the internet."""
+"""Local servers that speak the real external APIs (SMTP, Twilio Messages, an EasyPost-shaped carrier, Stripe's
+Refunds API), so the engine's real adapters run in the demo and the tests without reaching the internet."""
 
 from common.sandbox.app import SandboxServers
 from common.sandbox.carrier import Progression

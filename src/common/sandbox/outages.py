@@ -1,7 +1,7 @@
 """Outages of the sandbox services, switched on and off while the stack runs.
 
-During an outage a service fails the way its real provider fails transiently (SMTP 421, Twilio and EasyPost 503),
-so the engine's adapters raise their transient errors and orders wait; when it ends (by
+During an outage a service fails the way its real provider fails transiently (SMTP 421, Twilio and EasyPost 503,
+Stripe 503 `api_error`), so the engine's adapters raise their transient errors and orders wait; when it ends (by
 hand, or its time is up) the same clients succeed again. Control: `SandboxServers.start_outage` / `end_outage` /
 `outages` in process, and `/_sandbox/outages` on the sandbox HTTP server (what `fulfill dev outage` calls).
 """
@@ -19,7 +19,7 @@ from aiohttp import web
 
 log = logging.getLogger("fulfill.sandbox.outages")
 
-SERVICES = ("smtp", "sms", "carrier")
+SERVICES = ("smtp", "sms", "carrier", "payments")
 PROBLEM_JSON = "application/problem+json"
 EXAMPLE = '{"service": "smtp", "seconds": 600}'
 
