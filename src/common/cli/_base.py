@@ -1,6 +1,7 @@
 """Shared plumbing of the `fulfill` commands: consoles, exit codes, async runner, API connection.
 
-Exit codes: 0 done, 1 refused by the engine (e.g. the order already exists), 2 bad input (nothing changed).
+Exit codes: 0 done, 1 refused by the engine (e.g. the order already exists) or the engine did not answer,
+2 bad input (nothing changed).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedError
+from temporalio.service import RPCError
 
 from common.api import FulfillmentApi
 from common.config import get_settings
@@ -50,6 +53,13 @@ def run_async(fn: Callable[P, Awaitable[R]]) -> Callable[P, R]:
         except (FulfillmentError, StoreError, ValueError) as e:
             err.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError) as e:
+            # Temporal took the request but nothing answered it (e.g. a query needs a worker and none runs)
+            err.print(
+                f"[red]error:[/] the engine did not answer (is a worker running? `make run`): {_short(e)}",
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_REFUSED) from None
         except (ConnectionError, OSError, RuntimeError) as e:
             err.print(f"[red]error:[/] cannot reach the engine ({e}). Is `make run` (or a worker and Temporal) up?")
             raise typer.Exit(EXIT_REFUSED) from None
@@ -63,3 +73,8 @@ def connect_api() -> Awaitable[FulfillmentApi]:
 
 def print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str))
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
