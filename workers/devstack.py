@@ -1,5 +1,8 @@
 """The embedded stack behind `make run`: Temporal dev server (with Web UI), sandbox SMTP/SMS/carrier/payments,
 one worker and the simulated picker, all on 127.0.0.1 with their data under var/. Ctrl-C stops everything.
+
+While it runs, `<var_dir>/stack.json` holds the settings it runs with, and the `fulfill` CLI follows them
+(common/cli/_base.py): a shell without FULFILL_DATABASE_URL still reads the stack's database.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 from common.api import FulfillmentApi
+from common.cli._base import hide_password, remove_stack_file, stack_file, write_stack_file
 from common.config import Settings, get_settings
 from common.db import Store
 from common.demo import seed_demo
@@ -120,7 +124,9 @@ def _banner(settings: Settings) -> str:
     Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
     Sandbox carrier   {settings.carrier_api_base}
     Sandbox payments  {settings.stripe_api_base or "real Stripe"} (refunds via Stripe's SDK)
-    Database          {settings.database_url}
+    Database          {hide_password(settings.database_url)}
+                      the fulfill CLI follows this stack ({stack_file(settings.var_dir)}): it uses this database
+                      in a shell without FULFILL_DATABASE_URL, and refuses one that names another
     Picker            {picker}
 
   Try, in another shell (source .venv/bin/activate first):
@@ -128,7 +134,8 @@ def _banner(settings: Settings) -> str:
     fulfill order status ORD-1001
     fulfill outbox --order ORD-1001
     fulfill dev outage carrier --for 60     # watch orders wait in the Web UI, then recover
-  Ctrl-C stops everything; data stays in {settings.var_dir}/ for the next `make run`.
+  Ctrl-C stops everything; data stays in {settings.var_dir}/ for the next `make run`
+  (switching databases: stop the stack and `make clean` first).
 """
 
 
@@ -168,11 +175,13 @@ def main() -> None:
         sandbox = start("sandbox", [sys.executable, "-m", "workers.sandbox"])
         wait_for_port(settings.sandbox_host, settings.sandbox_payments_port, "sandbox servers", sandbox)
         start("worker", [sys.executable, "-m", "workers.worker"])
+        write_stack_file(settings)
         print(_banner(settings), flush=True)
         asyncio.run(_supervise(settings, procs))
     except KeyboardInterrupt:
         pass
     finally:
+        remove_stack_file(settings)  # first: a CLI must not follow a stack that is going away
         _stop_all(procs)
 
 
