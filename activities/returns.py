@@ -211,6 +211,8 @@ class ReturnActivities:
         if missing:
             raise ApplicationError(f"no price for {', '.join(missing)}", type="PaymentDeclined", non_retryable=True)
         amount = sum(prices[sku] * qty for sku, qty in units.items())
+        if amount == 0:  # nothing is owed (e.g. every unit came back damaged by the customer): nothing moves
+            return PaymentRefund(refund_id="", amount_cents=0, currency=currency)
         try:
             receipt = await self._payments.refund(
                 key=key,

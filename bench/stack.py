@@ -178,13 +178,17 @@ async def wait_for_pollers(client: Client, task_queue: str, worker: Process, wit
 
 def with_sandbox_ports(settings: Settings) -> Settings:
     """`settings` with ephemeral sandbox ports and the engine's adapters pointed at them."""
-    smtp, http, carrier = free_port(), free_port(), free_port()
+    smtp, http, carrier, payments = free_port(), free_port(), free_port(), free_port()
     return settings.model_copy(
         update={
             "sandbox_host": LOCALHOST,
             "sandbox_smtp_port": smtp,
             "sandbox_http_port": http,
             "sandbox_carrier_port": carrier,
+            "sandbox_payments_port": payments,
+            "payments_provider": "stripe",
+            "stripe_api_key": settings.sandbox_payments_api_key,
+            "stripe_api_base": f"http://{LOCALHOST}:{payments}",
             "smtp_host": LOCALHOST,
             "smtp_port": smtp,
             "smtp_starttls": False,
@@ -201,7 +205,12 @@ async def start_sandbox(settings: Settings, log_dir: Path, within_s: float = 30)
     for services on other machines, so they should not share the load generator's or the worker's loop."""
     proc = spawn("sandbox", [sys.executable, "-m", "workers.sandbox"], log_dir, settings_env(settings))
     deadline = time.monotonic() + within_s
-    ports = (settings.sandbox_smtp_port, settings.sandbox_http_port, settings.sandbox_carrier_port)
+    ports = (
+        settings.sandbox_smtp_port,
+        settings.sandbox_http_port,
+        settings.sandbox_carrier_port,
+        settings.sandbox_payments_port,
+    )
     while not all(port_open(p) for p in ports):
         proc.check_alive()
         if time.monotonic() > deadline:

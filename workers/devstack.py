@@ -1,5 +1,8 @@
-"""The embedded stack behind `make run`: Temporal dev server (with Web UI), sandbox SMTP/SMS/carrier,
+"""The embedded stack behind `make run`: Temporal dev server (with Web UI), sandbox SMTP/SMS/carrier/payments,
 one worker and the simulated picker, all on 127.0.0.1 with their data under var/. Ctrl-C stops everything.
+
+While it runs, `<var_dir>/stack.json` holds the settings it runs with, and the `fulfill` CLI follows them
+(common/cli/_base.py): a shell without FULFILL_DATABASE_URL still reads the stack's database.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 from common.api import FulfillmentApi
+from common.cli._base import hide_password, remove_stack_file, stack_file, write_stack_file
 from common.config import Settings, get_settings
 from common.db import Store
 from common.demo import seed_demo
@@ -87,24 +91,51 @@ async def _run_picker(settings: Settings, stop: asyncio.Event) -> None:
         await run_picker(api, settings.picker_delay, stop)
 
 
+def with_sandbox_payments(settings: Settings, environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
+    """Refunds through the real Stripe adapter, pointed at the sandbox's Stripe-shaped server, unless the
+    environment chose a payments provider itself."""
+    if any(k.upper() == "FULFILL_PAYMENTS_PROVIDER" for k in environ):
+        return settings, environ
+    payments = {
+        "payments_provider": "stripe",
+        "stripe_api_key": settings.sandbox_payments_api_key,
+        "stripe_api_base": f"http://{_client_host(settings.sandbox_host)}:{settings.sandbox_payments_port}",
+    }
+    # A FULFILL_STRIPE_* of the shell (say, a live key) must not reach the sandbox: these replace them
+    env = {k: v for k, v in environ.items() if not k.upper().startswith("FULFILL_STRIPE_")}
+    env.update({f"FULFILL_{k.upper()}": v for k, v in payments.items()})
+    return settings.model_copy(update=payments), env
+
+
+def _client_host(host: str) -> str:
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"[{host}]" if ":" in host else host
+
+
 def _banner(settings: Settings) -> str:
     ui = f"http://localhost:{settings.temporal_ui_port}"
     picker = f"confirms picks after {settings.picker_delay:g}s" if settings.picker_enabled else "off"
+    host = _client_host(settings.sandbox_host)
     return f"""
   Fulfillment engine is up.
     Temporal Web UI   {ui}/namespaces/{settings.temporal_namespace}/workflows
     Temporal gRPC     {settings.temporal_address}
-    Sandbox SMTP      {settings.sandbox_host}:{settings.sandbox_smtp_port}
-    Sandbox SMS/outbox http://{settings.sandbox_host}:{settings.sandbox_http_port}/outbox
+    Sandbox SMTP      {host}:{settings.sandbox_smtp_port}
+    Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
     Sandbox carrier   {settings.carrier_api_base}
-    Database          {settings.database_url}
+    Sandbox payments  {settings.stripe_api_base or "real Stripe"} (refunds via Stripe's SDK)
+    Database          {hide_password(settings.database_url)}
+                      the fulfill CLI follows this stack ({stack_file(settings.var_dir)}): it uses this database
+                      in a shell without FULFILL_DATABASE_URL, and refuses one that names another
     Picker            {picker}
 
   Try, in another shell (source .venv/bin/activate first):
     fulfill order place examples/order.json
     fulfill order status ORD-1001
     fulfill outbox --order ORD-1001
-  Ctrl-C stops everything; data stays in {settings.var_dir}/ for the next `make run`.
+    fulfill dev outage carrier --for 60     # watch orders wait in the Web UI, then recover
+  Ctrl-C stops everything; data stays in {settings.var_dir}/ for the next `make run`
+  (switching databases: stop the stack and `make clean` first).
 """
 
 
@@ -119,6 +150,7 @@ def main() -> None:
         ("sandbox SMTP", settings.sandbox_smtp_port),
         ("sandbox HTTP", settings.sandbox_http_port),
         ("sandbox carrier", settings.sandbox_carrier_port),
+        ("sandbox payments", settings.sandbox_payments_port),
     ]:
         if _port_open(host or "127.0.0.1", p):
             raise SystemExit(f"port {p} ({what}) is already in use: is another `make run` up?")
@@ -126,7 +158,7 @@ def main() -> None:
     asyncio.run(_prepare_data(settings))
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Children ignore the terminal's Ctrl-C (own session); we stop them in order: worker first.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    settings, env = with_sandbox_payments(settings, {**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -141,13 +173,15 @@ def main() -> None:
         if added:
             log.info("registered search attributes %s", ", ".join(added))
         sandbox = start("sandbox", [sys.executable, "-m", "workers.sandbox"])
-        wait_for_port(settings.sandbox_host, settings.sandbox_carrier_port, "sandbox servers", sandbox)
+        wait_for_port(settings.sandbox_host, settings.sandbox_payments_port, "sandbox servers", sandbox)
         start("worker", [sys.executable, "-m", "workers.worker"])
+        write_stack_file(settings)
         print(_banner(settings), flush=True)
         asyncio.run(_supervise(settings, procs))
     except KeyboardInterrupt:
         pass
     finally:
+        remove_stack_file(settings)  # first: a CLI must not follow a stack that is going away
         _stop_all(procs)
 
 

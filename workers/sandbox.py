@@ -1,7 +1,8 @@
-"""The sandbox servers (SMTP, Twilio Messages API, carrier) in the foreground until SIGINT/SIGTERM.
+"""The sandbox servers (SMTP, Twilio Messages API, carrier, Stripe refunds) in the foreground until SIGINT/SIGTERM.
 
 Run with `python -m workers.sandbox` (settings from FULFILL_* environment variables; data in
-`<var_dir>/sandbox.db`, kept across restarts).
+`<var_dir>/sandbox.db`, kept across restarts). Outages of each service are switched at run time over HTTP
+(`/_sandbox/outages` on the SMS/outbox port; `fulfill dev outage`).
 """
 
 from __future__ import annotations

@@ -24,10 +24,9 @@ from activities.shipping import ShippingActivities
 from activities.warehouse import WarehouseActivities
 from common.config import Settings, get_settings
 from common.db import Store
-from common.db.returns import ReturnsStore
 from common.integrations.carrier import CarrierClient
 from common.integrations.email import EmailSender
-from common.integrations.payments import SandboxPayments
+from common.integrations.payments import payments_gateway
 from common.integrations.sms import SmsSender
 from common.logs import configure_logging
 from common.temporal import connect, task_pollers
@@ -48,7 +47,8 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         shipping = ShippingActivities(store, carrier)
         sms = SmsSender(settings)
         notifications = NotificationActivities(store, email, sms, settings)
-        returns = ReturnActivities(store, carrier, SandboxPayments(ReturnsStore(store), settings))
+        payments = payments_gateway(settings)
+        returns = ReturnActivities(store, carrier, payments)
         worker = Worker(
             client,
             task_queue=settings.task_queue,
@@ -92,6 +92,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             async with worker:
                 yield worker
         finally:
+            await payments.close()
             await sms.close()
             await email.close()
     finally:

@@ -25,7 +25,6 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from workflows.activity_options import EXTERNAL_CALL
 from workflows.order_returns import OrderReturns
 from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, Step, StepRunner
 from workflows.visibility import SearchAttributeBatch
@@ -848,7 +847,10 @@ class OrderWorkflow(OrderReturns):
                     label = await self._step(ShippingActivities.buy_label, request, CARRIER, "rate-shop and buy label")
                 else:
                     label = await workflow.execute_activity_method(
-                        ShippingActivities.buy_label, request, summary="rate-shop and buy label", **EXTERNAL_CALL
+                        ShippingActivities.buy_label,
+                        request,
+                        summary="rate-shop and buy label",
+                        **CARRIER.patient_options(),
                     )
                 break
             except (ActivityError, ApplicationError) as err:
@@ -1537,7 +1539,7 @@ class OrderWorkflow(OrderReturns):
 
     async def _void_label(self, request: LabelRequest) -> object:
         return await workflow.execute_activity_method(
-            ShippingActivities.void_label, request, summary="void label", **EXTERNAL_CALL
+            ShippingActivities.void_label, request, summary="void label", **CARRIER.patient_options()
         )
 
     async def _compensate(self) -> None:

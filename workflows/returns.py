@@ -26,8 +26,7 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.activity_options import ActivityOptions
-from workflows.steps import CARRIER, DATABASE, Messenger, StepRunner
+from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, StepRunner
 
 with workflow.unsafe.imports_passed_through():
     import email_validator  # noqa: F401  (see workflows/order.py)
@@ -78,17 +77,6 @@ REPLACEMENT_SHIPS_ON_RETURN = "replacement-ships-on-return"  # an exchange ships
 RETURN_FAILURES_ALERT_OPS = "return-failures-alert-ops"
 
 
-# A refund the gateway cannot make now (an outage) retries until it can (capped backoff); one it declines waits
-# for ops (retry_refund).
-REFUND_CALL = ActivityOptions(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=2),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=5),
-        non_retryable_error_types=["PaymentDeclined"],
-    ),
-)
 _AWAITING_PARCEL = (RmaStatus.REQUESTED, RmaStatus.IN_TRANSIT)
 
 
@@ -451,7 +439,11 @@ class ReturnWorkflow:
         while True:
             try:
                 result: RefundResult = await workflow.execute_activity_method(
-                    ReturnActivities.refund_return, request, summary="refund", **REFUND_CALL
+                    # An outage waits; a refund the gateway declines waits for ops (retry_refund).
+                    ReturnActivities.refund_return,
+                    request,
+                    summary="refund",
+                    **PAYMENTS.patient_options(),
                 )
                 break
             except ActivityError as err:

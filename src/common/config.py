@@ -105,8 +105,15 @@ class Settings(BaseSettings):
     # slots: `make bench`, N=300, 6.1 -> 7.6 orders/s.
     worker_task_pollers: Literal["autoscale"] | int = Field(default="autoscale")
 
-    # Payments (refunds of returns): the sandbox gateway; true makes every refund fail (to see retry_refund)
-    sandbox_payments_fail: bool = False
+    # Payments (refunds of returns). No provider: every refund is declined and waits for ops, so production
+    # never tells a customer about a refund that did not happen. "stripe": the Stripe adapter; stripe_api_base
+    # None is real Stripe (the embedded stack points it at the sandbox payments server).
+    payments_provider: Literal["stripe"] | None = None
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    # The sandbox payments server (Stripe's Refunds API) and the one API key it accepts
+    sandbox_payments_port: int = 8028
+    sandbox_payments_api_key: str = "sk_test_sandbox"
 
     @field_validator("*", mode="before")
     @classmethod

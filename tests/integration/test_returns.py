@@ -1,5 +1,6 @@
-"""Returns on the real stack: dev server, worker, sandbox carrier/SMTP/SMS, the database and the `fulfill` CLI.
-From the request to the refund, with the stock, the ledger and the refunds ledger checked, one unit damaged."""
+"""Returns on the real stack: dev server, worker, sandbox carrier/SMTP/SMS/payments, the database and the `fulfill`
+CLI. From the request to the refund, with the stock, the ledger and the refund the payments sandbox made (through
+Stripe's SDK) checked, one unit damaged."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from common.api import FulfillmentApi
 from common.config import Settings
 from common.db import Store
 from common.db.returns import ReturnsStore
-from common.integrations.payments import SANDBOX_FAULTS
 from common.models import OrderStatus, OrderView
 from common.returns import RmaStatus, RmaView
 from common.sandbox import SandboxServers
@@ -23,6 +23,10 @@ from tests.integration.conftest import Cli
 from tests.orders import order_dict
 
 pytestmark = pytest.mark.usefixtures("worker")
+
+
+def payment_of(order_id: str) -> str:
+    return str(order_dict(order_id, {})["payment"]["reference"])
 
 
 @pytest.fixture
@@ -114,8 +118,11 @@ async def test_return_from_request_to_refund_with_one_unit_damaged(
     # not_as_described: only the resellable units are refunded, at the catalogue price (BOOK-ADA 25.00).
     assert refunded.refund_cents == 2 * 2500
     returns = ReturnsStore(store)
-    [refund] = await returns.refunds(order_id)
-    assert (refund.key, refund.amount_cents, refund.rma_id) == (f"refund:{rma_id}", 5000, rma_id)
+    # The money moved: one refund on the order's PaymentIntent, made with the RMA's idempotency key
+    [refund] = sandbox.refunds(payment_of(order_id))
+    assert (refund["amount"], refund["currency"], refund["status"]) == (5000, "usd", "succeeded")
+    assert refund["metadata"]["refund_key"] == f"refund:{rma_id}" and refund["metadata"]["order_id"] == order_id
+    assert refunded.refund_id == refund["id"]
     # Stock: the resellable books are back on hand; the damaged T-shirt is written off (no stock change).
     assert await on_hand(store, "BOOK-ADA", warehouse) == books + 2
     assert await on_hand(store, "TEE-L", warehouse) == tees
@@ -142,25 +149,25 @@ async def test_return_from_request_to_refund_with_one_unit_damaged(
 
 
 async def test_failed_refund_waits_for_ops_and_retry_refund_pays_once(
-    returns_api: FulfillmentApi, cli: Cli, store: Store
+    returns_api: FulfillmentApi, cli: Cli, sandbox: SandboxServers
 ) -> None:
     order_id = await delivered(returns_api, {"MUG-BLUE": 1})
     view = await returns_api.request_return(order_id, {"MUG-BLUE": 1}, "no_longer_needed")
     rma_id = view.returns[0].rma_id
-    SANDBOX_FAULTS.unavailable = True
+    sandbox.start_outage("payments")  # Stripe answers 503 until ended: every attempt of the refund fails
     try:
         await returns_api.receive_return(rma_id, [("MUG-BLUE", 1, "resellable")])
         failed = await wait_rma(returns_api, rma_id, RmaStatus.REFUND_FAILED)
     finally:
-        SANDBOX_FAULTS.unavailable = False
+        sandbox.end_outage("payments")
     assert failed.waiting_for and "retry_refund" in failed.waiting_for
     order_view = await returns_api.order_status(order_id)
     assert order_view.waiting_for and "retry_refund" in order_view.waiting_for
-    assert await ReturnsStore(store).refunds(order_id) == []
+    assert sandbox.refunds(payment_of(order_id)) == []
 
     code, out, err = await run(cli, "order", "retry-refund", rma_id, "--description", "gateway back up")
     assert code == 0 and "REFUNDED" in out, err
-    [refund] = await ReturnsStore(store).refunds(order_id)
-    assert refund.amount_cents == 1200
+    [refund] = sandbox.refunds(payment_of(order_id))
+    assert refund["amount"] == 1200
     code, _, err = await run(cli, "order", "retry-refund", rma_id, "--description", "again")
     assert code == 2 and "closed" in err  # refunded: nothing left to retry

@@ -45,7 +45,9 @@ PARCEL = {"weight": 16.0}
 
 
 def sandbox_settings(tmp_path: Path) -> Settings:
-    return Settings(var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0)
+    return Settings(
+        var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+    )
 
 
 def start_sandbox(tmp_path: Path) -> SandboxServers:
@@ -631,7 +633,7 @@ async def test_restart_keeps_outbox_and_shipments(tmp_path: Path) -> None:
 async def test_memory_db_and_health(tmp_path: Path) -> None:
     async with SandboxServers(sandbox_settings(tmp_path), db_path=":memory:") as sb:
         async with aiohttp.ClientSession() as http:
-            for url in (f"{sb.http_url}/healthz", f"{sb.carrier_url}/healthz"):
+            for url in (f"{sb.http_url}/healthz", f"{sb.carrier_url}/healthz", f"{sb.payments_url}/healthz"):
                 async with http.get(url) as resp:
                     assert resp.status == 200
         assert sb.outbox() == []

@@ -264,6 +264,7 @@ async def run_scenarios(paths: list[str]) -> dict[str, str]:
                     sandbox_smtp_port=0,
                     sandbox_http_port=0,
                     sandbox_carrier_port=0,
+                    sandbox_payments_port=0,
                     sandbox_in_transit_after=1.0,
                     sandbox_out_for_delivery_after=2.0,
                     sandbox_delivered_after=3.0,

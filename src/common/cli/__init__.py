@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from common.cli.catalog import catalog_app
+from common.cli.dev import dev_app
 from common.cli.inventory import inventory_app
 from common.cli.orders import order_app
 from common.cli.outbox import outbox
@@ -17,21 +18,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-dev_app = typer.Typer(help="The embedded stack for development and demos.", no_args_is_help=True)
 app.add_typer(order_app, name="order")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(dev_app, name="dev")
 app.command("outbox")(outbox)
-
-
-@dev_app.command("up")
-def dev_up() -> None:
-    """Start Temporal with its Web UI, the sandbox servers, a worker and the simulated picker."""
-    from workers.devstack import main
-
-    main()
 
 
 if __name__ == "__main__":

@@ -1,25 +1,24 @@
-"""Payments gateway: refunds for returns.
+"""Payments gateway: refunds for returns, through the provider the settings name.
 
-`PaymentsGateway` is the interface an adapter for a real provider (Stripe, Adyen...) implements: one refund per
-idempotency key (`refund:<rma_id>`), so a retried or replayed refund never pays twice. `SandboxPayments` is
-the embedded implementation: it keeps a refunds ledger table in the engine's database.
+`PaymentsGateway` is what the returns activity calls: one refund per idempotency key (`refund:<rma_id>`), so a
+retried or replayed refund never pays twice. `payments_gateway(settings)` builds it:
+
+- `FULFILL_PAYMENTS_PROVIDER=stripe`: `StripePayments` (stripe_payments.py), Stripe's own SDK; with
+  `FULFILL_STRIPE_API_BASE` unset it talks to the real Stripe (the embedded stack points it at the sandbox's
+  Stripe-shaped server).
+- unset: `UnconfiguredPayments`, which declines every refund, so a return waits for ops instead of the
+  customer being told about money that never moved.
 
 Errors say whether retrying helps: `PaymentUnavailable` (try again later) and `PaymentDeclined` (retrying
-cannot fix it: ops must look).
-
-Failure injection for demos and tests: `FULFILL_SANDBOX_PAYMENTS_FAIL=true` makes every sandbox refund fail as
-"unavailable" from the start; `SANDBOX_FAULTS` (a per-process switch) lets a test turn failures on and off
-while a worker runs in the same process.
+cannot fix it: ops must look). Their messages carry ids and amounts, never customer data.
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
 from common.config import Settings
-from common.db.returns import ReturnsStore
 
 
 class PaymentError(Exception):
@@ -27,19 +26,19 @@ class PaymentError(Exception):
 
 
 class PaymentUnavailable(PaymentError):
-    """Temporary: the gateway is down or timed out. Retrying later may work."""
+    """Temporary: the gateway is down, overloaded or timed out. Retrying later may work."""
 
 
 class PaymentDeclined(PaymentError):
-    """Final: the gateway refused the refund (e.g. the original charge cannot be refunded)."""
+    """Final: the gateway refused the refund (e.g. no such payment, a bad key); ops must look."""
 
 
 @dataclass(frozen=True)
 class RefundReceipt:
-    refund_id: str
+    refund_id: str  # the provider's id (re_...)
     amount_cents: int
     currency: str
-    already_refunded: bool  # a repeated call with the same key: nothing was paid again
+    already_refunded: bool  # the provider answered a repeated idempotency key with the refund it made before
 
 
 class PaymentsGateway(Protocol):
@@ -55,30 +54,11 @@ class PaymentsGateway(Protocol):
     ) -> RefundReceipt: ...
 
 
-@dataclass
-class SandboxFaults:
-    """Test switch: while `unavailable` is true every sandbox refund fails as PaymentUnavailable; `decline`
-    fails them as PaymentDeclined."""
-
-    unavailable: bool = False
-    decline: bool = False
-    attempts: int = 0  # refund calls seen (for tests)
-
-    def reset(self) -> None:
-        self.unavailable = self.decline = False
-        self.attempts = 0
+NOT_CONFIGURED = "no payments gateway is configured: set FULFILL_PAYMENTS_PROVIDER=stripe and FULFILL_STRIPE_API_KEY"
 
 
-SANDBOX_FAULTS = SandboxFaults()
-
-
-class SandboxPayments:
-    """Refunds written to the `refunds` table, once per key."""
-
-    def __init__(self, returns: ReturnsStore, settings: Settings, faults: SandboxFaults = SANDBOX_FAULTS) -> None:
-        self._returns = returns
-        self._always_fail = settings.sandbox_payments_fail
-        self._faults = faults
+class UnconfiguredPayments:
+    """No provider configured: every refund is declined (and so waits for ops), none is pretended."""
 
     async def refund(
         self,
@@ -90,12 +70,20 @@ class SandboxPayments:
         currency: str,
         reason: str,
     ) -> RefundReceipt:
-        self._faults.attempts += 1
-        existing = await self._returns.get_refund(key)
-        if existing is not None:
-            return RefundReceipt(existing.refund_id, existing.amount_cents, existing.currency, already_refunded=True)
-        if self._faults.decline:
-            raise PaymentDeclined(f"refund {key} declined by the sandbox gateway (injected)")
-        if self._always_fail or self._faults.unavailable:
-            raise PaymentUnavailable(f"sandbox payments gateway unavailable (injected) for {key}")
-        return RefundReceipt("re_" + secrets.token_hex(12), amount_cents, currency, already_refunded=False)
+        raise PaymentDeclined(NOT_CONFIGURED)
+
+    async def close(self) -> None:
+        pass
+
+
+class ClosablePaymentsGateway(PaymentsGateway, Protocol):
+    async def close(self) -> None: ...
+
+
+def payments_gateway(settings: Settings) -> ClosablePaymentsGateway:
+    """The gateway the settings choose. ValueError if the chosen one lacks a setting it needs."""
+    if settings.payments_provider == "stripe":
+        from common.integrations.stripe_payments import StripePayments  # the SDK only where it is used
+
+        return StripePayments(settings)
+    return UnconfiguredPayments()

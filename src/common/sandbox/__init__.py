@@ -1,9 +1,32 @@
-"""Local servers that speak the real external APIs (SMTP, Twilio Messages, an EasyPost-shaped carrier), so
-the engine's real adapters run in the demo and the tests without reaching the internet."""
+"""Local servers that speak the real external APIs (SMTP, Twilio Messages, an EasyPost-shaped carrier, Stripe's
+Refunds API), so the engine's real adapters run in the demo and the tests without reaching the internet."""
 
 from common.sandbox.app import SandboxServers
 from common.sandbox.carrier import Progression
-from common.sandbox.client import fetch_outbox
+from common.sandbox.client import (
+    OutageInfo,
+    SandboxError,
+    SandboxRefused,
+    SandboxUnreachable,
+    end_outage,
+    fetch_outbox,
+    list_outages,
+    start_outage,
+)
+from common.sandbox.outages import SERVICES
 from common.sandbox.store import OutboxMessage
 
-__all__ = ["OutboxMessage", "Progression", "SandboxServers", "fetch_outbox"]
+__all__ = [
+    "SERVICES",
+    "OutageInfo",
+    "OutboxMessage",
+    "Progression",
+    "SandboxError",
+    "SandboxRefused",
+    "SandboxServers",
+    "SandboxUnreachable",
+    "end_outage",
+    "fetch_outbox",
+    "list_outages",
+    "start_outage",
+]

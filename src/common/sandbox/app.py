@@ -1,4 +1,4 @@
-"""`SandboxServers`: the SMTP server, the Twilio-shaped HTTP server and the carrier, in the current loop."""
+"""`SandboxServers`: the SMTP server, the Twilio-shaped HTTP server, the carrier and payments, in the current loop."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from aiohttp import web
 
 from common.config import Settings
 from common.sandbox.carrier import CarrierSandbox, Progression
+from common.sandbox.outages import OutageControl, Outages
+from common.sandbox.payments import PaymentsSandbox
 from common.sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
 from common.sandbox.smtp import SandboxSmtpServer
 from common.sandbox.store import OutboxMessage, SandboxStore
@@ -22,10 +24,11 @@ WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 
 
 class SandboxServers:
-    """Local stand-ins for the SMTP relay, Twilio and the carrier, sharing one SQLite file.
+    """Local stand-ins for the SMTP relay, Twilio, the carrier and Stripe, sharing one SQLite file.
 
-    Ports of 0 in the settings bind ephemeral ports; the bound ones are `smtp_port`, `http_port` and
-    `carrier_port` once started, and `settings_for_clients()` points the engine's adapters at them.
+    Ports of 0 in the settings bind ephemeral ports; the bound ones are `smtp_port`, `http_port`,
+    `carrier_port` and `payments_port` once started, and `settings_for_clients()` points the engine's adapters
+    at them. Each service can be put into an outage and back (`start_outage`, also over HTTP: outages.py).
     """
 
     def __init__(
@@ -48,6 +51,8 @@ class SandboxServers:
         self.smtp_port = settings.sandbox_smtp_port
         self.http_port = settings.sandbox_http_port
         self.carrier_port = settings.sandbox_carrier_port
+        self.payments_port = settings.sandbox_payments_port
+        self._outages = Outages()
         self._opted_out = opted_out
         self._sms_callback_delays = sms_callback_delays
         self.progression = Progression(
@@ -59,6 +64,7 @@ class SandboxServers:
         self._smtp: SandboxSmtpServer | None = None
         self._twilio: TwilioSandbox | None = None
         self._carrier: CarrierSandbox | None = None
+        self._payments: PaymentsSandbox | None = None
         self._runners: list[web.AppRunner] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -75,7 +81,12 @@ class SandboxServers:
         self._store = store = SandboxStore(self.db_path)
 
         self._smtp = SandboxSmtpServer(
-            store, self.host, self.smtp_port, username=s.smtp_username, password=s.smtp_password
+            store,
+            self.host,
+            self.smtp_port,
+            username=s.smtp_username,
+            password=s.smtp_password,
+            outages=self._outages,
         )
         await self._smtp.start()
         self.smtp_port = self._smtp.port
@@ -88,18 +99,28 @@ class SandboxServers:
             host=self.client_host,
             opted_out=self._opted_out,
             callback_delays=self._sms_callback_delays,
+            outages=self._outages,
         )
         self._twilio.add_routes(http_app)
+        OutageControl(self._outages).add_routes(http_app)
         http_app.router.add_get("/outbox", self._outbox_handler)
         http_app.router.add_get("/healthz", _healthz)
         self.http_port = await self._serve(http_app, self.http_port)
 
         carrier_app = web.Application()
-        self._carrier = CarrierSandbox(store, api_key=s.carrier_api_key, progression=self.progression)
+        self._carrier = CarrierSandbox(
+            store, api_key=s.carrier_api_key, progression=self.progression, outages=self._outages
+        )
         self._carrier.add_routes(carrier_app)
         carrier_app.router.add_get("/healthz", _healthz)
         self.carrier_port = await self._serve(carrier_app, self.carrier_port)
         self._carrier.public_base = self.carrier_url
+
+        payments_app = web.Application()
+        self._payments = PaymentsSandbox(store, api_key=s.sandbox_payments_api_key, outages=self._outages)
+        self._payments.add_routes(payments_app)
+        payments_app.router.add_get("/healthz", _healthz)
+        self.payments_port = await self._serve(payments_app, self.payments_port)
 
     async def _serve(self, app: web.Application, port: int) -> int:
         runner = web.AppRunner(app, access_log=None)
@@ -144,6 +165,11 @@ class SandboxServers:
     def carrier_api_base(self) -> str:
         return f"{self.carrier_url}/v2"
 
+    @property
+    def payments_url(self) -> str:
+        """Base URL of the Stripe-shaped server (the SDK's api base: it adds /v1/...)."""
+        return f"http://{self._url_host}:{self.payments_port}"
+
     def settings_for_clients(self, base: Settings | None = None) -> Settings:
         """A copy of `base` (default: the sandbox's settings) whose adapters talk to this running sandbox."""
         base = base if base is not None else self.settings
@@ -156,18 +182,24 @@ class SandboxServers:
                 "twilio_base_url": self.http_url,
                 "sms_status_callback_url": f"{self.http_url}/sms/status",
                 "carrier_api_base": self.carrier_api_base,
+                # The real Stripe adapter, pointed at this sandbox
+                "payments_provider": "stripe",
+                "stripe_api_key": self.settings.sandbox_payments_api_key,
+                "stripe_api_base": self.payments_url,
                 # So that `fulfill outbox` (which reads sandbox_host/sandbox_http_port) finds this sandbox.
                 "sandbox_host": self.client_host,
                 "sandbox_smtp_port": self.smtp_port,
                 "sandbox_http_port": self.http_port,
                 "sandbox_carrier_port": self.carrier_port,
+                "sandbox_payments_port": self.payments_port,
             }
         )
 
     def describe(self) -> str:
         return (
             f"smtp={self.client_host}:{self.smtp_port} twilio={self.http_url} "
-            f"outbox={self.http_url}/outbox carrier={self.carrier_api_base} db={self.db_path}"
+            f"outbox={self.http_url}/outbox carrier={self.carrier_api_base} payments={self.payments_url} "
+            f"outages={self.http_url}/_sandbox/outages db={self.db_path}"
         )
 
     # -- in-process inspection and test controls ------------------------------------------------------------
@@ -189,6 +221,30 @@ class SandboxServers:
         if self._twilio is None:
             raise RuntimeError("sandbox not started")
         return self._twilio
+
+    @property
+    def payments(self) -> PaymentsSandbox:
+        if self._payments is None:
+            raise RuntimeError("sandbox not started")
+        return self._payments
+
+    def refunds(self, payment_intent: str | None = None) -> list[dict[str, Any]]:
+        """Every refund the payments sandbox made (optionally for one PaymentIntent), as Stripe shows it,
+        oldest first."""
+        return self.payments.refunds(payment_intent)
+
+    def start_outage(self, service: str, seconds: float | None = None) -> None:
+        """Put `service` (smtp, sms, carrier, payments) into an outage for `seconds` (None: until ended).
+        ValueError for an unknown service or a duration that is not a positive number."""
+        self._outages.start(service, seconds)
+
+    def end_outage(self, service: str) -> bool:
+        """End the outage of `service`; False if it had none. ValueError for an unknown service."""
+        return self._outages.end(service)
+
+    def outages(self) -> dict[str, float | None]:
+        """The active outages: service -> wall-clock end (time.time() scale; None: until ended)."""
+        return self._outages.snapshot()
 
     def outbox(self, order_id: str | None = None) -> list[OutboxMessage]:
         """Every email and SMS received (optionally for one order), oldest first."""

@@ -4,7 +4,7 @@ Tracker status is computed from wall-clock time since purchase and the progressi
 at purchase (pre_transit -> in_transit -> out_for_delivery -> delivered), so a restarted sandbox tells the
 same story. Test controls under `/v2/_sandbox` (no auth): fault injection per operation, forced tracker
 statuses ("holds" that pause the automatic progression until released with status "auto"), and a listing
-of all shipments.
+of all shipments. During an outage (outages.py) every `/v2` API call answers 503 with EasyPost's error body.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from common.sandbox.httputil import basic_auth
+from common.sandbox.outages import Outages
 from common.sandbox.store import SandboxStore
 
 log = logging.getLogger("fulfill.sandbox.carrier")
@@ -121,8 +122,11 @@ class _Reject(Exception):
 
 
 class CarrierSandbox:
-    def __init__(self, store: SandboxStore, *, api_key: str, progression: Progression) -> None:
+    def __init__(
+        self, store: SandboxStore, *, api_key: str, progression: Progression, outages: Outages | None = None
+    ) -> None:
         self._store = store
+        self._outages = outages if outages is not None else Outages()
         self._api_key = api_key
         self.progression = progression
         self.faults: dict[str, Fault] = {}
@@ -148,6 +152,10 @@ class CarrierSandbox:
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path
         if path.startswith("/v2/") and not path.startswith("/v2/_sandbox"):
+            if self._outages.active("carrier"):
+                return easypost_error(
+                    503, "SERVICE.UNAVAILABLE", "The service is temporarily unavailable. Please try again later."
+                )
             auth = basic_auth(request.headers.get("Authorization"))
             if auth is None:
                 return easypost_error(401, "APIKEY.REQUIRED", "No API key provided (HTTP Basic auth, key as user).")

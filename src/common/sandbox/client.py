@@ -1,10 +1,32 @@
-"""Reading the sandbox outbox over HTTP (what `fulfill outbox` calls)."""
+"""The running sandbox over HTTP: its outbox (what `fulfill outbox` reads) and its outages (`fulfill dev outage`)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 import aiohttp
+from pydantic import BaseModel
 
 from common.sandbox.store import OutboxMessage
+
+
+class SandboxError(Exception):
+    """The sandbox did not do what was asked (see the message)."""
+
+
+class SandboxUnreachable(SandboxError):
+    """Nothing answers at the sandbox's address (is the stack running?)."""
+
+
+class SandboxRefused(ValueError):
+    """The sandbox refused the request (bad input); nothing changed."""
+
+
+class OutageInfo(BaseModel):
+    service: str
+    ends_at: datetime | None  # None: until ended
+    seconds_left: float | None
 
 
 async def fetch_outbox(base_url: str, order_id: str | None = None, *, timeout_s: float = 10.0) -> list[OutboxMessage]:
@@ -17,3 +39,43 @@ async def fetch_outbox(base_url: str, order_id: str | None = None, *, timeout_s:
         resp.raise_for_status()
         data = await resp.json()
     return [OutboxMessage.model_validate(m) for m in data["messages"]]
+
+
+async def start_outage(base_url: str, service: str, seconds: float | None = None) -> list[OutageInfo]:
+    """Start an outage of `service` (None seconds: until ended); returns the active outages."""
+    body: dict[str, Any] = {"service": service}
+    if seconds is not None:
+        body["seconds"] = seconds
+    data = await _call(base_url, "POST", "/_sandbox/outages", body)
+    return [OutageInfo.model_validate(o) for o in data["outages"]]
+
+
+async def end_outage(base_url: str, service: str) -> tuple[bool, list[OutageInfo]]:
+    """End the outage of `service`: (whether it had one, the outages still active)."""
+    data = await _call(base_url, "DELETE", f"/_sandbox/outages/{service}", None)
+    return bool(data["ended"]), [OutageInfo.model_validate(o) for o in data["outages"]]
+
+
+async def list_outages(base_url: str) -> list[OutageInfo]:
+    data = await _call(base_url, "GET", "/_sandbox/outages", None)
+    return [OutageInfo.model_validate(o) for o in data["outages"]]
+
+
+async def _call(base_url: str, method: str, path: str, body: dict[str, Any] | None, timeout_s: float = 10.0) -> Any:
+    url = base_url.rstrip("/") + path
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.request(method, url, json=body) as resp,
+        ):
+            if resp.status == 400:
+                problem = await resp.json(content_type=None)
+                raise SandboxRefused(str(problem.get("detail") or problem.get("title") or "bad request"))
+            if resp.status >= 300:
+                raise SandboxError(f"the sandbox at {base_url} answered {method} {path} with HTTP {resp.status}")
+            return await resp.json()
+    except TimeoutError as err:
+        raise SandboxUnreachable(f"the sandbox at {base_url} is not reachable (no answer in {timeout_s:g} s)") from err
+    except aiohttp.ClientConnectionError as err:
+        why = "nothing listens there" if isinstance(err, aiohttp.ClientConnectorError) else type(err).__name__
+        raise SandboxUnreachable(f"the sandbox at {base_url} is not reachable ({why})") from err

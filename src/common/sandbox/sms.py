@@ -3,7 +3,8 @@
 Speaks `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` with Twilio's auth, response and error shapes
 (the SDK turns the error JSON into `TwilioRestException` with the same code). Twilio's magic test numbers
 behave as documented: +15005550001 is invalid (21211), +15005550009 cannot receive SMS (21614); opted-out
-numbers get 21610. Accepted messages go to the outbox, and status callbacks (sent, delivered), signed like
+numbers get 21610. During an outage (outages.py) the API answers 503 with Twilio's error 20503, as Twilio does
+when it is unavailable. Accepted messages go to the outbox, and status callbacks (sent, delivered), signed like
 Twilio's, are posted to the StatusCallback URL when it points at this machine.
 """
 
@@ -24,6 +25,7 @@ from twilio.request_validator import RequestValidator
 from yarl import URL
 
 from common.sandbox.httputil import basic_auth
+from common.sandbox.outages import Outages
 from common.sandbox.store import OutboxMessage, SandboxStore
 
 log = logging.getLogger("fulfill.sandbox.sms")
@@ -72,8 +74,10 @@ class TwilioSandbox:
         host: str,
         opted_out: Iterable[str] = DEFAULT_OPTED_OUT,
         callback_delays: tuple[float, float] = (0.1, 0.3),
+        outages: Outages | None = None,
     ) -> None:
         self._store = store
+        self._outages = outages if outages is not None else Outages()
         self._sid = account_sid
         self._token = auth_token
         self._validator = RequestValidator(auth_token)
@@ -98,6 +102,8 @@ class TwilioSandbox:
             self._session = None
 
     def _authorized(self, request: web.Request) -> web.Response | None:
+        if self._outages.active("sms"):
+            return twilio_error(503, 20503, "Service Unavailable")
         auth = basic_auth(request.headers.get("Authorization"))
         if auth != (self._sid, self._token):
             return twilio_error(401, 20003, "Authenticate")
@@ -149,7 +155,7 @@ class TwilioSandbox:
             provider_id=sid,
             status=status,
         )
-        log.info("sms %s to %s (order %s)", sid, to, order_id)
+        log.info("sms %s accepted (order %s)", sid, order_id)  # not the number: customer data stays out of logs
         if callback:
             self._spawn(self._deliver_callbacks(callback, saved))
         return web.json_response(self._resource(saved, service=service or None), status=201)

@@ -1,7 +1,9 @@
 """Sandbox SMTP server: aiosmtpd's SMTP protocol served from the current event loop, keeping every message.
 
 Recipients in the reserved `.invalid` top-level domain (RFC 2606) are refused with 550, so the permanent
-failure path of the email adapter can be exercised against a real server.
+failure path of the email adapter can be exercised against a real server. During an outage (outages.py) the
+server answers as a relay in trouble does: 421 instead of the greeting on a new connection, and 421 to the next
+MAIL, RCPT or DATA on an open one, closing the connection after it (RFC 5321 4.2.2).
 """
 
 from __future__ import annotations
@@ -18,26 +20,44 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from common.sandbox.outages import Outages
 from common.sandbox.store import SandboxStore
 
 log = logging.getLogger("fulfill.sandbox.smtp")
+
+UNAVAILABLE = "421 4.3.2 sandbox.fulfill Service not available, closing transmission channel (sandbox outage)"
 
 
 class OutboxHandler:
     """aiosmtpd handler: stores each accepted message as one outbox row."""
 
-    def __init__(self, store: SandboxStore) -> None:
+    def __init__(self, store: SandboxStore, outages: Outages | None = None) -> None:
         self._store = store
+        self._outages = outages if outages is not None else Outages()
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if self._outages.active("smtp"):
+            return UNAVAILABLE
+        # What aiosmtpd does without this hook
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        if self._outages.active("smtp"):
+            return UNAVAILABLE
         if address.lower().rstrip(">").endswith(".invalid"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: mailbox unavailable"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._outages.active("smtp"):
+            return UNAVAILABLE
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
@@ -57,7 +77,8 @@ class OutboxHandler:
             order_id=_header(msg, "X-Order-Id"),
             provider_id=_header(msg, "Message-ID"),
         )
-        log.info("email #%d to %s: %s", saved.id, saved.recipient, saved.subject)
+        # Not the recipient or subject: customers' addresses and names stay out of the logs
+        log.info("email #%d accepted (order %s)", saved.id, saved.order_id)
         return "250 2.0.0 Message accepted for delivery"
 
 
@@ -91,6 +112,23 @@ def _text(part: Message) -> str:
         return payload.decode("utf-8", errors="replace")
 
 
+class _SandboxSMTP(SMTP):
+    async def push(self, status: Any) -> None:
+        await super().push(status)
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else str(status)
+        if text.startswith("421") and self.transport is not None:
+            self.transport.close()  # 421 means the server closes the channel: it does
+
+
+class _Unavailable(asyncio.Protocol):
+    """A connection accepted during an outage: 421 instead of the 220 greeting, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(UNAVAILABLE.encode() + b"\r\n")
+        transport.close()
+
+
 class SandboxSmtpServer:
     def __init__(
         self,
@@ -100,8 +138,10 @@ class SandboxSmtpServer:
         *,
         username: str | None = None,
         password: str | None = None,
+        outages: Outages | None = None,
     ) -> None:
-        self._handler = OutboxHandler(store)
+        self._outages = outages if outages is not None else Outages()
+        self._handler = OutboxHandler(store, self._outages)
         self._host = host
         self._port = port
         self._username = username
@@ -120,13 +160,15 @@ class SandboxSmtpServer:
         )
         return AuthResult(success=ok)
 
-    def _protocol(self) -> SMTP:
+    def _protocol(self) -> asyncio.Protocol:
+        if self._outages.active("smtp"):
+            return _Unavailable()
         loop = asyncio.get_running_loop()
         auth: dict[str, Any] = {}
         if self._username:
             # The sandbox has no certificate, so AUTH is offered in clear text (local use only).
             auth = {"authenticator": self._authenticate, "auth_require_tls": False, "auth_required": True}
-        proto = SMTP(self._handler, hostname="sandbox.fulfill", enable_SMTPUTF8=True, loop=loop, **auth)
+        proto = _SandboxSMTP(self._handler, hostname="sandbox.fulfill", enable_SMTPUTF8=True, loop=loop, **auth)
         # Forget finished connections (transport reset on connection_lost) so the set stays small.
         self._protocols = {p for p in self._protocols if p.transport is not None}
         self._protocols.add(proto)

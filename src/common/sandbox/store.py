@@ -1,4 +1,4 @@
-"""SQLite storage of the sandbox: outbox messages and carrier shipments, in one file.
+"""SQLite storage of the sandbox: outbox messages, carrier shipments and payment refunds, in one file.
 
 stdlib sqlite3 on the event loop thread: every call is a single small statement on a local file, faster
 than a thread hop, and running read-modify-write without an `await` in between keeps it atomic.
@@ -36,6 +36,18 @@ CREATE TABLE IF NOT EXISTS shipments (
     tracking_code TEXT UNIQUE,
     tracker_id TEXT UNIQUE,
     doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refunds (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    payment_intent TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refunds_payment_intent ON refunds (payment_intent);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    refund_id TEXT NOT NULL
 );
 """
 
@@ -167,6 +179,42 @@ class SandboxStore:
 
     def shipments(self) -> list[dict[str, Any]]:
         return [json.loads(row["doc"]) for row in self._db.execute("SELECT doc FROM shipments ORDER BY seq")]
+
+    # -- payment refunds (a Stripe refund object each) and the idempotency keys that made them ------------
+
+    def insert_refund(self, doc: dict[str, Any], *, idempotency_key: str | None, fingerprint: str) -> None:
+        with self._db:  # both rows or neither: a replayed key always finds its refund
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO refunds (id, payment_intent, doc) VALUES (?, ?, ?)",
+                (doc["id"], doc["payment_intent"], json.dumps(doc)),
+            )
+            if idempotency_key is not None:
+                self._db.execute(
+                    "INSERT INTO idempotency_keys (key, fingerprint, refund_id) VALUES (?, ?, ?)",
+                    (idempotency_key, fingerprint, doc["id"]),
+                )
+
+    def idempotent_refund(self, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
+        """(fingerprint of the first request, the refund it made) for a key seen before, else None."""
+        row = self._db.execute(
+            "SELECT k.fingerprint, r.doc FROM idempotency_keys k JOIN refunds r ON r.id = k.refund_id WHERE k.key = ?",
+            (idempotency_key,),
+        ).fetchone()
+        return (row["fingerprint"], json.loads(row["doc"])) if row is not None else None
+
+    def refund(self, refund_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT doc FROM refunds WHERE id = ?", refund_id)
+
+    def refunds(self, payment_intent: str | None = None) -> list[dict[str, Any]]:
+        """Oldest first."""
+        if payment_intent is None:
+            rows = self._db.execute("SELECT doc FROM refunds ORDER BY seq").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT doc FROM refunds WHERE payment_intent = ? ORDER BY seq", (payment_intent,)
+            ).fetchall()
+        return [json.loads(row["doc"]) for row in rows]
 
     def _one(self, sql: str, arg: str) -> dict[str, Any] | None:
         row = self._db.execute(sql, (arg,)).fetchone()

@@ -1,0 +1,121 @@
+"""`fulfill dev ...`: the embedded stack (`make run`) and outages of its sandbox services."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, NoReturn
+
+import typer
+from rich.table import Table
+
+from common.cli._base import EXIT_BAD_INPUT, EXIT_REFUSED, err, out, print_json, run_async
+from common.config import get_settings
+from common.sandbox import (
+    SERVICES,
+    SandboxError,
+    SandboxRefused,
+    end_outage,
+    list_outages,
+    start_outage,
+)
+
+dev_app = typer.Typer(help="The embedded stack for development and demos.", no_args_is_help=True)
+
+SERVICE_HELP = f"Sandbox service: {', '.join(SERVICES)}."
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start Temporal with its Web UI, the sandbox servers, a worker and the simulated picker."""
+    from workers.devstack import main
+
+    main()
+
+
+@dev_app.command("outage")
+@run_async
+async def dev_outage(
+    service: Annotated[str, typer.Argument(help=SERVICE_HELP, show_default=False)],
+    seconds: Annotated[
+        float | None,
+        typer.Option("--for", help="Seconds the outage lasts (default: until --end).", show_default=False),
+    ] = None,
+    end: Annotated[bool, typer.Option("--end", help="End the service's outage now.")] = False,
+) -> None:
+    """Put a sandbox service into an outage (it fails as its provider does when down), or end it.
+
+    Orders that need it wait and retry (watch them in the Temporal Web UI) and go on once the outage ends."""
+    if service not in SERVICES:
+        _bad_input(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
+    if end and seconds is not None:
+        _bad_input("give either --for SECONDS (start an outage) or --end (end it), not both")
+    if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
+        _bad_input(f"--for must be a positive number of seconds, got {seconds:g}")
+    base = _sandbox_url()
+    try:
+        if end:
+            ended, _ = await end_outage(base, service)
+            out.print(f"outage of {service} ended" if ended else f"{service} had no outage: nothing changed")
+            return
+        outages = await start_outage(base, service, seconds)
+    except SandboxRefused as e:
+        _bad_input(str(e))
+    except SandboxError as e:
+        _unreachable(e)
+    ends_at = next((o.ends_at for o in outages if o.service == service), None)
+    when = "until ended" if seconds is None else f"for {_duration(seconds)}"
+    if ends_at is not None:
+        when += f" (until {ends_at:%H:%M:%S} UTC)"
+    out.print(f"{service} is down {when}.")
+    out.print(f"end it with: fulfill dev outage {service} --end", soft_wrap=True)  # a command: never wrapped
+
+
+@dev_app.command("outages")
+@run_async
+async def dev_outages(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The sandbox services in an outage now, and when each ends."""
+    try:
+        outages = await list_outages(_sandbox_url())
+    except SandboxError as e:
+        _unreachable(e)
+    if as_json:
+        print_json([o.model_dump(mode="json") for o in outages])
+        return
+    if not outages:
+        out.print(f"no outages: every sandbox service is up ({', '.join(SERVICES)})")
+        return
+    table = Table("service", "ends in", "ends at (UTC)")
+    for o in outages:
+        if o.ends_at is None:
+            table.add_row(o.service, "until ended", "-")
+        else:
+            left = (o.ends_at - datetime.now(UTC)).total_seconds()
+            table.add_row(o.service, _duration(left), f"{o.ends_at:%H:%M:%S}")
+    out.print(table)
+
+
+def _sandbox_url() -> str:
+    s = get_settings()
+    host = f"[{s.sandbox_host}]" if ":" in s.sandbox_host else s.sandbox_host
+    return f"http://{host}:{s.sandbox_http_port}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(max(round(seconds), 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _bad_input(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _unreachable(e: SandboxError) -> NoReturn:
+    err.print(f"[red]error:[/] {e}. Is `make run` up?", highlight=False)
+    raise typer.Exit(EXIT_REFUSED)
