@@ -5,17 +5,59 @@ One place for the data converter and the custom search attributes, so every proc
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
+import temporalio.api.common.v1
+from pydantic import TypeAdapter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum
 
 from common.config import Settings
 
-DATA_CONVERTER = pydantic_data_converter
+
+class _TolerantJSONConverter(PydanticJSONPlainPayloadConverter):
+    """Pydantic models in and out, as temporalio.contrib.pydantic does, but a field this code does not know is
+    ignored when a payload is read: orders run for weeks, so a running workflow meets payloads from newer
+    starters (a field added to the order) during a rolling deploy. The intake contract stays strict: unknown
+    fields are refused where an order or a request comes in (common.intake, the API), not in history."""
+
+    def from_payload(self, payload: temporalio.api.common.v1.Payload, type_hint: type | None = None) -> Any:
+        hint = type_hint if type_hint is not None else Any
+        try:
+            adapter = _adapter(hint)
+        except TypeError:  # an unhashable hint: not cached
+            adapter = TypeAdapter(hint)
+        return adapter.validate_json(payload.data, extra="ignore")
+
+
+@lru_cache(maxsize=1024)
+def _adapter(type_hint: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(type_hint)
+
+
+class PayloadConverter(CompositePayloadConverter):
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                _TolerantJSONConverter() if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+DATA_CONVERTER = DataConverter(payload_converter_class=PayloadConverter)
 
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")

@@ -496,9 +496,9 @@ async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
     """Killed in the "shipped" notification after the email went out and was logged, while the SMS request
     is on its way to Twilio: the retry skips the email and sends the SMS once.
 
-    notify_customer is a local activity, in the workflow task that buys the label: that task is lost with
-    the worker, and the next worker replays it, so the label purchase (found by its key) and the notification
-    run again as a whole.
+    notify_customer is a local activity, in the workflow task that takes the carrier's first scan (with the
+    stock commit): that task is lost with the worker, and the next worker replays it, so the commit (by its
+    key) and the notification run again as a whole.
 
     The kill lands outside the one window the notification activity documents as at-least-once (the provider
     accepted a message, the log is not yet marked): a crash there sends that message twice by design."""
@@ -506,8 +506,12 @@ async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
     worker = await rig.start_worker()
     order = await rig.place({"BOOK-ADA": 1})
     await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), "PICKING")
-    sms_gate.hold()
     await confirm_pick(rig, order)
+    await eventually(lambda: status_is(order.handle, OrderStatus.LABELED), "LABELED")
+    (label,) = await rig.store.shipments_for_order(order.order_id)
+    assert label.tracking_number is not None
+    sms_gate.hold()
+    rig.sandbox.force_tracker_status(label.tracking_number, "in_transit")  # the first scan: "shipped"
     await eventually(lambda: sms_gate.held > 0, "the shipped SMS to reach the gate")
 
     async def shipped_email_logged() -> bool:  # the channels go out concurrently: the email may finish later
@@ -529,7 +533,10 @@ async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
         return await notification_status(rig, order, "shipped", "sms") == "sent"
 
     await eventually(shipped_sms_sent, "the shipped SMS to be sent")
-    await deliver(rig, order)
+    await eventually(lambda: status_is(order.handle, OrderStatus.IN_TRANSIT), "IN_TRANSIT")
+    rig.sandbox.force_tracker_status(label.tracking_number, "out_for_delivery")
+    await eventually(lambda: status_is(order.handle, OrderStatus.OUT_FOR_DELIVERY), "OUT_FOR_DELIVERY")
+    rig.sandbox.force_tracker_status(label.tracking_number, "delivered")
     await assert_fulfilled_exactly_once(rig, order)
     (shipped_sms,) = [r for r in await rig.store.notifications(order.order_id) if r.key.endswith(":shipped:sms")]
     assert shipped_sms.attempts == 2

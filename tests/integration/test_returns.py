@@ -115,14 +115,17 @@ async def test_return_from_request_to_refund_with_one_unit_damaged(
     refunded = await wait_rma(returns_api, rma_id, RmaStatus.REFUNDED)
     view = await wait_order(returns_api, order_id, OrderStatus.REFUNDED)
 
-    # not_as_described: only the resellable units are refunded, at the catalogue price (BOOK-ADA 25.00).
-    assert refunded.refund_cents == 2 * 2500
+    # not_as_described: only the resellable units are refunded, at the price paid (12.50, not the catalogue's 25.00).
+    assert refunded.refund_cents == 2 * 1250
     returns = ReturnsStore(store)
     # The money moved: one refund on the order's PaymentIntent, made with the RMA's idempotency key
     [refund] = sandbox.refunds(payment_of(order_id))
-    assert (refund["amount"], refund["currency"], refund["status"]) == (5000, "usd", "succeeded")
+    assert (refund["amount"], refund["currency"], refund["status"]) == (2500, "usd", "succeeded")
     assert refund["metadata"]["refund_key"] == f"refund:{rma_id}" and refund["metadata"]["order_id"] == order_id
     assert refunded.refund_id == refund["id"]
+    # ...and the engine's refunds ledger holds the gateway's receipt
+    [booked] = await returns.refunds(order_id)
+    assert (booked.key, booked.refund_id, booked.amount_cents) == (f"refund:{rma_id}", refund["id"], 2500)
     # Stock: the resellable books are back on hand; the damaged T-shirt is written off (no stock change).
     assert await on_hand(store, "BOOK-ADA", warehouse) == books + 2
     assert await on_hand(store, "TEE-L", warehouse) == tees
@@ -145,21 +148,21 @@ async def test_return_from_request_to_refund_with_one_unit_damaged(
 
     code, out, _ = await run(cli, "order", "returns", order_id, "--json")
     assert code == 0
-    assert [(r["rma_id"], r["status"], r["refund_cents"]) for r in json.loads(out)] == [(rma_id, "REFUNDED", 5000)]
+    assert [(r["rma_id"], r["status"], r["refund_cents"]) for r in json.loads(out)] == [(rma_id, "REFUNDED", 2500)]
 
 
-async def test_failed_refund_waits_for_ops_and_retry_refund_pays_once(
+async def test_declined_refund_waits_for_ops_and_retry_refund_pays_once(
     returns_api: FulfillmentApi, cli: Cli, sandbox: SandboxServers
 ) -> None:
     order_id = await delivered(returns_api, {"MUG-BLUE": 1})
     view = await returns_api.request_return(order_id, {"MUG-BLUE": 1}, "no_longer_needed")
     rma_id = view.returns[0].rma_id
-    sandbox.start_outage("payments")  # Stripe answers 503 until ended: every attempt of the refund fails
+    sandbox.payments.decline_refunds(payment_of(order_id))  # e.g. the charge is disputed: retrying cannot help
     try:
         await returns_api.receive_return(rma_id, [("MUG-BLUE", 1, "resellable")])
         failed = await wait_rma(returns_api, rma_id, RmaStatus.REFUND_FAILED)
     finally:
-        sandbox.end_outage("payments")
+        sandbox.payments.allow_refunds(payment_of(order_id))
     assert failed.waiting_for and "retry_refund" in failed.waiting_for
     order_view = await returns_api.order_status(order_id)
     assert order_view.waiting_for and "retry_refund" in order_view.waiting_for
@@ -168,6 +171,6 @@ async def test_failed_refund_waits_for_ops_and_retry_refund_pays_once(
     code, out, err = await run(cli, "order", "retry-refund", rma_id, "--description", "gateway back up")
     assert code == 0 and "REFUNDED" in out, err
     [refund] = sandbox.refunds(payment_of(order_id))
-    assert refund["amount"] == 1200
+    assert refund["amount"] == 1250  # the price paid
     code, _, err = await run(cli, "order", "retry-refund", rma_id, "--description", "again")
     assert code == 2 and "closed" in err  # refunded: nothing left to retry

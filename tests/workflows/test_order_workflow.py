@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 import pytest
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -51,7 +50,7 @@ from common.models import (
     TrackingStatus,
     TrackingUpdate,
 )
-from common.temporal import ORDER_STATUS, PICK_OVERDUE, register_search_attributes
+from common.temporal import DATA_CONVERTER, ORDER_STATUS, PICK_OVERDUE, register_search_attributes
 from tests.conftest import TEMPORAL_TEST_SERVER
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
@@ -82,12 +81,48 @@ class FakeWorld:
     tracking_polls: int = 0
     parcel_refunds: list[tuple[int, int]] = field(default_factory=list)  # (shipment no, cents)
     voided_labels: list[int] = field(default_factory=list)
+    # Per parcel (shipment no): when its label was bought, and its own progression if it has one.
+    bought: dict[int, datetime] = field(default_factory=dict)
+    progressions: dict[int, list[tuple[float, TrackingStatus]]] = field(default_factory=dict)
+    # Failure injection: activity name -> time until which it fails as an outage of its provider (transient),
+    # or the type of an error retrying cannot fix (raised until removed).
+    down_until: dict[str, datetime] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    checks: int = 0  # where-is-it questions to the carrier
+    cancelled_picks: list[str] = field(default_factory=list)
+    split_lines: bool = False  # reserve each line as a parcel of its own
+    label_addresses: dict[int, str] = field(default_factory=dict)  # shipment no -> line1 the label went to
+    contexts: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (event, message context)
+
+    async def _gate(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if name in self.broken:
+            raise ApplicationError(f"{name}: cannot be done", type=self.broken[name], non_retryable=True)
+        until = self.down_until.get(name)
+        if until is not None and await self.env.get_current_time() < until:
+            raise ApplicationError(f"{name}: provider unavailable (503)", type="Unavailable")
+
+    async def outage(self, *names: str, hours: float) -> None:
+        until = await self.env.get_current_time() + timedelta(hours=hours)
+        for name in names:
+            self.down_until[name] = until
 
     @activity.defn(name="reserve_stock")
     async def reserve_stock(self, request: ReserveRequest) -> ReserveResult:
         """One warehouse; all or nothing, or what is there with allow_partial."""
+        await self._gate("reserve_stock")
         if request.first_shipment in self.shipments:
             return ReserveResult(reserved=True, warehouse="LDN-1", shipments=[self.shipments[request.first_shipment]])
+        if self.split_lines and all(self.available.get(li.sku, 0) >= li.quantity for li in request.lines):
+            # One parcel per line (a split over warehouses), numbered from first_shipment.
+            parcels = []
+            for n, line in enumerate(request.lines, start=request.first_shipment):
+                self.available[line.sku] -= line.quantity
+                self.reserved[line.sku] = self.reserved.get(line.sku, 0) + line.quantity
+                self.shipments[n] = ShipmentAllocation(shipment_no=n, warehouse=f"WH-{n}", lines=[line])
+                parcels.append(self.shipments[n])
+            return ReserveResult(reserved=True, warehouse="WH-1", shipments=parcels)
         take = {li.sku: min(li.quantity, self.available.get(li.sku, 0)) for li in request.lines}
         short = {li.sku: li.quantity - take[li.sku] for li in request.lines if take[li.sku] < li.quantity}
         if (short and not request.allow_partial) or not any(take.values()):
@@ -103,6 +138,7 @@ class FakeWorld:
 
     @activity.defn(name="release_stock")
     async def release_stock(self, order_id: str) -> int:
+        await self._gate("release_stock")
         for sku, qty in self.reserved.items():
             self.available[sku] += qty
         units = sum(self.reserved.values())
@@ -111,6 +147,7 @@ class FakeWorld:
 
     @activity.defn(name="commit_shipment")
     async def commit_shipment(self, ref: ShipmentRef) -> int:
+        await self._gate("commit_shipment")
         for line in self.shipments[ref.shipment_no].lines:
             self.committed[line.sku] = self.committed.get(line.sku, 0) + line.quantity
             self.reserved[line.sku] -= line.quantity
@@ -120,6 +157,7 @@ class FakeWorld:
 
     @activity.defn(name="release_shipment")
     async def release_shipment(self, ref: ShipmentRef) -> int:
+        await self._gate("release_shipment")
         units = 0
         for line in self.shipments[ref.shipment_no].lines:
             held = min(self.reserved.get(line.sku, 0), line.quantity)
@@ -135,11 +173,13 @@ class FakeWorld:
 
     @activity.defn(name="alert_low_stock")
     async def alert_low_stock(self, skus: list[str]) -> int:
+        await self._gate("alert_low_stock")
         self.ops_alerts += [f"low_stock:{sku}" for sku in skus]
         return len(skus)
 
     @activity.defn(name="create_pick_task")
     async def create_pick_task(self, request: PickTaskRequest) -> str:
+        await self._gate("create_pick_task")
         return f"PICK-{request.order_id}-{request.attempt}"
 
     @activity.defn(name="confirm_short_pick")
@@ -149,6 +189,8 @@ class FakeWorld:
 
     @activity.defn(name="cancel_pick_task")
     async def cancel_pick_task(self, task_id: str) -> bool:
+        await self._gate("cancel_pick_task")
+        self.cancelled_picks.append(task_id)
         return True
 
     @activity.defn(name="cancel_pick_tasks")
@@ -157,64 +199,74 @@ class FakeWorld:
 
     @activity.defn(name="buy_label")
     async def buy_label(self, request: LabelRequest) -> Label:
-        self.labels_bought += 1
-        self.bought_at = await self.env.get_current_time()
+        await self._gate("buy_label")
+        n = request.shipment_no
+        if n not in self.bought:  # idempotent by key, as the real one
+            self.labels_bought += 1
+            self.bought[n] = self.bought_at = await self.env.get_current_time()
+            self.label_addresses[n] = request.ship_to.line1
         return Label(
-            shipment_key=f"label:{request.order_id}:1",
+            shipment_key=f"label:{request.order_id}:{n}",
             carrier="SandboxPost",
             service="Ground",
             rate_cents=510,
-            tracking_number="SBX0001",
+            tracking_number=f"SBX000{n}",
             label_url="http://l",
             tracking_url="http://t",
-            carrier_shipment_id="shp_1",
+            carrier_shipment_id=f"shp_{n}",
         )
 
     @activity.defn(name="void_label")
     async def void_label(self, request: LabelRequest) -> bool:
         return True
 
-    async def _status_now(self) -> TrackingStatus:
-        assert self.bought_at is not None
-        elapsed = (await self.env.get_current_time() - self.bought_at).total_seconds()
+    async def _elapsed(self, n: int) -> float:
+        return (await self.env.get_current_time() - self.bought[n]).total_seconds()
+
+    async def _status_now(self, n: int) -> TrackingStatus:
+        elapsed = await self._elapsed(n)
         status = TrackingStatus.PRE_TRANSIT
-        for after, reached in self.progression:
+        for after, reached in self.progressions.get(n, self.progression):
             if elapsed >= after:
                 status = reached
         return status
 
     @activity.defn(name="check_tracking")
     async def check_tracking(self, request: TrackingPollRequest) -> TrackingUpdate:
-        return TrackingUpdate(status=await self._status_now(), message="fake carrier")
+        await self._gate("check_tracking")
+        self.checks += 1
+        n = int(request.tracking_number.removeprefix("SBX000"))
+        return TrackingUpdate(status=await self._status_now(n), message="fake carrier")
 
     @activity.defn(name="void_label_if_unshipped")
     async def void_label_if_unshipped(self, ref: ShipmentRef) -> LabelUndoResult:
-        if self.bought_at is None:
+        await self._gate("void_label_if_unshipped")
+        if ref.shipment_no not in self.bought:
             return LabelUndoResult(outcome=LabelUndo.NOTHING_BOUGHT)
-        if (await self._status_now()) in MOVED_TRACKING_STATUSES:
+        if (await self._status_now(ref.shipment_no)) in MOVED_TRACKING_STATUSES:
             return LabelUndoResult(outcome=LabelUndo.IN_USE, note="the carrier has it")
-        self.voided_labels.append(ref.shipment_no)
+        if ref.shipment_no not in self.voided_labels:
+            self.voided_labels.append(ref.shipment_no)
         return LabelUndoResult(outcome=LabelUndo.VOIDED)
 
     @activity.defn(name="refund_shipment")
     async def refund_shipment(self, request: ParcelRefundRequest) -> PaymentRefund:
+        await self._gate("refund_shipment")
         cents = sum(request.unit_prices.get(li.sku, 0) * li.quantity for li in request.lines)
         self.parcel_refunds.append((request.shipment_no, cents))
         return PaymentRefund(refund_id=f"re_{request.shipment_no}", amount_cents=cents)
 
     @activity.defn(name="await_tracking_change")
     async def await_tracking_change(self, request: TrackingPollRequest) -> TrackingUpdate:
+        await self._gate("await_tracking_change")
         self.tracking_polls += 1
-        assert self.bought_at is not None
-        elapsed = (await self.env.get_current_time() - self.bought_at).total_seconds()
-        status = TrackingStatus.PRE_TRANSIT
-        for after, reached in self.progression:
-            if elapsed >= after:
-                status = reached
+        n = int(request.tracking_number.removeprefix("SBX000"))
+        elapsed = await self._elapsed(n)
+        status = await self._status_now(n)
         estimate = None
         for after, offset in self.estimates:
             if elapsed >= after:
-                estimate = self.bought_at + timedelta(seconds=offset)
+                estimate = self.bought[n] + timedelta(seconds=offset)
         moved = request.last_estimate is not None and estimate != request.last_estimate
         if status in (request.last_status, TrackingStatus.PRE_TRANSIT) and not moved:
             raise ApplicationError("unchanged", type="TrackingUnchanged")
@@ -222,12 +274,15 @@ class FakeWorld:
 
     @activity.defn(name="alert_ops")
     async def alert_ops(self, alert: OpsAlert) -> bool:
+        await self._gate("alert_ops")
         self.ops_alerts.append(alert.kind)
         return True
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
+        await self._gate("notify_customer")
         self.messages += [(request.event.value, channel.value) for channel in request.channels]
+        self.contexts.append((request.event.value, dict(request.context)))
         return NotifyResult(sent=list(request.channels))
 
     def activities(self) -> list:
@@ -256,7 +311,7 @@ class FakeWorld:
 @pytest.fixture
 async def env():
     async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
+        data_converter=DATA_CONVERTER, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
     ) as env:
         await register_search_attributes(env.client)
         yield env

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -47,7 +46,7 @@ from common.returns import (
     refundable_units,
     return_workflow_id,
 )
-from common.temporal import register_search_attributes
+from common.temporal import DATA_CONVERTER, register_search_attributes
 from tests.conftest import TEMPORAL_TEST_SERVER
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
@@ -155,7 +154,7 @@ class ReturnsWorld(base.FakeWorld):
 @pytest.fixture
 async def env():
     async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
+        data_converter=DATA_CONVERTER, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
     ) as env:
         await register_search_attributes(env.client)
         yield env

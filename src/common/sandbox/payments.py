@@ -75,6 +75,15 @@ class PaymentsSandbox:
         self._store = store
         self._api_key = api_key
         self._outages = outages if outages is not None else Outages()
+        # PaymentIntents whose refunds Stripe declines, with the error code (e.g. a charge disputed meanwhile)
+        self.declined: dict[str, str] = {}
+
+    def decline_refunds(self, payment_intent: str, code: str = "charge_disputed") -> None:
+        """Refunds of this PaymentIntent are declined (400 `code`) until allow_refunds: ops must step in."""
+        self.declined[payment_intent] = code
+
+    def allow_refunds(self, payment_intent: str) -> None:
+        self.declined.pop(payment_intent, None)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/refunds", self.create_refund)
@@ -182,6 +191,12 @@ class PaymentsSandbox:
                 code="parameter_missing",
             )
         amount = _positive_int(params["amount"], "amount")
+        if payment_intent in self.declined:
+            charge = "ch_" + hashlib.sha256(payment_intent.encode()).hexdigest()[:24]
+            raise _invalid(
+                f"Charge {charge} cannot be refunded ({self.declined[payment_intent]}).",
+                code=self.declined[payment_intent],
+            )
         earlier = self._store.refunds(payment_intent)
         currency = params.get("currency", "").lower() or (earlier[0]["currency"] if earlier else "usd")
         if not CURRENCY.match(currency):
