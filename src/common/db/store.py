@@ -20,6 +20,7 @@ import contextlib
 import random
 import re
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -392,12 +393,14 @@ _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, dea
 _TRANSIENT_SQLITE = ("database is locked", "database table is locked", "database schema has changed")
 
 
-def _is_transient(exc: DBAPIError) -> bool:
+def _transient_reason(exc: DBAPIError) -> str | None:
+    """Why a failed statement is worth retrying the transaction for (a SQLSTATE, or "sqlite busy"), or None."""
     orig = exc.orig
-    if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
-        return True
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return str(sqlstate)
     message = str(orig).lower()
-    return any(m in message for m in _TRANSIENT_SQLITE)
+    return "sqlite busy" if any(m in message for m in _TRANSIENT_SQLITE) else None
 
 
 def _backoff(attempt: int) -> float:
@@ -582,6 +585,9 @@ class Store:
         sqlite_db = self._dialect == "sqlite"
         self._file_writer = SqliteFileWriter.for_url(engine.url) if sqlite_db else None
         self._sqlite_write_lock = asyncio.Lock() if sqlite_db and self._file_writer is None else None
+        # Transactions retried, by reason: a deadlock (40P01) here means two operations took locks in
+        # different orders, which the locking rules below exist to prevent.
+        self._retries: Counter[str] = Counter()
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Self:
@@ -617,6 +623,13 @@ class Store:
         """The backend: "sqlite" or "postgresql"."""
         return self._dialect
 
+    @property
+    def retries(self) -> dict[str, int]:
+        """Write transactions this Store retried so far, by reason: a PostgreSQL SQLSTATE ("40P01" deadlock,
+        "40001" serialization failure, "55P03" lock not available), "sqlite busy", or "stock moved" (a
+        conditional stock update found less than the read before it)."""
+        return dict(self._retries)
+
     # -----------------------------------------------------------------------------------------------------
     # Transactions
 
@@ -632,13 +645,16 @@ class Store:
                     return await op(conn)
             except _StockMoved as exc:
                 moved += 1
+                self._retries["stock moved"] += 1
                 if moved >= MAX_STOCK_MOVED_ATTEMPTS:
                     raise StoreError(f"{what}: stock kept changing underneath, gave up after {moved} tries") from exc
                 await asyncio.sleep(_backoff(moved))
             except DBAPIError as exc:
                 transient += 1
-                if not _is_transient(exc) or transient >= MAX_TRANSIENT_ATTEMPTS:
+                reason = _transient_reason(exc)
+                if reason is None or transient >= MAX_TRANSIENT_ATTEMPTS:
                     raise
+                self._retries[reason] += 1
                 await asyncio.sleep(_backoff(transient))
 
     async def _read(self, stmt: Select[Any]) -> Sequence[Row[Any]]:
