@@ -8,8 +8,9 @@ Rules the methods keep:
 - Write transactions on SQLite start with BEGIN IMMEDIATE (writers queue on the busy timeout instead of
   failing halfway) and run on the Store's writer thread (SqliteFileWriter), so the write lock is held for
   the SQL alone (write transactions await nothing but `conn.execute`); on PostgreSQL they run at READ
-  COMMITTED with row locks taken in a fixed order. Lock/deadlock/serialization errors retry the whole
-  transaction a few times.
+  COMMITTED, and every one takes its locks in one fixed order: order advisory locks first (sorted by order
+  id), then pick task rows, then stock rows in (sku, warehouse) order. What a decision rests on is read under
+  those locks. Lock/deadlock/serialization errors retry the whole transaction a few times (`Store.retries`).
 - Bad input raises ValueError or a StoreError subclass with a clear message and changes nothing.
 """
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, Table, case, func, select, text, update
+from sqlalchemy import ColumnElement, Row, Select, Table, case, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -940,19 +941,24 @@ class Store:
         """A physical count: on hand becomes `counted`, the difference is a "count" ledger row with the
         reason. If fewer units are on hand than reserved, held reservations of whole orders are released,
         newest order first, until the rest fit; those orders (returned in `released_orders`) are back to
-        waiting for stock (backordered). Negative counts, unknown SKU or warehouse: an error, nothing changed."""
+        waiting for stock (backordered). Negative counts, unknown SKU or warehouse: an error, nothing changed.
+        Locking: see `_set_on_hand`."""
         _require_text("sku", sku)
         _require_text("warehouse", warehouse)
         _require_int("counted quantity", counted, minimum=0)
         note = f"count: {reason}" if reason and reason.strip() else "count"
 
+        def target(_on_hand: int, packed: int) -> int:
+            # Units already picked into parcels waiting for the carrier are off the shelf but still ours.
+            return counted + packed
+
+        def counted_note(packed: int) -> str:
+            return f"{note} (+{packed} in packed parcels)" if packed else note
+
         async def op(conn: AsyncConnection) -> StockChange:
             await self._require_skus(conn, [sku])
             await self._require_warehouse(conn, warehouse)
-            # Units already picked into parcels waiting for the carrier are off the shelf but still ours.
-            packed = await self._picked_units(conn, sku, warehouse)
-            counted_note = f"{note} (+{packed} in packed parcels)" if packed else note
-            return await self._set_on_hand(conn, sku, warehouse, lambda _: counted + packed, "count", counted_note, ref)
+            return await self._set_on_hand(conn, sku, warehouse, target, "count", counted_note, ref)
 
         return await self._write(op, f"count {sku} at {warehouse}")
 
@@ -960,14 +966,15 @@ class Store:
         self, sku: str, warehouse: str, delta: int, *, reason: str, ref: str | None = None
     ) -> StockChange:
         """Correct on hand by `delta` (damage, loss, found stock) with a reason: an "adjustment" ledger row.
-        Going below what is reserved releases reservations like `count_stock`; below zero is an error."""
+        Going below what is reserved releases reservations like `count_stock`; below zero is an error.
+        Locking: see `_set_on_hand`."""
         _require_text("sku", sku)
         _require_text("warehouse", warehouse)
         _require_text("reason", reason)
         if not isinstance(delta, int) or isinstance(delta, bool) or delta == 0:
             raise ValueError(f"adjustment must be a non-zero integer number of units, got {delta!r}")
 
-        def target(on_hand: int) -> int:
+        def target(on_hand: int, _packed: int) -> int:
             if on_hand + delta < 0:
                 raise StoreError(
                     f"adjusting {sku} at {warehouse} by {delta} would leave {on_hand + delta} on hand "
@@ -978,7 +985,7 @@ class Store:
         async def op(conn: AsyncConnection) -> StockChange:
             await self._require_skus(conn, [sku])
             await self._require_warehouse(conn, warehouse)
-            return await self._set_on_hand(conn, sku, warehouse, target, "adjustment", reason, ref)
+            return await self._set_on_hand(conn, sku, warehouse, target, "adjustment", lambda _: reason, ref)
 
         return await self._write(op, f"adjust {sku} at {warehouse}")
 
@@ -987,30 +994,45 @@ class Store:
         conn: AsyncConnection,
         sku: str,
         warehouse: str,
-        target: Callable[[int], int],
+        target: Callable[[int, int], int],
         kind: str,
-        note: str,
+        note: Callable[[int], str],
         ref: str | None,
         *,
         release_excess: bool = True,
         skip_unchanged: bool = False,
     ) -> StockChange:
-        """Set on hand to target(current on hand) with one ledger row; release newest orders if needed."""
+        """Set on hand to target(on hand, units packed in parcels) with one ledger row (note(packed)); if that
+        is below what is reserved, release the newest orders' unpicked shipments until the rest fit.
+
+        Locking, the rule every operation keeps: order advisory locks first (sorted by order id), then stock
+        rows in (sku, warehouse) order. So the orders to release are found before any lock, locked in order,
+        and only then this stock row and the other rows of those orders' reservations are locked (one
+        FOR UPDATE, sorted). Everything is read again under the locks; if the orders to release are no
+        longer among those locked (a new reservation came in meanwhile), the transaction is retried."""
         sl = t.stock_levels
         now = _now()
         # A first count or import at a warehouse creates the row (a concurrent receipt may create it too).
+        # A row created here has nothing reserved, so no order lock can be needed after this row's lock.
         await conn.execute(
             self._insert(sl).values(sku=sku, warehouse=warehouse, on_hand=0, reserved=0).on_conflict_do_nothing()
         )
-        row = (
-            await conn.execute(
-                select(sl.c.on_hand, sl.c.reserved)
-                .where(sl.c.sku == sku, sl.c.warehouse == warehouse)
-                .with_for_update()
-            )
-        ).one()
-        previous, reserved = row.on_hand, row.reserved
-        new = target(previous)
+        locked: list[str] = []
+        if release_excess:
+            level = (
+                await conn.execute(
+                    select(sl.c.on_hand, sl.c.reserved).where(sl.c.sku == sku, sl.c.warehouse == warehouse)
+                )
+            ).one()
+            wanted = target(level.on_hand, await self._picked_units(conn, sku, warehouse))
+            if wanted < level.reserved:
+                locked = sorted(await self._orders_to_release(conn, sku, warehouse, level.reserved - wanted))
+                for order_id in locked:
+                    await self._lock_key(conn, f"order:{order_id}")
+        rows = await self._lock_stock_rows(conn, {(sku, warehouse)} | await self._unpicked_keys(conn, locked))
+        previous, reserved = rows[(sku, warehouse)]
+        packed = await self._picked_units(conn, sku, warehouse)
+        new = target(previous, packed)
         released: list[str] = []
         touched = {(sku, warehouse)}
         if new < reserved:
@@ -1018,8 +1040,12 @@ class Store:
                 raise StoreError(
                     f"{sku} at {warehouse}: {new} on hand would be less than the {reserved} units reserved"
                 )
-            released, others = await self._release_newest(conn, sku, warehouse, reserved - new, note, now)
-            touched |= others
+            to_release = await self._orders_to_release(conn, sku, warehouse, reserved - new)
+            if not set(to_release) <= set(locked):
+                raise _StockMoved  # reservations changed before the locks: again, with the orders locked first
+            for order_id in to_release:
+                touched |= await self._release_order(conn, order_id, sku, warehouse, note(packed), now)
+                released.append(order_id)
             reserved = (
                 await conn.execute(select(sl.c.reserved).where(sl.c.sku == sku, sl.c.warehouse == warehouse))
             ).scalar_one()
@@ -1038,9 +1064,24 @@ class Store:
             )
             if result.rowcount != 1:
                 raise _StockMoved
-            ledger_id = await self._ledger_row(conn, sku, warehouse, delta, 0, kind, ref, note, now)
+            ledger_id = await self._ledger_row(conn, sku, warehouse, delta, 0, kind, ref, note(packed), now)
         await self._track_low_stock(conn, touched, now)
         return StockChange(sku, warehouse, previous, new, reserved, delta, released, ledger_id)
+
+    async def _lock_stock_rows(
+        self, conn: AsyncConnection, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """Lock these stock rows (FOR UPDATE, in (sku, warehouse) order: the rule of `_set_on_hand`);
+        (sku, warehouse) -> (on hand, reserved)."""
+        sl = t.stock_levels
+        wanted = sorted(set(keys))
+        rows = await conn.execute(
+            select(sl.c.sku, sl.c.warehouse, sl.c.on_hand, sl.c.reserved)
+            .where(tuple_(sl.c.sku, sl.c.warehouse).in_(wanted))
+            .order_by(sl.c.sku, sl.c.warehouse)
+            .with_for_update()
+        )
+        return {(r.sku, r.warehouse): (r.on_hand, r.reserved) for r in rows}
 
     async def _picked_units(self, conn: AsyncConnection, sku: str, warehouse: str) -> int:
         """Units of `sku` at `warehouse` held by shipments whose pick is confirmed (packed, not shipped yet)."""
@@ -1053,59 +1094,73 @@ class Store:
         )
         return int(total.scalar_one())
 
-    async def _release_newest(
-        self, conn: AsyncConnection, sku: str, warehouse: str, excess: int, why: str, now: datetime
-    ) -> tuple[list[str], set[tuple[str, str]]]:
-        """Release the reservations of orders holding `sku` at `warehouse`, newest reservation first, until at
-        least `excess` units of it are freed: each order's shipments that are not picked yet (picked units
-        are off the shelf, in a parcel, so a count does not see them). Each released order waits for stock
-        again (backorder row). Returns the orders and every (sku, warehouse) whose reservations changed."""
-        rv, sl = t.reservations, t.stock_levels
-        picked = _picked()
-        candidates = (
-            await conn.execute(
-                select(rv.c.order_id)
-                .where(rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held", ~picked)
-                .order_by(rv.c.created_at.desc(), rv.c.id.desc())
-            )
-        ).scalars()
-        released: list[str] = []
-        touched: set[tuple[str, str]] = set()
-        for order_id in list(dict.fromkeys(candidates)):
+    async def _orders_to_release(self, conn: AsyncConnection, sku: str, warehouse: str, excess: int) -> list[str]:
+        """The orders a stock change must release to free `excess` units of `sku` at `warehouse`: those holding
+        it in shipments not picked yet (picked units are off the shelf, in a parcel, so a count does not see
+        them), newest reservation first, until enough are freed (all of them if they cannot free enough)."""
+        rv = t.reservations
+        rows = await conn.execute(
+            select(rv.c.order_id, rv.c.quantity)
+            .where(rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held", ~_picked())
+            .order_by(rv.c.created_at.desc(), rv.c.id.desc())
+        )
+        freed: dict[str, int] = {}
+        for r in rows:
+            freed[r.order_id] = freed.get(r.order_id, 0) + r.quantity
+        orders: list[str] = []
+        for order_id, units in freed.items():  # dicts keep insertion order: newest first
             if excess <= 0:
                 break
-            await self._lock_key(conn, f"order:{order_id}")
-            held = (
-                await conn.execute(
-                    select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
-                    .where(rv.c.order_id == order_id, rv.c.status == "held", ~picked)
-                    .order_by(rv.c.sku, rv.c.warehouse, rv.c.shipment_no)
-                )
-            ).all()
-            if not held:
-                continue
-            for r in held:
-                await conn.execute(
-                    update(sl)
-                    .where(sl.c.sku == r.sku, sl.c.warehouse == r.warehouse)
-                    .values(reserved=sl.c.reserved - r.quantity)
-                )
-                touched.add((r.sku, r.warehouse))
+            orders.append(order_id)
+            excess -= units
+        return orders
+
+    async def _unpicked_keys(self, conn: AsyncConnection, orders: Sequence[str]) -> set[tuple[str, str]]:
+        """(sku, warehouse) of the held reservations of these orders' shipments not picked yet."""
+        if not orders:
+            return set()
+        rv = t.reservations
+        rows = await conn.execute(
+            select(rv.c.sku, rv.c.warehouse)
+            .where(rv.c.order_id.in_(orders), rv.c.status == "held", ~_picked())
+            .distinct()
+        )
+        return {(r.sku, r.warehouse) for r in rows}
+
+    async def _release_order(
+        self, conn: AsyncConnection, order_id: str, sku: str, warehouse: str, why: str, now: datetime
+    ) -> set[tuple[str, str]]:
+        """Release the held reservations of the order's shipments not picked yet (a stock change at
+        `warehouse` took their units); the order waits for stock again (backorder row). The caller holds the
+        order's lock and the stock rows' locks. Returns every (sku, warehouse) whose reservations changed."""
+        rv, sl = t.reservations, t.stock_levels
+        held = (
             await conn.execute(
-                update(rv).where(rv.c.id.in_([r.id for r in held])).values(status="released", updated_at=now)
+                select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
+                .where(rv.c.order_id == order_id, rv.c.status == "held", ~_picked())
+                .order_by(rv.c.sku, rv.c.warehouse, rv.c.shipment_no)
             )
-            await self._add_ledger(
-                conn,
-                [(r.sku, r.warehouse, 0, -r.quantity) for r in held],
-                "release",
-                order_id,
-                f"stock short at {warehouse} after {why}",
-                now,
+        ).all()
+        for r in held:
+            await conn.execute(
+                update(sl)
+                .where(sl.c.sku == r.sku, sl.c.warehouse == r.warehouse)
+                .values(reserved=sl.c.reserved - r.quantity)
             )
-            await self._open_backorder(conn, order_id, {sku: sum(r.quantity for r in held if r.sku == sku)}, now)
-            excess -= sum(r.quantity for r in held if (r.sku, r.warehouse) == (sku, warehouse))
-            released.append(order_id)
-        return released, touched
+        await conn.execute(
+            update(rv).where(rv.c.id.in_([r.id for r in held])).values(status="released", updated_at=now)
+        )
+        await self._add_ledger(
+            conn,
+            [(r.sku, r.warehouse, 0, -r.quantity) for r in held],
+            "release",
+            order_id,
+            f"stock short at {warehouse} after {why}",
+            now,
+        )
+        # It waits for the units the change took; a re-allocation records what else it is short of.
+        await self._open_backorder(conn, order_id, {sku: sum(r.quantity for r in held if r.sku == sku)}, now)
+        return {(r.sku, r.warehouse) for r in held}
 
     async def _level(self, conn: AsyncConnection, sku: str, warehouse: str) -> StockLevel:
         sl = t.stock_levels
@@ -2025,16 +2080,17 @@ class Store:
             if bad:
                 raise InvalidRows(bad)
             created = updated = unchanged = 0
-            for r in rows:
+            # Stock rows are locked in (sku, warehouse) order, whatever the file's order (see _set_on_hand).
+            for r in sorted(rows, key=lambda r: (r.sku, r.warehouse)):
                 level = levels.get((r.sku, r.warehouse))
                 note = f"stock import: on hand set to {r.on_hand}"
                 change = await self._set_on_hand(
                     conn,
                     r.sku,
                     r.warehouse,
-                    lambda _, n=r.on_hand: n,  # type: ignore[misc]
+                    lambda _on_hand, _packed, n=r.on_hand: n,  # type: ignore[misc]
                     "adjustment",
-                    note,
+                    lambda _packed, note=note: note,  # type: ignore[misc]
                     ref,
                     release_excess=False,
                     skip_unchanged=True,
@@ -2166,14 +2222,23 @@ class Store:
             stmt = stmt.where(pt.c.created_at <= _now() - timedelta(seconds=older_than_s))
         return [_pick_task(r) for r in await self._read(stmt)]
 
+    async def _pick_task_for_update(self, conn: AsyncConnection, task_id: str) -> PickTask:
+        """The pick task, read under its order's lock and with its row locked: order advisory lock first,
+        then the task row (and after it any stock rows), like every operation (see `_set_on_hand`). Read
+        before the locks, a concurrent confirmation or cancellation would go unseen."""
+        pt = t.pick_tasks
+        order_id = (await conn.execute(select(pt.c.order_id).where(pt.c.id == task_id))).scalar_one_or_none()
+        if order_id is None:
+            raise PickTaskNotFound(task_id)
+        await self._lock_key(conn, f"order:{order_id}")
+        return _pick_task((await conn.execute(select(pt).where(pt.c.id == task_id).with_for_update())).one())
+
     async def _close_pick_task(self, task_id: str, to: str) -> PickTask:
+        """open -> `to`; idempotent when it is `to` already. Locking: `_pick_task_for_update`."""
         pt = t.pick_tasks
 
         async def op(conn: AsyncConnection) -> PickTask:
-            row = (await conn.execute(select(pt).where(pt.c.id == task_id))).first()
-            if row is None:
-                raise PickTaskNotFound(task_id)
-            task = _pick_task(row)
+            task = await self._pick_task_for_update(conn, task_id)
             if task.status == to:
                 return task
             if task.status != "open":
@@ -2182,17 +2247,10 @@ class Store:
             values: dict[str, Any] = {"status": to}
             if to == "confirmed":
                 values["confirmed_at"] = now
-            await conn.execute(update(pt).where(pt.c.id == task_id, pt.c.status == "open").values(values))
-            return PickTask(
-                task.id,
-                task.order_id,
-                task.attempt,
-                task.warehouse,
-                task.lines,
-                to,
-                task.created_at,
-                now if to == "confirmed" else None,
-            )
+            result = await conn.execute(update(pt).where(pt.c.id == task_id, pt.c.status == "open").values(values))
+            if result.rowcount != 1:  # never tell a caller it won when the task changed underneath
+                raise PickTaskClosed(task_id, "closed")
+            return replace(task, status=to, confirmed_at=now if to == "confirmed" else None)
 
         return await self._write(op, f"{to} pick task {task_id}")
 
@@ -2202,7 +2260,10 @@ class Store:
         With `short` (sku -> units the picker could not find), a short pick: the shelf held fewer units than
         the books said, so on hand is corrected (an "adjustment" ledger row naming the task: the discrepancy)
         and the order's reservation of those units is dropped with it, all in the same transaction as the
-        confirmation. The order then re-reserves the missing units elsewhere or waits for them."""
+        confirmation. The order then re-reserves the missing units elsewhere or waits for them.
+
+        Locking: the order's advisory lock, then the task row, then the stock rows in sku order (one
+        warehouse): two confirmations of one task are serial, and only the first changes anything."""
         if not short:
             return await self._close_pick_task(task_id, "confirmed")
         missing_units = {str(sku): qty for sku, qty in short.items()}
@@ -2211,10 +2272,7 @@ class Store:
         pt, sl, rv = t.pick_tasks, t.stock_levels, t.reservations
 
         async def op(conn: AsyncConnection) -> PickTask:
-            row = (await conn.execute(select(pt).where(pt.c.id == task_id))).first()
-            if row is None:
-                raise PickTaskNotFound(task_id)
-            task = _pick_task(row)
+            task = await self._pick_task_for_update(conn, task_id)
             if task.status == "confirmed" and task.short == missing_units:
                 return task  # the same short confirmation again: already done
             if task.status != "open":
@@ -2226,7 +2284,6 @@ class Store:
                 if qty > ordered[sku]:
                     raise StoreError(f"pick task {task_id}: {qty} x {sku} short, but only {ordered[sku]} were to pick")
             now = _now()
-            await self._lock_key(conn, f"order:{task.order_id}")
             for sku, qty in sorted(missing_units.items()):
                 held = (
                     await conn.execute(
@@ -2269,11 +2326,13 @@ class Store:
                 {"sku": sku, "quantity": qty, **({"short": missing_units[sku]} if sku in missing_units else {})}
                 for sku, qty in task.lines
             ]
-            await conn.execute(
+            result = await conn.execute(
                 update(pt)
                 .where(pt.c.id == task_id, pt.c.status == "open")
                 .values(status="confirmed", confirmed_at=now, lines=lines)
             )
+            if result.rowcount != 1:  # rolls back the stock correction: it must happen once, with the confirmation
+                raise PickTaskClosed(task_id, "closed")
             await self._track_low_stock(conn, {(sku, task.warehouse) for sku in missing_units}, now)
             return replace(task, status="confirmed", confirmed_at=now, short=missing_units)
 
@@ -2339,14 +2398,11 @@ class Store:
         sh = t.shipments
 
         async def op(conn: AsyncConnection) -> ShipmentRecord:
-            row = (await conn.execute(select(sh.c.status).where(sh.c.key == key))).first()
-            if row is None:
-                raise ShipmentNotFound(key)
-            if row.status == "voided":
-                raise StoreError(f"shipment {key!r} was voided; buy under a new shipment number")
-            await conn.execute(
+            # One conditional UPDATE: a void committed while this runs is seen (READ COMMITTED re-checks the
+            # WHERE on the row it waited for), so a voided label is never overwritten.
+            result = await conn.execute(
                 update(sh)
-                .where(sh.c.key == key)
+                .where(sh.c.key == key, sh.c.status != "voided")
                 .values(
                     status="purchased",
                     carrier=carrier,
@@ -2358,7 +2414,12 @@ class Store:
                     updated_at=_now(),
                 )
             )
-            return _shipment((await conn.execute(select(sh).where(sh.c.key == key))).one())
+            row = (await conn.execute(select(sh).where(sh.c.key == key))).first()
+            if row is None:
+                raise ShipmentNotFound(key)
+            if result.rowcount != 1:
+                raise StoreError(f"shipment {key!r} was voided; buy under a new shipment number")
+            return _shipment(row)
 
         return await self._write(op, f"record label {key}")
 
