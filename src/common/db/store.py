@@ -9,8 +9,8 @@ Rules the methods keep:
   failing halfway) and run on the Store's writer thread (SqliteFileWriter), so the write lock is held for
   the SQL alone (write transactions await nothing but `conn.execute`); on PostgreSQL they run at READ
   COMMITTED, and every one takes its locks in one fixed order: order advisory locks first (sorted by order
-  id), then pick task rows, then stock rows in (sku, warehouse) order. What a decision rests on is read under
-  those locks. Lock/deadlock/serialization errors retry the whole transaction a few times (`Store.retries`).
+  id), then stock rows in (sku, warehouse) order (a pick task row is only locked or changed under its order's
+  lock). What a decision rests on is read under those locks. Lock/deadlock/serialization errors retry the whole transaction a few times (`Store.retries`).
 - Bad input raises ValueError or a StoreError subclass with a clear message and changes nothing.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, Table, case, func, select, text, tuple_, update
+from sqlalchemy import ColumnElement, Row, Select, Table, and_, case, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from common.db import tables as t
 from common.db.engine import SQLITE_BEGIN_OPTION, SqliteFileWriter, create_engine, run_migrations
 from common.inventory.allocation import Site, choose_warehouse, missing, plan_split
+from common.models import PickShortage, ReservationReleased, workflow_id_for
 
 T = TypeVar("T")
 
@@ -132,6 +133,9 @@ class StockChange:
     # Orders whose held reservations were released (newest first) because on hand fell below reserved.
     released_orders: list[str]
     ledger_id: int
+    # order id -> the shipments it released (those not picked yet); their open pick tasks were cancelled, and
+    # each order was sent `reservation_released` through the order-signal outbox, all in the same transaction.
+    released_shipments: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def available(self) -> int:
@@ -249,6 +253,8 @@ class PickTask:
     confirmed_at: datetime | None
     # sku -> units the picker could not find (a short pick), recorded with the confirmation
     short: dict[str, int] = field(default_factory=dict)
+    # When a stock count or adjustment released this shipment's reservation and so cancelled the task
+    released_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +288,23 @@ class NotificationRecord:
     attempts: int
     created_at: datetime
     sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OrderSignal:
+    """A signal or update for an order's workflow in the outbox: written in the transaction of the change it
+    reports, delivered afterwards by `common.order_signals.deliver_order_signals`, in id order per workflow."""
+
+    id: int
+    workflow_id: str
+    kind: str  # signal | update
+    name: str
+    payload: Any  # the one argument, as JSON
+    created_at: datetime
+    attempts: int
+    delivered_at: datetime | None = None
+    last_error: str | None = None
+    note: str | None = None
 
 
 class _KnownNotification(Exception):
@@ -344,6 +367,19 @@ class PickTaskClosed(StoreError):
         self.task_id = task_id
         self.status = status
         super().__init__(f"pick task {task_id!r} is {status} and can no longer change")
+
+
+class ShipmentReleased(StoreError):
+    """The shipment's reservation is no longer held (a stock count or adjustment released it): no pick task,
+    no confirmation, nothing to ship."""
+
+    def __init__(self, order_id: str, shipment_no: int) -> None:
+        self.order_id = order_id
+        self.shipment_no = shipment_no
+        super().__init__(
+            f"shipment {shipment_no} of order {order_id} lost its reservation (released by a stock count or "
+            "adjustment): do not pick or ship it; the order re-reserves its goods or waits for stock"
+        )
 
 
 class ShipmentNotFound(StoreError):
@@ -506,7 +542,15 @@ def _ledger(r: Row[Any]) -> LedgerEntry:
 def _pick_task(r: Row[Any]) -> PickTask:
     lines = [(str(line["sku"]), int(line["quantity"])) for line in r.lines]
     short = {str(line["sku"]): int(line["short"]) for line in r.lines if line.get("short")}
-    return PickTask(r.id, r.order_id, r.attempt, r.warehouse, lines, r.status, r.created_at, r.confirmed_at, short)
+    return PickTask(
+        r.id, r.order_id, r.attempt, r.warehouse, lines, r.status, r.created_at, r.confirmed_at, short, r.released_at
+    )
+
+
+def _order_signal(r: Row[Any]) -> OrderSignal:
+    return OrderSignal(
+        r.id, r.workflow_id, r.kind, r.name, r.payload, r.created_at, r.attempts, r.delivered_at, r.last_error, r.note
+    )
 
 
 def _shipment(r: Row[Any]) -> ShipmentRecord:
@@ -958,7 +1002,7 @@ class Store:
         async def op(conn: AsyncConnection) -> StockChange:
             await self._require_skus(conn, [sku])
             await self._require_warehouse(conn, warehouse)
-            return await self._set_on_hand(conn, sku, warehouse, target, "count", counted_note, ref)
+            return await self._set_on_hand(conn, sku, warehouse, target, "count", counted_note, ref, reason=note)
 
         return await self._write(op, f"count {sku} at {warehouse}")
 
@@ -985,7 +1029,9 @@ class Store:
         async def op(conn: AsyncConnection) -> StockChange:
             await self._require_skus(conn, [sku])
             await self._require_warehouse(conn, warehouse)
-            return await self._set_on_hand(conn, sku, warehouse, target, "adjustment", lambda _: reason, ref)
+            return await self._set_on_hand(
+                conn, sku, warehouse, target, "adjustment", lambda _: reason, ref, reason=reason
+            )
 
         return await self._write(op, f"adjust {sku} at {warehouse}")
 
@@ -999,11 +1045,14 @@ class Store:
         note: Callable[[int], str],
         ref: str | None,
         *,
+        reason: str = "",
         release_excess: bool = True,
         skip_unchanged: bool = False,
     ) -> StockChange:
         """Set on hand to target(on hand, units packed in parcels) with one ledger row (note(packed)); if that
-        is below what is reserved, release the newest orders' unpicked shipments until the rest fit.
+        is below what is reserved, release the newest orders' unpicked shipments until the rest fit: their
+        open pick tasks are cancelled and each order gets `reservation_released` (with `reason`) in the
+        order-signal outbox, in this transaction.
 
         Locking, the rule every operation keeps: order advisory locks first (sorted by order id), then stock
         rows in (sku, warehouse) order. So the orders to release are found before any lock, locked in order,
@@ -1034,6 +1083,7 @@ class Store:
         packed = await self._picked_units(conn, sku, warehouse)
         new = target(previous, packed)
         released: list[str] = []
+        shipments: dict[str, list[int]] = {}
         touched = {(sku, warehouse)}
         if new < reserved:
             if not release_excess:
@@ -1044,7 +1094,10 @@ class Store:
             if not set(to_release) <= set(locked):
                 raise _StockMoved  # reservations changed before the locks: again, with the orders locked first
             for order_id in to_release:
-                touched |= await self._release_order(conn, order_id, sku, warehouse, note(packed), now)
+                keys, shipments[order_id] = await self._release_order(
+                    conn, order_id, sku, warehouse, note(packed), reason, now
+                )
+                touched |= keys
                 released.append(order_id)
             reserved = (
                 await conn.execute(select(sl.c.reserved).where(sl.c.sku == sku, sl.c.warehouse == warehouse))
@@ -1066,7 +1119,7 @@ class Store:
                 raise _StockMoved
             ledger_id = await self._ledger_row(conn, sku, warehouse, delta, 0, kind, ref, note(packed), now)
         await self._track_low_stock(conn, touched, now)
-        return StockChange(sku, warehouse, previous, new, reserved, delta, released, ledger_id)
+        return StockChange(sku, warehouse, previous, new, reserved, delta, released, ledger_id, shipments)
 
     async def _lock_stock_rows(
         self, conn: AsyncConnection, keys: Iterable[tuple[str, str]]
@@ -1128,15 +1181,17 @@ class Store:
         return {(r.sku, r.warehouse) for r in rows}
 
     async def _release_order(
-        self, conn: AsyncConnection, order_id: str, sku: str, warehouse: str, why: str, now: datetime
-    ) -> set[tuple[str, str]]:
-        """Release the held reservations of the order's shipments not picked yet (a stock change at
-        `warehouse` took their units); the order waits for stock again (backorder row). The caller holds the
-        order's lock and the stock rows' locks. Returns every (sku, warehouse) whose reservations changed."""
-        rv, sl = t.reservations, t.stock_levels
+        self, conn: AsyncConnection, order_id: str, sku: str, warehouse: str, why: str, reason: str, now: datetime
+    ) -> tuple[set[tuple[str, str]], list[int]]:
+        """Release the held reservations of the order's shipments not picked yet (a stock change of `sku` at
+        `warehouse` took their units), cancel those shipments' open pick tasks (pick task n is shipment n) so
+        nobody picks goods that are not there, and tell the order: `reservation_released` in the outbox. The
+        order waits for stock again (backorder row). The caller holds the order's lock and the stock rows'.
+        Returns every (sku, warehouse) whose reservations changed, and the shipments released."""
+        rv, sl, pt = t.reservations, t.stock_levels, t.pick_tasks
         held = (
             await conn.execute(
-                select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
+                select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity, rv.c.shipment_no)
                 .where(rv.c.order_id == order_id, rv.c.status == "held", ~_picked())
                 .order_by(rv.c.sku, rv.c.warehouse, rv.c.shipment_no)
             )
@@ -1160,7 +1215,57 @@ class Store:
         )
         # It waits for the units the change took; a re-allocation records what else it is short of.
         await self._open_backorder(conn, order_id, {sku: sum(r.quantity for r in held if r.sku == sku)}, now)
-        return {(r.sku, r.warehouse) for r in held}
+        shipments = sorted({r.shipment_no for r in held})
+        await conn.execute(
+            update(pt)
+            .where(pt.c.order_id == order_id, pt.c.attempt.in_(shipments), pt.c.status == "open")
+            .values(status="cancelled", released_at=now)
+        )
+        message = ReservationReleased(sku=sku, warehouse=warehouse, shipments=shipments, reason=reason)
+        await self._add_order_signal(
+            conn, order_id, "signal", "reservation_released", message.model_dump(mode="json"), now
+        )
+        return {(r.sku, r.warehouse) for r in held}, shipments
+
+    async def _add_order_signal(
+        self, conn: AsyncConnection, order_id: str, kind: str, name: str, payload: Any, now: datetime
+    ) -> int:
+        """Put a signal or update for the order's workflow in the outbox, in the caller's transaction. The
+        caller holds the order's advisory lock, so one workflow's rows are numbered in commit order and the
+        relay delivers them in the order they happened."""
+        result = await conn.execute(
+            t.order_signals.insert().values(
+                workflow_id=workflow_id_for(order_id),
+                kind=kind,
+                name=name,
+                payload=payload,
+                created_at=now,
+                attempts=0,
+            )
+        )
+        return _inserted_id(result)
+
+    async def _shipment_status(self, conn: AsyncConnection, order_id: str, shipment_no: int) -> str:
+        """The shipment's reservation status: held if it holds any reservation, else committed if it shipped,
+        released if it had reservations and lost them all, none if it never had any."""
+        rv = t.reservations
+        statuses = set(
+            (
+                await conn.execute(
+                    select(rv.c.status).where(rv.c.order_id == order_id, rv.c.shipment_no == shipment_no).distinct()
+                )
+            ).scalars()
+        )
+        return next((s for s in ("held", "committed", "released") if s in statuses), "none")
+
+    async def shipment_reservation_status(self, order_id: str, shipment_no: int) -> str:
+        """Where the shipment's stock stands: "held" (reserved, or packed and waiting for the carrier),
+        "committed" (shipped), "released" (it lost its reservation, e.g. to a stock count, or the order gave it
+        back), "none" (nothing was ever reserved for it)."""
+        _require_text("order_id", order_id)
+        _require_int("shipment_no", shipment_no, minimum=0)
+        async with self._engine.connect() as conn:
+            return await self._shipment_status(conn, order_id, shipment_no)
 
     async def _level(self, conn: AsyncConnection, sku: str, warehouse: str) -> StockLevel:
         sl = t.stock_levels
@@ -2162,7 +2267,11 @@ class Store:
     async def create_pick_task(
         self, order_id: str, attempt: int, warehouse: str, lines: Sequence[tuple[str, int]]
     ) -> PickTask:
-        """A new open pick task, or the existing one for (order_id, attempt)."""
+        """A new open pick task, or the existing one for (order_id, attempt). ShipmentReleased if shipment
+        `attempt` of the order had a reservation and lost it (a stock count released it): nothing to pick.
+
+        Locking: the order's advisory lock first, so a count releasing the shipment comes wholly before or
+        after."""
         _require_text("order_id", order_id)
         _require_int("attempt", attempt, minimum=0)
         _require_text("warehouse", warehouse)
@@ -2174,7 +2283,12 @@ class Store:
             return _pick_task(row) if row is not None else None
 
         async def op(conn: AsyncConnection) -> PickTask:
+            await self._lock_key(conn, f"order:{order_id}")
             task = await existing(conn)
+            if task is not None and task.status == "confirmed":
+                return task  # picked before anything was released: a retried call gets it back
+            if await self._shipment_status(conn, order_id, attempt) == "released":
+                raise ShipmentReleased(order_id, attempt)
             if task is not None:
                 return task
             await self._resolve_warehouse(conn, warehouse)
@@ -2233,15 +2347,28 @@ class Store:
         await self._lock_key(conn, f"order:{order_id}")
         return _pick_task((await conn.execute(select(pt).where(pt.c.id == task_id).with_for_update())).one())
 
+    async def _confirmable(self, conn: AsyncConnection, task: PickTask) -> None:
+        """Refuse to confirm a task that is not open, or whose shipment lost its reservation (a confirmed pick
+        always has its reservation, so what ships is always committed)."""
+        if task.status == "cancelled" and task.released_at is not None:
+            raise ShipmentReleased(task.order_id, task.attempt)  # cancelled by the stock change that released it
+        if task.status != "open":
+            raise PickTaskClosed(task.id, task.status)
+        if await self._shipment_status(conn, task.order_id, task.attempt) == "released":
+            raise ShipmentReleased(task.order_id, task.attempt)
+
     async def _close_pick_task(self, task_id: str, to: str) -> PickTask:
-        """open -> `to`; idempotent when it is `to` already. Locking: `_pick_task_for_update`."""
+        """open -> `to`; idempotent when it is `to` already. A confirmation goes into the order-signal
+        outbox (`pick_confirmed`) in the same transaction. Locking: `_pick_task_for_update`."""
         pt = t.pick_tasks
 
         async def op(conn: AsyncConnection) -> PickTask:
             task = await self._pick_task_for_update(conn, task_id)
             if task.status == to:
                 return task
-            if task.status != "open":
+            if to == "confirmed":
+                await self._confirmable(conn, task)
+            elif task.status != "open":
                 raise PickTaskClosed(task_id, task.status)
             now = _now()
             values: dict[str, Any] = {"status": to}
@@ -2250,12 +2377,18 @@ class Store:
             result = await conn.execute(update(pt).where(pt.c.id == task_id, pt.c.status == "open").values(values))
             if result.rowcount != 1:  # never tell a caller it won when the task changed underneath
                 raise PickTaskClosed(task_id, "closed")
+            if to == "confirmed":
+                await self._add_order_signal(conn, task.order_id, "signal", "pick_confirmed", task_id, now)
             return replace(task, status=to, confirmed_at=now if to == "confirmed" else None)
 
         return await self._write(op, f"{to} pick task {task_id}")
 
     async def confirm_pick_task(self, task_id: str, short: Mapping[str, int] | None = None) -> PickTask:
-        """open -> confirmed (idempotent). PickTaskNotFound, or PickTaskClosed if it was cancelled.
+        """open -> confirmed (idempotent). PickTaskNotFound; PickTaskClosed if it was cancelled (or, with
+        `short`, confirmed otherwise); ShipmentReleased if its shipment's reservation is gone (a stock count
+        released it, and cancelled the task). The order is told through the order-signal outbox, in the
+        same transaction: signal `pick_confirmed` (the task id), or for a short pick update `pick_short`
+        (PickShortage). A repeated confirmation changes nothing and writes nothing.
 
         With `short` (sku -> units the picker could not find), a short pick: the shelf held fewer units than
         the books said, so on hand is corrected (an "adjustment" ledger row naming the task: the discrepancy)
@@ -2275,8 +2408,7 @@ class Store:
             task = await self._pick_task_for_update(conn, task_id)
             if task.status == "confirmed" and task.short == missing_units:
                 return task  # the same short confirmation again: already done
-            if task.status != "open":
-                raise PickTaskClosed(task_id, task.status)
+            await self._confirmable(conn, task)
             ordered = dict(task.lines)
             for sku, qty in missing_units.items():
                 if sku not in ordered:
@@ -2333,6 +2465,8 @@ class Store:
             )
             if result.rowcount != 1:  # rolls back the stock correction: it must happen once, with the confirmation
                 raise PickTaskClosed(task_id, "closed")
+            shortage = PickShortage(task_id=task_id, short=missing_units)
+            await self._add_order_signal(conn, task.order_id, "update", "pick_short", shortage.model_dump(), now)
             await self._track_low_stock(conn, {(sku, task.warehouse) for sku in missing_units}, now)
             return replace(task, status="confirmed", confirmed_at=now, short=missing_units)
 
@@ -2437,6 +2571,124 @@ class Store:
             return _shipment(row)
 
         return await self._write(op, f"void shipment {key}")
+
+    # -----------------------------------------------------------------------------------------------------
+    # Order-signal outbox: written by the changes above, delivered by common.order_signals
+
+    async def order_signals(self, workflow_id: str | None = None, *, pending_only: bool = False) -> list[OrderSignal]:
+        """Outbox rows (of one workflow), oldest first; `pending_only`: not delivered yet."""
+        os_ = t.order_signals
+        stmt = select(os_).order_by(os_.c.id)
+        if workflow_id is not None:
+            stmt = stmt.where(os_.c.workflow_id == workflow_id)
+        if pending_only:
+            stmt = stmt.where(os_.c.delivered_at.is_(None))
+        return [_order_signal(r) for r in await self._read(stmt)]
+
+    async def claim_order_signals(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        workflow_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        lease_s: float = 60.0,
+    ) -> tuple[str, list[OrderSignal]]:
+        """Claim pending rows for delivery, oldest first, for `lease_s` seconds: (claim token, rows). With
+        `ids`, those rows and any older pending rows of their workflows (which must go first); with
+        `workflow_ids`, only those workflows' rows. A workflow's rows are claimed in order and only up to one
+        another caller holds, so each workflow's rows are delivered in order even with several relays; a
+        claim whose holder died lapses after the lease.
+
+        Locking: one advisory lock for claimers ("order-signals"), then the rows; nothing else is held."""
+        _require_int("limit", limit, minimum=1)
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s!r}")
+        os_ = t.order_signals
+        token = secrets.token_hex(8)
+
+        async def op(conn: AsyncConnection) -> list[OrderSignal]:
+            await self._lock_key(conn, "order-signals")
+            stmt = select(os_).where(os_.c.delivered_at.is_(None)).order_by(os_.c.id).limit(limit)
+            if ids is not None:
+                newest = (
+                    await conn.execute(
+                        select(os_.c.workflow_id, func.max(os_.c.id).label("top"))
+                        .where(os_.c.id.in_(list(ids)))
+                        .group_by(os_.c.workflow_id)
+                    )
+                ).all()
+                if not newest:
+                    return []
+                stmt = stmt.where(or_(*(and_(os_.c.workflow_id == r.workflow_id, os_.c.id <= r.top) for r in newest)))
+            if workflow_ids is not None:
+                stmt = stmt.where(os_.c.workflow_id.in_(list(workflow_ids)))
+            now = _now()
+            blocked: set[str] = set()
+            mine = []
+            for r in await conn.execute(stmt):
+                if r.workflow_id in blocked:
+                    continue
+                if r.claimed_until is not None and r.claimed_until > now:
+                    blocked.add(r.workflow_id)  # another relay is delivering it: its later rows must wait
+                    continue
+                mine.append(_order_signal(r))
+            if mine:
+                await conn.execute(
+                    update(os_)
+                    .where(os_.c.id.in_([r.id for r in mine]))
+                    .values(claimed_by=token, claimed_until=now + timedelta(seconds=lease_s))
+                )
+            return mine
+
+        return token, await self._write(op, "claim order signals")
+
+    async def mark_order_signal_delivered(self, signal_id: int, note: str | None = None) -> None:
+        """The row was delivered (or there was nobody to deliver it to: `note` says why). Idempotent, and
+        whoever holds the claim: it was delivered either way."""
+        os_ = t.order_signals
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(os_)
+                .where(os_.c.id == signal_id, os_.c.delivered_at.is_(None))
+                .values(
+                    delivered_at=_now(),
+                    attempts=os_.c.attempts + 1,
+                    note=note,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+
+        await self._write(op, f"mark order signal {signal_id} delivered")
+
+    async def mark_order_signal_failed(self, signal_id: int, claim: str, error: str) -> None:
+        """Delivery failed: count the attempt, keep the error, give up the claim; the row stays pending."""
+        os_ = t.order_signals
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(os_)
+                .where(os_.c.id == signal_id, os_.c.delivered_at.is_(None), os_.c.claimed_by == claim)
+                .values(attempts=os_.c.attempts + 1, last_error=error[:1000], claimed_by=None, claimed_until=None)
+            )
+
+        await self._write(op, f"mark order signal {signal_id} failed")
+
+    async def release_order_signal_claims(self, signal_ids: Sequence[int], claim: str) -> None:
+        """Give up claimed rows without trying them (an earlier row of their workflow failed this round)."""
+        if not signal_ids:
+            return
+        os_ = t.order_signals
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(os_)
+                .where(os_.c.id.in_(list(signal_ids)), os_.c.delivered_at.is_(None), os_.c.claimed_by == claim)
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+        await self._write(op, "release order signal claims")
 
     # -----------------------------------------------------------------------------------------------------
     # Notification delivery log: one message per (order, event, channel)
