@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     # slots: `make bench`, N=300, 6.1 -> 7.6 orders/s.
     worker_task_pollers: Literal["autoscale"] | int = Field(default="autoscale")
 
+    # Order-signal outbox: messages to orders written with the change they report (a count releasing a parcel,
+    # a pick confirmed) are delivered at once; every worker also runs a relay that delivers what is still
+    # pending (e.g. written while the engine was unreachable) every this many seconds. 0 disables the relay.
+    order_signal_relay_interval: float = Field(default=5.0, ge=0)
+
     # Payments (refunds of returns): the sandbox gateway; true makes every refund fail (to see retry_refund)
     sandbox_payments_fail: bool = False
 

@@ -10,7 +10,8 @@ Rules the methods keep:
   the SQL alone (write transactions await nothing but `conn.execute`); on PostgreSQL they run at READ
   COMMITTED, and every one takes its locks in one fixed order: order advisory locks first (sorted by order
   id), then stock rows in (sku, warehouse) order (a pick task row is only locked or changed under its order's
-  lock). What a decision rests on is read under those locks. Lock/deadlock/serialization errors retry the whole transaction a few times (`Store.retries`).
+  lock). What a decision rests on is read under those locks. Lock/deadlock/serialization errors retry the
+  whole transaction a few times (`Store.retries` counts them).
 - Bad input raises ValueError or a StoreError subclass with a clear message and changes nothing.
 """
 
