@@ -605,6 +605,29 @@ def _picked() -> ColumnElement[bool]:
     )
 
 
+def _serve_in_order(
+    waiting: Sequence[tuple[str, Mapping[str, int]]], available: Mapping[str, int]
+) -> tuple[list[str], dict[str, int], set[str]]:
+    """First come, first served over the backorder queue (`waiting`: order id -> units it needs per SKU,
+    oldest first) with `available` units per SKU (all warehouses together). An order short of a SKU keeps
+    what there is of that SKU for itself (no younger order gets any of it) and takes nothing, so an order
+    still short of another SKU is passed over; an order that is short of nothing takes what it needs.
+    Returns the orders served (in queue order), the units left per SKU, and the SKUs kept back."""
+    left = dict(available)
+    kept: set[str] = set()
+    served: list[str] = []
+    for order_id, needs in waiting:
+        wanted = {sku: max(qty, 1) for sku, qty in needs.items()}  # unknown quantity: at least one unit
+        short = {sku for sku, qty in wanted.items() if sku in kept or qty > left.get(sku, 0)}
+        if short:
+            kept |= short
+            continue
+        served.append(order_id)
+        for sku, qty in wanted.items():
+            left[sku] -= qty
+    return served, left, kept
+
+
 def _backorder_needs(stored: Any) -> dict[str, int]:
     """The `skus` column holds {sku: units needed}; rows from before quantities were kept hold a list."""
     if isinstance(stored, dict):
@@ -1567,7 +1590,14 @@ class Store:
         fewest warehouses (`plan_split`). If all warehouses together fall short, nothing is reserved and the
         order waits (backorder row) — unless `allow_partial`, which reserves what is in stock now and leaves
         only the rest waiting. Idempotent: if shipments from `first_shipment` on are already reserved (a
-        retried call) they are returned as they are, with what they leave short."""
+        retried call) they are returned as they are, with what they leave short.
+
+        First come, first served: units that backorders waiting since before this order's own backorder row
+        need are not available to it (an order with no backorder row comes after all of them); see
+        `_fifo_budget`, which follows the same queue as `backorders_to_wake`.
+
+        Locking: the order's advisory lock, then the stock rows of its SKUs FOR UPDATE in (sku, warehouse)
+        order."""
         _require_text("order_id", order_id)
         _require_int("first_shipment", first_shipment, minimum=1)
         items = _normalize_lines(lines, merge=True)
@@ -1603,18 +1633,24 @@ class Store:
             sites = await self._sites(conn)
             available = await self._availability(conn, skus, lock=True)
             totals = {sku: sum(max(stock.get(sku, 0), 0) for stock in available.values()) for sku in skus}
-            chosen = choose_warehouse(sites, available, items, prefer_country, prefer_region)
-            plan = [(chosen, items)] if chosen else plan_split(sites, available, items, prefer_country, prefer_region)
+            # What older backorders wait for is theirs: this order may take only the rest (a plan takes exactly
+            # the units it is given, so any plan within `budget` leaves them their units).
+            budget = await self._fifo_budget(conn, order_id, totals)
+            fits = all(qty <= budget[sku] for sku, qty in items)
+            chosen = choose_warehouse(sites, available, items, prefer_country, prefer_region) if fits else None
+            plan = [(chosen, items)] if chosen else []
+            if not plan and fits:
+                plan = plan_split(sites, available, items, prefer_country, prefer_region)
             if not plan and allow_partial:
-                coverable = [(sku, min(qty, totals[sku])) for sku, qty in items if totals[sku] > 0]
+                coverable = [(sku, min(qty, budget[sku])) for sku, qty in items if budget[sku] > 0]
                 plan = plan_split(sites, available, coverable, prefer_country, prefer_region) if coverable else []
             planned: dict[str, int] = {}
             for _, part in plan:
                 for sku, qty in part:
                     planned[sku] = planned.get(sku, 0) + qty
             now = _now()
-            if not plan:  # nothing reserved: short is what all warehouses together lack
-                short = {sku: qty - totals[sku] for sku, qty in items if totals[sku] < qty}
+            if not plan:  # nothing reserved: short is what all warehouses together lack (for this order)
+                short = {sku: qty - budget[sku] for sku, qty in items if budget[sku] < qty}
                 await self._open_backorder(conn, order_id, {sku: wanted[sku] for sku in short}, now)
                 return Allocation([], short)
             shipments_out = []
@@ -1632,6 +1668,39 @@ class Store:
             return Allocation(shipments_out, short, sorted(pending))
 
         return await self._write(op, f"allocate order {order_id}")
+
+    async def _fifo_budget(self, conn: AsyncConnection, order_id: str, totals: Mapping[str, int]) -> dict[str, int]:
+        """Units of each SKU in `totals` (available in all warehouses) the order may reserve: what is left
+        once the backorders ahead of it in the queue are served first (`_serve_in_order`). Ahead of it: waiting
+        backorders created before its own backorder row (waiting or not: a re-opened wait keeps its place);
+        with no row of its own, every waiting backorder."""
+        bo = t.backorders
+        own = (await conn.execute(select(bo.c.created_at).where(bo.c.order_id == order_id))).scalar_one_or_none()
+        stmt = (
+            select(bo.c.order_id, bo.c.skus)
+            .where(bo.c.resolved_at.is_(None), bo.c.order_id != order_id)
+            .order_by(bo.c.created_at, bo.c.order_id)
+        )
+        if own is not None:
+            stmt = stmt.where(or_(bo.c.created_at < own, and_(bo.c.created_at == own, bo.c.order_id < order_id)))
+        ahead = [(r.order_id, _backorder_needs(r.skus)) for r in await conn.execute(stmt)]
+        if not ahead:
+            return dict(totals)
+        # The orders ahead may need other SKUs too: whether they can go ahead decides what they take.
+        others = sorted({sku for _, needs in ahead for sku in needs} - set(totals))
+        _, left, kept = _serve_in_order(ahead, {**totals, **await self._available_totals(conn, others)})
+        return {sku: 0 if sku in kept else max(left[sku], 0) for sku in totals}
+
+    async def _available_totals(self, conn: AsyncConnection, skus: Sequence[str]) -> dict[str, int]:
+        """sku -> units available (on hand - reserved) in all warehouses together."""
+        sl = t.stock_levels
+        totals = dict.fromkeys(skus, 0)
+        if skus:
+            for r in await conn.execute(
+                select(sl.c.sku, (sl.c.on_hand - sl.c.reserved).label("available")).where(sl.c.sku.in_(skus))
+            ):
+                totals[r.sku] += max(r.available, 0)
+        return totals
 
     async def _existing_reservations(self, conn: AsyncConnection, order_id: str, shipment_no: int | None) -> list[Any]:
         rv = t.reservations
@@ -2225,36 +2294,22 @@ class Store:
 
     async def backorders_to_wake(self, sku: str) -> list[str]:
         """Backordered orders waiting for `sku` that the stock available now can serve: first come, first
-        served, and only as many as the stock covers. The oldest order that needs more of `sku` than is
-        available stops the queue (younger orders must not take its units); an order still short of another
-        SKU is passed over without taking any."""
+        served, and only as many as the stock covers. The oldest order that needs more of a SKU than is
+        available keeps it (younger orders must not take its units); an order still short of another SKU is
+        passed over without taking any (`_serve_in_order`, the queue `allocate` follows too)."""
         rows = await self._read(
             select(t.backorders.c.order_id, t.backorders.c.skus)
             .where(t.backorders.c.resolved_at.is_(None))
             .order_by(t.backorders.c.created_at, t.backorders.c.order_id)
         )
         waiting = [(r.order_id, _backorder_needs(r.skus)) for r in rows]
-        waiting = [(order_id, needs) for order_id, needs in waiting if sku in needs]
-        skus = sorted({s for _, needs in waiting for s in needs})
-        if not skus:
+        if not any(sku in needs for _, needs in waiting):
             return []
-        sl = t.stock_levels
-        budget: dict[str, int] = {s: 0 for s in skus}
-        for r in await self._read(
-            select(sl.c.sku, (sl.c.on_hand - sl.c.reserved).label("available")).where(sl.c.sku.in_(skus))
-        ):
-            budget[r.sku] += max(r.available, 0)
-        wake: list[str] = []
-        for order_id, needs in waiting:
-            wanted = {s: max(q, 1) for s, q in needs.items()}  # unknown quantity: at least one unit
-            if wanted[sku] > budget[sku]:
-                break
-            if any(budget[s] < q for s, q in wanted.items()):
-                continue
-            wake.append(order_id)
-            for s, q in wanted.items():
-                budget[s] -= q
-        return wake
+        async with self._engine.connect() as conn:
+            available = await self._available_totals(conn, sorted({s for _, needs in waiting for s in needs}))
+        served, _, _ = _serve_in_order(waiting, available)
+        needs_of = dict(waiting)
+        return [order_id for order_id in served if sku in needs_of[order_id]]
 
     async def backorders(self, *, include_resolved: bool = False) -> list[Backorder]:
         stmt = select(t.backorders).order_by(t.backorders.c.created_at, t.backorders.c.order_id)
