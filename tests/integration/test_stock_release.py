@@ -196,3 +196,42 @@ async def test_finding_5_h_a_confirmation_writes_its_signal_once(store: Store) -
         ("order-B", "update", "pick_short", PickShortage(task_id=short, short={"MUG-RED": 1}).model_dump()),
     ]
     assert await store.order_signals("order-A", pending_only=True) == [rows[0]]
+
+
+async def test_finding_10_the_sweeper_can_find_orders_that_still_hold_something(store: Store) -> None:
+    """For the sweeper (review finding 10): orders holding stock, an open pick task or a live label."""
+    await store.receive_stock("MUG-RED", 9, "LDN-1")
+    await store.allocate("HELD", [("MUG-RED", 1)])
+    await store.create_pick_task("PICKING", 1, "LDN-1", [("MUG-RED", 1)])  # no reservation: an open task alone
+    for order_id, status in (("LABEL-NEW", None), ("LABEL-BOUGHT", "purchased"), ("LABEL-VOID", "voided")):
+        key = f"label:{order_id}:1"
+        await store.record_carrier_shipment(key, order_id, f"shp_{order_id}")
+        if status == "purchased":
+            await store.record_label(
+                key,
+                carrier="USPS",
+                service="Priority",
+                rate_cents=700,
+                tracking_number="TRK",
+                label_url="http://label",
+                tracking_url="http://track",
+            )
+        elif status == "voided":
+            await store.mark_shipment_voided(key)
+    await store.allocate("SHIPPED", [("MUG-RED", 1)])
+    await store.commit_reservation("SHIPPED")
+    await store.allocate("CANCELLED", [("MUG-RED", 1)])
+    await store.create_pick_task("CANCELLED", 1, "LDN-1", [("MUG-RED", 1)])
+    await store.release("CANCELLED")
+    for task in await store.pick_tasks_for_order("CANCELLED"):
+        await store.cancel_pick_task(task.id)
+
+    assert await store.orders_holding_resources() == ["HELD", "LABEL-BOUGHT", "LABEL-NEW", "PICKING"]
+    assert [await store.shipment_reservation_status(o, 1) for o in ("HELD", "SHIPPED", "CANCELLED", "PICKING")] == [
+        "held",
+        "committed",
+        "released",
+        "none",
+    ]
+    with pytest.raises(ValueError, match="order_id"):
+        await store.shipment_reservation_status("", 1)

@@ -28,7 +28,21 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, Table, and_, case, func, or_, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    union,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -1281,6 +1295,19 @@ class Store:
             ).scalars()
         )
         return next((s for s in ("held", "committed", "released") if s in statuses), "none")
+
+    async def orders_holding_resources(self) -> list[str]:
+        """Orders that still hold something a closed order must give back, sorted: held reservations, open
+        pick tasks, or labels recorded as created or purchased (for the sweeper of orders whose workflow
+        ended without compensating)."""
+        rv, pt, sh = t.reservations, t.pick_tasks, t.shipments
+        holding = union(
+            select(rv.c.order_id).where(rv.c.status == "held"),
+            select(pt.c.order_id).where(pt.c.status == "open"),
+            select(sh.c.order_id).where(sh.c.status.in_(("created", "purchased"))),
+        ).subquery()
+        rows = await self._read(select(holding.c.order_id).order_by(holding.c.order_id))
+        return [r.order_id for r in rows]
 
     async def shipment_reservation_status(self, order_id: str, shipment_no: int) -> str:
         """Where the shipment's stock stands: "held" (reserved, or packed and waiting for the carrier),
