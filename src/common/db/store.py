@@ -943,7 +943,8 @@ class Store:
     ) -> StockLevel:
         """Add `qty` units of `sku` to `warehouse` (None: the first warehouse by code, or the purchase
         order's). With `po`, the receipt closes that open purchase order (which must be for this SKU and
-        warehouse); the ledger ref is then the PO id unless `ref` is given."""
+        warehouse); the ledger ref is then the PO id unless `ref` is given. Locking: the one stock row (no
+        order lock)."""
         _require_text("sku", sku)
         _require_int("quantity received", qty, minimum=1)
         if po is not None:
@@ -985,7 +986,8 @@ class Store:
         self, sku: str, qty: int, warehouse: str | None = None, *, ref: str, note: str = "customer return"
     ) -> StockLevel:
         """Goods back from a customer (`ref`: the RMA or order id) go back on hand: a "return" ledger row.
-        Idempotent by (ref, sku, warehouse): a retried call adds nothing."""
+        Idempotent by (ref, sku, warehouse): a retried call adds nothing. Locking: the return's advisory lock,
+        then the one stock row (no order lock)."""
         _require_text("sku", sku)
         _require_int("quantity returned", qty, minimum=1)
         _require_text("return reference", ref)
@@ -1505,6 +1507,9 @@ class Store:
         the order's backorder (if any) is resolved. If no warehouse covers the order it is recorded as
         backordered and `short` says what is missing in the best warehouse (`allocate`, which the order
         workflow uses, splits it instead). Duplicate skus in `lines` are summed.
+
+        Locking: the order's advisory lock, then the stock rows of its SKUs FOR UPDATE in (sku, warehouse)
+        order.
         """
         _require_text("order_id", order_id)
         items = _normalize_lines(lines, merge=True)
@@ -1572,7 +1577,9 @@ class Store:
         idempotent by (order_id, shipment_no): if that shipment already holds (or committed) reservations
         they are returned unchanged. When the warehouse cannot cover the lines, nothing is written and the
         outcome is not reserved with `short` per sku. A reserved part ends the order's backorder wait (if it
-        then cannot get its other parts, release the order and `reserve` again, which re-opens it)."""
+        then cannot get its other parts, release the order and `reserve` again, which re-opens it).
+        Locking: the order's advisory lock, then the warehouse's stock rows of its SKUs FOR UPDATE in sku
+        order."""
         _require_text("order_id", order_id)
         _require_int("shipment_no", shipment_no, minimum=1)
         _require_text("warehouse", warehouse)
@@ -1832,7 +1839,9 @@ class Store:
         self, order_id: str, *, to: str, kind: str, note: str, ships: bool, shipment_no: int | None = None
     ) -> int:
         """Move the order's held reservations (of one shipment, if given) to `to`, giving the units back
-        (release) or taking them out of on_hand (commit, `ships`). Idempotent: nothing held, nothing done."""
+        (release) or taking them out of on_hand (commit, `ships`). Idempotent: nothing held, nothing done.
+        Locking (release and commit): the order's advisory lock, then its stock rows in (sku, warehouse)
+        order."""
         _require_text("order_id", order_id)
         if shipment_no is not None:
             _require_int("shipment_no", shipment_no, minimum=1)
@@ -2001,7 +2010,8 @@ class Store:
 
     async def set_reorder_points(self, points: Mapping[tuple[str, str], int | None]) -> list[LowStockCrossing]:
         """Set (or with None clear) the reorder point of each (sku, warehouse), in one transaction. Returns
-        the crossings this opens (available already at or below the new point)."""
+        the crossings this opens (available already at or below the new point). Locking: the stock rows in
+        (sku, warehouse) order (no order lock)."""
         for (sku, warehouse), point in points.items():
             _require_text("sku", sku)
             _require_text("warehouse", warehouse)
@@ -2236,7 +2246,8 @@ class Store:
     async def import_stock(self, rows: Sequence[StockImport], *, ref: str | None = None) -> ImportResult:
         """Set on hand per (sku, warehouse) to the imported figure, each difference an "adjustment" ledger
         row (`ref`, e.g. the file name). Unknown SKUs or warehouses, or on hand below what is already
-        reserved, are row errors."""
+        reserved, are row errors. Locking: the stock rows in (sku, warehouse) order (it releases nothing,
+        so no order lock)."""
         problems = []
         seen: dict[tuple[str, str], int] = {}
         for r in rows:
@@ -2556,7 +2567,8 @@ class Store:
         return await self._write(op, f"confirm pick task {task_id} short")
 
     async def cancel_pick_task(self, task_id: str) -> PickTask:
-        """open -> cancelled (idempotent). PickTaskNotFound, or PickTaskClosed if it was already confirmed."""
+        """open -> cancelled (idempotent). PickTaskNotFound, or PickTaskClosed if it was already confirmed.
+        Locking: the order's advisory lock, then the task row; against a confirmation, exactly one wins."""
         return await self._close_pick_task(task_id, "cancelled")
 
     # -----------------------------------------------------------------------------------------------------
@@ -2610,7 +2622,8 @@ class Store:
         label_url: str,
         tracking_url: str,
     ) -> ShipmentRecord:
-        """The label for `key` was bought: status "purchased" with its details (idempotent)."""
+        """The label for `key` was bought: status "purchased" with its details (idempotent). StoreError if it
+        was voided, even by a void committed while this runs. Locking: the shipment row (its UPDATE)."""
         _require_int("rate_cents", rate_cents, minimum=0)
         sh = t.shipments
 
@@ -2641,7 +2654,7 @@ class Store:
         return await self._write(op, f"record label {key}")
 
     async def mark_shipment_voided(self, key: str) -> ShipmentRecord:
-        """The label for `key` was refunded/voided (idempotent)."""
+        """The label for `key` was refunded/voided (idempotent). Locking: the shipment row (its UPDATE)."""
         sh = t.shipments
 
         async def op(conn: AsyncConnection) -> ShipmentRecord:
