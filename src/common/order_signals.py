@@ -21,8 +21,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.db import OrderSignal, Store
 
-# A claim outlives the slowest delivery of a batch's rows for one workflow, so two relays never deliver a row
-# twice while both are alive.
+# Long enough for a round's rows of one workflow (each call is bounded by RPC_TIMEOUT_S), so two live relays do
+# not deliver the same row; should it lapse all the same, a row is delivered twice, which is harmless (above).
 CLAIM_LEASE_S = 60.0
 # One call to Temporal; an update waits for the workflow to run its handler, which needs a worker.
 RPC_TIMEOUT_S = 10.0

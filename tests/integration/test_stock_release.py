@@ -235,3 +235,19 @@ async def test_finding_10_the_sweeper_can_find_orders_that_still_hold_something(
     ]
     with pytest.raises(ValueError, match="order_id"):
         await store.shipment_reservation_status("", 1)
+
+
+async def test_finding_5_p_outbox_claims_refuse_bad_input_and_change_nothing(store: Store) -> None:
+    await store.receive_stock("MUG-RED", 1, "LDN-1")
+    await store.confirm_pick_task(await _picking(store, "A", [("MUG-RED", 1)]))
+    with pytest.raises(ValueError, match="limit must be positive"):
+        await store.claim_order_signals(limit=0)
+    with pytest.raises(ValueError, match="lease_s must be positive"):
+        await store.claim_order_signals(lease_s=0)
+    assert (await store.claim_order_signals(ids=[]))[1] == []
+    assert (await store.claim_order_signals(workflow_ids=["order-NOPE"]))[1] == []
+    [row] = await store.order_signals(pending_only=True)
+    assert row.attempts == 0 and row.last_error is None
+    _, [claimed] = await store.claim_order_signals()
+    assert claimed.id == row.id
+    assert (await store.claim_order_signals())[1] == []  # held by that claim until it is done or lapses

@@ -232,11 +232,9 @@ async def _tell_orders(change: StockChange) -> None:
             report = await api.after_stock_change(change)
     except (ConnectionError, OSError, RuntimeError, TemporalError) as e:
         later = f"; {orders} will be told when it is back" if orders else ""
-        err.print(
-            f"[yellow]warning:[/] recorded, but the engine is unreachable ({e}){later}; backordered orders recheck "
-            "for stock periodically",
-            highlight=False,
-        )
+        if change.delta > 0:
+            later += "; backordered orders recheck for stock periodically"
+        err.print(f"[yellow]warning:[/] recorded, but the engine is unreachable ({e}){later}", highlight=False)
         return
     if not report.ok:
         err.print(
