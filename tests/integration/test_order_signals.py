@@ -180,7 +180,7 @@ async def test_finding_5_k_with_the_engine_down_the_rows_wait_and_the_relay_deli
     await _picking(db, b)
     await db.confirm_pick_task(first)
     await db.count_stock("MUG-RED", "LDN-1", 0, reason="cycle count")  # B's mugs are gone; A's are packed
-    await db.receive_stock("MUG-RED", 1, "LDN-1")
+    await db.receive_stock("MUG-RED", 3, "LDN-1")  # 2 for B, which waits for them now, and 1 for A
     again = await _picking(db, a, qty=1, shipment=2)
     await db.confirm_pick_task(again)  # a second row for A
     rows = await db.order_signals(pending_only=True)
