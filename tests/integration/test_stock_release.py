@@ -116,7 +116,7 @@ async def test_finding_5_d_a_count_racing_a_confirmation_has_one_winner(stores: 
         )
         assert not isinstance(count, BaseException), count
         if isinstance(confirm, BaseException):
-            assert isinstance(confirm, ShipmentReleased | PickTaskClosed), confirm
+            assert isinstance(confirm, ShipmentReleased), confirm  # the count cancelled it: not a plain cancel
             assert count.released_shipments == {order_id: [1]}, (n, count)
             assert await stores[0].commit_reservation(order_id) == 0
             assert await stores[0].close_backorder(order_id)  # it gives up: the next round's units are not its
