@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from common.db import PickTaskClosed, Store, StoreError
+from common.db import PickTaskClosed, ShipmentReleased, Store, StoreError
 from common.models import PickShortage, PickTaskRequest
 
 
@@ -15,20 +15,27 @@ class WarehouseActivities:
 
     @activity.defn(name="create_pick_task")
     async def create_pick_task(self, request: PickTaskRequest) -> str:
-        """Idempotent on (order, attempt): a retried activity gets the same task back."""
-        task = await self._store.create_pick_task(
-            request.order_id,
-            request.attempt,
-            request.warehouse,
-            [(line.sku, line.quantity) for line in request.lines],
-        )
+        """Idempotent on (order, attempt): a retried activity gets the same task back. A parcel whose
+        reservation a stock count released fails with type "ShipmentReleased" (retrying cannot bring it back)."""
+        try:
+            task = await self._store.create_pick_task(
+                request.order_id,
+                request.attempt,
+                request.warehouse,
+                [(line.sku, line.quantity) for line in request.lines],
+            )
+        except ShipmentReleased as err:
+            raise ApplicationError(str(err), type="ShipmentReleased", non_retryable=True) from err
         return task.id
 
     @activity.defn(name="confirm_short_pick")
     async def confirm_short_pick(self, shortage: PickShortage) -> dict[str, int]:
-        """Confirm the task short and correct on hand (a discrepancy ledger row); a no-op if already done."""
+        """Confirm the task short and correct on hand (a discrepancy ledger row); a no-op if already done. The
+        parcel lost its reservation to a stock count meanwhile: type "ShipmentReleased"."""
         try:
             task = await self._store.confirm_pick_task(shortage.task_id, shortage.short)
+        except ShipmentReleased as err:
+            raise ApplicationError(str(err), type="ShipmentReleased", non_retryable=True) from err
         except StoreError as err:  # e.g. confirmed in full meanwhile: retrying cannot change that
             raise ApplicationError(str(err), type="PickConflict", non_retryable=True) from err
         return task.short

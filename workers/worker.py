@@ -30,6 +30,7 @@ from common.integrations.payments import payments_gateway
 from common.integrations.sms import SmsSender
 from common.logs import configure_logging
 from common.temporal import connect, task_pollers
+from workers.reconciler import running_relay
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
@@ -38,7 +39,7 @@ log = logging.getLogger("fulfill.worker")
 
 @asynccontextmanager
 async def running_worker(client: Client, settings: Settings, store: Store) -> AsyncIterator[Worker]:
-    """A started worker with its outside-world clients; stops gracefully on exit."""
+    """A started worker with its outside-world clients and the order-signal relay; stops gracefully on exit."""
     carrier = CarrierClient(settings)
     try:
         email = EmailSender(settings)
@@ -89,7 +90,8 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown),
         )
         try:
-            async with worker:
+            # The relay delivers what the order-signal outbox still holds; it stops before the worker does.
+            async with worker, running_relay(client, store, settings):
                 yield worker
         finally:
             await payments.close()

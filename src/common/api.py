@@ -29,7 +29,7 @@ from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlread
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import Settings
-from common.db import PickTask, StockChange, StockLevel, Store
+from common.db import PickTask, PickTaskClosed, ShipmentReleased, StockChange, StockLevel, Store
 from common.db.returns import ReturnsStore
 from common.errors import (
     FulfillmentError,
@@ -51,11 +51,11 @@ from common.models import (
     OrderUpdateResult,
     OrderView,
     OrderWorkflowInput,
-    PickShortage,
     ResolveDeliveryRequest,
     RetryRequest,
     workflow_id_for,
 )
+from common.order_signals import DeliveryReport, deliver_order_signals
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect
 
@@ -273,12 +273,15 @@ class FulfillmentApi:
 
     async def confirm_pick(self, task_id: str, short: dict[str, int] | None = None) -> PickTask:
         """Confirm a pick; with `short` (sku -> units not found), a short pick: on hand is corrected with a
-        recorded discrepancy and the order re-reserves the missing units elsewhere or waits for them."""
+        recorded discrepancy and the order re-reserves the missing units elsewhere or waits for them.
+
+        The order is told through the order-signal outbox: the database writes the message with the
+        confirmation, and it is delivered at once; if the engine cannot take it now, the confirmation stands
+        and the worker's relay delivers it later (the message stays pending: `Store.order_signals`). A pick
+        whose stock a count released, or that was cancelled, is refused (PickNotAllowed)."""
         task = await self.store.get_pick_task(task_id)
         if task is None:
             raise PickNotAllowed(f"no pick task {task_id!r}")
-        if task.status == "cancelled":
-            raise PickNotAllowed(f"pick task {task_id} was cancelled (order {task.order_id}); do not ship it")
         if short:
             ordered = dict(task.lines)
             for sku, units in short.items():
@@ -290,13 +293,34 @@ class FulfillmentApi:
                     )
             if task.status == "confirmed" and task.short != short:
                 raise PickNotAllowed(f"pick task {task_id} is already confirmed; a shortage can't be added now")
-        # DB first (idempotent), then the signal: re-running the command after a failure is always safe.
-        task = await self.store.confirm_pick_task(task_id, short)
-        if task.short:
-            await self._update(task.order_id, "pick_short", PickShortage(task_id=task_id, short=task.short))
-        else:
-            await self.signal_order(task.order_id, "pick_confirmed", task_id)
+        try:
+            task = await self.store.confirm_pick_task(task_id, short)
+        except ShipmentReleased:
+            raise PickNotAllowed(
+                f"pick task {task_id} (order {task.order_id}, parcel {task.attempt}): its stock was released by a "
+                "count: do not ship it; put the goods back, the order re-reserves them or waits for stock"
+            ) from None
+        except PickTaskClosed as err:
+            if err.status == "cancelled":
+                raise PickNotAllowed(
+                    f"pick task {task_id} was cancelled (order {task.order_id}); do not ship it"
+                ) from None
+            raise PickNotAllowed(f"pick task {task_id} is already confirmed; a shortage can't be added now") from None
+        await self._tell_orders([task.order_id])
         return task
+
+    async def _tell_orders(self, order_ids: list[str]) -> DeliveryReport:
+        """Deliver the outbox rows of these orders now. The change they report is committed already, so a
+        failure here (the engine, or even the database, unreachable) is not the caller's: the rows stay
+        pending and the worker's relay delivers them."""
+        if not order_ids:
+            return DeliveryReport()
+        try:
+            return await deliver_order_signals(
+                self.client, self.store, workflow_ids=[workflow_id_for(o) for o in order_ids]
+            )
+        except Exception as err:  # e.g. the database went away just after the change: the relay retries
+            return DeliveryReport(error=f"{type(err).__name__}: {err}"[:300])
 
     # ------------------------------------------------------------------------------------------ stock
 
@@ -324,16 +348,15 @@ class FulfillmentApi:
         await self.after_stock_change(change)
         return change
 
-    async def after_stock_change(self, change: StockChange) -> None:
-        """Tell the orders a count or adjustment affected: those it released re-reserve or wait; more stock
-        wakes backorders."""
-        for order_id in change.released_orders:
-            try:
-                await self.signal_order(order_id, "stock_released", change.sku)
-            except OrderNotFound:
-                continue  # closed meanwhile
+    async def after_stock_change(self, change: StockChange) -> DeliveryReport:
+        """Tell the orders a count or adjustment affected: those it released get the `reservation_released`
+        the change wrote to the outbox, delivered now (or, if the engine cannot take it, by the worker's relay
+        later: see the report), and re-reserve or wait; more stock wakes backorders (best effort: waiting
+        orders also recheck periodically)."""
+        report = await self._tell_orders(change.released_orders)
         if change.delta > 0:
             await wake_backordered_orders(self.client, self.store, [change.sku])
+        return report
 
     # ------------------------------------------------------------------------------------------ returns
 

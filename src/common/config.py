@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # slots: `make bench`, N=300, 6.1 -> 7.6 orders/s.
     worker_task_pollers: Literal["autoscale"] | int = Field(default="autoscale")
 
+    # Order-signal outbox: messages to orders written with the change they report (a count releasing a parcel,
+    # a pick confirmed) are delivered at once; every worker also runs a relay that delivers what is still
+    # pending (e.g. written while the engine was unreachable) every this many seconds. 0 disables the relay.
+    order_signal_relay_interval: float = Field(default=5.0, ge=0)
+
     # Payments (refunds of returns). No provider: every refund is declined and waits for ops, so production
     # never tells a customer about a refund that did not happen. "stripe": the Stripe adapter; stripe_api_base
     # None is real Stripe (the embedded stack points it at the sandbox payments server).

@@ -182,6 +182,57 @@ async def test_reserve_in_shipments(store: Store) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# First come, first served on restock (review finding 15)
+
+
+async def test_finding_15_a_restock_goes_to_the_oldest_backorder_not_to_new_orders_or_younger_rechecks(
+    store: Store,
+) -> None:
+    assert (await store.allocate("OLD", [("MUG-RED", 3)])).short == {"MUG-RED": 3}
+    assert (await store.allocate("YOUNG", [("MUG-RED", 1)])).short == {"MUG-RED": 1}
+    await store.receive_stock("MUG-RED", 2, "LDN-1")
+    await store.receive_stock("MUG-RED", 1, "MAN-1")  # 3 in all: exactly what OLD waits for
+
+    # A brand-new order, and YOUNG's periodic recheck (wait for all, or ship what is there): nothing of it.
+    for order_id, partial in (("NEW", False), ("YOUNG", False), ("YOUNG", True), ("NEW-2", True)):
+        got = await store.allocate(order_id, [("MUG-RED", 1)], allow_partial=partial)
+        assert (got.shipments, got.short) == ([], {"MUG-RED": 1}), (order_id, got)
+    assert await store.backorders_to_wake("MUG-RED") == ["OLD"]
+    old = await store.allocate("OLD", [("MUG-RED", 3)], prefer_country="GB", prefer_region="LDN")
+    assert (old.shipments, old.short) == ([(1, "LDN-1", [("MUG-RED", 2)]), (2, "MAN-1", [("MUG-RED", 1)])], {})
+
+    # The next unit is YOUNG's (it waited before NEW and NEW-2 did).
+    await store.receive_stock("MUG-RED", 1, "NYC-1")
+    assert (await store.allocate("NEW", [("MUG-RED", 1)])).shipments == []
+    assert (await store.allocate("YOUNG", [("MUG-RED", 1)])).shipments == [(1, "NYC-1", [("MUG-RED", 1)])]
+    assert await store.backordered_orders() == ["NEW", "NEW-2"]
+    await _assert_ledger_explains_stock(store)
+
+
+async def test_finding_15_b_the_oldest_keeps_what_it_needs_but_one_short_of_another_sku_is_passed_over(
+    store: Store,
+) -> None:
+    # BLOCKED waits for a tee nobody has; OLD for 3 mugs; YOUNG for 1 mug.
+    assert (await store.allocate("BLOCKED", [("MUG-RED", 1), ("TEE-M", 1)])).shipments == []
+    assert (await store.allocate("OLD", [("MUG-RED", 3)])).shipments == []
+    assert (await store.allocate("YOUNG", [("MUG-RED", 1)])).shipments == []
+    await store.receive_stock("MUG-RED", 2, "LDN-1")
+    # OLD needs more than is there: it keeps the 2 for itself; BLOCKED cannot go ahead and takes none.
+    assert (await store.allocate("YOUNG", [("MUG-RED", 1)])).shipments == []
+    assert await store.backorders_to_wake("MUG-RED") == []
+    await store.receive_stock("MUG-RED", 2, "LDN-1")  # 4: OLD's 3, and 1 for YOUNG (BLOCKED still lacks tees)
+    assert await store.backorders_to_wake("MUG-RED") == ["OLD", "YOUNG"]
+    assert (await store.allocate("YOUNG", [("MUG-RED", 1)])).shipments == [(1, "LDN-1", [("MUG-RED", 1)])]
+    assert (await store.allocate("OLD", [("MUG-RED", 3)])).shipments == [(1, "LDN-1", [("MUG-RED", 3)])]
+    # A tee arrives, but no mug is left for BLOCKED: still short, it is passed over and a new order gets the tee.
+    await store.receive_stock("TEE-M", 1, "LDN-1")
+    assert await store.backorders_to_wake("TEE-M") == []
+    assert (await store.allocate("NEW", [("TEE-M", 1)])).shipments == [(1, "LDN-1", [("TEE-M", 1)])]
+    assert await store.backordered_orders() == ["BLOCKED"]
+    await _assert_ledger_explains_stock(store)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Counts, adjustments, returns
 
 

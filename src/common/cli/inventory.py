@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from temporalio.exceptions import TemporalError
 
 from common.cli._base import connect_api, err, out, print_json, run_async
 from common.config import get_settings
@@ -219,19 +220,26 @@ def _print_change(change: StockChange, as_json: bool, what: str) -> None:
 
 
 async def _tell_orders(change: StockChange) -> None:
-    """The stock change is recorded; now the running orders it affects must hear of it (released orders
-    re-reserve or wait, more stock wakes backorders). Without the engine, say so instead of failing: the
-    count stands either way."""
+    """The stock change is recorded, and with it a message to each order it released (the order-signal
+    outbox); deliver those now and wake backorders if stock went up. Without the engine, say so instead of
+    failing: the change stands, the worker's relay tells the released orders once the engine is back, and
+    backordered orders recheck periodically."""
     if not change.released_orders and change.delta <= 0:
         return
+    orders = f"orders {', '.join(change.released_orders)}" if change.released_orders else ""
     try:
         async with await connect_api() as api:
-            await api.after_stock_change(change)
-    except (ConnectionError, OSError, RuntimeError) as e:
-        orders = f" (orders {', '.join(change.released_orders)})" if change.released_orders else ""
+            report = await api.after_stock_change(change)
+    except (ConnectionError, OSError, RuntimeError, TemporalError) as e:
+        later = f"; {orders} will be told when it is back" if orders else ""
+        if change.delta > 0:
+            later += "; backordered orders recheck for stock periodically"
+        err.print(f"[yellow]warning:[/] recorded, but the engine is unreachable ({e}){later}", highlight=False)
+        return
+    if not report.ok:
         err.print(
-            f"[yellow]warning:[/] recorded, but the engine is unreachable, so running orders{orders} "
-            f"were not told ({e})",
+            f"[yellow]warning:[/] recorded, but the engine could not be told now ({report.error}); {orders} will be "
+            "told when it is back",
             highlight=False,
         )
 

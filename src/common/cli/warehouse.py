@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from common.cli._base import connect_api, out, print_json, run_async
+from common.cli._base import connect_api, err, out, print_json, run_async
 from common.errors import InvalidRequest
+from common.models import workflow_id_for
 
 warehouse_app = typer.Typer(help="Pick tasks for warehouse staff.", no_args_is_help=True)
 
@@ -49,11 +50,19 @@ async def warehouse_confirm(
     missing = _parse_short(short or [])
     async with await connect_api() as api:
         task = await api.confirm_pick(task_id, missing or None)
+        # The confirmation is recorded either way; its message to the order may still wait for the engine.
+        untold = await api.store.order_signals(workflow_id_for(task.order_id), pending_only=True)
     if task.short:
         gone = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(task.short.items()))
         out.print(f"pick task {task.id} confirmed short of {gone} (order {task.order_id}); discrepancy recorded")
     else:
         out.print(f"pick task {task.id} confirmed (order {task.order_id})")
+    if untold:
+        err.print(
+            f"[yellow]warning:[/] the engine could not be told now ({untold[-1].last_error or 'pending'}); order "
+            f"{task.order_id} will be told when it is back",
+            highlight=False,
+        )
 
 
 def _parse_short(values: list[str]) -> dict[str, int]:

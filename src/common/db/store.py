@@ -8,8 +8,10 @@ Rules the methods keep:
 - Write transactions on SQLite start with BEGIN IMMEDIATE (writers queue on the busy timeout instead of
   failing halfway) and run on the Store's writer thread (SqliteFileWriter), so the write lock is held for
   the SQL alone (write transactions await nothing but `conn.execute`); on PostgreSQL they run at READ
-  COMMITTED with row locks taken in a fixed order. Lock/deadlock/serialization errors retry the whole
-  transaction a few times.
+  COMMITTED, and every one takes its locks in one fixed order: order advisory locks first (sorted by order
+  id), then stock rows in (sku, warehouse) order (a pick task row is only locked or changed under its order's
+  lock). What a decision rests on is read under those locks. Lock/deadlock/serialization errors retry the
+  whole transaction a few times (`Store.retries` counts them).
 - Bad input raises ValueError or a StoreError subclass with a clear message and changes nothing.
 """
 
@@ -20,12 +22,27 @@ import contextlib
 import random
 import re
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import ColumnElement, Row, Select, Table, case, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    union,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -33,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from common.db import tables as t
 from common.db.engine import SQLITE_BEGIN_OPTION, SqliteFileWriter, create_engine, run_migrations
 from common.inventory.allocation import Site, choose_warehouse, missing, plan_split
+from common.models import PickShortage, ReservationReleased, workflow_id_for
 
 T = TypeVar("T")
 
@@ -130,6 +148,9 @@ class StockChange:
     # Orders whose held reservations were released (newest first) because on hand fell below reserved.
     released_orders: list[str]
     ledger_id: int
+    # order id -> the shipments it released (those not picked yet); their open pick tasks were cancelled, and
+    # each order was sent `reservation_released` through the order-signal outbox, all in the same transaction.
+    released_shipments: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def available(self) -> int:
@@ -247,6 +268,8 @@ class PickTask:
     confirmed_at: datetime | None
     # sku -> units the picker could not find (a short pick), recorded with the confirmation
     short: dict[str, int] = field(default_factory=dict)
+    # When a stock count or adjustment released this shipment's reservation and so cancelled the task
+    released_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +303,23 @@ class NotificationRecord:
     attempts: int
     created_at: datetime
     sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OrderSignal:
+    """A signal or update for an order's workflow in the outbox: written in the transaction of the change it
+    reports, delivered afterwards by `common.order_signals.deliver_order_signals`, in id order per workflow."""
+
+    id: int
+    workflow_id: str
+    kind: str  # signal | update
+    name: str
+    payload: Any  # the one argument, as JSON
+    created_at: datetime
+    attempts: int
+    delivered_at: datetime | None = None
+    last_error: str | None = None
+    note: str | None = None
 
 
 class _KnownNotification(Exception):
@@ -344,6 +384,19 @@ class PickTaskClosed(StoreError):
         super().__init__(f"pick task {task_id!r} is {status} and can no longer change")
 
 
+class ShipmentReleased(StoreError):
+    """The shipment's reservation is no longer held (a stock count or adjustment released it): no pick task,
+    no confirmation, nothing to ship."""
+
+    def __init__(self, order_id: str, shipment_no: int) -> None:
+        self.order_id = order_id
+        self.shipment_no = shipment_no
+        super().__init__(
+            f"shipment {shipment_no} of order {order_id} lost its reservation (released by a stock count or "
+            "adjustment): do not pick or ship it; the order re-reserves its goods or waits for stock"
+        )
+
+
 class ShipmentNotFound(StoreError):
     def __init__(self, key: str) -> None:
         self.key = key
@@ -392,12 +445,14 @@ _TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization failure, dea
 _TRANSIENT_SQLITE = ("database is locked", "database table is locked", "database schema has changed")
 
 
-def _is_transient(exc: DBAPIError) -> bool:
+def _transient_reason(exc: DBAPIError) -> str | None:
+    """Why a failed statement is worth retrying the transaction for (a SQLSTATE, or "sqlite busy"), or None."""
     orig = exc.orig
-    if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
-        return True
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return str(sqlstate)
     message = str(orig).lower()
-    return any(m in message for m in _TRANSIENT_SQLITE)
+    return "sqlite busy" if any(m in message for m in _TRANSIENT_SQLITE) else None
 
 
 def _backoff(attempt: int) -> float:
@@ -502,7 +557,15 @@ def _ledger(r: Row[Any]) -> LedgerEntry:
 def _pick_task(r: Row[Any]) -> PickTask:
     lines = [(str(line["sku"]), int(line["quantity"])) for line in r.lines]
     short = {str(line["sku"]): int(line["short"]) for line in r.lines if line.get("short")}
-    return PickTask(r.id, r.order_id, r.attempt, r.warehouse, lines, r.status, r.created_at, r.confirmed_at, short)
+    return PickTask(
+        r.id, r.order_id, r.attempt, r.warehouse, lines, r.status, r.created_at, r.confirmed_at, short, r.released_at
+    )
+
+
+def _order_signal(r: Row[Any]) -> OrderSignal:
+    return OrderSignal(
+        r.id, r.workflow_id, r.kind, r.name, r.payload, r.created_at, r.attempts, r.delivered_at, r.last_error, r.note
+    )
 
 
 def _shipment(r: Row[Any]) -> ShipmentRecord:
@@ -556,6 +619,29 @@ def _picked() -> ColumnElement[bool]:
     )
 
 
+def _serve_in_order(
+    waiting: Sequence[tuple[str, Mapping[str, int]]], available: Mapping[str, int]
+) -> tuple[list[str], dict[str, int], set[str]]:
+    """First come, first served over the backorder queue (`waiting`: order id -> units it needs per SKU,
+    oldest first) with `available` units per SKU (all warehouses together). An order short of a SKU keeps
+    what there is of that SKU for itself (no younger order gets any of it) and takes nothing, so an order
+    still short of another SKU is passed over; an order that is short of nothing takes what it needs.
+    Returns the orders served (in queue order), the units left per SKU, and the SKUs kept back."""
+    left = dict(available)
+    kept: set[str] = set()
+    served: list[str] = []
+    for order_id, needs in waiting:
+        wanted = {sku: max(qty, 1) for sku, qty in needs.items()}  # unknown quantity: at least one unit
+        short = {sku for sku, qty in wanted.items() if sku in kept or qty > left.get(sku, 0)}
+        if short:
+            kept |= short
+            continue
+        served.append(order_id)
+        for sku, qty in wanted.items():
+            left[sku] -= qty
+    return served, left, kept
+
+
 def _backorder_needs(stored: Any) -> dict[str, int]:
     """The `skus` column holds {sku: units needed}; rows from before quantities were kept hold a list."""
     if isinstance(stored, dict):
@@ -582,6 +668,9 @@ class Store:
         sqlite_db = self._dialect == "sqlite"
         self._file_writer = SqliteFileWriter.for_url(engine.url) if sqlite_db else None
         self._sqlite_write_lock = asyncio.Lock() if sqlite_db and self._file_writer is None else None
+        # Transactions retried, by reason: a deadlock (40P01) here means two operations took locks in
+        # different orders, which the locking rules below exist to prevent.
+        self._retries: Counter[str] = Counter()
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Self:
@@ -617,6 +706,13 @@ class Store:
         """The backend: "sqlite" or "postgresql"."""
         return self._dialect
 
+    @property
+    def retries(self) -> dict[str, int]:
+        """Write transactions this Store retried so far, by reason: a PostgreSQL SQLSTATE ("40P01" deadlock,
+        "40001" serialization failure, "55P03" lock not available), "sqlite busy", or "stock moved" (a
+        conditional stock update found less than the read before it)."""
+        return dict(self._retries)
+
     # -----------------------------------------------------------------------------------------------------
     # Transactions
 
@@ -632,13 +728,16 @@ class Store:
                     return await op(conn)
             except _StockMoved as exc:
                 moved += 1
+                self._retries["stock moved"] += 1
                 if moved >= MAX_STOCK_MOVED_ATTEMPTS:
                     raise StoreError(f"{what}: stock kept changing underneath, gave up after {moved} tries") from exc
                 await asyncio.sleep(_backoff(moved))
             except DBAPIError as exc:
                 transient += 1
-                if not _is_transient(exc) or transient >= MAX_TRANSIENT_ATTEMPTS:
+                reason = _transient_reason(exc)
+                if reason is None or transient >= MAX_TRANSIENT_ATTEMPTS:
                     raise
+                self._retries[reason] += 1
                 await asyncio.sleep(_backoff(transient))
 
     async def _read(self, stmt: Select[Any]) -> Sequence[Row[Any]]:
@@ -844,7 +943,8 @@ class Store:
     ) -> StockLevel:
         """Add `qty` units of `sku` to `warehouse` (None: the first warehouse by code, or the purchase
         order's). With `po`, the receipt closes that open purchase order (which must be for this SKU and
-        warehouse); the ledger ref is then the PO id unless `ref` is given."""
+        warehouse); the ledger ref is then the PO id unless `ref` is given. Locking: the one stock row (no
+        order lock)."""
         _require_text("sku", sku)
         _require_int("quantity received", qty, minimum=1)
         if po is not None:
@@ -886,7 +986,8 @@ class Store:
         self, sku: str, qty: int, warehouse: str | None = None, *, ref: str, note: str = "customer return"
     ) -> StockLevel:
         """Goods back from a customer (`ref`: the RMA or order id) go back on hand: a "return" ledger row.
-        Idempotent by (ref, sku, warehouse): a retried call adds nothing."""
+        Idempotent by (ref, sku, warehouse): a retried call adds nothing. Locking: the return's advisory lock,
+        then the one stock row (no order lock)."""
         _require_text("sku", sku)
         _require_int("quantity returned", qty, minimum=1)
         _require_text("return reference", ref)
@@ -924,19 +1025,24 @@ class Store:
         """A physical count: on hand becomes `counted`, the difference is a "count" ledger row with the
         reason. If fewer units are on hand than reserved, held reservations of whole orders are released,
         newest order first, until the rest fit; those orders (returned in `released_orders`) are back to
-        waiting for stock (backordered). Negative counts, unknown SKU or warehouse: an error, nothing changed."""
+        waiting for stock (backordered). Negative counts, unknown SKU or warehouse: an error, nothing changed.
+        Locking: see `_set_on_hand`."""
         _require_text("sku", sku)
         _require_text("warehouse", warehouse)
         _require_int("counted quantity", counted, minimum=0)
         note = f"count: {reason}" if reason and reason.strip() else "count"
 
+        def target(_on_hand: int, packed: int) -> int:
+            # Units already picked into parcels waiting for the carrier are off the shelf but still ours.
+            return counted + packed
+
+        def counted_note(packed: int) -> str:
+            return f"{note} (+{packed} in packed parcels)" if packed else note
+
         async def op(conn: AsyncConnection) -> StockChange:
             await self._require_skus(conn, [sku])
             await self._require_warehouse(conn, warehouse)
-            # Units already picked into parcels waiting for the carrier are off the shelf but still ours.
-            packed = await self._picked_units(conn, sku, warehouse)
-            counted_note = f"{note} (+{packed} in packed parcels)" if packed else note
-            return await self._set_on_hand(conn, sku, warehouse, lambda _: counted + packed, "count", counted_note, ref)
+            return await self._set_on_hand(conn, sku, warehouse, target, "count", counted_note, ref, reason=note)
 
         return await self._write(op, f"count {sku} at {warehouse}")
 
@@ -944,14 +1050,15 @@ class Store:
         self, sku: str, warehouse: str, delta: int, *, reason: str, ref: str | None = None
     ) -> StockChange:
         """Correct on hand by `delta` (damage, loss, found stock) with a reason: an "adjustment" ledger row.
-        Going below what is reserved releases reservations like `count_stock`; below zero is an error."""
+        Going below what is reserved releases reservations like `count_stock`; below zero is an error.
+        Locking: see `_set_on_hand`."""
         _require_text("sku", sku)
         _require_text("warehouse", warehouse)
         _require_text("reason", reason)
         if not isinstance(delta, int) or isinstance(delta, bool) or delta == 0:
             raise ValueError(f"adjustment must be a non-zero integer number of units, got {delta!r}")
 
-        def target(on_hand: int) -> int:
+        def target(on_hand: int, _packed: int) -> int:
             if on_hand + delta < 0:
                 raise StoreError(
                     f"adjusting {sku} at {warehouse} by {delta} would leave {on_hand + delta} on hand "
@@ -962,7 +1069,9 @@ class Store:
         async def op(conn: AsyncConnection) -> StockChange:
             await self._require_skus(conn, [sku])
             await self._require_warehouse(conn, warehouse)
-            return await self._set_on_hand(conn, sku, warehouse, target, "adjustment", reason, ref)
+            return await self._set_on_hand(
+                conn, sku, warehouse, target, "adjustment", lambda _: reason, ref, reason=reason
+            )
 
         return await self._write(op, f"adjust {sku} at {warehouse}")
 
@@ -971,39 +1080,65 @@ class Store:
         conn: AsyncConnection,
         sku: str,
         warehouse: str,
-        target: Callable[[int], int],
+        target: Callable[[int, int], int],
         kind: str,
-        note: str,
+        note: Callable[[int], str],
         ref: str | None,
         *,
+        reason: str = "",
         release_excess: bool = True,
         skip_unchanged: bool = False,
     ) -> StockChange:
-        """Set on hand to target(current on hand) with one ledger row; release newest orders if needed."""
+        """Set on hand to target(on hand, units packed in parcels) with one ledger row (note(packed)); if that
+        is below what is reserved, release the newest orders' unpicked shipments until the rest fit: their
+        open pick tasks are cancelled and each order gets `reservation_released` (with `reason`) in the
+        order-signal outbox, in this transaction.
+
+        Locking, the rule every operation keeps: order advisory locks first (sorted by order id), then stock
+        rows in (sku, warehouse) order. So the orders to release are found before any lock, locked in order,
+        and only then this stock row and the other rows of those orders' reservations are locked (one
+        FOR UPDATE, sorted). Everything is read again under the locks; if the orders to release are no
+        longer among those locked (a new reservation came in meanwhile), the transaction is retried."""
         sl = t.stock_levels
         now = _now()
         # A first count or import at a warehouse creates the row (a concurrent receipt may create it too).
+        # A row created here has nothing reserved, so no order lock can be needed after this row's lock.
         await conn.execute(
             self._insert(sl).values(sku=sku, warehouse=warehouse, on_hand=0, reserved=0).on_conflict_do_nothing()
         )
-        row = (
-            await conn.execute(
-                select(sl.c.on_hand, sl.c.reserved)
-                .where(sl.c.sku == sku, sl.c.warehouse == warehouse)
-                .with_for_update()
-            )
-        ).one()
-        previous, reserved = row.on_hand, row.reserved
-        new = target(previous)
+        locked: list[str] = []
+        if release_excess:
+            level = (
+                await conn.execute(
+                    select(sl.c.on_hand, sl.c.reserved).where(sl.c.sku == sku, sl.c.warehouse == warehouse)
+                )
+            ).one()
+            wanted = target(level.on_hand, await self._picked_units(conn, sku, warehouse))
+            if wanted < level.reserved:
+                locked = sorted(await self._orders_to_release(conn, sku, warehouse, level.reserved - wanted))
+                for order_id in locked:
+                    await self._lock_key(conn, f"order:{order_id}")
+        rows = await self._lock_stock_rows(conn, {(sku, warehouse)} | await self._unpicked_keys(conn, locked))
+        previous, reserved = rows[(sku, warehouse)]
+        packed = await self._picked_units(conn, sku, warehouse)
+        new = target(previous, packed)
         released: list[str] = []
+        shipments: dict[str, list[int]] = {}
         touched = {(sku, warehouse)}
         if new < reserved:
             if not release_excess:
                 raise StoreError(
                     f"{sku} at {warehouse}: {new} on hand would be less than the {reserved} units reserved"
                 )
-            released, others = await self._release_newest(conn, sku, warehouse, reserved - new, note, now)
-            touched |= others
+            to_release = await self._orders_to_release(conn, sku, warehouse, reserved - new)
+            if not set(to_release) <= set(locked):
+                raise _StockMoved  # reservations changed before the locks: again, with the orders locked first
+            for order_id in to_release:
+                keys, shipments[order_id] = await self._release_order(
+                    conn, order_id, sku, warehouse, note(packed), reason, now
+                )
+                touched |= keys
+                released.append(order_id)
             reserved = (
                 await conn.execute(select(sl.c.reserved).where(sl.c.sku == sku, sl.c.warehouse == warehouse))
             ).scalar_one()
@@ -1022,9 +1157,24 @@ class Store:
             )
             if result.rowcount != 1:
                 raise _StockMoved
-            ledger_id = await self._ledger_row(conn, sku, warehouse, delta, 0, kind, ref, note, now)
+            ledger_id = await self._ledger_row(conn, sku, warehouse, delta, 0, kind, ref, note(packed), now)
         await self._track_low_stock(conn, touched, now)
-        return StockChange(sku, warehouse, previous, new, reserved, delta, released, ledger_id)
+        return StockChange(sku, warehouse, previous, new, reserved, delta, released, ledger_id, shipments)
+
+    async def _lock_stock_rows(
+        self, conn: AsyncConnection, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """Lock these stock rows (FOR UPDATE, in (sku, warehouse) order: the rule of `_set_on_hand`);
+        (sku, warehouse) -> (on hand, reserved)."""
+        sl = t.stock_levels
+        wanted = sorted(set(keys))
+        rows = await conn.execute(
+            select(sl.c.sku, sl.c.warehouse, sl.c.on_hand, sl.c.reserved)
+            .where(tuple_(sl.c.sku, sl.c.warehouse).in_(wanted))
+            .order_by(sl.c.sku, sl.c.warehouse)
+            .with_for_update()
+        )
+        return {(r.sku, r.warehouse): (r.on_hand, r.reserved) for r in rows}
 
     async def _picked_units(self, conn: AsyncConnection, sku: str, warehouse: str) -> int:
         """Units of `sku` at `warehouse` held by shipments whose pick is confirmed (packed, not shipped yet)."""
@@ -1037,59 +1187,138 @@ class Store:
         )
         return int(total.scalar_one())
 
-    async def _release_newest(
-        self, conn: AsyncConnection, sku: str, warehouse: str, excess: int, why: str, now: datetime
-    ) -> tuple[list[str], set[tuple[str, str]]]:
-        """Release the reservations of orders holding `sku` at `warehouse`, newest reservation first, until at
-        least `excess` units of it are freed: each order's shipments that are not picked yet (picked units
-        are off the shelf, in a parcel, so a count does not see them). Each released order waits for stock
-        again (backorder row). Returns the orders and every (sku, warehouse) whose reservations changed."""
-        rv, sl = t.reservations, t.stock_levels
-        picked = _picked()
-        candidates = (
-            await conn.execute(
-                select(rv.c.order_id)
-                .where(rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held", ~picked)
-                .order_by(rv.c.created_at.desc(), rv.c.id.desc())
-            )
-        ).scalars()
-        released: list[str] = []
-        touched: set[tuple[str, str]] = set()
-        for order_id in list(dict.fromkeys(candidates)):
+    async def _orders_to_release(self, conn: AsyncConnection, sku: str, warehouse: str, excess: int) -> list[str]:
+        """The orders a stock change must release to free `excess` units of `sku` at `warehouse`: those holding
+        it in shipments not picked yet (picked units are off the shelf, in a parcel, so a count does not see
+        them), newest reservation first, until enough are freed (all of them if they cannot free enough)."""
+        rv = t.reservations
+        rows = await conn.execute(
+            select(rv.c.order_id, rv.c.quantity)
+            .where(rv.c.sku == sku, rv.c.warehouse == warehouse, rv.c.status == "held", ~_picked())
+            .order_by(rv.c.created_at.desc(), rv.c.id.desc())
+        )
+        freed: dict[str, int] = {}
+        for r in rows:
+            freed[r.order_id] = freed.get(r.order_id, 0) + r.quantity
+        orders: list[str] = []
+        for order_id, units in freed.items():  # dicts keep insertion order: newest first
             if excess <= 0:
                 break
-            await self._lock_key(conn, f"order:{order_id}")
-            held = (
-                await conn.execute(
-                    select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity)
-                    .where(rv.c.order_id == order_id, rv.c.status == "held", ~picked)
-                    .order_by(rv.c.sku, rv.c.warehouse, rv.c.shipment_no)
-                )
-            ).all()
-            if not held:
-                continue
-            for r in held:
-                await conn.execute(
-                    update(sl)
-                    .where(sl.c.sku == r.sku, sl.c.warehouse == r.warehouse)
-                    .values(reserved=sl.c.reserved - r.quantity)
-                )
-                touched.add((r.sku, r.warehouse))
+            orders.append(order_id)
+            excess -= units
+        return orders
+
+    async def _unpicked_keys(self, conn: AsyncConnection, orders: Sequence[str]) -> set[tuple[str, str]]:
+        """(sku, warehouse) of the held reservations of these orders' shipments not picked yet."""
+        if not orders:
+            return set()
+        rv = t.reservations
+        rows = await conn.execute(
+            select(rv.c.sku, rv.c.warehouse)
+            .where(rv.c.order_id.in_(orders), rv.c.status == "held", ~_picked())
+            .distinct()
+        )
+        return {(r.sku, r.warehouse) for r in rows}
+
+    async def _release_order(
+        self, conn: AsyncConnection, order_id: str, sku: str, warehouse: str, why: str, reason: str, now: datetime
+    ) -> tuple[set[tuple[str, str]], list[int]]:
+        """Release the held reservations of the order's shipments not picked yet (a stock change of `sku` at
+        `warehouse` took their units), cancel those shipments' open pick tasks (pick task n is shipment n) so
+        nobody picks goods that are not there, and tell the order: `reservation_released` in the outbox. The
+        order waits for stock again (backorder row). The caller holds the order's lock and the stock rows'.
+        Returns every (sku, warehouse) whose reservations changed, and the shipments released."""
+        rv, sl, pt = t.reservations, t.stock_levels, t.pick_tasks
+        held = (
             await conn.execute(
-                update(rv).where(rv.c.id.in_([r.id for r in held])).values(status="released", updated_at=now)
+                select(rv.c.id, rv.c.sku, rv.c.warehouse, rv.c.quantity, rv.c.shipment_no)
+                .where(rv.c.order_id == order_id, rv.c.status == "held", ~_picked())
+                .order_by(rv.c.sku, rv.c.warehouse, rv.c.shipment_no)
             )
-            await self._add_ledger(
-                conn,
-                [(r.sku, r.warehouse, 0, -r.quantity) for r in held],
-                "release",
-                order_id,
-                f"stock short at {warehouse} after {why}",
-                now,
+        ).all()
+        for r in held:
+            await conn.execute(
+                update(sl)
+                .where(sl.c.sku == r.sku, sl.c.warehouse == r.warehouse)
+                .values(reserved=sl.c.reserved - r.quantity)
             )
-            await self._open_backorder(conn, order_id, {sku: sum(r.quantity for r in held if r.sku == sku)}, now)
-            excess -= sum(r.quantity for r in held if (r.sku, r.warehouse) == (sku, warehouse))
-            released.append(order_id)
-        return released, touched
+        await conn.execute(
+            update(rv).where(rv.c.id.in_([r.id for r in held])).values(status="released", updated_at=now)
+        )
+        await self._add_ledger(
+            conn,
+            [(r.sku, r.warehouse, 0, -r.quantity) for r in held],
+            "release",
+            order_id,
+            f"stock short at {warehouse} after {why}",
+            now,
+        )
+        # It waits for the units the change took; a re-allocation records what else it is short of.
+        await self._open_backorder(conn, order_id, {sku: sum(r.quantity for r in held if r.sku == sku)}, now)
+        shipments = sorted({r.shipment_no for r in held})
+        await conn.execute(
+            update(pt)
+            .where(pt.c.order_id == order_id, pt.c.attempt.in_(shipments), pt.c.status == "open")
+            .values(status="cancelled", released_at=now)
+        )
+        message = ReservationReleased(sku=sku, warehouse=warehouse, shipments=shipments, reason=reason)
+        await self._add_order_signal(
+            conn, order_id, "signal", "reservation_released", message.model_dump(mode="json"), now
+        )
+        return {(r.sku, r.warehouse) for r in held}, shipments
+
+    async def _add_order_signal(
+        self, conn: AsyncConnection, order_id: str, kind: str, name: str, payload: Any, now: datetime
+    ) -> int:
+        """Put a signal or update for the order's workflow in the outbox, in the caller's transaction. The
+        caller holds the order's advisory lock, so one workflow's rows are numbered in commit order and the
+        relay delivers them in the order they happened."""
+        result = await conn.execute(
+            t.order_signals.insert().values(
+                workflow_id=workflow_id_for(order_id),
+                kind=kind,
+                name=name,
+                payload=payload,
+                created_at=now,
+                attempts=0,
+            )
+        )
+        return _inserted_id(result)
+
+    async def _shipment_status(self, conn: AsyncConnection, order_id: str, shipment_no: int) -> str:
+        """The shipment's reservation status: held if it holds any reservation, else committed if it shipped,
+        released if it had reservations and lost them all, none if it never had any."""
+        rv = t.reservations
+        statuses = set(
+            (
+                await conn.execute(
+                    select(rv.c.status).where(rv.c.order_id == order_id, rv.c.shipment_no == shipment_no).distinct()
+                )
+            ).scalars()
+        )
+        return next((s for s in ("held", "committed", "released") if s in statuses), "none")
+
+    async def orders_holding_resources(self) -> list[str]:
+        """Orders that still hold something a closed order must give back, sorted: held reservations, open
+        pick tasks, or labels recorded as created or purchased (for the sweeper of orders whose workflow
+        ended without compensating)."""
+        rv, pt, sh = t.reservations, t.pick_tasks, t.shipments
+        holding = union(
+            select(rv.c.order_id).where(rv.c.status == "held"),
+            select(pt.c.order_id).where(pt.c.status == "open"),
+            select(sh.c.order_id).where(sh.c.status.in_(("created", "purchased"))),
+        ).subquery()
+        rows = await self._read(select(holding.c.order_id).order_by(holding.c.order_id))
+        return [r.order_id for r in rows]
+
+    async def shipment_reservation_status(self, order_id: str, shipment_no: int) -> str:
+        """Where the shipment's stock stands: "held" (reserved, or packed and waiting for the carrier),
+        "committed" (shipped), "released" (it lost its reservation, e.g. to a stock count, or the order gave it
+        back), "none" (nothing was ever reserved for it)."""
+        _require_text("order_id", order_id)
+        _require_int("shipment_no", shipment_no, minimum=0)
+        async with self._engine.connect() as conn:
+            return await self._shipment_status(conn, order_id, shipment_no)
 
     async def _level(self, conn: AsyncConnection, sku: str, warehouse: str) -> StockLevel:
         sl = t.stock_levels
@@ -1278,6 +1507,9 @@ class Store:
         the order's backorder (if any) is resolved. If no warehouse covers the order it is recorded as
         backordered and `short` says what is missing in the best warehouse (`allocate`, which the order
         workflow uses, splits it instead). Duplicate skus in `lines` are summed.
+
+        Locking: the order's advisory lock, then the stock rows of its SKUs FOR UPDATE in (sku, warehouse)
+        order.
         """
         _require_text("order_id", order_id)
         items = _normalize_lines(lines, merge=True)
@@ -1345,7 +1577,9 @@ class Store:
         idempotent by (order_id, shipment_no): if that shipment already holds (or committed) reservations
         they are returned unchanged. When the warehouse cannot cover the lines, nothing is written and the
         outcome is not reserved with `short` per sku. A reserved part ends the order's backorder wait (if it
-        then cannot get its other parts, release the order and `reserve` again, which re-opens it)."""
+        then cannot get its other parts, release the order and `reserve` again, which re-opens it).
+        Locking: the order's advisory lock, then the warehouse's stock rows of its SKUs FOR UPDATE in sku
+        order."""
         _require_text("order_id", order_id)
         _require_int("shipment_no", shipment_no, minimum=1)
         _require_text("warehouse", warehouse)
@@ -1390,7 +1624,14 @@ class Store:
         fewest warehouses (`plan_split`). If all warehouses together fall short, nothing is reserved and the
         order waits (backorder row) — unless `allow_partial`, which reserves what is in stock now and leaves
         only the rest waiting. Idempotent: if shipments from `first_shipment` on are already reserved (a
-        retried call) they are returned as they are, with what they leave short."""
+        retried call) they are returned as they are, with what they leave short.
+
+        First come, first served: units that backorders waiting since before this order's own backorder row
+        need are not available to it (an order with no backorder row comes after all of them); see
+        `_fifo_budget`, which follows the same queue as `backorders_to_wake`.
+
+        Locking: the order's advisory lock, then the stock rows of its SKUs FOR UPDATE in (sku, warehouse)
+        order."""
         _require_text("order_id", order_id)
         _require_int("first_shipment", first_shipment, minimum=1)
         items = _normalize_lines(lines, merge=True)
@@ -1426,18 +1667,24 @@ class Store:
             sites = await self._sites(conn)
             available = await self._availability(conn, skus, lock=True)
             totals = {sku: sum(max(stock.get(sku, 0), 0) for stock in available.values()) for sku in skus}
-            chosen = choose_warehouse(sites, available, items, prefer_country, prefer_region)
-            plan = [(chosen, items)] if chosen else plan_split(sites, available, items, prefer_country, prefer_region)
+            # What older backorders wait for is theirs: this order may take only the rest (a plan takes exactly
+            # the units it is given, so any plan within `budget` leaves them their units).
+            budget = await self._fifo_budget(conn, order_id, totals)
+            fits = all(qty <= budget[sku] for sku, qty in items)
+            chosen = choose_warehouse(sites, available, items, prefer_country, prefer_region) if fits else None
+            plan = [(chosen, items)] if chosen else []
+            if not plan and fits:
+                plan = plan_split(sites, available, items, prefer_country, prefer_region)
             if not plan and allow_partial:
-                coverable = [(sku, min(qty, totals[sku])) for sku, qty in items if totals[sku] > 0]
+                coverable = [(sku, min(qty, budget[sku])) for sku, qty in items if budget[sku] > 0]
                 plan = plan_split(sites, available, coverable, prefer_country, prefer_region) if coverable else []
             planned: dict[str, int] = {}
             for _, part in plan:
                 for sku, qty in part:
                     planned[sku] = planned.get(sku, 0) + qty
             now = _now()
-            if not plan:  # nothing reserved: short is what all warehouses together lack
-                short = {sku: qty - totals[sku] for sku, qty in items if totals[sku] < qty}
+            if not plan:  # nothing reserved: short is what all warehouses together lack (for this order)
+                short = {sku: qty - budget[sku] for sku, qty in items if budget[sku] < qty}
                 await self._open_backorder(conn, order_id, {sku: wanted[sku] for sku in short}, now)
                 return Allocation([], short)
             shipments_out = []
@@ -1455,6 +1702,39 @@ class Store:
             return Allocation(shipments_out, short, sorted(pending))
 
         return await self._write(op, f"allocate order {order_id}")
+
+    async def _fifo_budget(self, conn: AsyncConnection, order_id: str, totals: Mapping[str, int]) -> dict[str, int]:
+        """Units of each SKU in `totals` (available in all warehouses) the order may reserve: what is left
+        once the backorders ahead of it in the queue are served first (`_serve_in_order`). Ahead of it: waiting
+        backorders created before its own backorder row (waiting or not: a re-opened wait keeps its place);
+        with no row of its own, every waiting backorder."""
+        bo = t.backorders
+        own = (await conn.execute(select(bo.c.created_at).where(bo.c.order_id == order_id))).scalar_one_or_none()
+        stmt = (
+            select(bo.c.order_id, bo.c.skus)
+            .where(bo.c.resolved_at.is_(None), bo.c.order_id != order_id)
+            .order_by(bo.c.created_at, bo.c.order_id)
+        )
+        if own is not None:
+            stmt = stmt.where(or_(bo.c.created_at < own, and_(bo.c.created_at == own, bo.c.order_id < order_id)))
+        ahead = [(r.order_id, _backorder_needs(r.skus)) for r in await conn.execute(stmt)]
+        if not ahead:
+            return dict(totals)
+        # The orders ahead may need other SKUs too: whether they can go ahead decides what they take.
+        others = sorted({sku for _, needs in ahead for sku in needs} - set(totals))
+        _, left, kept = _serve_in_order(ahead, {**totals, **await self._available_totals(conn, others)})
+        return {sku: 0 if sku in kept else max(left[sku], 0) for sku in totals}
+
+    async def _available_totals(self, conn: AsyncConnection, skus: Sequence[str]) -> dict[str, int]:
+        """sku -> units available (on hand - reserved) in all warehouses together."""
+        sl = t.stock_levels
+        totals = dict.fromkeys(skus, 0)
+        if skus:
+            for r in await conn.execute(
+                select(sl.c.sku, (sl.c.on_hand - sl.c.reserved).label("available")).where(sl.c.sku.in_(skus))
+            ):
+                totals[r.sku] += max(r.available, 0)
+        return totals
 
     async def _existing_reservations(self, conn: AsyncConnection, order_id: str, shipment_no: int | None) -> list[Any]:
         rv = t.reservations
@@ -1559,7 +1839,9 @@ class Store:
         self, order_id: str, *, to: str, kind: str, note: str, ships: bool, shipment_no: int | None = None
     ) -> int:
         """Move the order's held reservations (of one shipment, if given) to `to`, giving the units back
-        (release) or taking them out of on_hand (commit, `ships`). Idempotent: nothing held, nothing done."""
+        (release) or taking them out of on_hand (commit, `ships`). Idempotent: nothing held, nothing done.
+        Locking (release and commit): the order's advisory lock, then its stock rows in (sku, warehouse)
+        order."""
         _require_text("order_id", order_id)
         if shipment_no is not None:
             _require_int("shipment_no", shipment_no, minimum=1)
@@ -1728,7 +2010,8 @@ class Store:
 
     async def set_reorder_points(self, points: Mapping[tuple[str, str], int | None]) -> list[LowStockCrossing]:
         """Set (or with None clear) the reorder point of each (sku, warehouse), in one transaction. Returns
-        the crossings this opens (available already at or below the new point)."""
+        the crossings this opens (available already at or below the new point). Locking: the stock rows in
+        (sku, warehouse) order (no order lock)."""
         for (sku, warehouse), point in points.items():
             _require_text("sku", sku)
             _require_text("warehouse", warehouse)
@@ -1963,7 +2246,8 @@ class Store:
     async def import_stock(self, rows: Sequence[StockImport], *, ref: str | None = None) -> ImportResult:
         """Set on hand per (sku, warehouse) to the imported figure, each difference an "adjustment" ledger
         row (`ref`, e.g. the file name). Unknown SKUs or warehouses, or on hand below what is already
-        reserved, are row errors."""
+        reserved, are row errors. Locking: the stock rows in (sku, warehouse) order (it releases nothing,
+        so no order lock)."""
         problems = []
         seen: dict[tuple[str, str], int] = {}
         for r in rows:
@@ -2009,16 +2293,17 @@ class Store:
             if bad:
                 raise InvalidRows(bad)
             created = updated = unchanged = 0
-            for r in rows:
+            # Stock rows are locked in (sku, warehouse) order, whatever the file's order (see _set_on_hand).
+            for r in sorted(rows, key=lambda r: (r.sku, r.warehouse)):
                 level = levels.get((r.sku, r.warehouse))
                 note = f"stock import: on hand set to {r.on_hand}"
                 change = await self._set_on_hand(
                     conn,
                     r.sku,
                     r.warehouse,
-                    lambda _, n=r.on_hand: n,  # type: ignore[misc]
+                    lambda _on_hand, _packed, n=r.on_hand: n,  # type: ignore[misc]
                     "adjustment",
-                    note,
+                    lambda _packed, note=note: note,  # type: ignore[misc]
                     ref,
                     release_excess=False,
                     skip_unchanged=True,
@@ -2047,36 +2332,22 @@ class Store:
 
     async def backorders_to_wake(self, sku: str) -> list[str]:
         """Backordered orders waiting for `sku` that the stock available now can serve: first come, first
-        served, and only as many as the stock covers. The oldest order that needs more of `sku` than is
-        available stops the queue (younger orders must not take its units); an order still short of another
-        SKU is passed over without taking any."""
+        served, and only as many as the stock covers. The oldest order that needs more of a SKU than is
+        available keeps it (younger orders must not take its units); an order still short of another SKU is
+        passed over without taking any (`_serve_in_order`, the queue `allocate` follows too)."""
         rows = await self._read(
             select(t.backorders.c.order_id, t.backorders.c.skus)
             .where(t.backorders.c.resolved_at.is_(None))
             .order_by(t.backorders.c.created_at, t.backorders.c.order_id)
         )
         waiting = [(r.order_id, _backorder_needs(r.skus)) for r in rows]
-        waiting = [(order_id, needs) for order_id, needs in waiting if sku in needs]
-        skus = sorted({s for _, needs in waiting for s in needs})
-        if not skus:
+        if not any(sku in needs for _, needs in waiting):
             return []
-        sl = t.stock_levels
-        budget: dict[str, int] = {s: 0 for s in skus}
-        for r in await self._read(
-            select(sl.c.sku, (sl.c.on_hand - sl.c.reserved).label("available")).where(sl.c.sku.in_(skus))
-        ):
-            budget[r.sku] += max(r.available, 0)
-        wake: list[str] = []
-        for order_id, needs in waiting:
-            wanted = {s: max(q, 1) for s, q in needs.items()}  # unknown quantity: at least one unit
-            if wanted[sku] > budget[sku]:
-                break
-            if any(budget[s] < q for s, q in wanted.items()):
-                continue
-            wake.append(order_id)
-            for s, q in wanted.items():
-                budget[s] -= q
-        return wake
+        async with self._engine.connect() as conn:
+            available = await self._available_totals(conn, sorted({s for _, needs in waiting for s in needs}))
+        served, _, _ = _serve_in_order(waiting, available)
+        needs_of = dict(waiting)
+        return [order_id for order_id in served if sku in needs_of[order_id]]
 
     async def backorders(self, *, include_resolved: bool = False) -> list[Backorder]:
         stmt = select(t.backorders).order_by(t.backorders.c.created_at, t.backorders.c.order_id)
@@ -2090,7 +2361,11 @@ class Store:
     async def create_pick_task(
         self, order_id: str, attempt: int, warehouse: str, lines: Sequence[tuple[str, int]]
     ) -> PickTask:
-        """A new open pick task, or the existing one for (order_id, attempt)."""
+        """A new open pick task, or the existing one for (order_id, attempt). ShipmentReleased if shipment
+        `attempt` of the order had a reservation and lost it (a stock count released it): nothing to pick.
+
+        Locking: the order's advisory lock first, so a count releasing the shipment comes wholly before or
+        after."""
         _require_text("order_id", order_id)
         _require_int("attempt", attempt, minimum=0)
         _require_text("warehouse", warehouse)
@@ -2102,7 +2377,12 @@ class Store:
             return _pick_task(row) if row is not None else None
 
         async def op(conn: AsyncConnection) -> PickTask:
+            await self._lock_key(conn, f"order:{order_id}")
             task = await existing(conn)
+            if task is not None and task.status == "confirmed":
+                return task  # picked before anything was released: a retried call gets it back
+            if await self._shipment_status(conn, order_id, attempt) == "released":
+                raise ShipmentReleased(order_id, attempt)
             if task is not None:
                 return task
             await self._resolve_warehouse(conn, warehouse)
@@ -2150,43 +2430,67 @@ class Store:
             stmt = stmt.where(pt.c.created_at <= _now() - timedelta(seconds=older_than_s))
         return [_pick_task(r) for r in await self._read(stmt)]
 
+    async def _pick_task_for_update(self, conn: AsyncConnection, task_id: str) -> PickTask:
+        """The pick task, read under its order's lock and with its row locked: order advisory lock first,
+        then the task row (and after it any stock rows), like every operation (see `_set_on_hand`). Read
+        before the locks, a concurrent confirmation or cancellation would go unseen."""
+        pt = t.pick_tasks
+        order_id = (await conn.execute(select(pt.c.order_id).where(pt.c.id == task_id))).scalar_one_or_none()
+        if order_id is None:
+            raise PickTaskNotFound(task_id)
+        await self._lock_key(conn, f"order:{order_id}")
+        return _pick_task((await conn.execute(select(pt).where(pt.c.id == task_id).with_for_update())).one())
+
+    async def _confirmable(self, conn: AsyncConnection, task: PickTask) -> None:
+        """Refuse to confirm a task that is not open, or whose shipment lost its reservation (a confirmed pick
+        always has its reservation, so what ships is always committed)."""
+        if task.status == "cancelled" and task.released_at is not None:
+            raise ShipmentReleased(task.order_id, task.attempt)  # cancelled by the stock change that released it
+        if task.status != "open":
+            raise PickTaskClosed(task.id, task.status)
+        if await self._shipment_status(conn, task.order_id, task.attempt) == "released":
+            raise ShipmentReleased(task.order_id, task.attempt)
+
     async def _close_pick_task(self, task_id: str, to: str) -> PickTask:
+        """open -> `to`; idempotent when it is `to` already. A confirmation goes into the order-signal
+        outbox (`pick_confirmed`) in the same transaction. Locking: `_pick_task_for_update`."""
         pt = t.pick_tasks
 
         async def op(conn: AsyncConnection) -> PickTask:
-            row = (await conn.execute(select(pt).where(pt.c.id == task_id))).first()
-            if row is None:
-                raise PickTaskNotFound(task_id)
-            task = _pick_task(row)
+            task = await self._pick_task_for_update(conn, task_id)
             if task.status == to:
                 return task
-            if task.status != "open":
+            if to == "confirmed":
+                await self._confirmable(conn, task)
+            elif task.status != "open":
                 raise PickTaskClosed(task_id, task.status)
             now = _now()
             values: dict[str, Any] = {"status": to}
             if to == "confirmed":
                 values["confirmed_at"] = now
-            await conn.execute(update(pt).where(pt.c.id == task_id, pt.c.status == "open").values(values))
-            return PickTask(
-                task.id,
-                task.order_id,
-                task.attempt,
-                task.warehouse,
-                task.lines,
-                to,
-                task.created_at,
-                now if to == "confirmed" else None,
-            )
+            result = await conn.execute(update(pt).where(pt.c.id == task_id, pt.c.status == "open").values(values))
+            if result.rowcount != 1:  # never tell a caller it won when the task changed underneath
+                raise PickTaskClosed(task_id, "closed")
+            if to == "confirmed":
+                await self._add_order_signal(conn, task.order_id, "signal", "pick_confirmed", task_id, now)
+            return replace(task, status=to, confirmed_at=now if to == "confirmed" else None)
 
         return await self._write(op, f"{to} pick task {task_id}")
 
     async def confirm_pick_task(self, task_id: str, short: Mapping[str, int] | None = None) -> PickTask:
-        """open -> confirmed (idempotent). PickTaskNotFound, or PickTaskClosed if it was cancelled.
+        """open -> confirmed (idempotent). PickTaskNotFound; PickTaskClosed if it was cancelled (or, with
+        `short`, confirmed otherwise); ShipmentReleased if its shipment's reservation is gone (a stock count
+        released it, and cancelled the task). The order is told through the order-signal outbox, in the
+        same transaction: signal `pick_confirmed` (the task id), or for a short pick update `pick_short`
+        (PickShortage). A repeated confirmation changes nothing and writes nothing.
 
         With `short` (sku -> units the picker could not find), a short pick: the shelf held fewer units than
         the books said, so on hand is corrected (an "adjustment" ledger row naming the task: the discrepancy)
         and the order's reservation of those units is dropped with it, all in the same transaction as the
-        confirmation. The order then re-reserves the missing units elsewhere or waits for them."""
+        confirmation. The order then re-reserves the missing units elsewhere or waits for them.
+
+        Locking: the order's advisory lock, then the task row, then the stock rows in sku order (one
+        warehouse): two confirmations of one task are serial, and only the first changes anything."""
         if not short:
             return await self._close_pick_task(task_id, "confirmed")
         missing_units = {str(sku): qty for sku, qty in short.items()}
@@ -2195,14 +2499,10 @@ class Store:
         pt, sl, rv = t.pick_tasks, t.stock_levels, t.reservations
 
         async def op(conn: AsyncConnection) -> PickTask:
-            row = (await conn.execute(select(pt).where(pt.c.id == task_id))).first()
-            if row is None:
-                raise PickTaskNotFound(task_id)
-            task = _pick_task(row)
+            task = await self._pick_task_for_update(conn, task_id)
             if task.status == "confirmed" and task.short == missing_units:
                 return task  # the same short confirmation again: already done
-            if task.status != "open":
-                raise PickTaskClosed(task_id, task.status)
+            await self._confirmable(conn, task)
             ordered = dict(task.lines)
             for sku, qty in missing_units.items():
                 if sku not in ordered:
@@ -2210,7 +2510,6 @@ class Store:
                 if qty > ordered[sku]:
                     raise StoreError(f"pick task {task_id}: {qty} x {sku} short, but only {ordered[sku]} were to pick")
             now = _now()
-            await self._lock_key(conn, f"order:{task.order_id}")
             for sku, qty in sorted(missing_units.items()):
                 held = (
                     await conn.execute(
@@ -2253,18 +2552,23 @@ class Store:
                 {"sku": sku, "quantity": qty, **({"short": missing_units[sku]} if sku in missing_units else {})}
                 for sku, qty in task.lines
             ]
-            await conn.execute(
+            result = await conn.execute(
                 update(pt)
                 .where(pt.c.id == task_id, pt.c.status == "open")
                 .values(status="confirmed", confirmed_at=now, lines=lines)
             )
+            if result.rowcount != 1:  # rolls back the stock correction: it must happen once, with the confirmation
+                raise PickTaskClosed(task_id, "closed")
+            shortage = PickShortage(task_id=task_id, short=missing_units)
+            await self._add_order_signal(conn, task.order_id, "update", "pick_short", shortage.model_dump(), now)
             await self._track_low_stock(conn, {(sku, task.warehouse) for sku in missing_units}, now)
             return replace(task, status="confirmed", confirmed_at=now, short=missing_units)
 
         return await self._write(op, f"confirm pick task {task_id} short")
 
     async def cancel_pick_task(self, task_id: str) -> PickTask:
-        """open -> cancelled (idempotent). PickTaskNotFound, or PickTaskClosed if it was already confirmed."""
+        """open -> cancelled (idempotent). PickTaskNotFound, or PickTaskClosed if it was already confirmed.
+        Locking: the order's advisory lock, then the task row; against a confirmation, exactly one wins."""
         return await self._close_pick_task(task_id, "cancelled")
 
     # -----------------------------------------------------------------------------------------------------
@@ -2318,19 +2622,17 @@ class Store:
         label_url: str,
         tracking_url: str,
     ) -> ShipmentRecord:
-        """The label for `key` was bought: status "purchased" with its details (idempotent)."""
+        """The label for `key` was bought: status "purchased" with its details (idempotent). StoreError if it
+        was voided, even by a void committed while this runs. Locking: the shipment row (its UPDATE)."""
         _require_int("rate_cents", rate_cents, minimum=0)
         sh = t.shipments
 
         async def op(conn: AsyncConnection) -> ShipmentRecord:
-            row = (await conn.execute(select(sh.c.status).where(sh.c.key == key))).first()
-            if row is None:
-                raise ShipmentNotFound(key)
-            if row.status == "voided":
-                raise StoreError(f"shipment {key!r} was voided; buy under a new shipment number")
-            await conn.execute(
+            # One conditional UPDATE: a void committed while this runs is seen (READ COMMITTED re-checks the
+            # WHERE on the row it waited for), so a voided label is never overwritten.
+            result = await conn.execute(
                 update(sh)
-                .where(sh.c.key == key)
+                .where(sh.c.key == key, sh.c.status != "voided")
                 .values(
                     status="purchased",
                     carrier=carrier,
@@ -2342,12 +2644,17 @@ class Store:
                     updated_at=_now(),
                 )
             )
-            return _shipment((await conn.execute(select(sh).where(sh.c.key == key))).one())
+            row = (await conn.execute(select(sh).where(sh.c.key == key))).first()
+            if row is None:
+                raise ShipmentNotFound(key)
+            if result.rowcount != 1:
+                raise StoreError(f"shipment {key!r} was voided; buy under a new shipment number")
+            return _shipment(row)
 
         return await self._write(op, f"record label {key}")
 
     async def mark_shipment_voided(self, key: str) -> ShipmentRecord:
-        """The label for `key` was refunded/voided (idempotent)."""
+        """The label for `key` was refunded/voided (idempotent). Locking: the shipment row (its UPDATE)."""
         sh = t.shipments
 
         async def op(conn: AsyncConnection) -> ShipmentRecord:
@@ -2360,6 +2667,124 @@ class Store:
             return _shipment(row)
 
         return await self._write(op, f"void shipment {key}")
+
+    # -----------------------------------------------------------------------------------------------------
+    # Order-signal outbox: written by the changes above, delivered by common.order_signals
+
+    async def order_signals(self, workflow_id: str | None = None, *, pending_only: bool = False) -> list[OrderSignal]:
+        """Outbox rows (of one workflow), oldest first; `pending_only`: not delivered yet."""
+        os_ = t.order_signals
+        stmt = select(os_).order_by(os_.c.id)
+        if workflow_id is not None:
+            stmt = stmt.where(os_.c.workflow_id == workflow_id)
+        if pending_only:
+            stmt = stmt.where(os_.c.delivered_at.is_(None))
+        return [_order_signal(r) for r in await self._read(stmt)]
+
+    async def claim_order_signals(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        workflow_ids: Sequence[str] | None = None,
+        limit: int = 100,
+        lease_s: float = 60.0,
+    ) -> tuple[str, list[OrderSignal]]:
+        """Claim pending rows for delivery, oldest first, for `lease_s` seconds: (claim token, rows). With
+        `ids`, those rows and any older pending rows of their workflows (which must go first); with
+        `workflow_ids`, only those workflows' rows. A workflow's rows are claimed in order and only up to one
+        another caller holds, so each workflow's rows are delivered in order even with several relays; a
+        claim whose holder died lapses after the lease.
+
+        Locking: one advisory lock for claimers ("order-signals"), then the rows; nothing else is held."""
+        _require_int("limit", limit, minimum=1)
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {lease_s!r}")
+        os_ = t.order_signals
+        token = secrets.token_hex(8)
+
+        async def op(conn: AsyncConnection) -> list[OrderSignal]:
+            await self._lock_key(conn, "order-signals")
+            stmt = select(os_).where(os_.c.delivered_at.is_(None)).order_by(os_.c.id).limit(limit)
+            if ids is not None:
+                newest = (
+                    await conn.execute(
+                        select(os_.c.workflow_id, func.max(os_.c.id).label("top"))
+                        .where(os_.c.id.in_(list(ids)))
+                        .group_by(os_.c.workflow_id)
+                    )
+                ).all()
+                if not newest:
+                    return []
+                stmt = stmt.where(or_(*(and_(os_.c.workflow_id == r.workflow_id, os_.c.id <= r.top) for r in newest)))
+            if workflow_ids is not None:
+                stmt = stmt.where(os_.c.workflow_id.in_(list(workflow_ids)))
+            now = _now()
+            blocked: set[str] = set()
+            mine = []
+            for r in await conn.execute(stmt):
+                if r.workflow_id in blocked:
+                    continue
+                if r.claimed_until is not None and r.claimed_until > now:
+                    blocked.add(r.workflow_id)  # another relay is delivering it: its later rows must wait
+                    continue
+                mine.append(_order_signal(r))
+            if mine:
+                await conn.execute(
+                    update(os_)
+                    .where(os_.c.id.in_([r.id for r in mine]))
+                    .values(claimed_by=token, claimed_until=now + timedelta(seconds=lease_s))
+                )
+            return mine
+
+        return token, await self._write(op, "claim order signals")
+
+    async def mark_order_signal_delivered(self, signal_id: int, note: str | None = None) -> None:
+        """The row was delivered (or there was nobody to deliver it to: `note` says why). Idempotent, and
+        whoever holds the claim: it was delivered either way."""
+        os_ = t.order_signals
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(os_)
+                .where(os_.c.id == signal_id, os_.c.delivered_at.is_(None))
+                .values(
+                    delivered_at=_now(),
+                    attempts=os_.c.attempts + 1,
+                    note=note,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+
+        await self._write(op, f"mark order signal {signal_id} delivered")
+
+    async def mark_order_signal_failed(self, signal_id: int, claim: str, error: str) -> None:
+        """Delivery failed: count the attempt, keep the error, give up the claim; the row stays pending."""
+        os_ = t.order_signals
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(os_)
+                .where(os_.c.id == signal_id, os_.c.delivered_at.is_(None), os_.c.claimed_by == claim)
+                .values(attempts=os_.c.attempts + 1, last_error=error[:1000], claimed_by=None, claimed_until=None)
+            )
+
+        await self._write(op, f"mark order signal {signal_id} failed")
+
+    async def release_order_signal_claims(self, signal_ids: Sequence[int], claim: str) -> None:
+        """Give up claimed rows without trying them (an earlier row of their workflow failed this round)."""
+        if not signal_ids:
+            return
+        os_ = t.order_signals
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(os_)
+                .where(os_.c.id.in_(list(signal_ids)), os_.c.delivered_at.is_(None), os_.c.claimed_by == claim)
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+        await self._write(op, "release order signal claims")
 
     # -----------------------------------------------------------------------------------------------------
     # Notification delivery log: one message per (order, event, channel)

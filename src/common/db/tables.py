@@ -50,6 +50,7 @@ PURCHASE_ORDER_STATUSES = ("open", "received", "cancelled")
 PICK_TASK_STATUSES = ("open", "confirmed", "cancelled")
 SHIPMENT_STATUSES = ("created", "purchased", "voided")
 NOTIFICATION_STATUSES = ("sending", "sent", "failed")
+ORDER_SIGNAL_KINDS = ("signal", "update")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -182,6 +183,9 @@ pick_tasks = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime, nullable=True),
+    # Added in 0004: a stock count or adjustment released this task's shipment and cancelled the task (in
+    # one transaction); a confirmation of it is refused with ShipmentReleased, not as a plain cancellation.
+    Column("released_at", UTCDateTime, nullable=True),
     CheckConstraint("attempt >= 0", name="attempt_non_negative"),
     CheckConstraint(_in("status", PICK_TASK_STATUSES), name="status"),
     UniqueConstraint("order_id", "attempt"),
@@ -225,6 +229,29 @@ notifications = Table(
     Column("sent_at", UTCDateTime, nullable=True),
     CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
     Index("ix_notifications_order_id", "order_id"),
+)
+
+# The order-signal outbox (0004): a signal or update for an order's workflow, written in the same transaction
+# as the change it reports and delivered afterwards (at once by the API, else by the worker's relay), in id
+# order per workflow. Pending until delivered_at is set; claimed_by/claimed_until: a relay is delivering it.
+order_signals = Table(
+    "order_signals",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("workflow_id", String(100), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),  # the one argument, as JSON
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("note", Text, nullable=True),  # e.g. delivered to nobody: the order was closed
+    Column("claimed_by", String(32), nullable=True),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    CheckConstraint(_in("kind", ORDER_SIGNAL_KINDS), name="kind"),
+    Index("ix_order_signals_delivered_at_id", "delivered_at", "id"),
+    Index("ix_order_signals_workflow_id", "workflow_id"),
 )
 
 # Expected receipts (one purchase-order line each): counted as "incoming" until received or cancelled.
