@@ -265,7 +265,8 @@ async def workflow_task_retried(order: Order, lost: HistoryEvent, successor: Wor
             return False
         timed_out = [e for e in later if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT]
         assert [e.workflow_task_timed_out_event_attributes.started_event_id for e in timed_out] == [lost.event_id]
-        (retry,) = [e for e in later if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED]
+        # The retry is the first task after the lost one (later ones: the order went on, e.g. a tracking poll)
+        retry = next(e for e in later if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED)
         assert retry.workflow_task_scheduled_event_attributes.task_queue.kind == TaskQueueKind.TASK_QUEUE_KIND_NORMAL
         return True
 

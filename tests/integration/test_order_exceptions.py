@@ -115,7 +115,7 @@ async def test_cancel_after_label_voids_it_with_the_carrier_and_releases_stock(
     view = await api.cancel_order(order_id, "customer called")
 
     assert view.status == OrderStatus.CANCELLED
-    assert any("compensated: void label" in e.note for e in view.timeline)
+    assert any("label voided" in e.note for e in view.timeline)
     [shipment] = [s for s in sandbox.shipments() if s["reference"] == f"label:{order_id}:1"]
     assert shipment["refund_status"] in ("submitted", "refunded")
     assert [s.status for s in await store.shipments_for_order(order_id)] == ["voided"]
@@ -299,6 +299,8 @@ async def test_lost_parcel_is_reshipped_as_a_new_parcel_with_its_own_label(
     view = await wait_status(api, order_id, OrderStatus.LABELED)
     assert [(p.shipment_no, p.outcome) for p in view.shipments] == [(1, "reshipped"), (2, None)]
     assert view.tracking_number and view.tracking_number != lost.tracking_number
+    sandbox.force_tracker_status(view.tracking_number, "in_transit")  # its first scan: "shipped", with tracking
+    await wait_status(api, order_id, OrderStatus.IN_TRANSIT)
     sandbox.force_tracker_status(view.tracking_number, "delivered")
     view = await wait_status(api, order_id, OrderStatus.COMPLETED)
     assert view.shipments[1].status == OrderStatus.DELIVERED
