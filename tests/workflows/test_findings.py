@@ -24,6 +24,7 @@ from common.models import (
     Address,
     CancelRequest,
     HoldRequest,
+    Order,
     OrderStatus,
     OrderView,
     ReservationReleased,
@@ -49,7 +50,7 @@ async def env():
         yield env
 
 
-def new_order(lines: dict[str, int] | None = None):  # noqa: ANN201 (an Order)
+def new_order(lines: dict[str, int] | None = None) -> Order:
     return sample_order(f"ORD-{uuid.uuid4().hex[:8]}", lines=lines or {"MUG-RED": 1})
 
 
@@ -180,7 +181,6 @@ async def test_finding_1_a_cancel_during_a_database_outage_releases_the_stock_on
         view = await handle.result()
 
     assert view.status == OrderStatus.CANCELLED
-    assert fake.reserved == {"MUG-RED": 0} or fake.reserved == {}
     assert fake.available == {"MUG-RED": 5}  # given back, although the database was down when ops cancelled
     assert "FAILED to" not in notes(view)
     assert fake.messages.count(("cancelled", "email")) == 1
@@ -435,8 +435,11 @@ async def test_finding_14_giving_up_the_rest_says_that_part_is_cancelled_not_tha
     policy = POLICY.model_copy(update={"partial_shipment": "ship_available"})
     async with base.worker(env, fake):
         handle = await base.start(env.client, new_order({"MUG-RED": 2, "TEE-M": 1}), policy)
-        await base.confirm_pick(env, handle)
-        await handle.result()
+        view = await view_when(
+            env, handle, lambda v: bool(v.shipments) and v.shipments[0].status == OrderStatus.PICKING
+        )
+        await handle.signal(OrderWorkflow.pick_confirmed, view.shipments[0].pick_task_id or "")
+        await handle.result()  # TEE-M never comes: that part is given up after 14 days
 
     events = [event for event, _ in fake.contexts]
     assert "partly_cancelled" in events and "cancelled" not in events
