@@ -59,7 +59,9 @@ class NotificationActivities:
                 result.skipped[channel.value] = "no recipient for this channel"
                 continue
             message = render(request, channel)
-            key = notification_key(request.order_id, request.event.value, channel.value, request.occurrence)
+            key = notification_key(
+                request.key or request.order_id, request.event.value, channel.value, request.occurrence
+            )
             claim = NotificationClaim(
                 key, request.order_id, request.event.value, channel.value, recipient, message.subject, message.text
             )
@@ -69,6 +71,7 @@ class NotificationActivities:
         result.already_sent.extend(channel for channel, claim, _ in pending if claim.key not in claimed)
         outcomes = await self._send_and_mark(sending)
         failure: BaseException | None = None
+        failed: list[str] = []
         for (channel, claim, _), outcome in zip(sending, outcomes, strict=True):
             if isinstance(outcome, EmailPermanentError | SmsPermanentError):
                 # Retrying cannot fix an invalid or opted-out recipient: go on without this message.
@@ -76,10 +79,14 @@ class NotificationActivities:
                 result.skipped[channel.value] = str(outcome)
             elif isinstance(outcome, BaseException):
                 failure = failure or outcome
+                failed.append(channel.value)
             else:
                 result.sent.append(channel)
         if failure is not None:
-            raise failure
+            # The details name every channel still to send: the workflow retries those, each in its own order.
+            if isinstance(failure, ApplicationError):
+                raise ApplicationError(failure.message, failed, type=failure.type) from failure
+            raise ApplicationError(str(failure), failed) from failure
         return result
 
     async def _send_and_mark(
@@ -119,7 +126,7 @@ class NotificationActivities:
     @activity.defn(name="alert_ops")
     async def alert_ops(self, alert: OpsAlert) -> bool:
         """One email to the ops mailbox per (order, kind, occurrence); False if it was already sent."""
-        key = f"ops:{alert.order_id}:{alert.kind}" + (f":{alert.occurrence}" if alert.occurrence else "")
+        key = f"ops:{alert.key or alert.order_id}:{alert.kind}" + (f":{alert.occurrence}" if alert.occurrence else "")
         page = f"<pre>{html.escape(alert.body)}</pre>"
         message = RenderedMessage(subject=f"[ops] {alert.subject}", text=alert.body, html=page)
         return await self._deliver_once(

@@ -173,7 +173,7 @@ class ReturnActivities:
         for line in request.lines:
             units[line.sku] = units.get(line.sku, 0) + line.quantity
         return await self._pay_back(
-            f"refund:{request.order_id}:shipment-{request.shipment_no}",
+            f"refund:{request.key or request.order_id}:shipment-{request.shipment_no}",
             order_id=request.order_id,
             rma_id=None,
             units=units,

@@ -1,11 +1,18 @@
-"""The order-signal relay: a background task of every worker process that delivers what the order-signal
-outbox still holds (common/order_signals.py), every `FULFILL_ORDER_SIGNAL_RELAY_INTERVAL` seconds. The API
-delivers the messages it writes at once; this catches the ones it could not, e.g. a stock count recorded by
-the CLI while the engine was down.
+"""Background tasks of every worker process that keep the books in line with Temporal.
 
-Several worker processes each run one: rows are claimed with a lease (Store.claim_order_signals), so two
-relays do not deliver the same row while both are alive, and one workflow's rows still go in order. After a
-relay dies mid-delivery its rows are delivered again, which is harmless (see common/order_signals.py).
+The order-signal relay delivers what the order-signal outbox still holds (common/order_signals.py), every
+`FULFILL_ORDER_SIGNAL_RELAY_INTERVAL` seconds. The API delivers the messages it writes at once; this catches
+the ones it could not, e.g. a stock count recorded by the CLI while the engine was down. Several worker
+processes each run one: rows are claimed with a lease (Store.claim_order_signals), so two relays do not
+deliver the same row while both are alive, and one workflow's rows still go in order. After a relay dies
+mid-delivery its rows are delivered again, which is harmless (see common/order_signals.py).
+
+The sweeper gives back what orders closed without compensating still hold (a workflow terminated in the Web
+UI or with `temporal workflow terminate` runs no code of its own): every `FULFILL_SWEEP_INTERVAL` seconds it
+lists the order workflows closed since its last round and, for each whose current run is closed and that
+still holds stock, a pick task or a place in the restock queue, undoes it the way a cancel would, asking the
+carrier first: a labelled parcel the carrier has is shipped (its stock committed), any other label is voided.
+Several sweepers at once are harmless: every step is idempotent.
 """
 
 from __future__ import annotations
@@ -15,11 +22,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
+from activities.shipping import label_key, undo_label
 from common.config import Settings
 from common.db import Store
+from common.integrations.carrier import CarrierClient
+from common.models import LabelUndo, order_key, workflow_id_for
 from common.order_signals import DeliveryReport, deliver_order_signals
 
 log = logging.getLogger("fulfill.reconciler")
@@ -62,6 +74,80 @@ class OrderSignalRelay:
             await asyncio.sleep(self._interval_s)
 
 
+# Visibility is eventually consistent: each round looks back this much further than the last one started.
+_VISIBILITY_MARGIN = timedelta(minutes=10)
+
+
+class ClosedOrderSweeper:
+    def __init__(self, client: Client, store: Store, carrier: CarrierClient, *, lookback_s: float) -> None:
+        self._client = client
+        self._store = store
+        self._carrier = carrier
+        self._since = datetime.now(UTC) - timedelta(seconds=lookback_s)
+
+    async def round(self) -> list[str]:
+        """One round: the orders it gave back stock, pick tasks or labels of. Never raises (but for
+        cancellation): what it could not do now, the next round does."""
+        started = datetime.now(UTC)
+        swept: list[str] = []
+        try:
+            closed = set(await self._closed_orders(self._since))
+            for key in await self._store.orders_holding_resources():
+                order_id = workflow_id_for(key).removeprefix("order-")  # an order placed again keys its rows
+                if order_id not in closed or await self._owned_by_a_running_order(order_id, key):
+                    continue
+                await sweep_order(self._store, self._carrier, key)
+                swept.append(key)
+        except Exception as err:
+            log.warning("sweep of closed orders stopped (%s); the next round goes on", type(err).__name__)
+            return swept
+        self._since = started - _VISIBILITY_MARGIN
+        if swept:
+            log.info("gave back what %d closed order(s) still held: %s", len(swept), ", ".join(swept))
+        return swept
+
+    async def _closed_orders(self, since: datetime) -> list[str]:
+        query = (
+            f'WorkflowType = "OrderWorkflow" AND ExecutionStatus != "Running" '
+            f'AND CloseTime >= "{since.strftime("%Y-%m-%dT%H:%M:%SZ")}"'
+        )
+        return sorted({wf.id.removeprefix("order-") async for wf in self._client.list_workflows(query)})
+
+    async def _owned_by_a_running_order(self, order_id: str, key: str) -> bool:
+        """Whether the order's current run is running and these rows are its own (not those of an earlier
+        placement that closed without giving them back)."""
+        try:
+            description = await self._client.get_workflow_handle(workflow_id_for(order_id)).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            return False
+        return order_key(order_id, int(await description.memo_value("placement", default=1))) == key
+
+
+async def sweep_order(store: Store, carrier: CarrierClient, order_id: str) -> None:
+    """Give back what a closed order holds (`order_id`: the key of its rows), as a cancel would: each shipment
+    whose stock is still held gets its label undone unless the carrier has the parcel (then that stock is
+    committed: it left), then open pick tasks are cancelled and the rest is released (which also ends its
+    wait in the restock queue)."""
+    for record in await store.shipments_for_order(order_id):
+        if not record.key.startswith("label:") or record.status == "voided":
+            continue  # return labels belong to their RMA's workflow
+        shipment_no = int(record.key.rsplit(":", 1)[1])
+        if await store.shipment_reservation_status(order_id, shipment_no) != "held":
+            continue
+        assert record.key == label_key(order_id, shipment_no)
+        undo = await undo_label(store, carrier, record.key)
+        if undo.outcome == LabelUndo.IN_USE:
+            await store.commit_reservation(order_id, shipment_no=shipment_no)
+    for task in await store.pick_tasks_for_order(order_id):
+        if task.status == "open":
+            await store.cancel_pick_task(task.id)
+    await store.release(order_id, note="order closed without giving it back")
+
+
 @asynccontextmanager
 async def running_relay(client: Client, store: Store, settings: Settings) -> AsyncIterator[OrderSignalRelay | None]:
     """The relay running in the background for the duration (None if the setting disables it)."""
@@ -72,6 +158,30 @@ async def running_relay(client: Client, store: Store, settings: Settings) -> Asy
     task = asyncio.create_task(relay.run(), name="order-signal-relay")
     try:
         yield relay
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@asynccontextmanager
+async def running_sweeper(
+    client: Client, store: Store, carrier: CarrierClient, settings: Settings
+) -> AsyncIterator[ClosedOrderSweeper | None]:
+    """The sweeper running in the background for the duration (None if the setting disables it)."""
+    if settings.sweep_interval <= 0:
+        yield None
+        return
+    sweeper = ClosedOrderSweeper(client, store, carrier, lookback_s=settings.sweep_lookback)
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(settings.sweep_interval)
+            await sweeper.round()
+
+    task = asyncio.create_task(sweep(), name="closed-order-sweeper")
+    try:
+        yield sweeper
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -30,7 +30,7 @@ from common.integrations.payments import payments_gateway
 from common.integrations.sms import SmsSender
 from common.logs import configure_logging
 from common.temporal import connect, task_pollers
-from workers.reconciler import running_relay
+from workers.reconciler import running_relay, running_sweeper
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
@@ -90,8 +90,13 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown),
         )
         try:
-            # The relay delivers what the order-signal outbox still holds; it stops before the worker does.
-            async with worker, running_relay(client, store, settings):
+            # The relay delivers what the order-signal outbox still holds, the sweeper gives back what orders
+            # closed without compensating still hold; both stop before the worker does.
+            async with (
+                worker,
+                running_relay(client, store, settings),
+                running_sweeper(client, store, carrier, settings),
+            ):
                 yield worker
         finally:
             await payments.close()

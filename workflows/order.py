@@ -26,7 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 from workflows.order_returns import OrderReturns
-from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, Step, StepRunner
+from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, Step, StepRunner, on_channels
 from workflows.visibility import SearchAttributeBatch
 
 with workflow.unsafe.imports_passed_through():
@@ -73,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         TrackingPollRequest,
         TrackingStatus,
         TrackingUpdate,
+        order_key,
     )
     from common.temporal import CARRIER as CARRIER_ATTR
     from common.temporal import ORDER_STATUS, PICK_OVERDUE, TRACKING_NUMBER, WAITING_FOR
@@ -140,6 +141,9 @@ class OrderWorkflow(OrderReturns):
     def __init__(self, input: OrderWorkflowInput) -> None:
         self._order = input.order
         self._policy = input.policy
+        # The key of the order's rows and idempotency keys: its id, unless it was placed again (see order_key).
+        self._key = order_key(input.order.order_id, input.placement)
+        self._placement = input.placement
         self._view = OrderView(
             order_id=input.order.order_id,
             status=OrderStatus.RECEIVED,
@@ -433,6 +437,11 @@ class OrderWorkflow(OrderReturns):
     def _delivered_parcels(self) -> list[ShipmentView]:
         return [p for p in self._view.shipments if p.status == OrderStatus.DELIVERED and p.outcome is None]
 
+    @property
+    def _placed_again_key(self) -> str | None:
+        """The order's key for messages' idempotency keys when it differs from its id (placed again)."""
+        return self._key if self._key != self._order.order_id else None
+
     def _result(self) -> OrderUpdateResult:
         view = self._view
         note = view.timeline[-1].note if view.timeline else ""
@@ -505,7 +514,7 @@ class OrderWorkflow(OrderReturns):
         """The final status; the workflow ends once its queued messages went out and its handlers finished."""
         self._record(status, note)
         self._closed = True
-        if self._messenger.queue:
+        if self._messenger.waiting:
             await self._messenger.drained()
         if not workflow.all_handlers_finished():
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -582,9 +591,7 @@ class OrderWorkflow(OrderReturns):
         except OrderCancelled:
             if not self._undoes_per_parcel:
                 raise
-            await self._step(
-                InventoryActivities.close_backorder, self._order.order_id, DATABASE, "stop waiting for stock"
-            )
+            await self._step(InventoryActivities.close_backorder, self._key, DATABASE, "stop waiting for stock")
             self._unallocated, self._waiting_since = [], None
             self._view.backordered = []
 
@@ -593,7 +600,7 @@ class OrderWorkflow(OrderReturns):
         while self._unallocated:
             seen = self._restocks_seen
             request = ReserveRequest(
-                order_id=order.order_id,
+                order_id=self._key,
                 lines=self._unallocated,
                 ship_to_country=order.ship_to.country,
                 ship_to_region=order.ship_to.region,
@@ -654,7 +661,7 @@ class OrderWorkflow(OrderReturns):
     async def _give_up_unallocated(self, why: str) -> None:
         """Stop waiting for the lines no parcel holds; the rest of the order goes on, and the customer hears."""
         what = _describe(self._unallocated)
-        await self._step(InventoryActivities.close_backorder, self._order.order_id, DATABASE, "stop waiting for stock")
+        await self._step(InventoryActivities.close_backorder, self._key, DATABASE, "stop waiting for stock")
         self._unallocated, self._waiting_since = [], None
         self._view.backordered = []
         self._record(self._status_now(), f"gave up waiting for {what}: that part is cancelled ({why})")
@@ -752,7 +759,7 @@ class OrderWorkflow(OrderReturns):
         """Create the pick task and wait for it; a short pick sends the missing units back to allocation.
         False if nothing at all could be picked (the parcel ends there)."""
         request = PickTaskRequest(
-            order_id=self._order.order_id,
+            order_id=self._key,
             attempt=parcel.shipment_no,
             warehouse=parcel.warehouse,
             lines=parcel.lines,
@@ -832,7 +839,7 @@ class OrderWorkflow(OrderReturns):
         while True:
             order = self._order
             request = LabelRequest(
-                order_id=order.order_id,
+                order_id=self._key,
                 shipment_no=parcel.shipment_no,
                 warehouse=parcel.warehouse,
                 ship_to=order.ship_to,
@@ -1020,7 +1027,7 @@ class OrderWorkflow(OrderReturns):
     async def _commit_parcel(self, parcel: ShipmentView) -> None:
         await self._step(
             InventoryActivities.commit_shipment,
-            ShipmentRef(order_id=self._order.order_id, shipment_no=parcel.shipment_no),
+            ShipmentRef(order_id=self._key, shipment_no=parcel.shipment_no),
             DATABASE,
             "commit stock",
         )
@@ -1114,6 +1121,7 @@ class OrderWorkflow(OrderReturns):
                 ReturnActivities.refund_shipment,
                 ParcelRefundRequest(
                     order_id=order.order_id,
+                    key=self._key,
                     shipment_no=parcel.shipment_no,
                     lines=parcel.lines,
                     unit_prices=order.unit_prices_cents(),
@@ -1183,7 +1191,7 @@ class OrderWorkflow(OrderReturns):
     async def _undo_parcel(self, parcel: ShipmentView, progress: _ParcelProgress) -> bool:
         """Undo what the parcel did, newest first, each step retried until done: its label (only if the carrier
         does not have the parcel: False then, and nothing else is undone), its pick task, its reservation."""
-        ref = ShipmentRef(order_id=self._order.order_id, shipment_no=parcel.shipment_no)
+        ref = ShipmentRef(order_id=self._key, shipment_no=parcel.shipment_no)
         prefix = _parcel_prefix(self._view, parcel)
         if progress.label_attempted:
             undo = await self._step(ShippingActivities.void_label_if_unshipped, ref, CARRIER, "void label")
@@ -1450,7 +1458,7 @@ class OrderWorkflow(OrderReturns):
         """A step started or stopped waiting out an outage (StepRunner.on_change)."""
         view = self._view
         view.provider_waits = list(self._steps.waits.values())
-        view.messages_waiting = len(self._messenger.queue)
+        view.messages_waiting = self._messenger.waiting
         view.waiting_for = self._compose_waiting_for()
         providers = self._steps.providers
         self._visibility.stage([WAITING_FOR.value_set(providers) if providers else WAITING_FOR.value_unset()])
@@ -1511,31 +1519,45 @@ class OrderWorkflow(OrderReturns):
             return
         request = NotifyRequest(
             order_id=self._order.order_id,
+            key=self._placed_again_key,
             event=event,
             customer=self._order.customer,
             channels=channels,
             context=context or {},
             occurrence=occurrence,
         )
-        await self._messenger.send(NotificationActivities.notify_customer, request, summary=f"notify {event.value}")
+        await self._messenger.send(
+            NotificationActivities.notify_customer,
+            request,
+            summary=f"notify {event.value}",
+            lanes=[c.value for c in channels],
+            narrow=on_channels,
+        )
 
     async def _alert_ops(self, kind: str, subject: str, body: str, *, occurrence: str | None = None) -> None:
-        alert = OpsAlert(order_id=self._order.order_id, kind=kind, subject=subject, body=body, occurrence=occurrence)
-        await self._messenger.send(NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}")
+        alert = OpsAlert(
+            order_id=self._order.order_id,
+            kind=kind,
+            subject=subject,
+            body=body,
+            occurrence=occurrence,
+            key=self._placed_again_key,
+        )
+        await self._messenger.send(
+            NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", lanes=[Channel.EMAIL.value]
+        )
 
     async def _alert_low_stock(self, skus: list[str]) -> None:
         """This reservation took stock to its reorder point: ops get one email per crossing (idempotent)."""
-        await self._messenger.send(InventoryActivities.alert_low_stock, skus, summary="low-stock alert")
+        await self._messenger.send(
+            InventoryActivities.alert_low_stock, skus, summary="low-stock alert", lanes=[Channel.EMAIL.value]
+        )
 
     async def _release_stock(self) -> object:
-        return await self._step(
-            InventoryActivities.release_stock, self._order.order_id, DATABASE, "release reservation"
-        )
+        return await self._step(InventoryActivities.release_stock, self._key, DATABASE, "release reservation")
 
     async def _cancel_picks(self) -> object:
-        return await self._step(
-            WarehouseActivities.cancel_pick_tasks, self._order.order_id, DATABASE, "cancel pick tasks"
-        )
+        return await self._step(WarehouseActivities.cancel_pick_tasks, self._key, DATABASE, "cancel pick tasks")
 
     async def _void_label(self, request: LabelRequest) -> object:
         return await workflow.execute_activity_method(

@@ -65,6 +65,8 @@ class OrderReturns:
     _order: Order
     _policy: OrderPolicy
     _view: OrderView
+    _key: str  # the key of the order's rows (common.models.order_key)
+    _placement: int  # 2 and later: placed again under its id
 
     if TYPE_CHECKING:
 
@@ -129,8 +131,8 @@ class OrderReturns:
             raise ApplicationError(str(err), type="ReturnRefused", non_retryable=True) from None
         order = self._order
         n = len(self._view.returns) + 1
-        rma_id = rma_id_for(order.order_id, n)
-        replacement = replacement_order_id(order.order_id, n) if request.exchange else None
+        rma_id = rma_id_for(self._key, n)
+        replacement = replacement_order_id(order.order_id, n, self._placement) if request.exchange else None
         lines = [OrderLine(sku=li.sku, quantity=li.quantity) for li in request.lines]
         self._view.returns.append(
             ReturnSummary(

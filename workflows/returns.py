@@ -26,7 +26,7 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, StepRunner
+from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, StepRunner, on_channels
 
 with workflow.unsafe.imports_passed_through():
     import email_validator  # noqa: F401  (see workflows/order.py)
@@ -502,7 +502,9 @@ class ReturnWorkflow:
 
     async def _alert_ops(self, kind: str, subject: str, body: str, *, occurrence: str | None = None) -> None:
         alert = OpsAlert(order_id=self._input.order_id, kind=kind, subject=subject, body=body, occurrence=occurrence)
-        await self._messenger.send(NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}")
+        await self._messenger.send(
+            NotificationActivities.alert_ops, alert, summary=f"alert ops: {kind}", lanes=[Channel.EMAIL.value]
+        )
 
     async def _set_db(self, status: RmaStatus, note: str, label: ReturnLabel | None = None) -> None:
         await self._steps.run(
@@ -532,7 +534,13 @@ class ReturnWorkflow:
             context={"rma_id": i.rma_id, **context},
             occurrence=i.rma_id,
         )
-        await self._messenger.send(NotificationActivities.notify_customer, request, summary=f"notify {event.value}")
+        await self._messenger.send(
+            NotificationActivities.notify_customer,
+            request,
+            summary=f"notify {event.value}",
+            lanes=[c.value for c in channels],
+            narrow=on_channels,
+        )
 
     async def _progress(
         self,

@@ -16,7 +16,7 @@ Orders recorded before this behaviour raised instead: both fall-backs sit behind
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,7 +27,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from common.models import ProviderWait
+    from common.models import Channel, NotifyRequest, ProviderWait
 
 # Patch ids (see README "Changing a running workflow"): orders recorded before them replay the old way.
 WAIT_OUT_OUTAGES = "wait-out-outages"
@@ -47,8 +47,6 @@ class Step:
     non_retryable: tuple[str, ...] = ()
     # Quick attempts in the worker (1 s, 2 s, 4 s apart) before the step waits the outage out.
     local_attempts: int = 4
-    # Other providers the step talks to, told apart by the error type the activity raises.
-    providers_by_error: tuple[tuple[str, str], ...] = ()
 
     def local_options(self) -> dict[str, Any]:
         return {
@@ -81,11 +79,6 @@ class Step:
             return False  # a timeout: the provider did not answer in time
         return cause.non_retryable or (cause.type or "") in self.non_retryable
 
-    def provider_of(self, err: BaseException) -> str:
-        cause = application_error(err)
-        by_error = dict(self.providers_by_error)
-        return by_error.get(cause.type or "", self.provider) if cause is not None else self.provider
-
 
 DATABASE = Step(
     "database",
@@ -93,11 +86,7 @@ DATABASE = Step(
     non_retryable=("UnknownSkuError", "UnknownWarehouseError", "ShipmentReleased", "PickConflict", "InvalidRows"),
 )
 CARRIER = Step("carrier", timedelta(seconds=60), non_retryable=("CarrierAddressError", "CarrierRejected"))
-MESSAGES = Step(
-    "email",
-    timedelta(seconds=45),
-    providers_by_error=(("EmailUnavailable", "email"), ("SmsUnavailable", "sms")),
-)
+MESSAGES = Step("email", timedelta(seconds=45))  # each message's provider is its lane: see Messenger
 PAYMENTS = Step("payments", timedelta(seconds=30), non_retryable=("PaymentDeclined",))
 
 
@@ -138,10 +127,17 @@ class StepRunner:
         return await self.wait_out(fn, arg, step=step, summary=summary, error=first_error)
 
     async def wait_out(
-        self, fn: StepFn[_Arg, _Result], arg: _Arg, *, step: Step, summary: str, error: BaseException
+        self,
+        fn: StepFn[_Arg, _Result],
+        arg: _Arg,
+        *,
+        step: Step,
+        summary: str,
+        error: BaseException,
+        provider: str | None = None,
     ) -> _Result:
         """The provider is down: retry as a regular activity until it answers, showing what is awaited."""
-        provider = step.provider_of(error)
+        provider = provider or step.provider
         with self._waiting(ProviderWait(provider=provider, step=summary, since=workflow.now(), error=innermost(error))):
             return await workflow.execute_activity_method(
                 fn, arg, summary=f"{summary} (waiting for the {provider})", **step.patient_options()
@@ -171,54 +167,97 @@ class _Message:
     summary: str
 
 
+# A message's lanes: the providers it goes through (a customer notice: its channels; an ops alert: email).
+Lanes = Callable[[Any], list[str]]
+# The message narrowed to some of its lanes (a notice sent on the channels named).
+Narrow = Callable[[Any, list[str]], Any]
+
+
 @dataclass
 class Messenger:
-    """Sends a workflow's messages without ever failing or holding up the workflow: a message goes out at once
-    when nothing is queued before it; one that cannot go out now (its provider is down) waits in the queue,
-    with every later one behind it, and a background task sends them in order as soon as the provider is back.
-    A message that can never be sent is noted and dropped."""
+    """Sends a workflow's messages without ever failing or holding up the workflow. Each provider is a lane
+    (email, sms): a message goes out at once on every lane where nothing waits before it; its part for a lane
+    whose provider is down waits in that lane's queue, with every later message of that lane behind it, and a
+    background task per lane sends them in order as soon as the provider is back. So an email outage holds
+    back no SMS, and the customer gets each channel's messages in the order they happened. A message that can
+    never be sent is noted and dropped."""
 
     runner: StepRunner
     on_note: Callable[[str], None]
-    on_change: Callable[[], None] = lambda: None  # the queue grew or shrank
-    queue: list[_Message] = field(default_factory=list)
-    _sender: asyncio.Task[None] | None = None
-    _last_error: BaseException | None = None
+    on_change: Callable[[], None] = lambda: None  # a queue grew or shrank
+    queues: dict[str, list[_Message]] = field(default_factory=dict)
+    _senders: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _errors: dict[str, BaseException] = field(default_factory=dict)
 
-    async def send(self, fn: StepFn[_Arg, Any], arg: _Arg, *, summary: str) -> None:
-        if not self.queue:
-            try:
-                with self.runner.around_local():
-                    await workflow.execute_local_activity_method(fn, arg, summary=summary, **MESSAGES.local_options())
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    async def send(
+        self, fn: StepFn[_Arg, Any], arg: _Arg, *, summary: str, lanes: Sequence[str], narrow: Narrow | None = None
+    ) -> None:
+        busy = [lane for lane in lanes if self.queues.get(lane)]
+        free = [lane for lane in lanes if lane not in busy]
+        for lane in busy:
+            self._queue(lane, _Message(fn, _narrowed(narrow, arg, [lane]), summary))
+        if not free:
+            return
+        now = _narrowed(narrow, arg, free) if busy else arg
+        try:
+            with self.runner.around_local():
+                await workflow.execute_local_activity_method(fn, now, summary=summary, **MESSAGES.local_options())
+            return
+        except (ActivityError, ApplicationError, TimeoutError) as err:
+            if not workflow.patched(MESSAGES_NEVER_FAIL):
+                raise
+            if MESSAGES.is_permanent(err):
+                self.on_note(f"{summary}: not sent ({innermost(err)})")
                 return
-            except (ActivityError, ApplicationError, TimeoutError) as err:
-                if not workflow.patched(MESSAGES_NEVER_FAIL):
-                    raise
-                if MESSAGES.is_permanent(err):
-                    self.on_note(f"{summary}: not sent ({innermost(err)})")
-                    return
-                self.on_note(f"{summary}: waiting for the {MESSAGES.provider_of(err)} ({innermost(err)})")
-                self.queue.append(_Message(fn, arg, summary))
-                self._last_error = err
-        else:
-            self.queue.append(_Message(fn, arg, summary))
-        self.on_change()
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_queued())
+            failed = [lane for lane in _failed_lanes(err) if lane in free] or free
+            self.on_note(f"{summary}: waiting for {', '.join(failed)} ({innermost(err)})")
+            for lane in failed:
+                self._errors[lane] = err
+                self._queue(lane, _Message(fn, _narrowed(narrow, now, [lane]), summary))
 
     async def drained(self) -> None:
         """Every queued message went out (or was given up): before the workflow closes."""
-        await workflow.wait_condition(lambda: not self.queue)
+        await workflow.wait_condition(lambda: not self.waiting)
 
-    async def _send_queued(self) -> None:
-        while self.queue:
-            message = self.queue[0]
-            error = self._last_error or ApplicationError("provider unavailable")
+    def _queue(self, lane: str, message: _Message) -> None:
+        self.queues.setdefault(lane, []).append(message)
+        self.on_change()
+        sender = self._senders.get(lane)
+        if sender is None or sender.done():
+            self._senders[lane] = asyncio.create_task(self._send_queued(lane))
+
+    async def _send_queued(self, lane: str) -> None:
+        queue = self.queues[lane]
+        while queue:
+            message = queue[0]
+            error = self._errors.get(lane) or ApplicationError(f"{lane} unavailable")
             try:
-                await self.runner.wait_out(message.fn, message.arg, step=MESSAGES, summary=message.summary, error=error)
-                self.on_note(f"{message.summary}: sent")
+                await self.runner.wait_out(
+                    message.fn, message.arg, step=MESSAGES, summary=message.summary, error=error, provider=lane
+                )
+                self.on_note(f"{message.summary}: sent by {lane}")
             except (ActivityError, ApplicationError) as err:
-                self.on_note(f"{message.summary}: not sent ({innermost(err)})")
+                self.on_note(f"{message.summary}: not sent by {lane} ({innermost(err)})")
             finally:
-                self.queue.pop(0)
+                queue.pop(0)
                 self.on_change()
+
+
+def _narrowed(narrow: Narrow | None, arg: Any, lanes: list[str]) -> Any:
+    return arg if narrow is None else narrow(arg, lanes)
+
+
+def _failed_lanes(err: BaseException) -> list[str]:
+    """The lanes a message activity reported failing (its ApplicationError's details), if it did."""
+    cause = application_error(err)
+    details = cause.details if cause is not None else ()
+    return [str(lane) for lane in details[0]] if details and isinstance(details[0], list) else []
+
+
+def on_channels(request: NotifyRequest, lanes: list[str]) -> NotifyRequest:
+    """A customer notice narrowed to some of its channels (the Messenger's lanes)."""
+    return request.model_copy(update={"channels": [Channel(lane) for lane in lanes]})

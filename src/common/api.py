@@ -60,6 +60,10 @@ from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnReque
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect
 
 WORKFLOW_TYPE = "OrderWorkflow"
+# How an order's last run ended for it to be placed again under its id
+_PLACEABLE_AGAIN = frozenset(
+    {WorkflowExecutionStatus.FAILED, WorkflowExecutionStatus.TERMINATED, WorkflowExecutionStatus.TIMED_OUT}
+)
 
 
 @dataclass(frozen=True)
@@ -125,30 +129,55 @@ class FulfillmentApi:
             raise InvalidOrder([f"lines: unknown sku {sku!r} (not in the catalogue)" for sku in unknown])
         order = with_prices(order, prices)
         try:
-            handle = await self.client.start_workflow(
-                WORKFLOW_TYPE,
-                OrderWorkflowInput(order=order, policy=self.policy(), workflow_version=ORDER_WORKFLOW_VERSION),
-                id=order.workflow_id,
-                task_queue=self.settings.task_queue,
-                # An order id is placed once: a second placement starts nothing, unless the order ended FAILED
-                # (given up after waiting for ops): then it may be placed again under its id.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(ORDER_STATUS, OrderStatus.RECEIVED.value),
-                        SearchAttributePair(CUSTOMER_ID, order.customer.id),
-                        SearchAttributePair(SKUS, [line.sku for line in order.lines]),
-                        SearchAttributePair(PICK_OVERDUE, False),  # so that `PickOverdue=false` lists it
-                    ]
-                ),
-                static_summary=f"Order {order.order_id}: {sum(li.quantity for li in order.lines)} units, "
-                f"{order.shipping_speed.value} to {order.ship_to.country}",
-                result_type=OrderView,
-            )
+            handle = await self._start(order, placement=1)
         except WorkflowAlreadyStartedError:
-            raise OrderAlreadyExists(await self._already_placed(order.order_id)) from None
+            placement = await self._next_placement(order.order_id)
+            if placement is None:
+                raise OrderAlreadyExists(await self._already_placed(order.order_id)) from None
+            try:
+                handle = await self._start(order, placement=placement)
+            except WorkflowAlreadyStartedError:  # placed again by someone else just now
+                raise OrderAlreadyExists(await self._already_placed(order.order_id)) from None
         return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
+
+    async def _start(self, order: Order, *, placement: int) -> WorkflowHandle[Any, OrderView]:
+        return await self.client.start_workflow(
+            WORKFLOW_TYPE,
+            OrderWorkflowInput(
+                order=order, policy=self.policy(), workflow_version=ORDER_WORKFLOW_VERSION, placement=placement
+            ),
+            id=order.workflow_id,
+            task_queue=self.settings.task_queue,
+            # An order id is placed once: a second placement starts nothing, unless the order ended for good
+            # without being fulfilled (FAILED, or terminated): then it may be placed again (_next_placement).
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
+            if placement == 1
+            else WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(ORDER_STATUS, OrderStatus.RECEIVED.value),
+                    SearchAttributePair(CUSTOMER_ID, order.customer.id),
+                    SearchAttributePair(SKUS, [line.sku for line in order.lines]),
+                    SearchAttributePair(PICK_OVERDUE, False),  # so that `PickOverdue=false` lists it
+                ]
+            ),
+            memo={"placement": placement},
+            static_summary=f"Order {order.order_id}: {sum(li.quantity for li in order.lines)} units, "
+            f"{order.shipping_speed.value} to {order.ship_to.country}",
+            result_type=OrderView,
+        )
+
+    async def _next_placement(self, order_id: str) -> int | None:
+        """The placement number for placing `order_id` again, if its last run ended for good without being
+        fulfilled; None if it runs or ended otherwise (completed, cancelled): then it cannot be."""
+        try:
+            description = await self._handle(order_id).describe()
+        except RPCError:
+            return None
+        if description.status not in _PLACEABLE_AGAIN:
+            return None
+        return int(await description.memo_value("placement", default=1)) + 1
 
     async def _already_placed(self, order_id: str) -> str:
         message = f"order {order_id} already exists (workflow {workflow_id_for(order_id)}); nothing was started"

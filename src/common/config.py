@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # a pick confirmed) are delivered at once; every worker also runs a relay that delivers what is still
     # pending (e.g. written while the engine was unreachable) every this many seconds. 0 disables the relay.
     order_signal_relay_interval: float = Field(default=5.0, ge=0)
+    # The sweeper: every this many seconds, what orders closed without compensating (terminated) still hold is
+    # given back; its first round looks back sweep_lookback seconds. 0 disables it.
+    sweep_interval: float = Field(default=300.0, ge=0)
+    sweep_lookback: float = Field(default=7 * 24 * 3600, gt=0)
 
     # Payments (refunds of returns). No provider: every refund is declined and waits for ops, so production
     # never tells a customer about a refund that did not happen. "stripe": the Stripe adapter; stripe_api_base

@@ -122,8 +122,20 @@ class Order(_Strict):
         return {line.sku: to_cents(line.unit_price) for line in self.lines if line.unit_price is not None}
 
 
+# An order placed again under its id after it failed for good keeps its rows (reservations, pick tasks, labels,
+# messages) apart from the earlier placement's: its key is `<order_id>~<placement>`. "~" is not allowed in an
+# order id, so a key names one order.
+PLACEMENT_MARK = "~"
+
+
+def order_key(order_id: str, placement: int = 1) -> str:
+    """The key of an order's rows and business idempotency keys: the order id for its first placement."""
+    return order_id if placement <= 1 else f"{order_id}{PLACEMENT_MARK}{placement}"
+
+
 def workflow_id_for(order_id: str) -> str:
-    return f"order-{order_id}"
+    """The workflow of an order, from its id or the key of one of its placements."""
+    return f"order-{order_id.split(PLACEMENT_MARK, 1)[0]}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -322,6 +334,8 @@ class OrderWorkflowInput(BaseModel):
     # A replacement that ships only once the customer sent the goods back: the RMA it waits for (its return
     # workflow signals `return_sent` on the first carrier scan or on receipt, `return_abandoned` on expiry).
     awaiting_return: str | None = None
+    # The order's placement under its id: 2 and later once it failed for good and was placed again.
+    placement: int = Field(default=1, ge=1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -361,6 +375,8 @@ class NotifyRequest(BaseModel):
     context: dict[str, str] = Field(default_factory=dict)
     # For events that may happen more than once (a delay per new estimate): part of the idempotency key.
     occurrence: str | None = None
+    # The order's key when it is not its id (an order placed again: see order_key)
+    key: str | None = None
 
 
 class OpsAlert(BaseModel):
@@ -371,6 +387,7 @@ class OpsAlert(BaseModel):
     subject: str
     body: str
     occurrence: str | None = None
+    key: str | None = None  # the order's key when it is not its id (see order_key)
 
 
 class DeliveryResolution(StrEnum):
@@ -391,6 +408,7 @@ class ParcelRefundRequest(BaseModel):
     order_id: str
     shipment_no: int
     lines: list[OrderLine]
+    key: str | None = None  # the order's key when it is not its id (see order_key)
     unit_prices: dict[str, int] = Field(default_factory=dict)  # sku -> cents per unit paid
     payment_reference: str | None = None
     currency: str = "USD"

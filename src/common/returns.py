@@ -133,9 +133,10 @@ def return_workflow_id(rma_id: str) -> str:
     return f"return-{rma_id}"
 
 
-def replacement_order_id(order_id: str, n: int) -> str:
-    """The replacement of return n of an order: its own order `<order_id>-R<n>` (workflow order-<id>-R<n>)."""
-    return f"{order_id}-R{n}"
+def replacement_order_id(order_id: str, n: int, placement: int = 1) -> str:
+    """The replacement of return n of an order: its own order `<order_id>-R<n>` (workflow order-<id>-R<n>);
+    `<order_id>-P<placement>R<n>` for an order placed again under its id."""
+    return f"{order_id}-R{n}" if placement <= 1 else f"{order_id}-P{placement}R{n}"
 
 
 class ReturnSummary(BaseModel):

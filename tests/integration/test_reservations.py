@@ -102,7 +102,7 @@ async def test_migrated_schema_matches_table_definitions(stores: list[Store]) ->
 
     async with stores[0].engine.connect() as conn:
         assert await conn.run_sync(diff) == []
-        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0004"]
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0005"]
 
 
 async def test_concurrent_opens_migrate_once(db_url: str) -> None:

@@ -232,6 +232,8 @@ async def test_two_attempts_at_one_label_buy_it_once_and_both_get_it(
         speed=order.shipping_speed,
     )
     carrier = CarrierClient(stack_settings)
+    # Both creations are slow, so each attempt finds no shipment recorded yet and creates its own.
+    sandbox.inject_fault("create_shipment", fail_next=2, status=None, delay=0.3)
     try:
         shipping = ShippingActivities(store, carrier)
         env = ActivityEnvironment()

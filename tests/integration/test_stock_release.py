@@ -199,7 +199,9 @@ async def test_finding_5_h_a_confirmation_writes_its_signal_once(store: Store) -
 
 
 async def test_finding_10_the_sweeper_can_find_orders_that_still_hold_something(store: Store) -> None:
-    """For the sweeper (review finding 10): orders holding stock, an open pick task or a live label."""
+    """For the sweeper (review finding 10): orders holding stock, an open pick task or a place in the restock
+    queue. A label alone holds nothing: the sweeper undoes the labels of the shipments whose stock is still
+    held (a label whose parcel shipped stays purchased for good)."""
     await store.receive_stock("MUG-RED", 9, "LDN-1")
     await store.allocate("HELD", [("MUG-RED", 1)])
     await store.create_pick_task("PICKING", 1, "LDN-1", [("MUG-RED", 1)])  # no reservation: an open task alone
@@ -226,7 +228,9 @@ async def test_finding_10_the_sweeper_can_find_orders_that_still_hold_something(
     for task in await store.pick_tasks_for_order("CANCELLED"):
         await store.cancel_pick_task(task.id)
 
-    assert await store.orders_holding_resources() == ["HELD", "LABEL-BOUGHT", "LABEL-NEW", "PICKING"]
+    await store.allocate("WAITING", [("MUG-RED", 99)])  # backordered: holds its place in the queue
+    assert await store.orders_holding_resources() == ["HELD", "PICKING", "WAITING"]
+    assert await store.orders_holding_resources(["HELD", "SHIPPED", "LABEL-BOUGHT"]) == ["HELD"]
     assert [await store.shipment_reservation_status(o, 1) for o in ("HELD", "SHIPPED", "CANCELLED", "PICKING")] == [
         "held",
         "committed",

@@ -19,7 +19,8 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,11 @@ from common.api import FulfillmentApi
 from common.config import Settings
 from common.db import Store
 from common.demo import seed_demo
+from common.errors import InvalidRequest
 from common.models import OrderStatus, OrderView, workflow_id_for
 from common.returns import RmaStatus, return_workflow_id
 from common.sandbox import SandboxServers
+from common.sandbox.carrier import Progression
 from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
 from tests.conftest import TEMPORAL_CLI
 from tests.orders import order_dict
@@ -210,6 +213,132 @@ async def returned_and_refunded(stack: Stack, path: str) -> str:
     return order_id
 
 
+@asynccontextmanager
+async def parcels_wait_at_the_carrier(stack: Stack) -> AsyncIterator[None]:
+    """Labels bought meanwhile stay pre-transit for an hour, unless the scenario moves them."""
+    normal = stack.sandbox.carrier.progression
+    stack.sandbox.carrier.progression = Progression(3600, 7200, 10800)
+    try:
+        yield
+    finally:
+        stack.sandbox.carrier.progression = normal
+
+
+async def deliver(stack: Stack, order_id: str) -> OrderView:
+    view = await stack.api.order_status(order_id)
+    for step in ("in_transit", "out_for_delivery", "delivered"):
+        stack.sandbox.force_tracker_status(view.tracking_number or "", step)
+        await asyncio.sleep(1.5)  # a poll or two (every 0.5 s) sees each step
+    return await stack.finished(order_id)
+
+
+async def cancel_refused_by_the_carrier(stack: Stack, path: str) -> str:
+    async with parcels_wait_at_the_carrier(stack):
+        order_id = await stack.place(path, {"MUG-BLUE": 1})
+        await stack.confirm_pick(order_id)
+        await stack.wait_for(order_id, OrderStatus.LABELED)
+        view = await stack.api.order_status(order_id)
+        stack.sandbox.force_tracker_status(view.tracking_number or "", "in_transit")  # before the order polls
+        try:
+            await stack.api.cancel_order(order_id, "too late")
+        except InvalidRequest as refused:
+            assert "already shipped" in str(refused)
+        else:
+            raise AssertionError("the cancel of a parcel the carrier has was accepted")
+        view = await deliver(stack, order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
+async def cancelled_after_label(stack: Stack, path: str) -> str:
+    async with parcels_wait_at_the_carrier(stack):
+        order_id = await stack.place(path, {"MUG-BLUE": 1})
+        await stack.confirm_pick(order_id)
+        await stack.wait_for(order_id, OrderStatus.LABELED)
+        view = await stack.api.cancel_order(order_id, "customer called")
+    assert view.status == OrderStatus.CANCELLED, view.timeline
+    assert [s.status for s in await stack.api.store.shipments_for_order(order_id)] == ["voided"]
+    return order_id
+
+
+async def carrier_outage_waited_out(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"MUG-RED": 1})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    stack.sandbox.start_outage("carrier", seconds=12)  # through the label purchase's quick tries
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id, within=120)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
+async def messages_waited_out(stack: Stack, path: str) -> str:
+    stack.sandbox.start_outage("smtp", seconds=12)  # the confirmation email waits; the order goes on
+    order_id = await stack.place(path, {"MUG-RED": 1})
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id, within=120)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
+async def failed_then_retried(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"BOOK-ADA": 1})
+    stack.sandbox.inject_fault(
+        "create_shipment", fail_next=1, status=422, code="SHIPMENT.INVALID", message="bad parcel"
+    )
+    await stack.confirm_pick(order_id)
+    await stack.wait_for(order_id, OrderStatus.FAILED)
+    await stack.api.retry_order(order_id, "parcel data fixed")
+    view = await stack.finished(order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
+async def cancelled_in_temporal(stack: Stack, path: str) -> str:
+    order_id = await stack.place(path, {"TEE-M": 1})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    await stack.handle(order_id).cancel()  # the Web UI's button
+    view = await stack.finished(order_id)
+    assert view.status == OrderStatus.CANCELLED, view.timeline
+    return order_id
+
+
+async def released_by_a_count(stack: Stack, path: str) -> str:
+    sku = "LAMP-REC"
+    await stack.api.store.upsert_product(sku, "Desk lamp", 3900, 900)
+    await stack.api.store.receive_stock(sku, 1, "LDN-1", note="record stock")
+    order_id = await stack.place(path, {sku: 1})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    await stack.api.count_stock(sku, "LDN-1", 0, reason="not on the shelf")
+    await stack.wait_for(order_id, OrderStatus.BACKORDERED)
+    await stack.api.receive_stock(sku, 1, "LDN-1")
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    assert [p.outcome is not None for p in view.shipments] == [True, False], view.timeline
+    return order_id
+
+
+async def exchange_ships_on_return(stack: Stack, path: str) -> str:
+    api = FulfillmentApi(stack.client, stack.api.store, stack.api.settings.model_copy(update={"return_window": 20}))
+    order_id = f"REC-{path.replace('_', '-')}"
+    await api.place_order(order_dict(order_id, {"MUG-RED": 1}))
+    await stack.confirm_pick(order_id)
+    await stack.wait_for(order_id, OrderStatus.DELIVERED)
+    view = await api.request_return(order_id, {"MUG-RED": 1}, "wrong_item", exchange=True)
+    rma_id = view.returns[-1].rma_id
+    replacement = view.returns[-1].replacement_order_id or ""
+    stack.children.append(("returns", return_workflow_id(rma_id)))
+    for _ in range(150):  # the return parcel is with the carrier: the replacement ships
+        if (await api.rma_status(rma_id)).status != RmaStatus.REQUESTED:
+            break
+        await asyncio.sleep(0.2)
+    await stack.confirm_pick(replacement)
+    await api.receive_return(rma_id, [("MUG-RED", 1, "damaged")])
+    view = await stack.finished(order_id, within=90)
+    assert (await api.rma_status(rma_id)).status == RmaStatus.EXCHANGED
+    await stack.finished(replacement, within=90)
+    return order_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "happy_path": happy_path,
     "backorder_then_restock": backorder_then_restock,
@@ -226,6 +355,16 @@ SCENARIOS: dict[str, Scenario] = {
     "v2_held_then_released": held_then_released,
     "v2_address_invalid_then_fixed": address_invalid_then_fixed,
     "v2_split_over_two_warehouses": split_over_two_warehouses,
+    # Failure handling (workflows/steps.py, the patches of workflows/order.py and returns.py): recorded from then on.
+    "shipped_on_first_scan": happy_path,
+    "cancel_refused_by_the_carrier": cancel_refused_by_the_carrier,
+    "cancelled_after_label": cancelled_after_label,
+    "carrier_outage_waited_out": carrier_outage_waited_out,
+    "messages_waited_out": messages_waited_out,
+    "failed_then_retried": failed_then_retried,
+    "cancelled_in_temporal": cancelled_in_temporal,
+    "released_by_a_count": released_by_a_count,
+    "exchange_ships_on_return": exchange_ships_on_return,
 }
 
 

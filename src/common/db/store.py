@@ -1298,18 +1298,21 @@ class Store:
         )
         return next((s for s in ("held", "committed", "released") if s in statuses), "none")
 
-    async def orders_holding_resources(self) -> list[str]:
-        """Orders that still hold something a closed order must give back, sorted: held reservations, open
-        pick tasks, or labels recorded as created or purchased (for the sweeper of orders whose workflow
-        ended without compensating)."""
-        rv, pt, sh = t.reservations, t.pick_tasks, t.shipments
+    async def orders_holding_resources(self, order_ids: Iterable[str] | None = None) -> list[str]:
+        """Orders (of `order_ids`, or all) that still hold something a closed order must give back, sorted:
+        held reservations, open pick tasks, or an open backorder (which keeps its place in the restock queue).
+        For the sweeper of orders whose workflow ended without compensating; a label is only worth undoing
+        where its shipment's reservation is still held, so labels are found through those."""
+        rv, pt, bo = t.reservations, t.pick_tasks, t.backorders
         holding = union(
             select(rv.c.order_id).where(rv.c.status == "held"),
             select(pt.c.order_id).where(pt.c.status == "open"),
-            select(sh.c.order_id).where(sh.c.status.in_(("created", "purchased"))),
+            select(bo.c.order_id).where(bo.c.resolved_at.is_(None)),
         ).subquery()
-        rows = await self._read(select(holding.c.order_id).order_by(holding.c.order_id))
-        return [r.order_id for r in rows]
+        stmt = select(holding.c.order_id).order_by(holding.c.order_id)
+        if order_ids is not None:
+            stmt = stmt.where(holding.c.order_id.in_(list(order_ids)))
+        return [r.order_id for r in await self._read(stmt)]
 
     async def shipment_reservation_status(self, order_id: str, shipment_no: int) -> str:
         """Where the shipment's stock stands: "held" (reserved, or packed and waiting for the carrier),

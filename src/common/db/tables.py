@@ -142,11 +142,14 @@ stock_ledger = Table(
     Index("ix_stock_ledger_ref", "ref"),
 )
 
+# Order ids are at most 64 characters; an order placed again keys its rows `<order_id>~<placement>`.
+ORDER_KEY_LENGTH = 80
+
 reservations = Table(
     "reservations",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("order_id", String(64), nullable=False),
+    Column("order_id", String(ORDER_KEY_LENGTH), nullable=False),
     Column("sku", String(64), nullable=False),
     Column("warehouse", String(32), nullable=False),
     Column("quantity", Integer, nullable=False),
@@ -165,7 +168,7 @@ reservations = Table(
 backorders = Table(
     "backorders",
     metadata,
-    Column("order_id", String(64), primary_key=True),
+    Column("order_id", String(ORDER_KEY_LENGTH), primary_key=True),
     Column("skus", JSON, nullable=False),  # sorted list of the skus that were short
     Column("created_at", UTCDateTime, nullable=False),
     Column("resolved_at", UTCDateTime, nullable=True),
@@ -176,7 +179,7 @@ pick_tasks = Table(
     "pick_tasks",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("order_id", String(64), nullable=False),
+    Column("order_id", String(ORDER_KEY_LENGTH), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("warehouse", String(32), ForeignKey("warehouses.code"), nullable=False),
     Column("lines", JSON, nullable=False),  # [{"sku": ..., "quantity": ...}]
@@ -196,7 +199,7 @@ shipments = Table(
     "shipments",
     metadata,
     Column("key", String(200), primary_key=True),
-    Column("order_id", String(64), nullable=False),
+    Column("order_id", String(ORDER_KEY_LENGTH), nullable=False),
     Column("carrier_shipment_id", String(200), nullable=False),
     Column("carrier", String(64), nullable=True),
     Column("service", String(64), nullable=True),
@@ -215,7 +218,7 @@ notifications = Table(
     "notifications",
     metadata,
     Column("key", String(200), primary_key=True),
-    Column("order_id", String(64), nullable=False),
+    Column("order_id", String(ORDER_KEY_LENGTH), nullable=False),
     Column("event", String(64), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("recipient", String(320), nullable=False),
