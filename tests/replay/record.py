@@ -27,12 +27,13 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from common.api import FulfillmentApi
+from common.api import FulfillmentApi, with_prices
 from common.config import Settings
 from common.db import Store
 from common.demo import seed_demo
 from common.errors import InvalidRequest
-from common.models import OrderStatus, OrderView, workflow_id_for
+from common.intake import parse_order
+from common.models import OrderStatus, OrderView, OrderWorkflowInput, workflow_id_for
 from common.returns import RmaStatus, return_workflow_id
 from common.sandbox import SandboxServers
 from common.sandbox.carrier import Progression
@@ -339,6 +340,37 @@ async def exchange_ships_on_return(stack: Stack, path: str) -> str:
     return order_id
 
 
+async def placed_by_an_old_starter(stack: Stack, path: str) -> str:
+    """A starter from before workflow versions sends version 1: today's worker takes today's path anyway."""
+    order_id = f"REC-{path.replace('_', '-')}"
+    order = with_prices(parse_order(order_dict(order_id, {"MUG-RED": 1})), {"MUG-RED": 1200})
+    await stack.client.start_workflow(
+        "OrderWorkflow",
+        OrderWorkflowInput(order=order, policy=stack.api.policy(), workflow_version=1),
+        id=workflow_id_for(order_id),
+        task_queue=stack.api.settings.task_queue,
+    )
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
+async def return_failed_for_ops(stack: Stack, path: str) -> str:
+    api = FulfillmentApi(stack.client, stack.api.store, stack.api.settings.model_copy(update={"return_window": 15}))
+    order_id = f"REC-{path.replace('_', '-')}"
+    await api.place_order(order_dict(order_id, {"BOOK-ADA": 1}))
+    await stack.confirm_pick(order_id)
+    await stack.wait_for(order_id, OrderStatus.DELIVERED)
+    stack.sandbox.inject_fault("create_shipment", status=422, code="SHIPMENT.INVALID", message="no return service")
+    view = await api.request_return(order_id, {"BOOK-ADA": 1}, "no_longer_needed")
+    rma_id = view.returns[-1].rma_id
+    stack.children.append(("returns", return_workflow_id(rma_id)))
+    view = await stack.finished(order_id, within=90)
+    assert view.returns[-1].status == RmaStatus.FAILED.value, view.timeline
+    return order_id
+
+
 SCENARIOS: dict[str, Scenario] = {
     "happy_path": happy_path,
     "backorder_then_restock": backorder_then_restock,
@@ -365,6 +397,9 @@ SCENARIOS: dict[str, Scenario] = {
     "cancelled_in_temporal": cancelled_in_temporal,
     "released_by_a_count": released_by_a_count,
     "exchange_ships_on_return": exchange_ships_on_return,
+    "refunded_through_the_gateway": delivery_exception_refunded,
+    "placed_by_an_old_starter": placed_by_an_old_starter,
+    "return_failed_for_ops": return_failed_for_ops,
 }
 
 

@@ -8,6 +8,7 @@ reorders two steps, and pass once that change sits behind `workflow.patched` (te
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from temporalio.worker import Replayer
 
 from common.temporal import DATA_CONVERTER
 from tests.replay.changed_workflows import ReservesBeforeConfirming, ReservesBeforeConfirmingPatched
+from workflows import order, returns, steps
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
@@ -59,6 +61,52 @@ async def test_recorded_history_replays_against_todays_workflow(path: Path) -> N
 @pytest.mark.parametrize("path", RETURN_FILES, ids=[p.stem for p in RETURN_FILES])
 async def test_recorded_return_history_replays_against_todays_return_workflow(path: Path) -> None:
     await replay(load(path), ReturnWorkflow)
+
+
+# Each patch of the failure handling (workflows/steps.py, order.py, returns.py) has a recorded history that takes it.
+PATCHED_PATHS = {
+    "wait-out-outages": "carrier_outage_waited_out",
+    "messages-never-fail": "messages_waited_out",
+    "park-failures": "failed_then_retried",
+    "labelled-parcels-ask-the-carrier": "cancel_refused_by_the_carrier",
+    "undo-per-parcel": "cancelled_after_label",
+    "refund-through-gateway": "refunded_through_the_gateway",
+    "temporal-cancel-compensates": "cancelled_in_temporal",
+    "lean-history-for-every-order": "placed_by_an_old_starter",
+    "replacement-ships-on-return": "returns/exchange_ships_on_return",
+    "return-failures-alert-ops": "returns/return_failed_for_ops",
+}
+
+
+def patches_in(path: Path) -> set[str]:
+    found = set()
+    for event in json.loads(path.read_text())["events"]:
+        marker = event.get("markerRecordedEventAttributes", {})
+        if marker.get("markerName") == "core_patch":
+            payload = marker["details"]["patch-data"]["payloads"][0]["data"]
+            found.add(json.loads(base64.b64decode(payload))["id"])
+    return found
+
+
+def test_the_list_names_every_patch_in_the_code() -> None:
+    in_code = {
+        steps.WAIT_OUT_OUTAGES,
+        steps.MESSAGES_NEVER_FAIL,
+        order.PARK_FAILURES,
+        order.LABELLED_PARCELS_ASK_THE_CARRIER,
+        order.UNDO_PER_PARCEL,
+        order.REFUND_THROUGH_GATEWAY,
+        order.TEMPORAL_CANCEL_COMPENSATES,
+        order.LEAN_FOR_EVERY_ORDER,
+        returns.REPLACEMENT_SHIPS_ON_RETURN,
+        returns.RETURN_FAILURES_ALERT_OPS,
+    }
+    assert set(PATCHED_PATHS) == in_code
+
+
+@pytest.mark.parametrize(("patch", "path"), sorted(PATCHED_PATHS.items()))
+def test_every_patch_has_a_recorded_history_that_takes_it(patch: str, path: str) -> None:
+    assert patch in patches_in(HISTORIES / f"{path}.json"), f"record a history of {patch}: make record-histories"
 
 
 # ------------------------------------------------------------------------------------- the check has teeth
