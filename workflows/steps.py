@@ -7,8 +7,9 @@ the workflow shows what it waits for (`ProviderWait`: the order's `waiting_for`,
 Web UI, the `WaitingFor` search attribute) until the provider answers. Only errors that retrying cannot fix
 (a non-retryable ApplicationError, or a type the step lists) are raised.
 
-Messages (customer notices, ops and low-stock alerts) never hold an order up: one that cannot go out now is
-queued and sent in the background, in order, while the order goes on (`Messenger`).
+Messages (customer notices, ops and low-stock alerts) never hold an order up: what cannot go out now waits in
+a queue per provider (email, sms) and is sent in the background, in order, while the order goes on
+(`Messenger`).
 
 Orders recorded before this behaviour raised instead: both fall-backs sit behind `workflow.patched`.
 """
@@ -72,6 +73,12 @@ class Step:
             ),
         }
 
+    def provider_of(self, err: BaseException) -> str:
+        """Who is not answering: the step's provider, unless the error names another one (a label purchase
+        also writes to the database, and the database being down is what the order then waits for)."""
+        cause = application_error(err)
+        return _PROVIDER_OF_ERROR.get(cause.type or "", self.provider) if cause is not None else self.provider
+
     def is_permanent(self, err: BaseException) -> bool:
         """Retrying cannot fix it: a non-retryable ApplicationError or a type this step lists."""
         cause = application_error(err)
@@ -79,6 +86,32 @@ class Step:
             return False  # a timeout: the provider did not answer in time
         return cause.non_retryable or (cause.type or "") in self.non_retryable
 
+
+# Error types (the exception's class name, as Temporal reports it) and the provider they come from: the engine's
+# adapters raise their own transient errors; an exception from a connection the activity did not wrap is the
+# database driver's (SQLAlchemy, asyncpg, aiosqlite), or the socket under it.
+_PROVIDER_OF_ERROR = {
+    "CarrierTransientError": "carrier",
+    "PaymentUnavailable": "payments",
+    "EmailUnavailable": "email",
+    "SmsUnavailable": "sms",
+    **dict.fromkeys(
+        (
+            "OperationalError",
+            "InterfaceError",
+            "DBAPIError",
+            "DatabaseError",
+            "InternalError",
+            "ConnectionDoesNotExistError",
+            "CannotConnectNowError",
+            "ConnectionResetError",
+            "ConnectionRefusedError",
+            "ConnectionError",
+            "OSError",
+        ),
+        "database",
+    ),
+}
 
 DATABASE = Step(
     "database",
@@ -137,7 +170,7 @@ class StepRunner:
         provider: str | None = None,
     ) -> _Result:
         """The provider is down: retry as a regular activity until it answers, showing what is awaited."""
-        provider = provider or step.provider
+        provider = provider or step.provider_of(error)
         with self._waiting(ProviderWait(provider=provider, step=summary, since=workflow.now(), error=innermost(error))):
             return await workflow.execute_activity_method(
                 fn, arg, summary=f"{summary} (waiting for the {provider})", **step.patient_options()
@@ -167,9 +200,8 @@ class _Message:
     summary: str
 
 
-# A message's lanes: the providers it goes through (a customer notice: its channels; an ops alert: email).
-Lanes = Callable[[Any], list[str]]
-# The message narrowed to some of its lanes (a notice sent on the channels named).
+# A message narrowed to some of its lanes, the providers it goes through (a customer notice on some of its
+# channels; an ops alert has one lane, email).
 Narrow = Callable[[Any, list[str]], Any]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -21,14 +22,18 @@ from activities.shipping import label_key, undo_label
 from common.api import FulfillmentApi
 from common.config import Settings
 from common.db import Store
+from common.demo import seed_demo
 from common.integrations.carrier import CarrierClient
 from common.models import Address, LabelUndo, OrderStatus, OrderView, workflow_id_for
 from common.sandbox import SandboxServers
 from common.sandbox.carrier import Progression
 from common.temporal import PICK_OVERDUE
 from tests.integration.conftest import Cli
+from tests.integration.db_fixtures import postgres_schema
+from tests.integration.worker_process import TcpGate
 from tests.orders import order_dict
 from workers.reconciler import ClosedOrderSweeper
+from workers.worker import running_worker
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -127,6 +132,43 @@ async def test_finding_1_a_carrier_outage_shows_what_the_order_waits_for_and_it_
     assert waiting.status == OrderStatus.PACKED and waiting.provider_waits[0].provider == "carrier"
     assert shown.returncode == 0 and "the carrier is not answering" in shown.stdout
     assert view.provider_waits == [] and view.tracking_number
+
+
+@pytest.mark.postgres
+async def test_finding_1_a_database_outage_leaves_the_order_waiting_and_it_carries_on_when_the_database_is_back(
+    dev_server: WorkflowEnvironment, stack_settings: Settings, sandbox: SandboxServers
+) -> None:
+    """PostgreSQL fails over under the worker: its connections are cut and new ones refused for a while."""
+    async with postgres_schema() as url, TcpGate("127.0.0.1", make_url(url).port or 5432) as gate:
+        direct = await Store.open(url)  # ops' tools, on the database itself
+        await seed_demo(direct)
+        gated = await Store.open(make_url(url).set(port=gate.port).render_as_string(hide_password=False))
+        settings = stack_settings.model_copy(
+            update={"database_url": url, "task_queue": f"db-outage-{uuid.uuid4().hex[:6]}", "sweep_interval": 0}
+        )
+        api = FulfillmentApi(dev_server.client, direct, settings)
+        try:
+            async with running_worker(dev_server.client, settings, gated):
+                order_id = new_id()
+                await api.place_order(order_dict(order_id, {"MUG-RED": 1}))
+                await wait_for(api, order_id, OrderStatus.PICKING)
+                await gate.fail()  # the worker loses the database as the pick is confirmed
+                await picked(api, order_id)
+                waiting = await wait_for(api, order_id, lambda v: bool(v.provider_waits), within=90)
+                await asyncio.sleep(3)
+                still = await api.order_status(order_id)
+                gate.recover()
+                done = await wait_for(api, order_id, OrderStatus.COMPLETED, within=120)
+            labels = await direct.shipments_for_order(order_id)
+            commits = [e for e in await direct.ledger("MUG-RED") if e.kind == "commit" and e.ref == order_id]
+        finally:
+            await gated.close()
+            await direct.close()
+
+    assert waiting.provider_waits[0].provider == "database" and "the database" in (waiting.waiting_for or "")
+    assert still.status == OrderStatus.PACKED  # waiting, not failed, not undone
+    assert done.provider_waits == [] and [r.status for r in labels] == ["purchased"]
+    assert [e.delta_on_hand for e in commits] == [-1]  # committed once
 
 
 async def test_finding_1_a_failed_order_closed_failed_can_be_placed_again_under_its_id(

@@ -245,6 +245,7 @@ class TcpGate:
         self._server: asyncio.Server | None = None
         self.held = 0  # bytes read from clients and waiting for release()
         self.port = 0
+        self._down = False
 
     @property
     def address(self) -> str:
@@ -256,6 +257,14 @@ class TcpGate:
 
     def hold(self) -> None:
         self._open.clear()
+
+    async def fail(self) -> None:
+        """An outage: open connections are cut and new ones refused until recover()."""
+        self._down = True
+        await self.sever()
+
+    def recover(self) -> None:
+        self._down = False
 
     def release(self) -> None:
         self._open.set()
@@ -284,6 +293,9 @@ class TcpGate:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._down:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:

@@ -32,22 +32,12 @@ from common.models import (
     RetryRequest,
     TrackingStatus,
 )
-from common.temporal import DATA_CONVERTER, PICK_OVERDUE, WAITING_FOR, register_search_attributes
-from tests.conftest import TEMPORAL_TEST_SERVER
+from common.temporal import PICK_OVERDUE, WAITING_FOR
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
 
 HOUR, DAY, POLICY = base.HOUR, base.DAY, base.POLICY
 FakeWorld = base.FakeWorld
-
-
-@pytest.fixture
-async def env():
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=DATA_CONVERTER, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
-    ) as env:
-        await register_search_attributes(env.client)
-        yield env
 
 
 def new_order(lines: dict[str, int] | None = None) -> Order:

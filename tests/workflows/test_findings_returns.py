@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -16,23 +15,12 @@ import tests.workflows.test_order_workflow as base
 import tests.workflows.test_returns_workflow as rw
 from common.models import OrderStatus, OrderView, ResolveDeliveryRequest, TrackingStatus, workflow_id_for
 from common.returns import RmaStatus
-from common.temporal import DATA_CONVERTER, register_search_attributes
-from tests.conftest import TEMPORAL_TEST_SERVER
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
 
 HOUR, DAY = base.HOUR, base.DAY
 # Returns policy of test_returns_workflow, with the deadlines the starter sets for new orders.
 POLICY = rw.POLICY.model_copy(update={"failed_wait_s": 3 * DAY, "return_receive_timeout_s": 5 * DAY})
-
-
-@pytest.fixture
-async def env():
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=DATA_CONVERTER, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
-    ) as env:
-        await register_search_attributes(env.client)
-        yield env
 
 
 async def delivered(env: WorkflowEnvironment, lines: dict[str, int]) -> WorkflowHandle[Any, OrderView]:

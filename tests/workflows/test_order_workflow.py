@@ -50,8 +50,7 @@ from common.models import (
     TrackingStatus,
     TrackingUpdate,
 )
-from common.temporal import DATA_CONVERTER, ORDER_STATUS, PICK_OVERDUE, register_search_attributes
-from tests.conftest import TEMPORAL_TEST_SERVER
+from common.temporal import ORDER_STATUS, PICK_OVERDUE
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
 
@@ -306,15 +305,6 @@ class FakeWorld:
             self.notify_customer,
             self.alert_ops,
         ]
-
-
-@pytest.fixture
-async def env():
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=DATA_CONVERTER, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
-    ) as env:
-        await register_search_attributes(env.client)
-        yield env
 
 
 POLICY = OrderPolicy(

@@ -46,8 +46,6 @@ from common.returns import (
     refundable_units,
     return_workflow_id,
 )
-from common.temporal import DATA_CONVERTER, register_search_attributes
-from tests.conftest import TEMPORAL_TEST_SERVER
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
@@ -149,15 +147,6 @@ class ReturnsWorld(base.FakeWorld):
             self.inspect_return,
             self.refund_return,
         ]
-
-
-@pytest.fixture
-async def env():
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=DATA_CONVERTER, test_server_existing_path=str(TEMPORAL_TEST_SERVER)
-    ) as env:
-        await register_search_attributes(env.client)
-        yield env
 
 
 def returns_world(env: WorkflowEnvironment, stock: dict[str, int]) -> ReturnsWorld:
