@@ -8,7 +8,7 @@ the message is sent again (at-least-once beats a missing shipping notice). Marki
 that window a little longer than marking each as soon as it is sent: a message that went out waits for the other
 channels, up to MARK_GRACE (a quarter second), before it is marked without them. Usually all channels answer
 within milliseconds of each other, so a notification costs one write transaction after the claim instead of one
-per channel, and a crash in that window is as rare as before; a slow or hung channel never holds back the
+per channel, and a crash in that window stays rare; a slow or hung channel never holds back the
 others' mark longer than MARK_GRACE. Emails carry a deterministic Message-ID so relays and mail clients can
 drop that rare copy.
 """

@@ -46,7 +46,7 @@ def temporal_command(settings: Settings, db_file: Path) -> list[str]:
         settings.temporal_namespace,
         "--db-filename",
         str(db_file),
-        # WAL + normal sync: ~1.8x the throughput of SQLite's default file mode (DESIGN.md).
+        # WAL + normal sync: far fewer fsyncs than SQLite's default file mode (docs/performance.md).
         "--sqlite-pragma",
         "journal_mode=wal",
         "--sqlite-pragma",

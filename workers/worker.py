@@ -126,8 +126,7 @@ def cache_bytecode(settings: Settings) -> None:
     """Let Python keep compiled bytecode, under `<var_dir>/pycache`, when the environment turned it off
     (PYTHONDONTWRITEBYTECODE, usual in dev shells and container images). The workflow sandbox executes
     workflows/order.py afresh for every workflow it creates (a new order, or one evicted from the sticky
-    cache); without bytecode that means compiling the module's source each time, ~8 ms, about a tenth of
-    the worker's CPU in `make bench`."""
+    cache); without bytecode that means compiling the module's source each time (docs/performance.md)."""
     if sys.dont_write_bytecode:
         sys.pycache_prefix = str((settings.var_dir / "pycache").resolve())
         sys.dont_write_bytecode = False

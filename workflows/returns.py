@@ -2,7 +2,8 @@
 
 record the RMA -> (exchange: start the replacement order) -> buy the return label -> send it to the customer
 -> follow the return tracking (expires if the parcel never moves) -> wait for the warehouse's receive-return
--> inspect (restock resellable, write off damaged, wake backorders) -> refund (bounded retries, then ops)
+-> inspect (restock resellable, write off damaged, wake backorders)
+-> refund (an outage is waited out; a refund the gateway declines waits for ops)
 -> done. Each step is reported to the order by the `return_progress` signal, so the order's status, timeline
 and OrderStatus search attribute follow the return.
 

@@ -30,7 +30,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 with workflow.unsafe.imports_passed_through():
     from common.models import Channel, NotifyRequest, ProviderWait
 
-# Patch ids (see README "Changing a running workflow"): orders recorded before them replay the old way.
+# Patch ids (docs/changing-workflows.md): orders recorded before them replay the old way.
 WAIT_OUT_OUTAGES = "wait-out-outages"
 MESSAGES_NEVER_FAIL = "messages-never-fail"
 

@@ -2,8 +2,8 @@
 
 Visibility (what `temporal workflow list` and the Web UI's filters see) changes only when a workflow task
 completes. A task that runs several local activities in a row (reserve stock, create the pick task) passes
-through several statuses on the way, and upserting each wrote a history event and a visibility update on the
-server that nobody could ever see (`make bench`: 3-5 ms of dev-server CPU per upsert).
+through several statuses on the way, and upserting each would write a history event and a visibility update on
+the server that nobody could ever see.
 Batched, the changes are upserted together once no local activity is running, i.e. when the workflow waits
 for the outside world (a signal, a timer, a regular activity) or when it closes (`flush`).
 

@@ -1,4 +1,4 @@
-"""Every setting is an environment variable `FULFILL_<NAME>` (see README, "Configuration").
+"""Every setting is an environment variable `FULFILL_<NAME>` (docs/configuration.md lists them all).
 
 Defaults are the embedded stack that `make run` starts: everything on 127.0.0.1, data under `var/`,
 durations at demo speed (seconds). Production sets the same variables to real endpoints and hours.
@@ -87,22 +87,18 @@ class Settings(BaseSettings):
     worker_graceful_shutdown: float = 10.0
     worker_max_cached_workflows: int = Field(default=1000, ge=1)
     # Slots per task kind (unset: the SDK default, 100 each). One Python process runs all of them on one core.
-    # Workflow tasks: 20, not 100. A workflow task runs its local activities (DB steps, messages); with 100 at
-    # once on a busy worker each takes long enough (> 80% of its 10 s timeout) for the SDK to heartbeat it, an
-    # extra workflow task (3 history events, a server round trip) per order. `make bench`, N=300: 35 events
-    # per order instead of 41-49, less worker and server CPU per order, same throughput.
+    # Workflow tasks: 20, not 100. A workflow task runs its local activities (DB steps, messages); with too many
+    # at once each takes long enough for the SDK to heartbeat it, an extra workflow task per order
+    # (docs/performance.md, "Why the worker is tuned as it is").
     worker_max_concurrent_workflow_tasks: int | None = Field(default=20, ge=2)
     worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
     # Local activities: 10, fewer than the workflow tasks that issue them. The SDK's core hands Python the
-    # next local activity before any regular one (a biased select), so while local activities keep coming
-    # (orders pouring in) tracking polls, already started on the server, waited up to their 30 s timeout and
-    # were retried a poll interval later: `bench/orders.py --scale 600` stalled 3 runs in 5. With the local
-    # activity slots full, the regular ones get their turn: 5 runs of 5 steady, same throughput.
+    # next local activity before any regular one (a biased select): without the cap, tracking polls already
+    # started on the server wait behind a stream of local activities until they time out.
     worker_max_concurrent_local_activities: int | None = Field(default=10, ge=1)
     # Task pollers (workflow and activity tasks each): "autoscale" lets the server's backlog hints add pollers
-    # (up to 100) while tasks queue up; a number is a fixed maximum. The SDK default, 5 fixed, left new orders
-    # (on the shared queue: one poller in five) and tracking polls queued for seconds on a worker with free
-    # slots: `make bench`, N=300, 6.1 -> 7.6 orders/s.
+    # (up to 100) while tasks queue up; a number is a fixed maximum. A few fixed pollers leave new orders and
+    # tracking polls queued on a worker with free slots.
     worker_task_pollers: Literal["autoscale"] | int = Field(default="autoscale")
 
     # Order-signal outbox: messages to orders written with the change they report (a count releasing a parcel,

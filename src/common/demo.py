@@ -2,7 +2,7 @@
 by `make run` / `fulfill dev up` so orders can be placed straight away.
 
 POSTER-A2 starts with no stock on purpose: ordering it shows the backorder path (receive stock later
-with `fulfill stock receive POSTER-A2 5` and the waiting order continues).
+with `fulfill inventory receive POSTER-A2 5` and the waiting order continues).
 """
 
 from __future__ import annotations

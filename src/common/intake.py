@@ -1,4 +1,4 @@
-"""Order intake: parse and validate an order against the contract in DESIGN.md before anything starts."""
+"""Order intake: parse and validate an order against the contract in docs/design.md before anything starts."""
 
 from __future__ import annotations
 

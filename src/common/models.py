@@ -1,6 +1,6 @@
 """Pydantic models shared by the starter client, workflows and activities.
 
-The intake models (`Order` and its parts) are the contract in DESIGN.md: strict, so a bad order is
+The intake models (`Order` and its parts) are the contract in docs/design.md: strict, so a bad order is
 rejected with the field that is wrong before any workflow starts.
 """
 

@@ -82,10 +82,10 @@ class SqliteFileWriter:
 
     SQLite has one write lock per database, held from BEGIN IMMEDIATE to COMMIT. Through aiosqlite every
     statement is a hop to its thread and back through the event loop, which on a busy worker waits behind the
-    loop's other work: `make bench` measured the lock held ~7-18 ms per transaction for ~1 ms of SQL, and busy
-    ~95% of the run. Here the statements follow one another on the writer thread while the loop goes on, so
-    the lock is held for the SQL alone; the thread also queues this process's writers. A transaction may await
-    nothing but `conn.execute(...)`, which is answered at once."""
+    loop's other work, so the lock is held many times longer than the SQL takes (docs/performance.md). Here the
+    statements follow one another on the writer thread while the loop goes on, so the lock is held for the SQL
+    alone; the thread also queues this process's writers. A transaction may await nothing but
+    `conn.execute(...)`, which is answered at once."""
 
     def __init__(self, path_url: URL) -> None:
         engine = sqlalchemy.create_engine(

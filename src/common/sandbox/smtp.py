@@ -61,9 +61,9 @@ class OutboxHandler:
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
-        # The compat32 policy: the default policy's header registry parses every header into objects and was
-        # most of this server's CPU. Only a few headers are read here, decoded as the registry would; the
-        # EmailMessage class still finds the bodies (get_body) as before.
+        # The compat32 policy: the default policy's header registry parses every header into objects, most of
+        # this server's CPU. Only a few headers are read here, decoded as the registry would; the EmailMessage
+        # class still finds the bodies (get_body).
         msg = BytesParser(EmailMessage, policy=policy.compat32).parsebytes(raw)
         assert isinstance(msg, EmailMessage)
         text_part = msg.get_body(preferencelist=("plain",))
