@@ -3,6 +3,9 @@ idempotent in the database (reservations by order id, or (order id, shipment no)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -28,6 +31,18 @@ class InventoryActivities:
         self._store = store
         self._settings = settings or get_settings()
         self._email = email or EmailSender(self._settings)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """The activities of this domain, bound to their clients: what a worker registers."""
+        return [
+            self.reserve_stock,
+            self.release_stock,
+            self.commit_stock,
+            self.commit_shipment,
+            self.close_backorder,
+            self.release_shipment,
+            self.alert_low_stock,
+        ]
 
     @activity.defn(name="reserve_stock")
     async def reserve_stock(self, request: ReserveRequest) -> ReserveResult:
