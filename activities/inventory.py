@@ -10,20 +10,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from common.config import Settings, get_settings
-from common.db import ReservationOutcome, Store
+from common.db import Store
 from common.integrations.email import EmailSender
 from common.inventory.alerts import send_low_stock_alerts
 from common.inventory.contracts import ShipmentRef
 from common.models import OrderLine, ReserveRequest, ReserveResult, ShipmentAllocation
-
-
-def _result(outcome: ReservationOutcome) -> ReserveResult:
-    return ReserveResult(
-        reserved=outcome.reserved,
-        warehouse=outcome.warehouse,
-        short=dict(outcome.short),
-        low_stock=list(outcome.low_stock),
-    )
 
 
 class InventoryActivities:
@@ -37,7 +28,6 @@ class InventoryActivities:
         return [
             self.reserve_stock,
             self.release_stock,
-            self.commit_stock,
             self.commit_shipment,
             self.close_backorder,
             self.release_shipment,
@@ -84,10 +74,6 @@ class InventoryActivities:
     async def close_backorder(self, order_id: str) -> bool:
         """The order stops waiting for stock (the rest of it was given up); its reservations stay as they are."""
         return await self._store.close_backorder(order_id)
-
-    @activity.defn(name="commit_stock")
-    async def commit_stock(self, order_id: str) -> int:
-        return await self._store.commit_reservation(order_id)
 
     @activity.defn(name="commit_shipment")
     async def commit_shipment(self, ref: ShipmentRef) -> int:

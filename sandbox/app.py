@@ -217,12 +217,6 @@ class SandboxServers:
         return self._carrier
 
     @property
-    def twilio(self) -> TwilioSandbox:
-        if self._twilio is None:
-            raise RuntimeError("sandbox not started")
-        return self._twilio
-
-    @property
     def payments(self) -> PaymentsSandbox:
         if self._payments is None:
             raise RuntimeError("sandbox not started")

@@ -287,14 +287,6 @@ class FulfillmentApi:
         status = description.status.name.lower() if description.status else "closed"
         return InvalidRequest(f"order {order_id} is closed ({status}); nothing can change it now")
 
-    async def signal_order(self, order_id: str, signal: str, arg: Any) -> None:
-        try:
-            await self._handle(order_id).signal(signal, arg)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise OrderNotFound(f"no running order {order_id!r}") from None
-            raise
-
     # ------------------------------------------------------------------------------------------ warehouse
 
     async def open_picks(self) -> list[PickTask]:
