@@ -3,24 +3,18 @@ idempotent in the database (reservations by order id, or (order id, shipment no)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from common.config import Settings, get_settings
-from common.db import ReservationOutcome, Store
+from common.db import Store
 from common.integrations.email import EmailSender
 from common.inventory.alerts import send_low_stock_alerts
 from common.inventory.contracts import ShipmentRef
 from common.models import OrderLine, ReserveRequest, ReserveResult, ShipmentAllocation
-
-
-def _result(outcome: ReservationOutcome) -> ReserveResult:
-    return ReserveResult(
-        reserved=outcome.reserved,
-        warehouse=outcome.warehouse,
-        short=dict(outcome.short),
-        low_stock=list(outcome.low_stock),
-    )
 
 
 class InventoryActivities:
@@ -28,6 +22,17 @@ class InventoryActivities:
         self._store = store
         self._settings = settings or get_settings()
         self._email = email or EmailSender(self._settings)
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """The activities of this domain, bound to their clients: what a worker registers."""
+        return [
+            self.reserve_stock,
+            self.release_stock,
+            self.commit_shipment,
+            self.close_backorder,
+            self.release_shipment,
+            self.alert_low_stock,
+        ]
 
     @activity.defn(name="reserve_stock")
     async def reserve_stock(self, request: ReserveRequest) -> ReserveResult:
@@ -69,10 +74,6 @@ class InventoryActivities:
     async def close_backorder(self, order_id: str) -> bool:
         """The order stops waiting for stock (the rest of it was given up); its reservations stay as they are."""
         return await self._store.close_backorder(order_id)
-
-    @activity.defn(name="commit_stock")
-    async def commit_stock(self, order_id: str) -> int:
-        return await self._store.commit_reservation(order_id)
 
     @activity.defn(name="commit_shipment")
     async def commit_shipment(self, ref: ShipmentRef) -> int:

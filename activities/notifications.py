@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Callable
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -45,6 +47,13 @@ class NotificationActivities:
         self._email = email
         self._sms = sms
         self._settings = settings
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """The activities of this domain, bound to their clients: what a worker registers."""
+        return [
+            self.notify_customer,
+            self.alert_ops,
+        ]
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:

@@ -7,11 +7,13 @@ restock and write-off ledger rows, `refund:<rma>` for the payments gateway.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.shipping import parcel_of, undo_label, warehouse_address
-from common.api import wake_backordered_orders
 from common.db import Store
 from common.db.returns import ReturnsStore
 from common.db.store import ShipmentRecord
@@ -25,6 +27,7 @@ from common.integrations.carrier import (
 )
 from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
 from common.models import LabelUndo, ParcelRefundRequest, PaymentRefund
+from common.order_signals import wake_backordered_orders
 from common.returns import (
     Condition,
     InspectRequest,
@@ -50,6 +53,18 @@ class ReturnActivities:
         self._returns = ReturnsStore(store)
         self._carrier = carrier
         self._payments = payments
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """The activities of this domain, bound to their clients: what a worker registers."""
+        return [
+            self.record_rma,
+            self.set_rma_status,
+            self.buy_return_label,
+            self.void_return_label,
+            self.inspect_return,
+            self.refund_return,
+            self.refund_shipment,
+        ]
 
     @activity.defn(name="record_rma")
     async def record_rma(self, request: RecordRmaRequest) -> str:

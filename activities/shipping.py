@@ -8,8 +8,8 @@ worker finds the label it already paid for instead of buying another.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -50,6 +50,16 @@ class ShippingActivities:
         self._store = store
         self._carrier = carrier
         self._catalogue_cache: tuple[float, dict[str, Warehouse], dict[str, int]] | None = None
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """The activities of this domain, bound to their clients: what a worker registers."""
+        return [
+            self.buy_label,
+            self.void_label,
+            self.void_label_if_unshipped,
+            self.check_tracking,
+            self.await_tracking_change,
+        ]
 
     @activity.defn(name="buy_label")
     async def buy_label(self, request: LabelRequest) -> Label:

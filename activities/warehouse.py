@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -12,6 +15,15 @@ from common.models import PickShortage, PickTaskRequest
 class WarehouseActivities:
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """The activities of this domain, bound to their clients: what a worker registers."""
+        return [
+            self.create_pick_task,
+            self.cancel_pick_tasks,
+            self.cancel_pick_task,
+            self.confirm_short_pick,
+        ]
 
     @activity.defn(name="create_pick_task")
     async def create_pick_task(self, request: PickTaskRequest) -> str:

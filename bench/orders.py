@@ -54,8 +54,8 @@ from common.config import Settings
 from common.db import Store
 from common.demo import seed_demo
 from common.errors import FulfillmentError
-from common.sandbox import fetch_outbox
 from common.temporal import ORDER_STATUS
+from sandbox import fetch_outbox
 
 from floor_workflow import DEFAULT_STEPS
 from history import fetch_stats, spread_sample, summarise

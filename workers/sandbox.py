@@ -13,7 +13,7 @@ import signal
 
 from common.config import Settings, get_settings
 from common.logs import configure_logging
-from common.sandbox import SandboxServers
+from sandbox import SandboxServers
 
 log = logging.getLogger("fulfill.sandbox")
 

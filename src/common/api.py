@@ -55,7 +55,7 @@ from common.models import (
     RetryRequest,
     workflow_id_for,
 )
-from common.order_signals import DeliveryReport, deliver_order_signals
+from common.order_signals import DeliveryReport, deliver_order_signals, wake_backordered_orders
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect
 
@@ -287,14 +287,6 @@ class FulfillmentApi:
         status = description.status.name.lower() if description.status else "closed"
         return InvalidRequest(f"order {order_id} is closed ({status}); nothing can change it now")
 
-    async def signal_order(self, order_id: str, signal: str, arg: Any) -> None:
-        try:
-            await self._handle(order_id).signal(signal, arg)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise OrderNotFound(f"no running order {order_id!r}") from None
-            raise
-
     # ------------------------------------------------------------------------------------------ warehouse
 
     async def open_picks(self) -> list[PickTask]:
@@ -462,23 +454,6 @@ class FulfillmentApi:
                 status = description.status.name.lower() if description.status else "closed"
                 raise InvalidRequest(f"RMA {rma_id} is closed ({status}); nothing can change it now") from None
             raise
-
-
-async def wake_backordered_orders(client: Client, store: Store, skus: list[str]) -> list[str]:
-    """Signal `stock_received` to the orders waiting for these SKUs (after a restock or a returned unit back
-    on hand): first come, first served, and only as many as the available stock covers (see
-    Store.backorders_to_wake). Returns the orders signalled."""
-    woken = []
-    for sku in skus:
-        for order_id in await store.backorders_to_wake(sku):
-            try:
-                await client.get_workflow_handle(workflow_id_for(order_id)).signal("stock_received", sku)
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    continue  # closed meanwhile; its backorder row is stale
-                raise
-            woken.append(order_id)
-    return woken
 
 
 async def _failed_view(handle: WorkflowHandle[Any, OrderView]) -> OrderView | None:

@@ -7,6 +7,9 @@ A row is delivered at least once: a relay that dies between delivering and marki
 after its claim lapses. That is harmless for what the outbox carries: `pick_confirmed` adds a task id to a
 set, `pick_short`'s validator refuses a second shortage for one task (and the update has a fixed id, so the
 server itself drops a repeat), and `reservation_released` names the shipments it released.
+
+`wake_backordered_orders` signals `stock_received` straight to the orders, not through the outbox: the API calls
+it after a restock, the returns activity after resellable units came back on hand.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.db import OrderSignal, Store
+from common.models import workflow_id_for
 
 # Long enough for a round's rows of one workflow (each call is bounded by RPC_TIMEOUT_S), so two live relays do
 # not deliver the same row; should it lapse all the same, a row is delivered twice, which is harmless (above).
@@ -89,6 +93,23 @@ async def deliver_order_signals(
         if isinstance(outcome, BaseException):
             raise outcome
     return report
+
+
+async def wake_backordered_orders(client: Client, store: Store, skus: list[str]) -> list[str]:
+    """Signal `stock_received` to the orders waiting for these SKUs (after a restock or a returned unit back
+    on hand): first come, first served, and only as many as the available stock covers (see
+    Store.backorders_to_wake). Returns the orders signalled."""
+    woken = []
+    for sku in skus:
+        for order_id in await store.backorders_to_wake(sku):
+            try:
+                await client.get_workflow_handle(workflow_id_for(order_id)).signal("stock_received", sku)
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    continue  # closed meanwhile; its backorder row is stale
+                raise
+            woken.append(order_id)
+    return woken
 
 
 async def _deliver(client: Client, row: OrderSignal) -> str | None:

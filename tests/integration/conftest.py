@@ -18,8 +18,8 @@ from common.api import FulfillmentApi
 from common.config import Settings
 from common.db import Store
 from common.demo import seed_demo
-from common.sandbox import SandboxServers
 from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
+from sandbox import SandboxServers
 from tests.conftest import TEMPORAL_CLI
 from workers.worker import running_worker
 

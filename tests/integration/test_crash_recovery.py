@@ -46,9 +46,9 @@ from common.db import StockLevel, Store
 from common.db.engine import sqlite_path
 from common.demo import seed_demo
 from common.models import OrderStatus, OrderView
-from common.sandbox import SandboxServers
-from common.sandbox.carrier import Progression
 from common.temporal import DATA_CONVERTER, ORDER_STATUS
+from sandbox import SandboxServers
+from sandbox.carrier import Progression
 from tests.integration.worker_process import DevServerProcess, TcpGate, WorkerProcess, eventually
 from tests.orders import order_dict
 

@@ -25,9 +25,9 @@ from common.db import Store
 from common.demo import seed_demo
 from common.integrations.carrier import CarrierClient
 from common.models import Address, LabelUndo, OrderStatus, OrderView, workflow_id_for
-from common.sandbox import SandboxServers
-from common.sandbox.carrier import Progression
 from common.temporal import PICK_OVERDUE
+from sandbox import SandboxServers
+from sandbox.carrier import Progression
 from tests.integration.conftest import Cli
 from tests.integration.db_fixtures import postgres_schema
 from tests.integration.worker_process import TcpGate

@@ -16,8 +16,8 @@ from common.db import Store
 from common.integrations.email import EmailSender
 from common.inventory.contracts import ShipmentRef
 from common.models import OrderLine, ReserveRequest
-from common.sandbox.smtp import SandboxSmtpServer
-from common.sandbox.store import SandboxStore
+from sandbox.smtp import SandboxSmtpServer
+from sandbox.store import SandboxStore
 from tests.integration.db_fixtures import BACKENDS, database_url
 
 OPS = "ops@fulfill.example"

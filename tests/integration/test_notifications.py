@@ -21,7 +21,7 @@ from common.db import Store
 from common.integrations.email import EmailSender
 from common.integrations.sms import SmsSender
 from common.models import Channel, Customer, NotificationEvent, NotifyRequest, OpsAlert
-from common.sandbox import SandboxServers
+from sandbox import SandboxServers
 
 EMAIL_KEY = "notify:ORD-1:order_confirmed:email"
 SMS_KEY = "notify:ORD-1:order_confirmed:sms"

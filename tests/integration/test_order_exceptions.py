@@ -14,8 +14,8 @@ import pytest
 from common.api import FulfillmentApi
 from common.db import Store
 from common.models import OrderStatus, OrderView
-from common.sandbox import SandboxServers
-from common.sandbox.carrier import Progression
+from sandbox import SandboxServers
+from sandbox.carrier import Progression
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
 

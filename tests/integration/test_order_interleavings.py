@@ -35,8 +35,8 @@ from common.config import Settings
 from common.db import Store
 from common.errors import FulfillmentError
 from common.models import OrderStatus, OrderView, workflow_id_for
-from common.sandbox import SandboxServers
-from common.sandbox.carrier import Progression
+from sandbox import SandboxServers
+from sandbox.carrier import Progression
 from tests.integration.db_fixtures import BACKENDS, database_url
 from tests.orders import order_dict
 from workers.worker import running_worker

@@ -13,7 +13,7 @@ import pytest
 
 from common.api import FulfillmentApi
 from common.db import Store
-from common.sandbox import SandboxServers
+from sandbox import SandboxServers
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
 

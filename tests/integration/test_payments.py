@@ -22,7 +22,7 @@ from common.integrations.payments import (
     payments_gateway,
 )
 from common.integrations.stripe_payments import StripePayments
-from common.sandbox import SandboxServers
+from sandbox import SandboxServers
 from workers.devstack import with_sandbox_payments
 
 REFUND: dict[str, Any] = {

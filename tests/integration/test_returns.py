@@ -18,7 +18,7 @@ from common.db import Store
 from common.db.returns import ReturnsStore
 from common.models import OrderStatus, OrderView
 from common.returns import RmaStatus, RmaView
-from common.sandbox import SandboxServers
+from sandbox import SandboxServers
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
 

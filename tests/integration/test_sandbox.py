@@ -27,9 +27,9 @@ from common.integrations.carrier import (
 from common.integrations.email import EmailPermanentError, EmailSender, EmailTransientError
 from common.integrations.sms import SmsPermanentError, SmsSender, SmsTransientError
 from common.models import Address, ShippingSpeed, TrackingStatus
-from common.sandbox import SandboxServers, fetch_outbox
-from common.sandbox.smtp import OutboxHandler
-from common.sandbox.store import SandboxStore
+from sandbox import SandboxServers, fetch_outbox
+from sandbox.smtp import OutboxHandler
+from sandbox.store import SandboxStore
 
 STEP = 0.3  # seconds between tracker statuses in these tests
 SHIP_TO = Address(

@@ -18,7 +18,7 @@ from common.integrations.email import EmailSender, EmailTransientError
 from common.integrations.payments import PaymentUnavailable, payments_gateway
 from common.integrations.sms import SmsSender, SmsTransientError
 from common.models import Address
-from common.sandbox import SandboxServers
+from sandbox import SandboxServers
 from tests.integration.conftest import Cli
 
 SHIP_TO = Address(name="A", line1="1 Analytical Way", city="London", region="LDN", postal_code="N1 9GU", country="GB")

@@ -17,7 +17,7 @@ from common.config import Settings
 from common.db import Store
 from common.integrations.carrier import CarrierClient
 from common.models import LabelRequest, Order, OrderStatus, OrderView, PartialShipment
-from common.sandbox import SandboxServers
+from sandbox import SandboxServers
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
 

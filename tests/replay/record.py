@@ -35,9 +35,9 @@ from common.errors import InvalidRequest
 from common.intake import parse_order
 from common.models import OrderStatus, OrderView, OrderWorkflowInput, workflow_id_for
 from common.returns import RmaStatus, return_workflow_id
-from common.sandbox import SandboxServers
-from common.sandbox.carrier import Progression
 from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
+from sandbox import SandboxServers
+from sandbox.carrier import Progression
 from tests.conftest import TEMPORAL_CLI
 from tests.orders import order_dict
 from workers.worker import running_worker

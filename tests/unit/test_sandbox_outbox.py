@@ -15,8 +15,8 @@ import pytest
 from aiosmtpd.smtp import Envelope
 from aiosmtplib.email import flatten_message
 
-from common.sandbox.smtp import OutboxHandler
-from common.sandbox.store import SandboxStore
+from sandbox.smtp import OutboxHandler
+from sandbox.store import SandboxStore
 
 
 def reference_fields(raw: bytes, mail_from: str) -> dict[str, Any]:

@@ -1,14 +1,14 @@
-"""`fulfill`: the command line for order intake, ops and the warehouse. One module per area."""
+"""`fulfill`: the command line for order intake, ops and the warehouse. One module per area.
+
+The `fulfill` script is workers/cli.py: this app, plus the developer's commands where the sandbox is installed."""
 
 from __future__ import annotations
 
 import typer
 
 from common.cli.catalog import catalog_app
-from common.cli.dev import dev_app
 from common.cli.inventory import inventory_app
 from common.cli.orders import order_app
-from common.cli.outbox import outbox
 from common.cli.warehouse import warehouse_app
 
 # No locals in tracebacks: they would print customers' personal data.
@@ -22,8 +22,6 @@ app.add_typer(order_app, name="order")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(warehouse_app, name="warehouse")
-app.add_typer(dev_app, name="dev")
-app.command("outbox")(outbox)
 
 
 if __name__ == "__main__":

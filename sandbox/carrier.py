@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from common.sandbox.httputil import basic_auth
-from common.sandbox.outages import Outages
-from common.sandbox.store import SandboxStore
+from sandbox.httputil import basic_auth
+from sandbox.outages import Outages
+from sandbox.store import SandboxStore
 
 log = logging.getLogger("fulfill.sandbox.carrier")
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from common.cli._base import out, print_json, run_async
 from common.config import get_settings
-from common.sandbox import fetch_outbox
+from sandbox import fetch_outbox
 
 
 @run_async

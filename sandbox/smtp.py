@@ -20,8 +20,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from common.sandbox.outages import Outages
-from common.sandbox.store import SandboxStore
+from sandbox.outages import Outages
+from sandbox.store import SandboxStore
 
 log = logging.getLogger("fulfill.sandbox.smtp")
 

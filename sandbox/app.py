@@ -11,12 +11,12 @@ from typing import Any, Self
 from aiohttp import web
 
 from common.config import Settings
-from common.sandbox.carrier import CarrierSandbox, Progression
-from common.sandbox.outages import OutageControl, Outages
-from common.sandbox.payments import PaymentsSandbox
-from common.sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
-from common.sandbox.smtp import SandboxSmtpServer
-from common.sandbox.store import OutboxMessage, SandboxStore
+from sandbox.carrier import CarrierSandbox, Progression
+from sandbox.outages import OutageControl, Outages
+from sandbox.payments import PaymentsSandbox
+from sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
+from sandbox.smtp import SandboxSmtpServer
+from sandbox.store import OutboxMessage, SandboxStore
 
 log = logging.getLogger("fulfill.sandbox")
 
@@ -215,12 +215,6 @@ class SandboxServers:
         if self._carrier is None:
             raise RuntimeError("sandbox not started")
         return self._carrier
-
-    @property
-    def twilio(self) -> TwilioSandbox:
-        if self._twilio is None:
-            raise RuntimeError("sandbox not started")
-        return self._twilio
 
     @property
     def payments(self) -> PaymentsSandbox:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from common.cli._base import EXIT_BAD_INPUT, EXIT_REFUSED, err, out, print_json, run_async
 from common.config import get_settings
-from common.sandbox import (
+from sandbox import (
     SERVICES,
     SandboxError,
     SandboxRefused,

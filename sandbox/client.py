@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel
 
-from common.sandbox.store import OutboxMessage
+from sandbox.store import OutboxMessage
 
 
 class SandboxError(Exception):

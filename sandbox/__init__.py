@@ -1,9 +1,9 @@
 """Local servers that speak the real external APIs (SMTP, Twilio Messages, an EasyPost-shaped carrier, Stripe's
 Refunds API), so the engine's real adapters run in the demo and the tests without reaching the internet."""
 
-from common.sandbox.app import SandboxServers
-from common.sandbox.carrier import Progression
-from common.sandbox.client import (
+from sandbox.app import SandboxServers
+from sandbox.carrier import Progression
+from sandbox.client import (
     OutageInfo,
     SandboxError,
     SandboxRefused,
@@ -13,8 +13,8 @@ from common.sandbox.client import (
     list_outages,
     start_outage,
 )
-from common.sandbox.outages import SERVICES
-from common.sandbox.store import OutboxMessage
+from sandbox.outages import SERVICES
+from sandbox.store import OutboxMessage
 
 __all__ = [
     "SERVICES",

@@ -24,9 +24,9 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from yarl import URL
 
-from common.sandbox.httputil import basic_auth
-from common.sandbox.outages import Outages
-from common.sandbox.store import OutboxMessage, SandboxStore
+from sandbox.httputil import basic_auth
+from sandbox.outages import Outages
+from sandbox.store import OutboxMessage, SandboxStore
 
 log = logging.getLogger("fulfill.sandbox.sms")
 

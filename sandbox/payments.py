@@ -29,9 +29,9 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from common.sandbox.httputil import basic_auth
-from common.sandbox.outages import Outages
-from common.sandbox.store import SandboxStore
+from sandbox.httputil import basic_auth
+from sandbox.outages import Outages
+from sandbox.store import SandboxStore
 
 log = logging.getLogger("fulfill.sandbox.payments")
 
