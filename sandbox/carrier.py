@@ -274,67 +274,14 @@ class CarrierSandbox:
         body = await _json(request)
         await self._fault("create_shipment")
         data = body.get("shipment")
-        if not isinstance(data, dict):
-            return easypost_error(
-                422,
-                "PARAMETER.REQUIRED",
-                "Missing required parameter: shipment.",
-                [{"field": "shipment", "message": "is required"}],
-            )
-        to_address = data.get("to_address")
-        errors = _verify_address(to_address)
-        if errors or not isinstance(to_address, dict):
-            return easypost_error(422, "ADDRESS.VERIFY.FAILURE", "Unable to verify address.", errors)
-        from_address = data.get("from_address")
-        if not isinstance(from_address, dict):
-            return easypost_error(
-                422,
-                "PARAMETER.REQUIRED",
-                "Missing required parameter: from_address.",
-                [{"field": "from_address", "message": "is required"}],
-            )
-        shipment_id = "shp_" + secrets.token_hex(16)
+        problem = _shipment_problem(data)
+        if problem is not None:
+            return problem
+        assert isinstance(data, dict)
         now = time.time()
-        doc: dict[str, Any] = {
-            "id": shipment_id,
-            "object": "Shipment",
-            "mode": "test",
-            "reference": data.get("reference"),
-            "created_at": iso(now),
-            "updated_at": iso(now),
-            "to_address": _address(to_address),
-            "from_address": _address(from_address),
-            "parcel": {
-                "id": "prcl_" + secrets.token_hex(16),
-                "object": "Parcel",
-                **(data.get("parcel") or {}),
-            },
-            "is_return": bool(data.get("is_return", False)),
-            "options": data.get("options") or {},
-            "rates": [
-                {
-                    "id": "rate_" + secrets.token_hex(16),
-                    "object": "Rate",
-                    "carrier": carrier,
-                    "service": service,
-                    "rate": rate,
-                    "currency": "USD",
-                    "delivery_days": days,
-                    "est_delivery_days": days,
-                    "shipment_id": shipment_id,
-                }
-                for carrier, service, days, rate in RATES
-            ],
-            "selected_rate": None,
-            "postage_label": None,
-            "tracking_code": None,
-            "refund_status": None,
-            "status": "unknown",
-            "messages": [],
-            "_sandbox": {"purchased_at": None, "progression": None, "holds": [], "cancelled_at": None},
-        }
+        doc = _new_shipment(data, now)
         self._store.insert_shipment(doc)
-        log.info("shipment %s created (reference %s)", shipment_id, doc["reference"])
+        log.info("shipment %s created (reference %s)", doc["id"], doc["reference"])
         return web.json_response(self._shipment(doc, now), status=201)
 
     async def get_shipment(self, request: web.Request) -> web.Response:
@@ -590,3 +537,61 @@ async def _json(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _Reject(easypost_error(400, "BAD_REQUEST", "Body must be a JSON object."))
     return body
+
+
+def _missing(field: str) -> web.Response:
+    return easypost_error(
+        422, "PARAMETER.REQUIRED", f"Missing required parameter: {field}.", [{"field": field, "message": "is required"}]
+    )
+
+
+def _shipment_problem(data: object) -> web.Response | None:
+    """EasyPost's 422 for a shipment request it would refuse, or None."""
+    if not isinstance(data, dict):
+        return _missing("shipment")
+    to_address = data.get("to_address")
+    errors = _verify_address(to_address)
+    if errors or not isinstance(to_address, dict):
+        return easypost_error(422, "ADDRESS.VERIFY.FAILURE", "Unable to verify address.", errors)
+    if not isinstance(data.get("from_address"), dict):
+        return _missing("from_address")
+    return None
+
+
+def _new_shipment(data: dict[str, Any], now: float) -> dict[str, Any]:
+    """A stored shipment as EasyPost creates it: rated, not yet bought."""
+    shipment_id = "shp_" + secrets.token_hex(16)
+    return {
+        "id": shipment_id,
+        "object": "Shipment",
+        "mode": "test",
+        "reference": data.get("reference"),
+        "created_at": iso(now),
+        "updated_at": iso(now),
+        "to_address": _address(data["to_address"]),
+        "from_address": _address(data["from_address"]),
+        "parcel": {"id": "prcl_" + secrets.token_hex(16), "object": "Parcel", **(data.get("parcel") or {})},
+        "is_return": bool(data.get("is_return", False)),
+        "options": data.get("options") or {},
+        "rates": [
+            {
+                "id": "rate_" + secrets.token_hex(16),
+                "object": "Rate",
+                "carrier": carrier,
+                "service": service,
+                "rate": rate,
+                "currency": "USD",
+                "delivery_days": days,
+                "est_delivery_days": days,
+                "shipment_id": shipment_id,
+            }
+            for carrier, service, days, rate in RATES
+        ],
+        "selected_rate": None,
+        "postage_label": None,
+        "tracking_code": None,
+        "refund_status": None,
+        "status": "unknown",
+        "messages": [],
+        "_sandbox": {"purchased_at": None, "progression": None, "holds": [], "cancelled_at": None},
+    }

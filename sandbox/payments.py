@@ -156,47 +156,63 @@ class PaymentsSandbox:
         key = request.headers.get("Idempotency-Key")
         fingerprint = _fingerprint(request, form)
         if key is not None:
-            if len(key) > 255:
-                raise _invalid("Idempotency keys must be at most 255 characters long.", param="Idempotency-Key")
-            seen = self._store.idempotent_refund(key)
-            if seen is not None:
-                first_fingerprint, doc = seen
-                if first_fingerprint != fingerprint:
-                    return stripe_error(
-                        400,
-                        "Keys for idempotent requests can only be used with the same parameters they were first "
-                        f"used with. Try using a key other than '{key}' if you meant to execute a different "
-                        "request.",
-                        type="idempotency_error",
-                    )
-                response = web.json_response(doc)
-                response.headers["Idempotent-Replayed"] = "true"
-                return response
-
+            replayed = self._replay_refund(key, fingerprint)
+            if replayed is not None:
+                return replayed
         params, metadata = _create_params(form)
-        payment_intent = params.get("payment_intent")
-        if not payment_intent:
-            raise _invalid(
-                "One of the following params should be provided for this request: payment_intent or charge.",
-                code="parameter_missing",
-            )
-        if not PAYMENT_INTENT.match(payment_intent):
-            raise _invalid(
-                f"No such payment_intent: '{payment_intent}'", param="payment_intent", code="resource_missing"
-            )
-        if "amount" not in params:
-            raise _invalid(
-                "Missing required param: amount (the sandbox does not know the payment's total).",
-                param="amount",
-                code="parameter_missing",
-            )
-        amount = _positive_int(params["amount"], "amount")
+        payment_intent = _payment_intent(params)
+        amount = _amount(params)
         if payment_intent in self.declined:
-            charge = "ch_" + hashlib.sha256(payment_intent.encode()).hexdigest()[:24]
             raise _invalid(
-                f"Charge {charge} cannot be refunded ({self.declined[payment_intent]}).",
+                f"Charge {_charge_of(payment_intent)} cannot be refunded ({self.declined[payment_intent]}).",
                 code=self.declined[payment_intent],
             )
+        currency = self._currency(params, payment_intent)
+        doc = {
+            "id": "re_" + secrets.token_hex(12),
+            "object": "refund",
+            "amount": amount,
+            "balance_transaction": "txn_" + secrets.token_hex(12),
+            "charge": _charge_of(payment_intent),
+            "created": int(time.time()),
+            "currency": currency,
+            "destination_details": None,
+            "metadata": metadata,
+            "payment_intent": payment_intent,
+            "reason": _reason(params),
+            "receipt_number": None,
+            "source_transfer_reversal": None,
+            "status": "succeeded",
+            "transfer_reversal": None,
+        }
+        self._store.insert_refund(doc, idempotency_key=key, fingerprint=fingerprint)
+        log.info(
+            "refund %s of %d %s on %s (order %s)", doc["id"], amount, currency, payment_intent, metadata.get("order_id")
+        )
+        return web.json_response(doc)
+
+    def _replay_refund(self, key: str, fingerprint: str) -> web.Response | None:
+        """Stripe's answer to a repeated Idempotency-Key: the first response, or an error if the body differs."""
+        if len(key) > 255:
+            raise _invalid("Idempotency keys must be at most 255 characters long.", param="Idempotency-Key")
+        seen = self._store.idempotent_refund(key)
+        if seen is None:
+            return None
+        first_fingerprint, doc = seen
+        if first_fingerprint != fingerprint:
+            return stripe_error(
+                400,
+                "Keys for idempotent requests can only be used with the same parameters they were first "
+                f"used with. Try using a key other than '{key}' if you meant to execute a different "
+                "request.",
+                type="idempotency_error",
+            )
+        response = web.json_response(doc)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    def _currency(self, params: dict[str, str], payment_intent: str) -> str:
+        """The refund's currency: as asked, else the payment's (its earlier refunds'), else usd."""
         earlier = self._store.refunds(payment_intent)
         currency = params.get("currency", "").lower() or (earlier[0]["currency"] if earlier else "usd")
         if not CURRENCY.match(currency):
@@ -206,36 +222,7 @@ class PaymentsSandbox:
                 f"The refund's currency ({currency}) must be the payment's currency ({earlier[0]['currency']}).",
                 param="currency",
             )
-        reason = params.get("reason") or None
-        if reason is not None and reason not in REASONS:
-            raise _invalid(
-                f"Invalid reason: must be one of {', '.join(REASONS[:-1])}, or {REASONS[-1]}", param="reason"
-            )
-
-        refund_id = "re_" + secrets.token_hex(12)
-        doc = {
-            "id": refund_id,
-            "object": "refund",
-            "amount": amount,
-            "balance_transaction": "txn_" + secrets.token_hex(12),
-            # One charge per PaymentIntent, as Stripe's refunds of it show
-            "charge": "ch_" + hashlib.sha256(payment_intent.encode()).hexdigest()[:24],
-            "created": int(time.time()),
-            "currency": currency,
-            "destination_details": None,
-            "metadata": metadata,
-            "payment_intent": payment_intent,
-            "reason": reason,
-            "receipt_number": None,
-            "source_transfer_reversal": None,
-            "status": "succeeded",
-            "transfer_reversal": None,
-        }
-        self._store.insert_refund(doc, idempotency_key=key, fingerprint=fingerprint)
-        log.info(
-            "refund %s of %d %s on %s (order %s)", refund_id, amount, currency, payment_intent, metadata.get("order_id")
-        )
-        return web.json_response(doc)
+        return currency
 
     async def get_refund(self, request: web.Request) -> web.Response:
         refund_id = request.match_info["id"]
@@ -310,3 +297,37 @@ def _mask(key: str) -> str:
     if len(key) - len(prefix) <= 4:
         return prefix + "*" * (len(key) - len(prefix))
     return prefix + "*" * (len(key) - len(prefix) - 4) + key[-4:]
+
+
+def _charge_of(payment_intent: str) -> str:
+    # One charge per PaymentIntent, as Stripe's refunds of it show
+    return "ch_" + hashlib.sha256(payment_intent.encode()).hexdigest()[:24]
+
+
+def _payment_intent(params: dict[str, str]) -> str:
+    payment_intent = params.get("payment_intent")
+    if not payment_intent:
+        raise _invalid(
+            "One of the following params should be provided for this request: payment_intent or charge.",
+            code="parameter_missing",
+        )
+    if not PAYMENT_INTENT.match(payment_intent):
+        raise _invalid(f"No such payment_intent: '{payment_intent}'", param="payment_intent", code="resource_missing")
+    return payment_intent
+
+
+def _amount(params: dict[str, str]) -> int:
+    if "amount" not in params:
+        raise _invalid(
+            "Missing required param: amount (the sandbox does not know the payment's total).",
+            param="amount",
+            code="parameter_missing",
+        )
+    return _positive_int(params["amount"], "amount")
+
+
+def _reason(params: dict[str, str]) -> str | None:
+    reason = params.get("reason") or None
+    if reason is not None and reason not in REASONS:
+        raise _invalid(f"Invalid reason: must be one of {', '.join(REASONS[:-1])}, or {REASONS[-1]}", param="reason")
+    return reason
