@@ -25,9 +25,9 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from workflows.order_returns import OrderReturns
+from workflows.order.returns_desk import OrderReturns
+from workflows.order.timeline import FORWARD, TRACKING_TO_ORDER, Timeline, describe
 from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, Step, StepRunner, on_channels
-from workflows.visibility import SearchAttributeBatch
 
 with workflow.unsafe.imports_passed_through():
     # pydantic imports email_validator lazily when it validates an EmailStr: pass it through, or the
@@ -69,14 +69,13 @@ with workflow.unsafe.imports_passed_through():
         RetryRequest,
         ShipmentAllocation,
         ShipmentView,
-        TimelineEntry,
         TrackingPollRequest,
         TrackingStatus,
         TrackingUpdate,
         order_key,
     )
     from common.temporal import CARRIER as CARRIER_ATTR
-    from common.temporal import ORDER_STATUS, PICK_OVERDUE, TRACKING_NUMBER, WAITING_FOR
+    from common.temporal import PICK_OVERDUE, TRACKING_NUMBER
 
 
 # Orders of this OrderWorkflowInput.workflow_version and later batch their search attribute upserts
@@ -96,23 +95,7 @@ TEMPORAL_CANCEL_COMPENSATES = "temporal-cancel-compensates"  # the Web UI's canc
 _Arg = TypeVar("_Arg")
 _Result = TypeVar("_Result")
 
-# Tracking statuses in the order they happen; the order only moves forward along them.
-_TRACKING_TO_ORDER = {
-    TrackingStatus.IN_TRANSIT: OrderStatus.IN_TRANSIT,
-    TrackingStatus.OUT_FOR_DELIVERY: OrderStatus.OUT_FOR_DELIVERY,
-    TrackingStatus.AVAILABLE_FOR_PICKUP: OrderStatus.OUT_FOR_DELIVERY,
-    TrackingStatus.DELIVERED: OrderStatus.DELIVERED,
-}
 _EXCEPTION_STATUSES = frozenset({TrackingStatus.FAILURE, TrackingStatus.RETURN_TO_SENDER})
-_FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED]
-# A parcel's way through the warehouse and the carrier; the order shows its least advanced parcel.
-_PROGRESS = [
-    OrderStatus.RESERVED,
-    OrderStatus.PICKING,
-    OrderStatus.PACKED,
-    OrderStatus.ADDRESS_INVALID,
-    *_FORWARD,
-]
 _ALLOCATOR = 0  # the key of the allocator among the parts that can be parked in FAILED (parcels: their number)
 
 
@@ -151,11 +134,10 @@ class OrderWorkflow(OrderReturns):
             lines=list(input.order.lines),
             shipping_speed=input.order.shipping_speed,
         )
-        # The starter sets OrderStatus=RECEIVED when it starts the workflow: no upsert needed for it.
-        self._published_status: OrderStatus | None = OrderStatus.RECEIVED
-        self._visibility = SearchAttributeBatch()
-        self._steps = StepRunner(on_change=self._show_waits, around_local=self._visibility.local_step)
-        self._messenger = Messenger(self._steps, on_note=self._note, on_change=self._show_waits)
+        self._timeline = timeline = Timeline(self._view)
+        self._steps = StepRunner(on_change=timeline.show_waits, around_local=timeline.visibility.local_step)
+        self._messenger = Messenger(self._steps, on_note=timeline.note, on_change=timeline.show_waits)
+        timeline.watch(self._steps, self._messenger)
         self._lean = False  # set in run(): see LEAN_HISTORY
         self._restocks_seen = 0
         self._confirmed_picks: set[str] = set()
@@ -325,7 +307,7 @@ class OrderWorkflow(OrderReturns):
         self._hold_reason = None
         if self._hold_recorded_by_request and self._view.status == OrderStatus.ON_HOLD:
             # Only labelled parcels were moving: no step of the order will record the release.
-            self._record(self._status_now(), "released from hold; resuming", waiting_for=self._waiting_for_now())
+            self._record_released()
         self._hold_recorded_by_request = False
         await workflow.wait_condition(lambda: self._view.status != OrderStatus.ON_HOLD)
         return self._result()
@@ -342,7 +324,7 @@ class OrderWorkflow(OrderReturns):
     async def update_address(self, address: Address) -> OrderUpdateResult:
         self._order = self._order.model_copy(update={"ship_to": address})
         self._address_updates += 1
-        self._note("ship-to address updated by ops")
+        self._timeline.note("ship-to address updated by ops")
         return self._result()
 
     @update_address.validator
@@ -443,9 +425,7 @@ class OrderWorkflow(OrderReturns):
         return self._key if self._key != self._order.order_id else None
 
     def _result(self) -> OrderUpdateResult:
-        view = self._view
-        note = view.timeline[-1].note if view.timeline else ""
-        return OrderUpdateResult(order_id=view.order_id, status=view.status, waiting_for=view.waiting_for, note=note)
+        return self._timeline.result()
 
     # ------------------------------------------------------------------------------------------ main path
 
@@ -453,8 +433,8 @@ class OrderWorkflow(OrderReturns):
     async def run(self, input: OrderWorkflowInput) -> OrderView:
         if input.workflow_version >= LEAN_HISTORY or workflow.patched(LEAN_FOR_EVERY_ORDER):
             self._lean = True
-            self._visibility.start_batching()
-        self._record(OrderStatus.RECEIVED, self._intake_note(input))
+            self._timeline.visibility.start_batching()
+        self._timeline.record(OrderStatus.RECEIVED, self._intake_note(input))
         # The work runs in a task of its own, so that a cancel requested in Temporal (the Web UI's button)
         # reaches this loop only, and becomes a cancel request like `fulfill order cancel`.
         body = asyncio.create_task(self._run())
@@ -468,7 +448,7 @@ class OrderWorkflow(OrderReturns):
                         return await body  # the way orders recorded before the patch closed
                     self._requests.append(asyncio.create_task(self._cancel_requested_in_temporal()))
         finally:
-            self._visibility.flush()  # the final status, before the workflow closes
+            self._timeline.visibility.flush()  # the final status, before the workflow closes
 
     async def _run(self) -> OrderView:
         try:
@@ -484,7 +464,7 @@ class OrderWorkflow(OrderReturns):
             return await self._close(OrderStatus.CANCELLED, cancelled.reason)
         except (ActivityError, ApplicationError) as err:
             await self._compensate()
-            self._record(OrderStatus.FAILED, f"needs ops: {_cause(err)}")
+            self._timeline.record(OrderStatus.FAILED, f"needs ops: {_cause(err)}")
             self._closed = True
             raise ApplicationError(
                 f"order {self._order.order_id} failed: {_cause(err)}", self._view, non_retryable=True
@@ -502,7 +482,7 @@ class OrderWorkflow(OrderReturns):
         if self._failed_parts and not reached_the_customer:
             what = "; ".join(self._failed_parts)
             await self._release_stock()
-            await self._notify(NotificationEvent.FULFILMENT_FAILED, {"what": _describe(self._order.lines)})
+            await self._notify(NotificationEvent.FULFILMENT_FAILED, {"what": describe(self._order.lines)})
             await self._close(OrderStatus.FAILED, f"gave up: {what}")
             raise ApplicationError(f"order {self._order.order_id} failed: {what}", self._view, non_retryable=True)
         # Return window hook: after delivery (stock committed per parcel), before COMPLETED.
@@ -512,7 +492,7 @@ class OrderWorkflow(OrderReturns):
 
     async def _close(self, status: OrderStatus, note: str) -> OrderView:
         """The final status; the workflow ends once its queued messages went out and its handlers finished."""
-        self._record(status, note)
+        self._timeline.record(status, note)
         self._closed = True
         if self._messenger.waiting:
             await self._messenger.drained()
@@ -522,7 +502,7 @@ class OrderWorkflow(OrderReturns):
 
     def _summary(self, delivered: list[ShipmentView]) -> str:
         parcels = self._view.shipments
-        given_up = [f"{_describe(self._given_up)} cancelled (not restocked in time)"] if self._given_up else []
+        given_up = [f"{describe(self._given_up)} cancelled (not restocked in time)"] if self._given_up else []
         given_up += [f"failed: {what}" for what in self._failed_parts]
         if len(parcels) == 1:
             return "; ".join(["delivered" if delivered else "refunded", *given_up])
@@ -613,7 +593,7 @@ class OrderWorkflow(OrderReturns):
                 problem = self._problem_of(err)
                 if await self._park(None, problem):
                     continue
-                self._failed_parts.append(f"{_describe(self._unallocated)} ({problem})")
+                self._failed_parts.append(f"{describe(self._unallocated)} ({problem})")
                 await self._give_up_unallocated(f"could not be reserved: {problem}")
                 return
             if result.shipments:  # what is left waits; with nothing reserved, all of it still does
@@ -632,15 +612,15 @@ class OrderWorkflow(OrderReturns):
                 return
             short = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(result.short.items()))
             if result.shipments:
-                self._record(self._status_now(), f"shipping what is in stock; waiting for {short}")
+                self._timeline.record(self._status_now(), f"shipping what is in stock; waiting for {short}")
             elif self._view.status != OrderStatus.BACKORDERED:
-                self._record(self._status_now(), f"waiting for stock: {short}", waiting_for="a restock")
+                self._timeline.record(self._status_now(), f"waiting for stock: {short}", waiting_for="a restock")
             if not self._told_delayed:
                 self._told_delayed = True
                 # "Ships in parts" only while a parcel is really on its way; else the order just waits.
                 going = any(p.outcome is None for p in self._view.shipments)
                 event = NotificationEvent.PARTIAL_SHIPMENT if going else NotificationEvent.BACKORDERED
-                await self._notify(event, {"short": _describe(self._unallocated)})
+                await self._notify(event, {"short": describe(self._unallocated)})
             assert self._waiting_since is not None  # set above while lines wait
             give_up_at = self._waiting_since + timedelta(seconds=self._policy.backorder_max_wait_s)
             if workflow.now() >= give_up_at:
@@ -660,11 +640,11 @@ class OrderWorkflow(OrderReturns):
 
     async def _give_up_unallocated(self, why: str) -> None:
         """Stop waiting for the lines no parcel holds; the rest of the order goes on, and the customer hears."""
-        what = _describe(self._unallocated)
+        what = describe(self._unallocated)
         await self._step(InventoryActivities.close_backorder, self._key, DATABASE, "stop waiting for stock")
         self._unallocated, self._waiting_since = [], None
         self._view.backordered = []
-        self._record(self._status_now(), f"gave up waiting for {what}: that part is cancelled ({why})")
+        self._timeline.record(self._status_now(), f"gave up waiting for {what}: that part is cancelled ({why})")
         if any(p.outcome is None for p in self._view.shipments) or self._delivered_parcels():
             await self._notify(
                 NotificationEvent.PARTLY_CANCELLED, {"what": what, "reason": why}, occurrence="remainder"
@@ -678,7 +658,7 @@ class OrderWorkflow(OrderReturns):
         self._view.shipments += parcels  # all of them first: the timeline then names each parcel
         for parcel in parcels:
             self._progress[parcel.shipment_no] = _ParcelProgress()
-            what = f": {_describe(parcel.lines)}" if len(self._view.shipments) > 1 else ""
+            what = f": {describe(parcel.lines)}" if len(self._view.shipments) > 1 else ""
             self._advance(parcel, OrderStatus.RESERVED, f"reserved in {parcel.warehouse}{what}")
             self._parcels.append(asyncio.create_task(self._guard(self._ship(parcel))))
 
@@ -753,7 +733,7 @@ class OrderWorkflow(OrderReturns):
             waiting_for=f"the customer to send back the goods of {self._awaiting_return}",
         )
         await self._wait_until(lambda: self._awaiting_return is None, None, parcel)
-        self._note("the return is on its way: the replacement ships")
+        self._timeline.note("the return is on its way: the replacement ships")
 
     async def _pick(self, parcel: ShipmentView) -> bool:
         """Create the pick task and wait for it; a short pick sends the missing units back to allocation.
@@ -797,7 +777,7 @@ class OrderWorkflow(OrderReturns):
             self._advance(parcel, OrderStatus.CANCELLED, f"pick {task_id} short of everything; re-reserving it all")
             return False
         self._advance(
-            parcel, OrderStatus.PACKED, f"pick {task_id} short of {_describe(missing)}; packed the rest, re-reserving"
+            parcel, OrderStatus.PACKED, f"pick {task_id} short of {describe(missing)}; packed the rest, re-reserving"
         )
         return True
 
@@ -813,9 +793,9 @@ class OrderWorkflow(OrderReturns):
             return
         self._overdue_picks += 1
         if self._overdue_picks == 1:
-            self._visibility.stage([PICK_OVERDUE.value_set(True)])
+            self._timeline.visibility.stage([PICK_OVERDUE.value_set(True)])
         try:
-            self._note(f"pick {task_id} overdue: ops alerted")
+            self._timeline.note(f"pick {task_id} overdue: ops alerted")
             await self._alert_ops(
                 "pick_overdue",
                 f"Pick {task_id} for order {self._order.order_id} is overdue",
@@ -825,14 +805,14 @@ class OrderWorkflow(OrderReturns):
             )
             deadline = started + timedelta(seconds=policy.pick_customer_delay_after_s)
             if not await self._wait_until(picked, deadline, parcel):
-                self._note("customer told of the delay")
+                self._timeline.note("customer told of the delay")
                 await self._notify(NotificationEvent.PICK_DELAYED)
                 await self._wait_until(picked, None, parcel)
         finally:
             # Also when a count or a cancel ends the wait: PickOverdue must not stick.
             self._overdue_picks -= 1
             if self._overdue_picks == 0:
-                self._visibility.stage([PICK_OVERDUE.value_set(False)])
+                self._timeline.visibility.stage([PICK_OVERDUE.value_set(False)])
 
     async def _buy_label(self, parcel: ShipmentView, progress: _ParcelProgress) -> Label:
         """Rate-shop and buy; an address the carrier rejects parks the parcel until ops correct it."""
@@ -995,12 +975,12 @@ class OrderWorkflow(OrderReturns):
                 progress.exception_deadline = workflow.now() + timeout
                 await self._enter_delivery_exception(parcel, update)
             return
-        target = _TRACKING_TO_ORDER.get(update.status)
+        target = TRACKING_TO_ORDER.get(update.status)
         if target is None:
             return
         if parcel.status == OrderStatus.DELIVERY_EXCEPTION:
             progress.exception_deadline = None  # the carrier recovered on its own ("failure" is not final)
-        elif _FORWARD.index(target) <= _FORWARD.index(parcel.status):
+        elif FORWARD.index(target) <= FORWARD.index(parcel.status):
             return  # carrier noise or an out-of-order update: the parcel only moves forward
         self._advance(parcel, target, update.message or f"carrier reports {update.status.value}")
         context = self._tracking_context(parcel)
@@ -1072,9 +1052,8 @@ class OrderWorkflow(OrderReturns):
         if workflow.now() < estimate + timedelta(seconds=self._policy.delivery_delay_grace_s):
             return
         self._delay_notified_for[parcel.shipment_no] = estimate
-        self._note(
-            f"{_parcel_prefix(self._view, parcel)}expected delivery {estimate:%Y-%m-%d %H:%M} UTC passed; customer told"
-        )
+        prefix = self._timeline.parcel_prefix(parcel)
+        self._timeline.note(f"{prefix}expected delivery {estimate:%Y-%m-%d %H:%M} UTC passed; customer told")
         occurrence = estimate.isoformat() if parcel.shipment_no == 1 else f"{parcel.shipment_no}:{estimate.isoformat()}"
         await self._notify(
             NotificationEvent.DELIVERY_DELAYED,
@@ -1114,7 +1093,7 @@ class OrderWorkflow(OrderReturns):
             self._advance(parcel, parcel.status, f"ops: reship{note}; reserving the goods again")
             await self._notify(NotificationEvent.RESHIPPED, occurrence=_occurrence(parcel))
             return
-        context: dict[str, str] = {"what": _describe(parcel.lines), "amount": "the amount you paid for it"}
+        context: dict[str, str] = {"what": describe(parcel.lines), "amount": "the amount you paid for it"}
         if workflow.patched(REFUND_THROUGH_GATEWAY):
             order = self._order
             refund = await self._step(
@@ -1149,7 +1128,7 @@ class OrderWorkflow(OrderReturns):
         if parcel is not None:
             self._advance(parcel, OrderStatus.FAILED, f"failed: {problem}", waiting_for=waiting)
         else:
-            self._record(OrderStatus.FAILED, f"failed: {problem}", waiting_for=waiting)
+            self._timeline.record(OrderStatus.FAILED, f"failed: {problem}", waiting_for=waiting)
         await self._alert_ops(
             "order_failed",
             f"Order {self._order.order_id} needs ops: {problem}"[:200],
@@ -1169,7 +1148,7 @@ class OrderWorkflow(OrderReturns):
             if parcel is not None and before is not None:
                 self._advance(parcel, before, note, waiting_for=self._waiting_for_now())
             else:
-                self._record(self._status_now(), note, waiting_for=self._waiting_for_now())
+                self._timeline.record(self._status_now(), note, waiting_for=self._waiting_for_now())
         return retried
 
     async def _give_up_parcel(self, parcel: ShipmentView, progress: _ParcelProgress, problem: str) -> bool:
@@ -1183,7 +1162,7 @@ class OrderWorkflow(OrderReturns):
         if others and not progress.committed:
             await self._notify(
                 NotificationEvent.PARTLY_CANCELLED,
-                {"what": _describe(parcel.lines), "reason": "it could not be sent"},
+                {"what": describe(parcel.lines), "reason": "it could not be sent"},
                 occurrence=f"failed-{parcel.shipment_no}",
             )
         return True
@@ -1192,14 +1171,14 @@ class OrderWorkflow(OrderReturns):
         """Undo what the parcel did, newest first, each step retried until done: its label (only if the carrier
         does not have the parcel: False then, and nothing else is undone), its pick task, its reservation."""
         ref = ShipmentRef(order_id=self._key, shipment_no=parcel.shipment_no)
-        prefix = _parcel_prefix(self._view, parcel)
+        prefix = self._timeline.parcel_prefix(parcel)
         if progress.label_attempted:
             undo = await self._step(ShippingActivities.void_label_if_unshipped, ref, CARRIER, "void label")
             if undo.outcome == LabelUndo.IN_USE:
-                self._note(f"{prefix}label kept: {undo.note}")
+                self._timeline.note(f"{prefix}label kept: {undo.note}")
                 return False
             if undo.outcome == LabelUndo.VOIDED:
-                self._note(f"{prefix}label voided")
+                self._timeline.note(f"{prefix}label voided")
         if parcel.pick_task_id is not None:
             await self._step(WarehouseActivities.cancel_pick_task, parcel.pick_task_id, DATABASE, "cancel pick task")
         await self._step(InventoryActivities.release_shipment, ref, DATABASE, "release reservation")
@@ -1222,12 +1201,12 @@ class OrderWorkflow(OrderReturns):
         """The carrier picked the parcel up after the cancel was accepted: it is shipped, not cancelled; the rest
         of the order is, and the customer hears which part still comes."""
         self._uncancellable.add(parcel.shipment_no)
-        self._note(f"{_parcel_prefix(self._view, parcel)}the carrier has it: not cancelled, it goes on")
+        self._timeline.note(f"{self._timeline.parcel_prefix(parcel)}the carrier has it: not cancelled, it goes on")
         await self._notify(
             NotificationEvent.PARTLY_CANCELLED,
             {
-                "what": ", ".join(_describe(p.lines) for p in self._view.shipments if p is not parcel) or "nothing",
-                "reason": f"{_describe(parcel.lines)} was already on its way; return it once it arrives",
+                "what": ", ".join(describe(p.lines) for p in self._view.shipments if p is not parcel) or "nothing",
+                "reason": f"{describe(parcel.lines)} was already on its way; return it once it arrives",
             },
             occurrence=f"cancel-{parcel.shipment_no}",
         )
@@ -1263,7 +1242,7 @@ class OrderWorkflow(OrderReturns):
             return refusal
         if self._labelled() and self._view.status != OrderStatus.ON_HOLD:
             # Labelled parcels go on being followed, and may be all there is: the hold shows now.
-            self._record(OrderStatus.ON_HOLD, f"on hold: {reason}", waiting_for="release by ops")
+            self._timeline.record(OrderStatus.ON_HOLD, f"on hold: {reason}", waiting_for="release by ops")
             self._hold_recorded_by_request = True
         return None
 
@@ -1305,18 +1284,18 @@ class OrderWorkflow(OrderReturns):
         if not moved:
             return None
         where = ", ".join(f"{p.carrier} {p.tracking_number} is {u.status.value}" for p, u in moved)
-        self._note(f"{action} refused: the carrier has the parcel ({where})")
+        self._timeline.note(f"{action} refused: the carrier has the parcel ({where})")
         return f"cannot {action} order {self._order.order_id}: already shipped ({where}): request a return"
 
     async def _cancel_requested_in_temporal(self) -> None:
         if self._cancel_reason is not None or self._closed:
             return
         if self._handed_to_carrier():
-            self._note("cancel requested in Temporal refused: already shipped: request a return")
+            self._timeline.note("cancel requested in Temporal refused: already shipped: request a return")
             return
         refusal = await self._request_cancel("cancel requested in Temporal (Web UI or CLI)")
         if refusal is not None:
-            self._note(f"cancel requested in Temporal refused: {refusal}")
+            self._timeline.note(f"cancel requested in Temporal refused: {refusal}")
 
     def _interrupted(self, parcel: ShipmentView | None = None) -> bool:
         released = (
@@ -1341,12 +1320,12 @@ class OrderWorkflow(OrderReturns):
         if self._hold_reason is None:
             return
         if self._view.status != OrderStatus.ON_HOLD:  # the first of the order's parts to stop records the hold
-            self._record(OrderStatus.ON_HOLD, f"on hold: {self._hold_reason}", waiting_for="release by ops")
+            self._timeline.record(OrderStatus.ON_HOLD, f"on hold: {self._hold_reason}", waiting_for="release by ops")
         await workflow.wait_condition(lambda: self._hold_reason is None or self._cancel_confirmed)
         if self._cancel_confirmed:
             raise OrderCancelled(f"cancelled: {self._cancel_reason}")
         if self._view.status == OrderStatus.ON_HOLD:
-            self._record(self._status_now(), "released from hold; resuming", waiting_for=self._waiting_for_now())
+            self._record_released()
 
     async def _wait_until(
         self, condition: Callable[[], bool], deadline: datetime | None = None, parcel: ShipmentView | None = None
@@ -1368,32 +1347,14 @@ class OrderWorkflow(OrderReturns):
 
     # ------------------------------------------------------------------------------------------ status
 
+    def _record_released(self) -> None:
+        self._timeline.record(self._status_now(), "released from hold; resuming", waiting_for=self._waiting_for_now())
+
     def _status_now(self) -> OrderStatus:
-        """The order's status from its parts: a problem first, then waiting for stock, then the least advanced
-        parcel still going; DELIVERED once all are."""
-        if self._parked:
-            return OrderStatus.FAILED
-        going = [p for p in self._view.shipments if p.outcome is None]
-        statuses = {p.status for p in going}
-        for problem in (OrderStatus.DELIVERY_EXCEPTION, OrderStatus.ADDRESS_INVALID):
-            if problem in statuses:
-                return problem
-        if self._waiting_since is not None:
-            return OrderStatus.BACKORDERED
-        progress = [p.status for p in going if p.status in _PROGRESS]
-        if progress:
-            return min(progress, key=_PROGRESS.index)
-        if any(p.status == OrderStatus.REFUNDED for p in self._view.shipments):
-            return OrderStatus.REFUNDED
-        return self._view.status
+        return self._timeline.status_of_parts(failed=bool(self._parked), backordered=self._waiting_since is not None)
 
     def _waiting_for_now(self) -> str | None:
-        if self._waiting_since is not None:
-            return "a restock"
-        picking = [
-            p.pick_task_id for p in self._view.shipments if p.status == OrderStatus.PICKING and p.outcome is None
-        ]
-        return f"pick confirmation of {', '.join(str(t) for t in picking)}" if picking else None
+        return self._timeline.waiting_for_parts(backordered=self._waiting_since is not None)
 
     def _advance(
         self,
@@ -1405,88 +1366,16 @@ class OrderWorkflow(OrderReturns):
         also: Sequence[SearchAttributeUpdate[Any]] = (),
     ) -> None:
         """A parcel moved: its status, the order's fields that show the latest parcel, and one order transition."""
-        parcel.status = status
-        view = self._view
-        view.warehouse, view.pick_task_id = parcel.warehouse, parcel.pick_task_id
-        if parcel.tracking_number:
-            view.carrier, view.service = parcel.carrier, parcel.service
-            view.tracking_number, view.tracking_url = parcel.tracking_number, parcel.tracking_url
+        timeline = self._timeline
+        timeline.move(parcel, status)
         if self._view.status == OrderStatus.ON_HOLD and self._hold_reason is not None:
-            self._note(_parcel_prefix(view, parcel) + note)  # stays ON_HOLD until released
+            timeline.note(timeline.parcel_prefix(parcel) + note)  # stays ON_HOLD until released
             if also:
-                self._visibility.stage(also)
+                timeline.stage(also)
             return
-        self._record(self._status_now(), _parcel_prefix(view, parcel) + note, waiting_for=waiting_for, also=also)
+        timeline.record(self._status_now(), timeline.parcel_prefix(parcel) + note, waiting_for=waiting_for, also=also)
 
     # ------------------------------------------------------------------------------------------ helpers
-
-    def _record(
-        self,
-        status: OrderStatus,
-        note: str,
-        *,
-        waiting_for: str | None = None,
-        also: Sequence[SearchAttributeUpdate[Any]] = (),
-    ) -> None:
-        """One transition: timeline entry, OrderStatus search attribute (with `also`, in the same history event),
-        current details for the UI."""
-        view = self._view
-        view.status = status
-        self._waiting_base = waiting_for
-        view.waiting_for = self._compose_waiting_for()
-        view.timeline.append(TimelineEntry(at=workflow.now(), status=status, note=note))
-        updates = list(also)
-        if self._published_status != status:
-            updates.append(ORDER_STATUS.value_set(status.value))
-            self._published_status = status
-        self._visibility.stage(updates)
-        workflow.set_current_details(self._details_markdown())
-
-    def _note(self, note: str) -> None:
-        """A timeline entry without a change of status."""
-        self._view.timeline.append(TimelineEntry(at=workflow.now(), status=self._view.status, note=note))
-        workflow.set_current_details(self._details_markdown())
-
-    def _compose_waiting_for(self) -> str | None:
-        """An outage first: that is what the order waits for while it lasts."""
-        waits = list(self._steps.waits.values())
-        if waits:
-            return "; ".join(f"the {w.provider} ({w.step})" for w in waits)
-        return self._waiting_base
-
-    def _show_waits(self) -> None:
-        """A step started or stopped waiting out an outage (StepRunner.on_change)."""
-        view = self._view
-        view.provider_waits = list(self._steps.waits.values())
-        view.messages_waiting = self._messenger.waiting
-        view.waiting_for = self._compose_waiting_for()
-        providers = self._steps.providers
-        self._visibility.stage([WAITING_FOR.value_set(providers) if providers else WAITING_FOR.value_unset()])
-        workflow.set_current_details(self._details_markdown())
-
-    def _details_markdown(self) -> str:
-        v = self._view
-        rows = [f"**{v.status.value}** — order `{v.order_id}`"]
-        if v.waiting_for:
-            rows.append(f"Waiting for: {v.waiting_for}")
-        for wait in v.provider_waits:
-            rows.append(f"The {wait.provider} is not answering since {wait.since:%Y-%m-%d %H:%M} UTC: {wait.error}")
-        if v.messages_waiting:
-            rows.append(f"Messages waiting to go out: {v.messages_waiting}")
-        if len(v.shipments) > 1:
-            for p in v.shipments:
-                tracking = f", {p.carrier} [{p.tracking_number}]({p.tracking_url})" if p.tracking_number else ""
-                outcome = f" ({p.outcome})" if p.outcome else ""
-                rows.append(f"Shipment {p.shipment_no}: {p.status.value}{outcome} from {p.warehouse}{tracking}")
-        elif v.warehouse:
-            rows.append(f"Warehouse: {v.warehouse}")
-            if v.tracking_number:
-                rows.append(f"Tracking: {v.carrier} [{v.tracking_number}]({v.tracking_url})")
-        if v.backordered:
-            rows.append(f"Waiting for stock: {_describe(v.backordered)}")
-        rows.append("")
-        rows += [f"- {e.at:%Y-%m-%d %H:%M:%S} {e.status.value}: {e.note}" for e in v.timeline[-10:]]
-        return "\n".join(rows)
 
     def _tracking_context(self, parcel: ShipmentView) -> dict[str, str]:
         # The customer counts the parcels that go (or went) to them, not the ones a count or a pick undid.
@@ -1498,7 +1387,7 @@ class OrderWorkflow(OrderReturns):
             "tracking_number": parcel.tracking_number or "",
             "tracking_url": parcel.tracking_url or "",
             # "(parcel 2: TEE-M x1)" once the order has more than one parcel; nothing for a single one
-            "parcel": f" (parcel {position}: {_describe(parcel.lines)})" if len(sent) > 1 else "",
+            "parcel": f" (parcel {position}: {describe(parcel.lines)})" if len(sent) > 1 else "",
         }
 
     async def _step(
@@ -1570,10 +1459,10 @@ class OrderWorkflow(OrderReturns):
         for name, undo in reversed(self._compensations):
             try:
                 await asyncio.shield(asyncio.ensure_future(undo()))
-                self._note(f"compensated: {name}")
+                self._timeline.note(f"compensated: {name}")
             except (ActivityError, ApplicationError) as undo_err:
                 workflow.logger.error("compensation %s failed: %s", name, undo_err)
-                self._note(f"FAILED to {name}")
+                self._timeline.note(f"FAILED to {name}")
         self._compensations.clear()
 
 
@@ -1619,14 +1508,6 @@ class ParcelReleased(Exception):
 def _occurrence(parcel: ShipmentView) -> str | None:
     """Idempotency-key suffix for a parcel's messages: none for the first (as for a one-parcel order)."""
     return None if parcel.shipment_no == 1 else str(parcel.shipment_no)
-
-
-def _parcel_prefix(view: OrderView, parcel: ShipmentView) -> str:
-    return f"shipment {parcel.shipment_no}: " if len(view.shipments) > 1 else ""
-
-
-def _describe(lines: Sequence[OrderLine]) -> str:
-    return ", ".join(f"{line.sku} x{line.quantity}" for line in lines)
 
 
 def _merge(lines: Sequence[OrderLine], more: Sequence[OrderLine]) -> list[OrderLine]:

@@ -9,15 +9,15 @@ follow it. After the window (one durable timer, however long) and once every RMA
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
+
+from workflows.order.timeline import Timeline
 
 with workflow.unsafe.imports_passed_through():
     from common.models import (
@@ -67,19 +67,9 @@ class OrderReturns:
     _view: OrderView
     _key: str  # the key of the order's rows (common.models.order_key)
     _placement: int  # 2 and later: placed again under its id
+    _timeline: Timeline
 
     if TYPE_CHECKING:
-
-        def _record(
-            self,
-            status: OrderStatus,
-            note: str,
-            *,
-            waiting_for: str | None = None,
-            also: Sequence[SearchAttributeUpdate[Any]] = (),
-        ) -> None: ...
-
-        def _note(self, note: str) -> None: ...
 
         def _result(self) -> OrderUpdateResult: ...
 
@@ -147,7 +137,7 @@ class OrderReturns:
             )
         )
         what = ", ".join(f"{li.sku} x{li.quantity}" for li in lines)
-        self._record(
+        self._timeline.record(
             OrderStatus.RETURN_REQUESTED,
             f"{rma_id}: return of {what} accepted ({request.reason.value}"
             + (", exchange" if request.exchange else "")
@@ -249,16 +239,17 @@ class OrderReturns:
                 self._view.waiting_for = f"returns until {closes:%Y-%m-%d %H:%M} UTC"
             await workflow.sleep(remaining, summary=f"return window until {closes:%Y-%m-%d %H:%M} UTC")
         if state.running or state.starting:
-            self._note(f"return window closed; waiting for {', '.join(sorted({*state.running, *state.starting}))}")
+            open_rmas = ", ".join(sorted({*state.running, *state.starting}))
+            self._timeline.note(f"return window closed; waiting for {open_rmas}")
             await workflow.wait_condition(lambda: not state.running and not state.starting)
         await workflow.wait_condition(workflow.all_handlers_finished)
         settled = len(self._view.returns)
         note = f"return window closed ({settled} return{'s' if settled != 1 else ''})"
         if self._view.status != OrderStatus.DELIVERED:
-            self._record(OrderStatus.DELIVERED, note)  # back to where the goods stand, before COMPLETED
+            self._timeline.record(OrderStatus.DELIVERED, note)  # back to where the goods stand, before COMPLETED
         else:
             self._view.waiting_for = None
-            self._note(note)
+            self._timeline.note(note)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -298,9 +289,9 @@ class OrderReturns:
         note = f"{progress.rma_id}: {progress.note}"
         target = RMA_TO_ORDER_STATUS[progress.status]
         if target is None:
-            self._note(note)
+            self._timeline.note(note)
         else:
-            self._record(target, note, waiting_for=progress.waiting_for)
+            self._timeline.record(target, note, waiting_for=progress.waiting_for)
 
     def _delivered_units(self) -> dict[str, int]:
         """sku -> units delivered to the customer (parcels refunded, reshipped or lost do not count)."""
