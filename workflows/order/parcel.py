@@ -1,9 +1,7 @@
-"""One parcel of an order: its pick, its label, following its tracking to delivery, a delivery exception and
-ops' decision on it, and undoing it on a cancel or after a failure. Each parcel runs concurrently with the
-others (OrderWorkflow starts one task per parcel) and keeps how far it got, so that after a failure ops retry
-it from there (every step is idempotent anyway).
-
-Tracking (tracking.py) is infrequent polling, so a parcel that takes days costs a handful of history events.
+"""One parcel of an order: its pick, its label, following its tracking to delivery (tracking.py: the tracking
+loop, a delivery exception and ops' decision on it), and undoing it on a cancel or after a failure. Each parcel
+runs in a task of its own, concurrently with the others (the allocator starts it once its stock is reserved),
+and keeps how far it got, so that after a failure ops retry it from there (every step is idempotent anyway).
 """
 
 from __future__ import annotations
