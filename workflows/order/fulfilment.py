@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
         order_key,
     )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: parcel.py imports this module
     from workflows.order.parcel import Parcel
 
 _Arg = TypeVar("_Arg")

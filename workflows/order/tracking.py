@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
         TrackingUpdate,
     )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: parcel.py imports this module
     from workflows.order.parcel import Parcel
 
 _EXCEPTION_STATUSES = frozenset({TrackingStatus.FAILURE, TrackingStatus.RETURN_TO_SENDER})
