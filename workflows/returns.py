@@ -27,10 +27,10 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, StepRunner, on_channels
+from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, StepRunner, innermost, on_channels
 
 with workflow.unsafe.imports_passed_through():
-    import email_validator  # noqa: F401  (see workflows/order.py)
+    import email_validator  # noqa: F401  (see workflows/order/workflow.py)
 
     from activities.notifications import NotificationActivities
     from activities.returns import ReturnActivities
@@ -73,7 +73,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS
 
-# Patch ids (see workflows/order.py).
+# Patch ids (see workflows/order/patches.py).
 REPLACEMENT_SHIPS_ON_RETURN = "replacement-ships-on-return"  # an exchange ships once the goods are on their way
 RETURN_FAILURES_ALERT_OPS = "return-failures-alert-ops"
 
@@ -163,7 +163,7 @@ class ReturnWorkflow:
         try:
             view = await self._run(input)
         except (ActivityError, ApplicationError) as err:
-            problem = _cause(err)
+            problem = innermost(err)
             self._set(RmaStatus.FAILED, waiting_for="ops")
             self._view.note = problem
             await self._progress(RmaStatus.FAILED, f"return failed, needs ops: {problem}")
@@ -448,7 +448,7 @@ class ReturnWorkflow:
                 )
                 break
             except ActivityError as err:
-                problem = _cause(err)
+                problem = innermost(err)
                 self._refund_rounds += 1
                 self._refund_retry = None
                 waiting = f"ops: retry_refund on workflow return-{i.rma_id} (fulfill order retry-refund {i.rma_id})"
@@ -582,9 +582,3 @@ def _lines_text(lines: Sequence[ReturnLine | InspectionLine]) -> str:
 
 def _inspected_text(request: ReceiveReturnRequest) -> str:
     return ", ".join(f"{li.sku} x{li.quantity} ({li.condition.value})" for li in request.lines)
-
-
-def _cause(err: BaseException) -> str:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return str(err)

@@ -1,6 +1,6 @@
 """Returns on the order workflow: the return window after delivery and the `request_return` Update.
 
-A mixin that OrderWorkflow inherits (workflow.defn picks up inherited handlers). Each accepted request becomes
+The order's returns desk, a part of OrderWorkflow (whose handlers call it). Each accepted request becomes
 an RMA with its own child workflow (workflows/returns.py, id `return-<rma_id>`) that reports every step back by
 the `return_progress` signal; the order's status, timeline, `returns` summary and OrderStatus search attribute
 follow it. After the window (one durable timer, however long) and once every RMA is settled, the order closes.
@@ -9,28 +9,22 @@ follow it. After the window (one durable timer, however long) and once every RMA
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
+from workflows.order.fulfilment import Fulfilment
+
 with workflow.unsafe.imports_passed_through():
     from common.models import (
-        NotificationEvent,
-        Order,
         OrderLine,
-        OrderPolicy,
         OrderStatus,
         OrderUpdateResult,
-        OrderView,
         OrderWorkflowInput,
         ReturnSummary,
-        ShipmentView,
     )
     from common.returns import (
         FINAL_RMA_STATUSES,
@@ -53,85 +47,34 @@ _UNITS_NOT_RETURNED = frozenset({RmaStatus.EXPIRED.value, RmaStatus.FAILED.value
 _PARCEL_MOVED = frozenset({RmaStatus.IN_TRANSIT, RmaStatus.RECEIVED, RmaStatus.REFUND_FAILED, RmaStatus.REFUNDED})
 
 
-@dataclass
-class _ReturnsState:
-    running: dict[str, ChildWorkflowHandle[Any, RmaView]] = field(default_factory=dict)
-    starting: set[str] = field(default_factory=set)  # accepted, the child workflow not started yet
-    followers: list[asyncio.Task[None]] = field(default_factory=list)
+class ReturnsDesk:
+    """The order's returns: accepts `request_return` (an RMA and its return workflow each), follows each RMA
+    into the order's status and timeline, and keeps a delivered order open for the return window."""
 
+    def __init__(self, fulfilment: Fulfilment, placement: int) -> None:
+        self._fulfilment = fulfilment
+        self._view = fulfilment.view
+        self._timeline = fulfilment.timeline
+        self._placement = placement  # 2 and later: placed again under its id
+        self._running: dict[str, ChildWorkflowHandle[Any, RmaView]] = {}
+        self._starting: set[str] = set()  # accepted, the child workflow not started yet
+        self._followers: list[asyncio.Task[None]] = []
 
-class OrderReturns:
-    # Provided by OrderWorkflow.
-    _order: Order
-    _policy: OrderPolicy
-    _view: OrderView
-    _key: str  # the key of the order's rows (common.models.order_key)
-    _placement: int  # 2 and later: placed again under its id
-
-    if TYPE_CHECKING:
-
-        def _record(
-            self,
-            status: OrderStatus,
-            note: str,
-            *,
-            waiting_for: str | None = None,
-            also: Sequence[SearchAttributeUpdate[Any]] = (),
-        ) -> None: ...
-
-        def _note(self, note: str) -> None: ...
-
-        def _result(self) -> OrderUpdateResult: ...
-
-        def _delivered_parcels(self) -> list[ShipmentView]: ...
-
-        _closed: bool
-
-        async def _notify(
-            self,
-            event: NotificationEvent,
-            context: dict[str, str] | None = None,
-            *,
-            sms_only: bool = False,
-            occurrence: str | None = None,
-        ) -> None: ...
-
-    def _shipped_from(self) -> dict[str, str]:
-        """sku -> warehouse the delivered units left from (OrderWorkflow overrides this with the real answer
-        once it ships from several warehouses)."""
-        return {line.sku: self._view.warehouse or "" for line in self._order.lines}
-
-    @property
-    def _returns_state(self) -> _ReturnsState:
-        # OrderWorkflow.__init__ does not know this mixin: its state is created on first use, per instance.
-        state = self.__dict__.get("_returns_state_")
-        if state is None:
-            state = self.__dict__["_returns_state_"] = _ReturnsState()
-        return state
-
-    def _intake_note(self, input: OrderWorkflowInput) -> str:
+    def intake_note(self, input: OrderWorkflowInput) -> str:
         """The first timeline entry: a replacement order says which order and RMA it replaces."""
         if input.replacement_for:
             self._view.replacement_for = input.replacement_for
             return f"replacement for order {input.replacement_for}: order placed"
         return "order placed"
 
-    # ------------------------------------------------------------------------------------------ messages
-
-    @workflow.update(
-        description='Request a return of delivered units within the return window, e.g. {"lines": [{"sku": '
-        '"MUG-RED", "quantity": 1}], "reason": "damaged", "exchange": false}. Reasons: damaged, wrong_item, '
-        "not_as_described, no_longer_needed, other; exchange (a replacement order) only for damaged or "
-        "wrong_item. Creates an RMA, buys a return label and sends it to the customer."
-    )
     async def request_return(self, request: ReturnRequest) -> OrderUpdateResult:
         try:  # again: another request may have been accepted since this one was validated
-            self._validate_request_return(request)
+            self.validate(request)
         except ValueError as err:
             raise ApplicationError(str(err), type="ReturnRefused", non_retryable=True) from None
-        order = self._order
+        order = self._fulfilment.order
         n = len(self._view.returns) + 1
-        rma_id = rma_id_for(self._key, n)
+        rma_id = rma_id_for(self._fulfilment.key, n)
         replacement = replacement_order_id(order.order_id, n, self._placement) if request.exchange else None
         lines = [OrderLine(sku=li.sku, quantity=li.quantity) for li in request.lines]
         self._view.returns.append(
@@ -147,7 +90,7 @@ class OrderReturns:
             )
         )
         what = ", ".join(f"{li.sku} x{li.quantity}" for li in lines)
-        self._record(
+        self._timeline.record(
             OrderStatus.RETURN_REQUESTED,
             f"{rma_id}: return of {what} accepted ({request.reason.value}"
             + (", exchange" if request.exchange else "")
@@ -155,20 +98,19 @@ class OrderReturns:
             waiting_for=f"return {rma_id}",
         )
         shipped_from = self._shipped_from()
-        state = self._returns_state
-        state.starting.add(rma_id)  # open before the child starts: the order must not close meanwhile
+        self._starting.add(rma_id)  # open before the child starts: the order must not close meanwhile
         try:
             handle = await self._start_return(request, n, rma_id, replacement, shipped_from)
         finally:
-            state.starting.discard(rma_id)
-        state.running[rma_id] = handle
-        state.followers.append(asyncio.create_task(self._follow_rma(rma_id, handle)))
-        return self._result().model_copy(update={"rma_id": rma_id})
+            self._starting.discard(rma_id)
+        self._running[rma_id] = handle
+        self._followers.append(asyncio.create_task(self._follow_rma(rma_id, handle)))
+        return self._timeline.result().model_copy(update={"rma_id": rma_id})
 
     async def _start_return(
         self, request: ReturnRequest, n: int, rma_id: str, replacement: str | None, shipped_from: dict[str, str]
     ) -> ChildWorkflowHandle[Any, RmaView]:
-        order = self._order
+        order = self._fulfilment.order
         what = ", ".join(f"{li.sku} x{li.quantity}" for li in request.lines)
         # By type name: importing workflows.returns here would re-run it in the sandbox for every order.
         return await workflow.start_child_workflow(
@@ -186,7 +128,7 @@ class OrderReturns:
                 replacement_order_id=replacement,
                 note=request.note,
                 warehouses={li.sku: shipped_from.get(li.sku, "") for li in request.lines},
-                policy=self._policy,
+                policy=self._fulfilment.policy,
                 shipping_speed=order.shipping_speed.value,
                 unit_prices=order.unit_prices_cents(),
                 payment_reference=order.payment.reference if order.payment else None,
@@ -199,21 +141,21 @@ class OrderReturns:
             result_type=RmaView,
         )
 
-    @request_return.validator
-    def _validate_request_return(self, request: ReturnRequest) -> None:
-        order_id = self._order.order_id
+    def validate(self, request: ReturnRequest) -> None:
+        """The request_return validator: why the request cannot be accepted (ValueError), if it cannot."""
+        order_id = self._fulfilment.order.order_id
         status = self._view.status
-        if self._closed or status in (OrderStatus.COMPLETED, OrderStatus.CANCELLED):
+        if self._fulfilment.closed or status in (OrderStatus.COMPLETED, OrderStatus.CANCELLED):
             raise ValueError(f"order {order_id} is {status.value}: its return window is over")
         delivered_at = self._delivered_at()
         if delivered_at is None:
             raise ValueError(f"order {order_id} was not delivered (it is {status.value}): nothing to return yet")
-        closes = delivered_at + timedelta(seconds=self._policy.return_window_s)
+        closes = delivered_at + timedelta(seconds=self._fulfilment.policy.return_window_s)
         if workflow.now() >= closes:
             raise ValueError(f"the return window of order {order_id} closed on {closes:%Y-%m-%d %H:%M} UTC")
         delivered = self._delivered_units()
         returned = self._returned_units()
-        ordered = {line.sku for line in self._order.lines}
+        ordered = {line.sku for line in self._fulfilment.order.lines}
         for line in request.lines:
             if line.sku not in ordered:
                 raise ValueError(f"{line.sku} is not in order {order_id}")
@@ -226,39 +168,32 @@ class OrderReturns:
                     f"{returned.get(line.sku, 0)} already returned, so at most {left}"
                 )
 
-    @workflow.signal(
-        description="Progress of one of this order's returns (sent by its return workflow): the order's status "
-        "and timeline follow it."
-    )
-    def return_progress(self, progress: ReturnProgress) -> None:
-        self._apply_rma_progress(progress)
-
     # ------------------------------------------------------------------------------------------ window
 
-    async def _return_window(self) -> None:
+    async def window(self) -> None:
         """Keep the delivered order open for returns: one durable timer to the end of the window, then wait for
         the open RMAs to settle. With a zero window and no returns this adds nothing to history."""
-        state = self._returns_state
-        if self._policy.return_window_s <= 0 and not state.running and not state.starting:
+        if self._fulfilment.policy.return_window_s <= 0 and not self._running and not self._starting:
             return
         delivered_at = self._delivered_at() or workflow.now()
-        closes = delivered_at + timedelta(seconds=self._policy.return_window_s)
+        closes = delivered_at + timedelta(seconds=self._fulfilment.policy.return_window_s)
         remaining = closes - workflow.now()
         if remaining > timedelta(0):
             if self._view.waiting_for is None:
                 self._view.waiting_for = f"returns until {closes:%Y-%m-%d %H:%M} UTC"
             await workflow.sleep(remaining, summary=f"return window until {closes:%Y-%m-%d %H:%M} UTC")
-        if state.running or state.starting:
-            self._note(f"return window closed; waiting for {', '.join(sorted({*state.running, *state.starting}))}")
-            await workflow.wait_condition(lambda: not state.running and not state.starting)
+        if self._running or self._starting:
+            open_rmas = ", ".join(sorted({*self._running, *self._starting}))
+            self._timeline.note(f"return window closed; waiting for {open_rmas}")
+            await workflow.wait_condition(lambda: not self._running and not self._starting)
         await workflow.wait_condition(workflow.all_handlers_finished)
         settled = len(self._view.returns)
         note = f"return window closed ({settled} return{'s' if settled != 1 else ''})"
         if self._view.status != OrderStatus.DELIVERED:
-            self._record(OrderStatus.DELIVERED, note)  # back to where the goods stand, before COMPLETED
+            self._timeline.record(OrderStatus.DELIVERED, note)  # back to where the goods stand, before COMPLETED
         else:
             self._view.waiting_for = None
-            self._note(note)
+            self._timeline.note(note)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -269,20 +204,19 @@ class OrderReturns:
             final = view.status
             note = view.note or final.value.lower()
             if view.status == RmaStatus.REFUNDED and view.refund_cents is not None:
-                self._apply_rma_progress(
-                    ReturnProgress(rma_id=rma_id, status=final, note=note, refund_cents=view.refund_cents)
-                )
+                self.apply(ReturnProgress(rma_id=rma_id, status=final, note=note, refund_cents=view.refund_cents))
             else:
-                self._apply_rma_progress(ReturnProgress(rma_id=rma_id, status=final, note=note))
+                self.apply(ReturnProgress(rma_id=rma_id, status=final, note=note))
         except ChildWorkflowError as err:
             cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
-            self._apply_rma_progress(
+            self.apply(
                 ReturnProgress(rma_id=rma_id, status=RmaStatus.FAILED, note=f"return failed, needs ops: {cause}")
             )
         finally:
-            self._returns_state.running.pop(rma_id, None)
+            self._running.pop(rma_id, None)
 
-    def _apply_rma_progress(self, progress: ReturnProgress) -> None:
+    def apply(self, progress: ReturnProgress) -> None:
+        """A return workflow reported a step (the return_progress signal), or its end."""
         summary = next((r for r in self._view.returns if r.rma_id == progress.rma_id), None)
         if summary is None or summary.status in {s.value for s in FINAL_RMA_STATUSES}:
             return  # unknown, or already settled (the signal and the child's result both report the end)
@@ -298,14 +232,14 @@ class OrderReturns:
         note = f"{progress.rma_id}: {progress.note}"
         target = RMA_TO_ORDER_STATUS[progress.status]
         if target is None:
-            self._note(note)
+            self._timeline.note(note)
         else:
-            self._record(target, note, waiting_for=progress.waiting_for)
+            self._timeline.record(target, note, waiting_for=progress.waiting_for)
 
     def _delivered_units(self) -> dict[str, int]:
         """sku -> units delivered to the customer (parcels refunded, reshipped or lost do not count)."""
         units: dict[str, int] = {}
-        for parcel in self._delivered_parcels():
+        for parcel in self._fulfilment.delivered_parcels():
             for line in parcel.lines:
                 units[line.sku] = units.get(line.sku, 0) + line.quantity
         return units
@@ -321,3 +255,11 @@ class OrderReturns:
             for line in rma.lines:
                 units[line.sku] = units.get(line.sku, 0) + line.quantity
         return units
+
+    def _shipped_from(self) -> dict[str, str]:
+        """sku -> the warehouse its delivered units left from (returns go back there)."""
+        origin: dict[str, str] = {}
+        for parcel in self._fulfilment.delivered_parcels():
+            for line in parcel.lines:
+                origin.setdefault(line.sku, parcel.warehouse)
+        return origin
