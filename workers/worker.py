@@ -105,7 +105,7 @@ async def serve(settings: Settings) -> None:
 def cache_bytecode(settings: Settings) -> None:
     """Let Python keep compiled bytecode, under `<var_dir>/pycache`, when the environment turned it off
     (PYTHONDONTWRITEBYTECODE, usual in dev shells and container images). The workflow sandbox executes
-    workflows/order.py afresh for every workflow it creates (a new order, or one evicted from the sticky
+    the workflow modules afresh for every workflow it creates (a new order, or one evicted from the sticky
     cache); without bytecode that means compiling the module's source each time (docs/performance.md)."""
     if sys.dont_write_bytecode:
         sys.pycache_prefix = str((settings.var_dir / "pycache").resolve())

@@ -319,7 +319,7 @@ class HoldRequest(_Strict):
     reason: Reason
 
 
-# How OrderWorkflow runs an order, fixed when the order starts (see workflows/order.py, LEAN_HISTORY).
+# How OrderWorkflow runs an order, fixed when the order starts (see workflows/order/patches.py, LEAN_HISTORY).
 ORDER_WORKFLOW_VERSION = 2
 
 

@@ -2,7 +2,7 @@
 
 Deterministic code only: time from workflow.now(), no I/O. Every side effect is an activity with a
 business idempotency key, so retries, worker crashes and replays never double-reserve, double-buy or
-double-send. See DESIGN.md for the states and rules.
+double-send. See docs/design.md for the states and rules.
 
 This module holds what Temporal calls (the handlers and `run`) and the order's way to its end: the allocator
 (allocation.py) reserves lines as parcels, each parcel (parcel.py) goes its own way concurrently, the
