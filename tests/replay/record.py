@@ -387,7 +387,7 @@ SCENARIOS: dict[str, Scenario] = {
     "v2_held_then_released": held_then_released,
     "v2_address_invalid_then_fixed": address_invalid_then_fixed,
     "v2_split_over_two_warehouses": split_over_two_warehouses,
-    # Failure handling (the patches of workflows/order/patches.py and returns.py): recorded from then on.
+    # Failure handling (the patches in workflows/steps.py, order/patches.py, returns.py): recorded since.
     "shipped_on_first_scan": happy_path,
     "cancel_refused_by_the_carrier": cancel_refused_by_the_carrier,
     "cancelled_after_label": cancelled_after_label,

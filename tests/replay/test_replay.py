@@ -63,7 +63,7 @@ async def test_recorded_return_history_replays_against_todays_return_workflow(pa
     await replay(load(path), ReturnWorkflow)
 
 
-# Each patch of the failure handling (workflows/order/patches.py, returns.py) has a recorded history that takes it.
+# Each failure-handling patch (workflows/steps.py, order/patches.py, returns.py) has a recorded history.
 PATCHED_PATHS = {
     "wait-out-outages": "carrier_outage_waited_out",
     "messages-never-fail": "messages_waited_out",
