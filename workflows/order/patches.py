@@ -1,5 +1,5 @@
-"""How the order workflow changed while orders were running: each change sits behind a patch id (see README
-"Changing a running workflow"), so orders recorded before it replay the way they ran (tests/replay)."""
+"""How the order workflow changed while orders were running: each change sits behind a patch id (see
+docs/changing-workflows.md), so orders recorded before it replay the way they ran (tests/replay)."""
 
 # Orders of this OrderWorkflowInput.workflow_version and later batch their search attribute upserts
 # (workflows/visibility.py) and buy labels as local activities. Orders of version 1 recorded before then replay
