@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import typer
-
+from common.cli._help import CliApp
 from common.cli.catalog import catalog_app
 from common.cli.dev import dev_app
 from common.cli.inventory import inventory_app
@@ -12,7 +11,7 @@ from common.cli.outbox import outbox
 from common.cli.warehouse import warehouse_app
 
 # No locals in tracebacks: they would print customers' personal data.
-app = typer.Typer(
+app = CliApp(
     help="Order fulfillment engine.",
     no_args_is_help=True,
     add_completion=False,
