@@ -11,7 +11,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.shipping import parcel_of, undo_label, warehouse_address
-from common.api import wake_backordered_orders
 from common.db import Store
 from common.db.returns import ReturnsStore
 from common.db.store import ShipmentRecord
@@ -25,6 +24,7 @@ from common.integrations.carrier import (
 )
 from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
 from common.models import LabelUndo, ParcelRefundRequest, PaymentRefund
+from common.order_signals import wake_backordered_orders
 from common.returns import (
     Condition,
     InspectRequest,
