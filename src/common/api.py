@@ -286,7 +286,10 @@ class FulfillmentApi:
             description = await self._handle(order_id).describe()
         except RPCError:
             return OrderNotFound(f"no order {order_id!r}")
-        status = description.status.name.lower() if description.status else "closed"
+        # The order's own status (CANCELLED, COMPLETED...), not the workflow's ("completed" for a cancelled order)
+        status = description.typed_search_attributes.get(ORDER_STATUS)
+        if status is None:
+            status = description.status.name.lower() if description.status else "closed"
         return InvalidRequest(f"order {order_id} is closed ({status}); nothing can change it now")
 
     async def signal_order(self, order_id: str, signal: Callable[..., Any], arg: Any) -> None:
