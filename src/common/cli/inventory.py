@@ -92,7 +92,7 @@ async def _alert_ops(store: Store, crossings: list[LowStockCrossing]) -> None:
     finally:
         await email.close()
     if sent:
-        err.print(f"ops alerted at {settings.ops_email}", highlight=False)
+        err.print(f"ops alerted at {settings.ops_email}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,7 +165,9 @@ async def inventory_receive(
     async with await connect_api() as api:
         level = await api.receive_stock(sku, quantity, warehouse, po=po)
     closed = f" (purchase order {po} received)" if po else ""
-    out.print(f"{level.sku} @ {level.warehouse}: on hand {level.on_hand}, available {level.available}{closed}")
+    out.print(
+        f"{level.sku} @ {level.warehouse}: on hand {level.on_hand}, available {level.available}{closed}", markup=False
+    )
 
 
 @inventory_app.command("expect")
@@ -185,7 +187,9 @@ async def inventory_expect(
     async with open_store() as store:
         order = await store.expect_receipt(sku, quantity, warehouse, eta=due, po=po, note=note)
     when = f", due {order.eta}" if order.eta else ""
-    out.print(f"{order.id}: {order.quantity} x {order.sku} expected at {order.warehouse}{when}", highlight=False)
+    out.print(
+        f"{order.id}: {order.quantity} x {order.sku} expected at {order.warehouse}{when}", markup=False, highlight=False
+    )
 
 
 @inventory_app.command("incoming")
@@ -214,7 +218,7 @@ async def inventory_cancel_po(po: Annotated[str, typer.Argument(help="Purchase o
     """Cancel an open purchase order: it is no longer incoming."""
     async with open_store() as store:
         order = await store.cancel_purchase_order(po)
-    out.print(f"{order.id}: {order.status}", highlight=False)
+    out.print(f"{order.id}: {order.status}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,7 +429,7 @@ async def inventory_forecast(
         else:
             _print_forecasts(forecasts, days=days, alpha=alpha, service_level=service_level, applied=apply)
             for path in charts:
-                out.print(f"chart: {path}", highlight=False)
+                out.print(f"chart: {path}", markup=False, highlight=False)
             if apply:
                 out.print(f"reorder points stored for {len(forecasts)} SKU/warehouse pair(s)")
         await _alert_ops(store, crossings)
