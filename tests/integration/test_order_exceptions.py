@@ -169,7 +169,7 @@ async def test_hold_stops_the_order_and_release_resumes_it(api: FulfillmentApi, 
     assert statuses[:6] == ["RECEIVED", "RESERVED", "PICKING", "ON_HOLD", "PICKING", "PACKED"]
 
     not_held = await run_cli(cli, "order", "release", order_id)
-    assert not_held.returncode == 2 and "is closed (completed)" in not_held.stderr
+    assert not_held.returncode == 2 and "is closed (COMPLETED)" in not_held.stderr
 
 
 async def test_release_of_an_order_not_on_hold_is_refused(api: FulfillmentApi, cli: Cli) -> None:
