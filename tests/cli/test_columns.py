@@ -72,7 +72,8 @@ def test_order_returns_keeps_rmas_and_tracking_whole() -> None:
 
 @pytest.mark.usefixtures("engine")
 def test_picks_and_order_list_keep_ids_whole() -> None:
-    assert_readable(ok(fulfill("warehouse", "picks")), "PICK-ORD-RET-7-2", "ORD-RET-7", "NYC-1")
+    picks = ok(fulfill("warehouse", "picks"))
+    assert_readable(picks, "PICK-ORD-RET-7-2", "ORD-RET-7", "NYC-1", "POSTER-A2 x1", "BOOK-ADA x2")
     assert_readable(ok(fulfill("order", "list")), "ORD-RET-7", "RETURN_IN_TRANSIT", "C-42", "2026-12-01")
 
 

@@ -16,6 +16,7 @@ UNKNOWN_SKU = [
     ["inventory", "count", "NOSUCH", "--warehouse", "LDN-1", "--counted", "3"],
     ["inventory", "adjust", "NOSUCH", "2", "--warehouse", "LDN-1", "--reason", "found"],
     ["inventory", "expect", "NOSUCH", "2", "--warehouse", "LDN-1"],
+    ["inventory", "reorder-point", "NOSUCH", "5", "--warehouse", "LDN-1"],
 ]
 
 

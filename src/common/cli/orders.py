@@ -110,7 +110,7 @@ def _print_parcels(view: OrderView) -> None:
     if len(view.shipments) > 1:
         parcels = table(key("parcel"), key("from"), "lines", "status", "tracking")
         for p in view.shipments:
-            lines = ", ".join(f"{li.sku} x{li.quantity}" for li in p.lines)
+            lines = "\n".join(f"{li.sku} x{li.quantity}" for li in p.lines)
             status = p.status.value + (f" ({p.outcome})" if p.outcome else "")
             tracking = f"{p.carrier} {p.tracking_number}" if p.tracking_number else ""
             parcels.add_row(str(p.shipment_no), p.warehouse, lines, status, tracking)

@@ -30,7 +30,7 @@ async def warehouse_picks(
         return
     shown = table(key("task"), key("order"), key("warehouse"), "lines", time_column("created (UTC)"))
     for t in tasks:
-        lines = ", ".join(f"{sku} x{qty}" for sku, qty in t.lines)
+        lines = "\n".join(f"{sku} x{qty}" for sku, qty in t.lines)
         shown.add_row(t.id, t.order_id, t.warehouse, lines, stamp(t.created_at))
     out.print(shown)
 
