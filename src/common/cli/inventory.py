@@ -405,27 +405,7 @@ async def inventory_forecast(
             crossings = await store.set_reorder_points({(f.sku, f.warehouse): f.plan.reorder_point for f in forecasts})
 
         if as_json:
-            print_json(
-                [
-                    {
-                        "sku": f.sku,
-                        "warehouse": f.warehouse,
-                        "available": f.position.available,
-                        "incoming": f.position.incoming,
-                        "history_days": len(f.demand),
-                        "demand_per_day": round(f.plan.mean_daily, 3),
-                        "demand_std_dev": round(f.plan.std_daily, 3),
-                        "lead_time_days": f.lead_time_days,
-                        "lead_time_demand": round(f.plan.lead_time_demand, 3),
-                        "safety_stock": round(f.plan.safety_stock, 3),
-                        "reorder_point": f.plan.reorder_point,
-                        "reorder_point_set": f.plan.reorder_point if apply else f.position.reorder_point,
-                        "days_of_cover": None if f.plan.days_of_cover is None else round(f.plan.days_of_cover, 1),
-                        "order_quantity": f.plan.order_quantity,
-                    }
-                    for f in forecasts
-                ]
-            )
+            print_json([_forecast_json(f, applied=apply) for f in forecasts])
         else:
             _print_forecasts(forecasts, days=days, alpha=alpha, service_level=service_level, applied=apply)
             for path in charts:
@@ -433,6 +413,25 @@ async def inventory_forecast(
             if apply:
                 out.print(f"reorder points stored for {len(forecasts)} SKU/warehouse pair(s)")
         await _alert_ops(store, crossings)
+
+
+def _forecast_json(f: StockForecast, *, applied: bool) -> dict[str, Any]:
+    return {
+        "sku": f.sku,
+        "warehouse": f.warehouse,
+        "available": f.position.available,
+        "incoming": f.position.incoming,
+        "history_days": len(f.demand),
+        "demand_per_day": round(f.plan.mean_daily, 3),
+        "demand_std_dev": round(f.plan.std_daily, 3),
+        "lead_time_days": f.lead_time_days,
+        "lead_time_demand": round(f.plan.lead_time_demand, 3),
+        "safety_stock": round(f.plan.safety_stock, 3),
+        "reorder_point": f.plan.reorder_point,
+        "reorder_point_set": f.plan.reorder_point if applied else f.position.reorder_point,
+        "days_of_cover": None if f.plan.days_of_cover is None else round(f.plan.days_of_cover, 1),
+        "order_quantity": f.plan.order_quantity,
+    }
 
 
 def _print_forecasts(
