@@ -61,7 +61,7 @@ async def order_status(
         print_json(view.model_dump(exclude=_LAST_PARCEL))
         return
     out.print(
-        f"[bold]{escape(view.order_id)}[/]  {escape(status_text(view))}"
+        f"[bold]{escape(view.order_id)}[/]  {escape(_status_text(view))}"
         + (f"  (waiting for {escape(view.waiting_for)})" if view.waiting_for else ""),
         highlight=False,
     )
@@ -96,7 +96,7 @@ _LAST_PARCEL = {
 }
 
 
-def status_text(view: OrderView) -> str:
+def _status_text(view: OrderView) -> str:
     """The order's status, and what ended it when the status alone does not say: a return settled by an
     exchange leaves the order RETURN_RECEIVED (a refund ends it REFUNDED)."""
     exchanged = [r for r in view.returns if r.status == "EXCHANGED"]
@@ -145,7 +145,7 @@ async def order_list(
 def _print_outcome(view: OrderView) -> None:
     last = view.timeline[-1] if view.timeline else None
     out.print(
-        f"[bold]{escape(view.order_id)}[/]  {escape(status_text(view))}" + (f"  ({escape(last.note)})" if last else "")
+        f"[bold]{escape(view.order_id)}[/]  {escape(_status_text(view))}" + (f"  ({escape(last.note)})" if last else "")
     )
 
 
