@@ -51,8 +51,9 @@ def temporal_command(settings: Settings, db_file: Path) -> list[str]:
         "journal_mode=wal",
         "--sqlite-pragma",
         "synchronous=normal",
+        # error, not warn: every shutdown of the dev server logs a dozen WARN lines that ask nothing of anyone
         "--log-level",
-        "warn",
+        "error",
         *dev_server_search_attribute_args(),
     ]
 

@@ -27,6 +27,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.workflow import UpdateMethodMultiParam
 
 from common.config import Settings
 from common.db import PickTask, PickTaskClosed, ShipmentReleased, StockChange, StockLevel, Store
@@ -48,7 +49,6 @@ from common.models import (
     Order,
     OrderPolicy,
     OrderStatus,
-    OrderUpdateResult,
     OrderView,
     OrderWorkflowInput,
     ResolveDeliveryRequest,
@@ -58,6 +58,8 @@ from common.models import (
 from common.order_signals import DeliveryReport, deliver_order_signals, wake_backordered_orders
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect
+from workflows.order import OrderWorkflow
+from workflows.returns import ReturnWorkflow
 
 WORKFLOW_TYPE = "OrderWorkflow"
 # How an order's last run ended for it to be placed again under its id
@@ -142,7 +144,7 @@ class FulfillmentApi:
 
     async def _start(self, order: Order, *, placement: int) -> WorkflowHandle[Any, OrderView]:
         return await self.client.start_workflow(
-            WORKFLOW_TYPE,
+            OrderWorkflow.run,
             OrderWorkflowInput(
                 order=order, policy=self.policy(), workflow_version=ORDER_WORKFLOW_VERSION, placement=placement
             ),
@@ -165,7 +167,6 @@ class FulfillmentApi:
             memo={"placement": placement},
             static_summary=f"Order {order.order_id}: {sum(li.quantity for li in order.lines)} units, "
             f"{order.shipping_speed.value} to {order.ship_to.country}",
-            result_type=OrderView,
         )
 
     async def _next_placement(self, order_id: str) -> int | None:
@@ -202,7 +203,7 @@ class FulfillmentApi:
                 final = await _failed_view(handle)
                 if final is not None:
                     return final
-            return await handle.query("status", result_type=OrderView, rpc_timeout=timedelta(seconds=10))
+            return await handle.query(OrderWorkflow.status, rpc_timeout=timedelta(seconds=10))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise OrderNotFound(f"no order {order_id!r}") from None
@@ -229,7 +230,7 @@ class FulfillmentApi:
     async def cancel_order(self, order_id: str, reason: str) -> OrderView:
         """Cancel with compensation; returns once the order is CANCELLED. Refused once shipped (the carrier is
         asked)."""
-        return await self._update(order_id, "cancel", CancelRequest(reason=reason))
+        return await self._update(order_id, OrderWorkflow.cancel, CancelRequest(reason=reason))
 
     async def retry_order(self, order_id: str, note: str | None = None) -> OrderView:
         """Retry what failed and waits for ops (the order is FAILED); refused if nothing failed."""
@@ -237,13 +238,13 @@ class FulfillmentApi:
             request = RetryRequest(note=note)
         except ValidationError as err:
             raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
-        return await self._update(order_id, "retry", request)
+        return await self._update(order_id, OrderWorkflow.retry, request)
 
     async def hold_order(self, order_id: str, reason: str) -> OrderView:
-        return await self._update(order_id, "hold", HoldRequest(reason=reason))
+        return await self._update(order_id, OrderWorkflow.hold, HoldRequest(reason=reason))
 
     async def release_order(self, order_id: str) -> OrderView:
-        return await self._update(order_id, "release", None)
+        return await self._update(order_id, OrderWorkflow.release, None)
 
     async def resolve_delivery_exception(
         self, order_id: str, action: str, note: str | None = None, *, shipment: int | None = None
@@ -252,7 +253,7 @@ class FulfillmentApi:
             request = ResolveDeliveryRequest(action=action, note=note, shipment=shipment)  # type: ignore[arg-type]
         except ValidationError as err:
             raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
-        return await self._update(order_id, "resolve_delivery_exception", request)
+        return await self._update(order_id, OrderWorkflow.resolve_delivery_exception, request)
 
     async def update_address(self, order_id: str, address: Address | dict[str, Any]) -> OrderView:
         try:
@@ -261,15 +262,15 @@ class FulfillmentApi:
             raise InvalidRequest(
                 "invalid address: " + "; ".join(describe_error(e, prefix="ship_to") for e in err.errors())
             ) from None
-        return await self._update(order_id, "update_address", parsed)
+        return await self._update(order_id, OrderWorkflow.update_address, parsed)
 
-    async def _update(self, order_id: str, update: str, arg: Any) -> OrderView:
-        """Run a validated Update; a refusal (by its validator, or by the carrier it asked) comes back as
-        InvalidRequest, order unchanged. Returns the order as it stands after it."""
+    async def _update(self, order_id: str, update: UpdateMethodMultiParam[..., Any], arg: Any) -> OrderView:
+        """Run a validated Update (`OrderWorkflow.cancel`, ...); a refusal (by its validator, or by the carrier it
+        asked) comes back as InvalidRequest, order unchanged. Returns the order as it stands after it."""
         handle = self._handle(order_id)
         try:
             args = [] if arg is None else [arg]
-            await handle.execute_update(update, args=args, result_type=OrderUpdateResult)
+            await handle.execute_update(update, args=args)
             return await self.order_status(order_id)
         except WorkflowUpdateFailedError as err:
             raise InvalidRequest(f"order {order_id}: {_cause(err)}") from None
@@ -284,7 +285,10 @@ class FulfillmentApi:
             description = await self._handle(order_id).describe()
         except RPCError:
             return OrderNotFound(f"no order {order_id!r}")
-        status = description.status.name.lower() if description.status else "closed"
+        # The order's own status (CANCELLED, COMPLETED...), not the workflow's ("completed" for a cancelled order)
+        status = description.typed_search_attributes.get(ORDER_STATUS)
+        if status is None:
+            status = description.status.name.lower() if description.status else "closed"
         return InvalidRequest(f"order {order_id} is closed ({status}); nothing can change it now")
 
     # ------------------------------------------------------------------------------------------ warehouse
@@ -404,7 +408,7 @@ class FulfillmentApi:
             )
         except ValidationError as err:
             raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
-        return await self._update(order_id, "request_return", request)
+        return await self._update(order_id, OrderWorkflow.request_return, request)
 
     async def rma_status(self, rma_id: str) -> RmaView:
         handle = self.client.get_workflow_handle(return_workflow_id(rma_id), result_type=RmaView)
@@ -412,7 +416,7 @@ class FulfillmentApi:
             description = await handle.describe()
             if description.status == WorkflowExecutionStatus.COMPLETED:
                 return await handle.result()
-            return await handle.query("status", result_type=RmaView, rpc_timeout=timedelta(seconds=10))
+            return await handle.query(ReturnWorkflow.status, rpc_timeout=timedelta(seconds=10))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise InvalidRequest(f"no RMA {rma_id!r}") from None
@@ -429,7 +433,7 @@ class FulfillmentApi:
             )
         except ValidationError as err:
             raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
-        return await self._rma_update(rma_id, "receive_return", request)
+        return await self._rma_update(rma_id, ReturnWorkflow.receive_return, request)
 
     async def retry_refund(self, rma_id: str, description: str) -> RmaView:
         """Ops retry a refund that failed (the RMA is REFUND_FAILED)."""
@@ -437,12 +441,12 @@ class FulfillmentApi:
             request = RetryRefundRequest(description=description)
         except ValidationError as err:
             raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
-        return await self._rma_update(rma_id, "retry_refund", request)
+        return await self._rma_update(rma_id, ReturnWorkflow.retry_refund, request)
 
-    async def _rma_update(self, rma_id: str, update: str, arg: Any) -> RmaView:
+    async def _rma_update(self, rma_id: str, update: UpdateMethodMultiParam[..., Any], arg: Any) -> RmaView:
         handle = self.client.get_workflow_handle(return_workflow_id(rma_id), result_type=RmaView)
         try:
-            return await handle.execute_update(update, arg, result_type=RmaView)
+            return RmaView.model_validate(await handle.execute_update(update, args=[arg]))
         except WorkflowUpdateFailedError as err:
             raise InvalidRequest(f"RMA {rma_id}: {_cause(err)}") from None
         except RPCError as err:

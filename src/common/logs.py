@@ -1,14 +1,66 @@
-"""One logging set-up for every process of the engine."""
+"""One logging set-up for every process of the engine.
+
+Temporal's worker logs every failed activity attempt at WARNING with its whole traceback: one carrier fault,
+retried, fills the screen. Those records are cut to one line (the activity, its attempt, the error's type and
+first line); the traceback is kept at DEBUG. Whatever a log line carries, e-mail addresses and phone numbers
+are masked: customers' contact details stay out of the logs.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 
 # Libraries that log every request at INFO: useful when debugging them, noise in the stack's output.
 _QUIET = ("twilio.http_client", "twilio.async_http_client", "alembic", "aiosmtpd", "mail.log", "aiohttp.access")
+ACTIVITY_LOGGER = "temporalio.activity"
+_MAX_ERROR = 200
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+_PHONE = re.compile(r"\+\d[\d ()-]{6,}\d")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, EngineLogFilter) for f in handler.filters):
+            handler.addFilter(EngineLogFilter())
+
+
+class EngineLogFilter(logging.Filter):
+    """On the output handlers: failed activity attempts in one line, contact details masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == ACTIVITY_LOGGER and record.exc_info and record.levelno >= logging.WARNING:
+            _one_line(record)
+        message = mask_contacts(record.getMessage())
+        if message != record.getMessage():
+            record.msg, record.args = message, None
+        return True
+
+
+def _one_line(record: logging.LogRecord) -> None:
+    error = record.exc_info[1] if record.exc_info else None
+    info = getattr(record, "temporal_activity", None) or {}
+    where = f"activity {info.get('activity_type', '?')} attempt {info.get('attempt', '?')}"
+    if info.get("workflow_id"):
+        where += f" of {info['workflow_id']}"
+    record.msg, record.args = f"{where} failed: {describe_error(error)}", None
+    if not logging.getLogger(ACTIVITY_LOGGER).isEnabledFor(logging.DEBUG):
+        record.exc_info, record.exc_text = None, None
+
+
+def describe_error(error: BaseException | None) -> str:
+    """The error's type and the first line of its message, briefly."""
+    if error is None:
+        return "unknown error"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if len(text) > _MAX_ERROR:
+        text = text[: _MAX_ERROR - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def mask_contacts(text: str) -> str:
+    return _PHONE.sub("<phone>", _EMAIL.sub("<email>", text))

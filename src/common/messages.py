@@ -15,7 +15,8 @@ class RenderedMessage:
     html: str | None  # email only
 
 
-# (subject, email/SMS sentence). {placeholders} come from NotifyRequest.context plus order_id and name.
+# (subject, email/SMS sentence). {placeholders} come from NotifyRequest.context plus order_id and name. A parcel's
+# messages carry {parcel} in the subject too: each parcel's emails of a split order have a subject of their own.
 _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
     NotificationEvent.ORDER_CONFIRMED: (
         "Order {order_id} confirmed",
@@ -26,15 +27,15 @@ _TEMPLATES: dict[NotificationEvent, tuple[str, str]] = {
         "Sorry {name}, order {order_id} is waiting for stock ({short}). We will ship as soon as it arrives.",
     ),
     NotificationEvent.SHIPPED: (
-        "Order {order_id} has shipped",
+        "Order {order_id} has shipped{parcel}",
         "Order {order_id}{parcel} is on its way with {carrier}. Tracking number {tracking_number}: {tracking_url}",
     ),
     NotificationEvent.OUT_FOR_DELIVERY: (
-        "Order {order_id} is out for delivery",
+        "Order {order_id} is out for delivery{parcel}",
         "Order {order_id}{parcel} is out for delivery today with {carrier}. Track it: {tracking_url}",
     ),
     NotificationEvent.DELIVERED: (
-        "Order {order_id} was delivered",
+        "Order {order_id} was delivered{parcel}",
         "Order {order_id}{parcel} was delivered. Enjoy, {name}! Problem with it? Just reply to this message.",
     ),
     NotificationEvent.CANCELLED: (
@@ -117,12 +118,20 @@ class _Defaults(dict[str, str]):
         return "-"
 
 
+def _reason(text: str) -> str:
+    """A cancellation reason as the customer reads it after "was cancelled": the order's own note repeats the
+    word ("cancelled: customer changed mind")."""
+    return text.removeprefix("cancelled: ").strip() or "cancelled"
+
+
 def render(request: NotifyRequest, channel: Channel) -> RenderedMessage:
     subject_tpl, body_tpl = _TEMPLATES[request.event]
     # "parcel" is empty for a one-parcel order: "(parcel 2: TEE-M x1)" only when it ships in several
     values = _Defaults(
         {"parcel": "", **request.context}, order_id=request.order_id, name=request.customer.name.split()[0]
     )
+    if "reason" in values:
+        values["reason"] = _reason(values["reason"])
     subject = subject_tpl.format_map(values)
     body = body_tpl.format_map(values)
     if channel == Channel.SMS:

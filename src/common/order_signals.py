@@ -25,6 +25,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from common.db import OrderSignal, Store
 from common.models import workflow_id_for
 
+# The order workflow's signal for a restocked SKU (OrderWorkflow.stock_received). A name, not a typed reference:
+# this module sits under the workflows (activities send it), so it cannot import them; a test ties the two.
+STOCK_RECEIVED = "stock_received"
+
 # Long enough for a round's rows of one workflow (each call is bounded by RPC_TIMEOUT_S), so two live relays do
 # not deliver the same row; should it lapse all the same, a row is delivered twice, which is harmless (above).
 CLAIM_LEASE_S = 60.0
@@ -95,23 +99,6 @@ async def deliver_order_signals(
     return report
 
 
-async def wake_backordered_orders(client: Client, store: Store, skus: list[str]) -> list[str]:
-    """Signal `stock_received` to the orders waiting for these SKUs (after a restock or a returned unit back
-    on hand): first come, first served, and only as many as the available stock covers (see
-    Store.backorders_to_wake). Returns the orders signalled."""
-    woken = []
-    for sku in skus:
-        for order_id in await store.backorders_to_wake(sku):
-            try:
-                await client.get_workflow_handle(workflow_id_for(order_id)).signal("stock_received", sku)
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    continue  # closed meanwhile; its backorder row is stale
-                raise
-            woken.append(order_id)
-    return woken
-
-
 async def _deliver(client: Client, row: OrderSignal) -> str | None:
     """Send one row; None when the workflow got it, else a note saying why nobody will."""
     handle = client.get_workflow_handle(row.workflow_id)
@@ -130,6 +117,23 @@ async def _deliver(client: Client, row: OrderSignal) -> str | None:
     except WorkflowUpdateFailedError as err:
         return f"refused by the workflow: {_cause(err)}"[:1000]
     return None
+
+
+async def wake_backordered_orders(client: Client, store: Store, skus: list[str]) -> list[str]:
+    """Signal `stock_received` to the orders waiting for these SKUs (after a restock or a returned unit back
+    on hand): first come, first served, and only as many as the available stock covers (see
+    Store.backorders_to_wake). Returns the orders signalled."""
+    woken = []
+    for sku in skus:
+        for order_id in await store.backorders_to_wake(sku):
+            try:
+                await client.get_workflow_handle(workflow_id_for(order_id)).signal(STOCK_RECEIVED, sku)
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    continue  # closed meanwhile; its backorder row is stale
+                raise
+            woken.append(order_id)
+    return woken
 
 
 def _brief(err: BaseException) -> str:

@@ -36,7 +36,7 @@ async def confirm_pick_via_cli(cli: Cli, order_id: str) -> str:
     view = await wait_for(cli, order_id, "PICKING")
     picks = json.loads((await asyncio.to_thread(cli, "warehouse", "picks", "--json")).stdout)
     task_id = next(p["id"] for p in picks if p["order_id"] == order_id)
-    assert task_id == view["pick_task_id"]
+    assert task_id == view["shipments"][0]["pick_task_id"]  # every parcel under "shipments", with its own
     result = await asyncio.to_thread(cli, "warehouse", "confirm", task_id)
     assert result.returncode == 0, result.stderr
     return task_id
@@ -55,7 +55,7 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
     assert order_id in placed.stdout
 
     reserved = await wait_for(cli, order_id, "PICKING")
-    warehouse = reserved["warehouse"]
+    warehouse = reserved["shipments"][0]["warehouse"]
     mid = {(s.sku, s.warehouse): s for s in await store.stock_levels("MUG-RED")}
     assert mid["MUG-RED", warehouse].reserved == before["MUG-RED", warehouse].reserved + 2
 
@@ -73,7 +73,8 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
         "DELIVERED",
         "COMPLETED",
     ]
-    assert view["tracking_number"] and view["carrier"]
+    parcel = view["shipments"][0]
+    assert parcel["tracking_number"] and parcel["carrier"]
 
     # The customer's inboxes: each message exactly once, with the tracking number where it matters.
     outbox = json.loads((await asyncio.to_thread(cli, "outbox", "--order", order_id, "--json")).stdout)
@@ -91,7 +92,7 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
     assert all(m["recipient"] == "ada@example.com" and m["html"] for m in emails)
     assert all(m["recipient"] == "+15555550100" for m in sms) and len(sms) == 4
     shipped = next(m for m in emails if "shipped" in m["subject"])
-    assert view["tracking_number"] in shipped["body"] and view["tracking_url"] in shipped["body"]
+    assert parcel["tracking_number"] in shipped["body"] and parcel["tracking_url"] in shipped["body"]
 
     # Stock: the two mugs left the warehouse; nothing stays reserved for this order.
     after = {(s.sku, s.warehouse): s for s in await store.stock_levels("MUG-RED")}

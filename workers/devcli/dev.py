@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 from typing import Annotated, NoReturn
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from common.cli._base import EXIT_BAD_INPUT, EXIT_REFUSED, err, out, print_json, run_async
+from common.cli._help import CliApp
+from common.cli._output import key, table
 from common.config import get_settings
 from sandbox import (
     SERVICES,
@@ -20,7 +22,7 @@ from sandbox import (
     start_outage,
 )
 
-dev_app = typer.Typer(help="The embedded stack for development and demos.", no_args_is_help=True)
+dev_app = CliApp(help="The embedded stack for development and demos.", no_args_is_help=True)
 
 SERVICE_HELP = f"Sandbox service: {', '.join(SERVICES)}."
 
@@ -82,19 +84,19 @@ async def dev_outages(
     except SandboxError as e:
         _unreachable(e)
     if as_json:
-        print_json([o.model_dump(mode="json") for o in outages])
+        print_json(outages)
         return
     if not outages:
         out.print(f"no outages: every sandbox service is up ({', '.join(SERVICES)})")
         return
-    table = Table("service", "ends in", "ends at (UTC)")
+    shown = table(key("service"), "ends in", key("ends at (UTC)"))
     for o in outages:
         if o.ends_at is None:
-            table.add_row(o.service, "until ended", "-")
+            shown.add_row(o.service, "until ended", "-")
         else:
             left = (o.ends_at - datetime.now(UTC)).total_seconds()
-            table.add_row(o.service, _duration(left), f"{o.ends_at:%H:%M:%S}")
-    out.print(table)
+            shown.add_row(o.service, _duration(left), f"{o.ends_at:%H:%M:%S}")
+    out.print(shown)
 
 
 def _sandbox_url() -> str:
@@ -112,10 +114,10 @@ def _duration(seconds: float) -> str:
 
 
 def _bad_input(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def _unreachable(e: SandboxError) -> NoReturn:
-    err.print(f"[red]error:[/] {e}. Is `make run` up?", highlight=False)
+    err.print(f"[red]error:[/] {escape(str(e))}. Is `make run` up?", highlight=False)
     raise typer.Exit(EXIT_REFUSED)

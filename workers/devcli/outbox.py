@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from common.cli._base import out, print_json, run_async
+from common.cli._output import key, table, utc
 from common.config import get_settings
 from sandbox import fetch_outbox
 
@@ -21,9 +21,10 @@ async def outbox(
     settings = get_settings()
     messages = await fetch_outbox(f"http://{settings.sandbox_host}:{settings.sandbox_http_port}", order)
     if as_json:
-        print_json([m.model_dump(mode="json") for m in messages])
+        print_json(messages)
         return
-    table = Table("time (UTC)", "channel", "to", "order", "subject / text")
+    # The subject is shown as it was sent: "[ops] Delivery exception on order X" keeps its "[ops]".
+    shown = table(key("time (UTC)"), key("channel"), key("to"), key("order"), "subject / text")
     for m in messages:
-        table.add_row(f"{m.received_at:%H:%M:%S}", m.channel, m.recipient, m.order_id or "", m.subject or m.body)
-    out.print(table)
+        shown.add_row(f"{utc(m.received_at):%H:%M:%S}", m.channel, m.recipient, m.order_id or "", m.subject or m.body)
+    out.print(shown)

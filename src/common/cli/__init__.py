@@ -4,15 +4,14 @@ The `fulfill` script is workers/cli.py: this app, plus the developer's commands 
 
 from __future__ import annotations
 
-import typer
-
+from common.cli._help import CliApp
 from common.cli.catalog import catalog_app
 from common.cli.inventory import inventory_app
 from common.cli.orders import order_app
 from common.cli.warehouse import warehouse_app
 
 # No locals in tracebacks: they would print customers' personal data.
-app = typer.Typer(
+app = CliApp(
     help="Order fulfillment engine.",
     no_args_is_help=True,
     add_completion=False,

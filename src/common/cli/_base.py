@@ -25,12 +25,14 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from common.api import FulfillmentApi
+from common.cli._output import jsonable
 from common.config import Settings, get_settings
 from common.db import StoreError
 from common.errors import FulfillmentError, InvalidOrder, OrderAlreadyExists
@@ -83,7 +85,7 @@ def run_async(fn: Callable[P, Awaitable[R]]) -> Callable[P, R]:
         except typer.Exit:
             raise  # a command's own exit code (click's Exit is a RuntimeError: keep it from the clause below)
         except SettingsProblem as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except InvalidOrder as e:
             err.print("[red]error:[/] invalid order, nothing was started:")
@@ -91,20 +93,23 @@ def run_async(fn: Callable[P, Awaitable[R]]) -> Callable[P, R]:
                 err.print(f"  - {problem}", markup=False, highlight=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except OrderAlreadyExists as e:
-            err.print(f"[yellow]{e}[/]")
+            err.print(f"[yellow]{escape(str(e))}[/]")
             raise typer.Exit(EXIT_REFUSED) from None
         except (FulfillmentError, StoreError, ValueError) as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError) as e:
             # Temporal took the request but nothing answered it (e.g. a query needs a worker and none runs)
             err.print(
-                f"[red]error:[/] the engine did not answer (is a worker running? `make run`): {_short(e)}",
+                f"[red]error:[/] the engine did not answer (is a worker running? `make run`): {escape(_short(e))}",
                 highlight=False,
             )
             raise typer.Exit(EXIT_REFUSED) from None
         except (ConnectionError, OSError, RuntimeError) as e:
-            err.print(f"[red]error:[/] cannot reach the engine ({e}). Is `make run` (or a worker and Temporal) up?")
+            err.print(
+                f"[red]error:[/] cannot reach the engine ({escape(str(e))}). "
+                "Is `make run` (or a worker and Temporal) up?"
+            )
             raise typer.Exit(EXIT_REFUSED) from None
 
     return wrapper
@@ -124,7 +129,13 @@ def connect_api() -> Awaitable[FulfillmentApi]:
 
 
 def print_json(data: Any) -> None:
-    out.print_json(json.dumps(data, default=str))
+    """Print `data` as JSON in the one style of every `--json` (see `jsonable`)."""
+    out.print_json(json.dumps(jsonable(data)))
+
+
+def next_step(command: str) -> None:
+    """A hint with the command to run next: never wrapped inside the command (copying it must work)."""
+    out.print(f"next: {command}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _short(error: BaseException) -> str:
@@ -184,7 +195,7 @@ def read_stack(var_dir: Path) -> RunningStack | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        err.print(f"[yellow]warning:[/] ignoring {path}: unreadable ({e})", highlight=False)
+        err.print(f"[yellow]warning:[/] ignoring {path}: unreadable ({escape(str(e))})", highlight=False)
         return None
     if not _alive(pid):
         return None  # left behind by a stack that did not stop cleanly

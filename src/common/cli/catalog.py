@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from common.cli._base import out, print_json, run_async
+from common.cli._help import CliApp
+from common.cli._output import key, table
 from common.cli.inventory import _print_import, open_store
 
-catalog_app = typer.Typer(help="Products and warehouses: list and import from CSV.", no_args_is_help=True)
+catalog_app = CliApp(help="Products and warehouses: list and import from CSV.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -63,15 +63,15 @@ async def catalog_show(as_json: JsonOption = False) -> None:
         products = await store.products()
         warehouses = await store.warehouses()
     if as_json:
-        print_json({"products": [asdict(p) for p in products], "warehouses": [asdict(w) for w in warehouses]})
+        print_json({"products": products, "warehouses": warehouses})
         return
-    table = Table("sku", "name", "price", "weight (g)", "dimensions (cm)", "lead time (d)", title="products")
+    shown = table(key("sku"), "name", "price", "weight (g)", key("dimensions (cm)"), "lead time (d)", title="products")
     for p in products:
         dims = "x".join(f"{d / 10:g}" for d in p.dimensions_mm) if p.dimensions_mm else "-"
         lead = "-" if p.lead_time_days is None else str(p.lead_time_days)
-        table.add_row(p.sku, p.name, f"{p.price_cents / 100:.2f}", str(p.weight_grams), dims, lead)
-    out.print(table)
-    table = Table("code", "name", "country", "region", title="warehouses")
+        shown.add_row(p.sku, p.name, f"{p.price_cents / 100:.2f}", str(p.weight_grams), dims, lead)
+    out.print(shown)
+    shown = table(key("code"), "name", key("country"), key("region"), title="warehouses")
     for w in warehouses:
-        table.add_row(w.code, w.name, w.country, w.region or "-")
-    out.print(table)
+        shown.add_row(w.code, w.name, w.country, w.region or "-")
+    out.print(shown)

@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 from temporalio.exceptions import TemporalError
 
 from common.cli._base import connect_api, err, out, print_json, run_async
+from common.cli._help import CliApp
+from common.cli._output import key, stamp, table, time_column
 from common.config import get_settings
-from common.db import LedgerEntry, LowStockCrossing, StockChange, Store
+from common.db import LedgerEntry, LowStockCrossing, StockChange, Store, UnknownSkuError, UnknownWarehouseError
 from common.inventory import forecast as fc
+from common.inventory.planning import StockForecast
 
-inventory_app = typer.Typer(
-    help="Stock: levels, receiving, counts, history, forecasts and imports.", no_args_is_help=True
-)
+inventory_app = CliApp(help="Stock: levels, receiving, counts, history, forecasts and imports.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -38,6 +40,17 @@ async def open_store() -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+async def check_known(store: Store, sku: str | None, warehouse: str | None = None) -> None:
+    """Refuse a filter that names no SKU or warehouse of the catalogue (exit 2), as every command does, rather
+    than answer with an empty table."""
+    if sku is not None and await store.unknown_skus([sku]):
+        raise UnknownSkuError([sku])
+    if warehouse is not None:
+        known = [w.code for w in await store.warehouses()]
+        if warehouse not in known:
+            raise UnknownWarehouseError(warehouse, known)
 
 
 def _parse_date(what: str, value: str | None) -> date | None:
@@ -71,12 +84,15 @@ async def _alert_ops(store: Store, crossings: list[LowStockCrossing]) -> None:
     try:
         sent = await send_low_stock_alerts(store, email, settings.ops_email, {c.sku for c in crossings})
     except Exception as e:  # the stock change is done; the alert waits for the next run
-        err.print(f"[yellow]warning:[/] could not email ops ({e}); the low-stock alert stays pending", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] could not email ops ({escape(str(e))}); the low-stock alert stays pending",
+            highlight=False,
+        )
         return
     finally:
         await email.close()
     if sent:
-        err.print(f"ops alerted at {settings.ops_email}", highlight=False)
+        err.print(f"ops alerted at {settings.ops_email}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,6 +110,7 @@ async def inventory_show(
     from common.inventory.planning import stock_forecasts
 
     async with open_store() as store:
+        await check_known(store, sku, warehouse)
         forecasts = await stock_forecasts(store, sku=sku, warehouse=warehouse)
     if as_json:
         print_json(
@@ -107,22 +124,24 @@ async def inventory_show(
             ]
         )
         return
-    table = Table("sku", "warehouse", "on hand", "reserved", "available", "incoming", "reorder point", "days of cover")
+    shown = table(
+        key("sku"), key("warehouse"), "on hand", "reserved", "available", "incoming", "reorder point", "days of cover"
+    )
     for f in forecasts:
         p = f.position
         low = p.reorder_point is not None and p.available <= p.reorder_point
         incoming = str(p.incoming) + (f" (eta {p.next_eta})" if p.next_eta else "")
-        table.add_row(
+        shown.add_row(
             p.sku,
             p.warehouse,
             str(p.on_hand),
             str(p.reserved),
-            f"[red]{p.available}[/]" if low else str(p.available),
+            Text(str(p.available), style="red" if low else ""),
             incoming,
             "-" if p.reorder_point is None else str(p.reorder_point),
             _cover(f.plan.days_of_cover),
         )
-    out.print(table)
+    out.print(shown)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -146,7 +165,9 @@ async def inventory_receive(
     async with await connect_api() as api:
         level = await api.receive_stock(sku, quantity, warehouse, po=po)
     closed = f" (purchase order {po} received)" if po else ""
-    out.print(f"{level.sku} @ {level.warehouse}: on hand {level.on_hand}, available {level.available}{closed}")
+    out.print(
+        f"{level.sku} @ {level.warehouse}: on hand {level.on_hand}, available {level.available}{closed}", markup=False
+    )
 
 
 @inventory_app.command("expect")
@@ -166,7 +187,9 @@ async def inventory_expect(
     async with open_store() as store:
         order = await store.expect_receipt(sku, quantity, warehouse, eta=due, po=po, note=note)
     when = f", due {order.eta}" if order.eta else ""
-    out.print(f"{order.id}: {order.quantity} x {order.sku} expected at {order.warehouse}{when}", highlight=False)
+    out.print(
+        f"{order.id}: {order.quantity} x {order.sku} expected at {order.warehouse}{when}", markup=False, highlight=False
+    )
 
 
 @inventory_app.command("incoming")
@@ -178,14 +201,15 @@ async def inventory_incoming(
 ) -> None:
     """Open purchase orders (expected receipts), soonest first."""
     async with open_store() as store:
+        await check_known(store, sku, warehouse)
         orders = await store.purchase_orders(sku, warehouse)
     if as_json:
-        print_json([asdict(o) for o in orders])
+        print_json(orders)
         return
-    table = Table("purchase order", "sku", "warehouse", "quantity", "eta", "note")
+    shown = table(key("purchase order"), key("sku"), key("warehouse"), "quantity", key("eta"), "note")
     for o in orders:
-        table.add_row(o.id, o.sku, o.warehouse, str(o.quantity), str(o.eta or "-"), o.note)
-    out.print(table)
+        shown.add_row(o.id, o.sku, o.warehouse, str(o.quantity), str(o.eta or "-"), o.note)
+    out.print(shown)
 
 
 @inventory_app.command("cancel-po")
@@ -194,7 +218,7 @@ async def inventory_cancel_po(po: Annotated[str, typer.Argument(help="Purchase o
     """Cancel an open purchase order: it is no longer incoming."""
     async with open_store() as store:
         order = await store.cancel_purchase_order(po)
-    out.print(f"{order.id}: {order.status}", highlight=False)
+    out.print(f"{order.id}: {order.status}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,7 +238,7 @@ def _print_change(change: StockChange, as_json: bool, what: str) -> None:
     if change.released_orders:
         out.print(
             f"[yellow]released the reservations of {len(change.released_orders)} order(s), newest first; they wait "
-            f"for stock again:[/] {', '.join(change.released_orders)}",
+            f"for stock again:[/] {escape(', '.join(change.released_orders))}",
             highlight=False,
         )
 
@@ -234,12 +258,14 @@ async def _tell_orders(change: StockChange) -> None:
         later = f"; {orders} will be told when it is back" if orders else ""
         if change.delta > 0:
             later += "; backordered orders recheck for stock periodically"
-        err.print(f"[yellow]warning:[/] recorded, but the engine is unreachable ({e}){later}", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] recorded, but the engine is unreachable ({escape(str(e))}){later}", highlight=False
+        )
         return
     if not report.ok:
         err.print(
-            f"[yellow]warning:[/] recorded, but the engine could not be told now ({report.error}); {orders} will be "
-            "told when it is back",
+            f"[yellow]warning:[/] recorded, but the engine could not be told now ({escape(report.error or '')}); "
+            f"{orders} will be told when it is back",
             highlight=False,
         )
 
@@ -315,19 +341,18 @@ async def inventory_history(
     if as_json:
         print_json([{**asdict(e), "on_hand_after": after} for e, after in rows])
         return
-    table = Table("time (UTC)", "warehouse", "kind", "on hand", "reserved", "on hand after", "ref", "note")
+    shown = table(time_column(), key("warehouse"), key("kind"), "change", "on hand after", key("ref"), "note")
     for e, after in rows:
-        table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S}",
-            e.warehouse,
-            e.kind,
-            f"{e.delta_on_hand:+d}" if e.delta_on_hand else "",
-            f"{e.delta_reserved:+d}" if e.delta_reserved else "",
-            str(after),
-            e.ref or "",
-            e.note,
-        )
-    out.print(table)
+        shown.add_row(stamp(e.at), e.warehouse, e.kind, _delta(e), str(after), e.ref or "", e.note)
+    out.print(shown)
+
+
+def _delta(entry: LedgerEntry) -> str:
+    """ "on hand -2", "reserved +3" or both: one column, so the ids and the note keep their room."""
+    parts = [f"on hand {entry.delta_on_hand:+d}"] if entry.delta_on_hand else []
+    if entry.delta_reserved:
+        parts.append(f"reserved {entry.delta_reserved:+d}")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -355,8 +380,7 @@ async def inventory_forecast(
     from common.inventory.planning import on_hand_history, stock_forecasts
 
     async with open_store() as store:
-        if sku is not None and await store.unknown_skus([sku]):
-            raise ValueError(f"unknown SKU {sku!r}: not in the product catalogue")
+        await check_known(store, sku, warehouse)
         forecasts = await stock_forecasts(
             store,
             sku=sku,
@@ -381,64 +405,68 @@ async def inventory_forecast(
             crossings = await store.set_reorder_points({(f.sku, f.warehouse): f.plan.reorder_point for f in forecasts})
 
         if as_json:
-            print_json(
-                [
-                    {
-                        "sku": f.sku,
-                        "warehouse": f.warehouse,
-                        "available": f.position.available,
-                        "incoming": f.position.incoming,
-                        "history_days": len(f.demand),
-                        "demand_per_day": round(f.plan.mean_daily, 3),
-                        "demand_std_dev": round(f.plan.std_daily, 3),
-                        "lead_time_days": f.lead_time_days,
-                        "lead_time_demand": round(f.plan.lead_time_demand, 3),
-                        "safety_stock": round(f.plan.safety_stock, 3),
-                        "reorder_point": f.plan.reorder_point,
-                        "reorder_point_set": f.plan.reorder_point if apply else f.position.reorder_point,
-                        "days_of_cover": None if f.plan.days_of_cover is None else round(f.plan.days_of_cover, 1),
-                        "order_quantity": f.plan.order_quantity,
-                    }
-                    for f in forecasts
-                ]
-            )
+            print_json([_forecast_json(f, applied=apply) for f in forecasts])
         else:
-            z = fc.z_score(service_level)
-            table = Table(
-                "sku",
-                "warehouse",
-                "available",
-                "incoming",
-                "demand/day",
-                "lead time",
-                "safety stock",
-                "reorder point",
-                "set",
-                "days of cover",
-                "order qty",
-                title=f"{days} days of history, alpha {alpha:g}, service level {service_level:g} (z {z:.3f})",
-            )
-            for f in forecasts:
-                current = f.plan.reorder_point if apply else f.position.reorder_point
-                table.add_row(
-                    f.sku,
-                    f.warehouse,
-                    str(f.position.available),
-                    str(f.position.incoming),
-                    f"{f.plan.mean_daily:.2f} ± {f.plan.std_daily:.2f}",
-                    f"{f.lead_time_days} d",
-                    f"{f.plan.safety_stock:.1f}",
-                    str(f.plan.reorder_point),
-                    "-" if current is None else str(current),
-                    _cover(f.plan.days_of_cover),
-                    str(f.plan.order_quantity) if f.plan.order_quantity else "-",
-                )
-            out.print(table)
+            _print_forecasts(forecasts, days=days, alpha=alpha, service_level=service_level, applied=apply)
             for path in charts:
-                out.print(f"chart: {path}", highlight=False)
+                out.print(f"chart: {path}", markup=False, highlight=False)
             if apply:
                 out.print(f"reorder points stored for {len(forecasts)} SKU/warehouse pair(s)")
         await _alert_ops(store, crossings)
+
+
+def _forecast_json(f: StockForecast, *, applied: bool) -> dict[str, Any]:
+    return {
+        "sku": f.sku,
+        "warehouse": f.warehouse,
+        "available": f.position.available,
+        "incoming": f.position.incoming,
+        "history_days": len(f.demand),
+        "demand_per_day": round(f.plan.mean_daily, 3),
+        "demand_std_dev": round(f.plan.std_daily, 3),
+        "lead_time_days": f.lead_time_days,
+        "lead_time_demand": round(f.plan.lead_time_demand, 3),
+        "safety_stock": round(f.plan.safety_stock, 3),
+        "reorder_point": f.plan.reorder_point,
+        "reorder_point_set": f.plan.reorder_point if applied else f.position.reorder_point,
+        "days_of_cover": None if f.plan.days_of_cover is None else round(f.plan.days_of_cover, 1),
+        "order_quantity": f.plan.order_quantity,
+    }
+
+
+def _print_forecasts(
+    forecasts: list[StockForecast], *, days: int, alpha: float, service_level: float, applied: bool
+) -> None:
+    from common.inventory.charts import demand_span
+
+    z = fc.z_score(service_level)
+    span = demand_span(forecasts[0].start, [f.demand for f in forecasts]) if forecasts else "no data"
+    shown = table(
+        key("sku"),
+        key("warehouse"),
+        "available (incoming)",
+        "demand per day",
+        "lead time",
+        "safety stock",
+        "reorder point (set)",
+        "days of cover",
+        "order qty",
+        title=f"{days}-day window ({span}), alpha {alpha:g}, service level {service_level:g} (z {z:.3f})",
+    )
+    for f in forecasts:
+        current = f.plan.reorder_point if applied else f.position.reorder_point
+        shown.add_row(
+            f.sku,
+            f.warehouse,
+            f"{f.position.available}" + (f" (+{f.position.incoming})" if f.position.incoming else ""),
+            f"{f.plan.mean_daily:.2f} ± {f.plan.std_daily:.2f}",
+            f"{f.lead_time_days} d",
+            f"{f.plan.safety_stock:.1f}",
+            f"{f.plan.reorder_point} ({'-' if current is None else current})",
+            _cover(f.plan.days_of_cover),
+            str(f.plan.order_quantity) if f.plan.order_quantity else "-",
+        )
+    out.print(shown)
 
 
 @inventory_app.command("reorder-point")

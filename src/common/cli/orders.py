@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from common.cli._base import connect_api, out, print_json, run_async
+from common.cli._base import connect_api, next_step, out, print_json, run_async
+from common.cli._help import CliApp
+from common.cli._output import key, stamp, table, time_column
 from common.errors import InvalidOrder, InvalidRequest
 from common.intake import parse_order
 from common.models import DeliveryResolution, OrderStatus, OrderView
@@ -24,7 +25,7 @@ def _read_input(file: str) -> str:
         raise InvalidRequest(f"cannot read {file}: {e.strerror}") from None
 
 
-order_app = typer.Typer(help="Place and inspect orders.", no_args_is_help=True)
+order_app = CliApp(help="Place and inspect orders.", no_args_is_help=True)
 
 
 @order_app.command("place")
@@ -41,8 +42,8 @@ async def order_place(
     parse_order(text)  # fail on bad input before connecting to anything
     async with await connect_api() as api:
         placed = await api.place_order(text)
-    out.print(f"placed order [bold]{placed.order_id}[/] (workflow {placed.workflow_id})")
-    out.print(f"next: fulfill order status {placed.order_id}")
+    out.print(f"placed order [bold]{escape(placed.order_id)}[/] (workflow {escape(placed.workflow_id)})")
+    next_step(f"fulfill order status {placed.order_id}")
 
 
 @order_app.command("status")
@@ -51,41 +52,76 @@ async def order_status(
     order_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Where an order stands: status, tracking and its timeline."""
+    """Where an order stands: status, its parcels with their tracking, and its timeline.
+
+    With --json, every parcel is under "shipments", each with its warehouse, pick task and tracking."""
     async with await connect_api() as api:
         view = await api.order_status(order_id)
     if as_json:
-        out.print_json(view.model_dump_json())
+        print_json(view.model_dump(exclude=_LAST_PARCEL))
         return
     out.print(
-        f"[bold]{view.order_id}[/]  {view.status.value}"
-        + (f"  (waiting for {view.waiting_for})" if view.waiting_for else ""),
+        f"[bold]{escape(view.order_id)}[/]  {escape(_status_text(view))}"
+        + (f"  (waiting for {escape(view.waiting_for)})" if view.waiting_for else ""),
         highlight=False,
     )
     for wait in view.provider_waits:
         out.print(
-            f"[yellow]the {wait.provider} is not answering[/] since {wait.since:%Y-%m-%d %H:%M:%S} UTC "
-            f"({wait.step}): {wait.error}; it carries on by itself once it is back",
+            f"[yellow]the {escape(wait.provider)} is not answering[/] since {stamp(wait.since)} UTC "
+            f"({escape(wait.step)}): {escape(wait.error)}; it carries on by itself once it is back",
             highlight=False,
         )
     if view.messages_waiting:
         out.print(f"{view.messages_waiting} message(s) to the customer or ops waiting to go out", highlight=False)
+    _print_parcels(view)
+    if view.backordered:
+        out.print(
+            "waiting for stock: " + ", ".join(f"{li.sku} x{li.quantity}" for li in view.backordered), markup=False
+        )
+    timeline = table(time_column(), key("status"), "note")
+    for entry in view.timeline:
+        timeline.add_row(stamp(entry.at), entry.status.value, entry.note)
+    out.print(timeline)
+
+
+# The view's top-level copy of the parcel that moved last: --json gives every parcel under "shipments" instead.
+_LAST_PARCEL = {
+    "warehouse",
+    "pick_task_id",
+    "carrier",
+    "service",
+    "tracking_number",
+    "tracking_url",
+    "estimated_delivery",
+}
+
+
+def _status_text(view: OrderView) -> str:
+    """The order's status, and what ended it when the status alone does not say: a return settled by an
+    exchange leaves the order RETURN_RECEIVED (a refund ends it REFUNDED)."""
+    exchanged = [r for r in view.returns if r.status == "EXCHANGED"]
+    if view.status == OrderStatus.RETURN_RECEIVED and exchanged:
+        replacement = exchanged[-1].replacement_order_id
+        return f"{view.status.value} (exchanged: replacement order {replacement})"
+    return view.status.value
+
+
+def _print_parcels(view: OrderView) -> None:
     if len(view.shipments) > 1:
-        parcels = Table("parcel", "from", "lines", "status", "tracking")
+        parcels = table(key("parcel"), key("from"), "lines", "status", "tracking")
         for p in view.shipments:
-            lines = ", ".join(f"{li.sku} x{li.quantity}" for li in p.lines)
+            lines = "\n".join(f"{li.sku} x{li.quantity}" for li in p.lines)
             status = p.status.value + (f" ({p.outcome})" if p.outcome else "")
             tracking = f"{p.carrier} {p.tracking_number}" if p.tracking_number else ""
             parcels.add_row(str(p.shipment_no), p.warehouse, lines, status, tracking)
         out.print(parcels)
     elif view.tracking_number:
-        out.print(f"tracking: {view.carrier} {view.service} {view.tracking_number}  {view.tracking_url}")
-    if view.backordered:
-        out.print("waiting for stock: " + ", ".join(f"{li.sku} x{li.quantity}" for li in view.backordered))
-    table = Table("time (UTC)", "status", "note")
-    for entry in view.timeline:
-        table.add_row(f"{entry.at:%Y-%m-%d %H:%M:%S}", entry.status.value, entry.note)
-    out.print(table)
+        # soft_wrap: the tracking URL stays whole, to copy or click
+        out.print(
+            f"tracking: {view.carrier} {view.service} {view.tracking_number}  {view.tracking_url}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @order_app.command("list")
@@ -98,17 +134,19 @@ async def order_list(
     async with await connect_api() as api:
         orders = await api.list_orders(status)
     if as_json:
-        print_json([asdict(o) for o in orders])
+        print_json(orders)
         return
-    table = Table("order", "status", "customer", "placed (UTC)")
+    shown = table(key("order"), key("status"), key("customer"), time_column("placed (UTC)"))
     for o in orders:
-        table.add_row(o.order_id, o.status, o.customer_id, f"{o.started_at:%Y-%m-%d %H:%M:%S}" if o.started_at else "")
-    out.print(table)
+        shown.add_row(o.order_id, o.status, o.customer_id, stamp(o.started_at) if o.started_at else "")
+    out.print(shown)
 
 
 def _print_outcome(view: OrderView) -> None:
     last = view.timeline[-1] if view.timeline else None
-    out.print(f"[bold]{view.order_id}[/]  {view.status.value}" + (f"  ({last.note})" if last else ""))
+    out.print(
+        f"[bold]{escape(view.order_id)}[/]  {escape(_status_text(view))}" + (f"  ({escape(last.note)})" if last else "")
+    )
 
 
 @order_app.command("cancel")
@@ -215,10 +253,10 @@ async def order_return(
     async with await connect_api() as api:
         view = await api.request_return(order_id, lines, reason, exchange=exchange, note=note)
     rma = view.returns[-1]
-    out.print(f"[bold]{rma.rma_id}[/] accepted for order {view.order_id} ({view.status.value})")
+    out.print(f"[bold]{escape(rma.rma_id)}[/] accepted for order {escape(view.order_id)} ({view.status.value})")
     if rma.replacement_order_id:
-        out.print(f"replacement order: {rma.replacement_order_id}")
-    out.print(f"next: fulfill warehouse receive-return {rma.rma_id} --line SKU=QTY:resellable|damaged")
+        out.print(f"replacement order: {rma.replacement_order_id}", markup=False)
+    next_step(f"fulfill warehouse receive-return {rma.rma_id} --line SKU=QTY:resellable|damaged")
 
 
 @order_app.command("returns")
@@ -231,15 +269,19 @@ async def order_returns(
     async with await connect_api() as api:
         view = await api.order_status(order_id)
     if as_json:
-        print_json([r.model_dump(mode="json") for r in view.returns])
+        print_json(view.returns)
         return
-    table = Table("RMA", "status", "reason", "lines", "tracking", "refund", "note")
+    # One free-text column (lines, reason, exchange, note) leaves the ids their whole width at 80 columns.
+    shown = table(key("RMA"), key("status"), "refund", key("tracking"), "lines, reason, note")
     for r in view.returns:
         refund = f"{r.refund_cents / 100:.2f}" if r.refund_cents is not None else ""
-        lines = ", ".join(f"{li.sku} x{li.quantity}" for li in r.lines)
-        reason = r.reason + (f" (exchange: {r.replacement_order_id})" if r.exchange else "")
-        table.add_row(r.rma_id, r.status, reason, lines, r.tracking_number or "", refund, r.note or "")
-    out.print(table)
+        details = [", ".join(f"{li.sku} x{li.quantity}" for li in r.lines), r.reason.replace("_", " ")]
+        if r.exchange:
+            details.append(f"exchange: order {r.replacement_order_id}")
+        if r.note:
+            details.append(r.note)
+        shown.add_row(r.rma_id, r.status, refund, r.tracking_number or "", "; ".join(details))
+    out.print(shown)
 
 
 @order_app.command("retry-refund")
@@ -251,4 +293,4 @@ async def order_retry_refund(
     """Retry the refund of an RMA that failed and waits for ops (REFUND_FAILED)."""
     async with await connect_api() as api:
         rma = await api.retry_refund(rma_id, description)
-    out.print(f"[bold]{rma.rma_id}[/]  {rma.status.value}" + (f"  ({rma.note})" if rma.note else ""))
+    out.print(f"[bold]{escape(rma.rma_id)}[/]  {rma.status.value}" + (f"  ({escape(rma.note)})" if rma.note else ""))

@@ -6,13 +6,15 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from common.cli._base import connect_api, err, out, print_json, run_async
+from common.cli._help import CliApp
+from common.cli._output import key, stamp, table, time_column
 from common.errors import InvalidRequest
 from common.models import workflow_id_for
 
-warehouse_app = typer.Typer(help="Pick tasks for warehouse staff.", no_args_is_help=True)
+warehouse_app = CliApp(help="Pick tasks for warehouse staff.", no_args_is_help=True)
 
 
 @warehouse_app.command("picks")
@@ -24,13 +26,13 @@ async def warehouse_picks(
     async with await connect_api() as api:
         tasks = await api.open_picks()
     if as_json:
-        print_json([asdict(t) for t in tasks])
+        print_json([{**asdict(t), "lines": [{"sku": sku, "quantity": qty} for sku, qty in t.lines]} for t in tasks])
         return
-    table = Table("task", "order", "warehouse", "lines", "created (UTC)")
+    shown = table(key("task"), key("order"), key("warehouse"), "lines", time_column("created (UTC)"))
     for t in tasks:
-        lines = ", ".join(f"{sku} x{qty}" for sku, qty in t.lines)
-        table.add_row(t.id, t.order_id, t.warehouse, lines, f"{t.created_at:%Y-%m-%d %H:%M:%S}")
-    out.print(table)
+        lines = "\n".join(f"{sku} x{qty}" for sku, qty in t.lines)
+        shown.add_row(t.id, t.order_id, t.warehouse, lines, stamp(t.created_at))
+    out.print(shown)
 
 
 @warehouse_app.command("confirm")
@@ -54,13 +56,15 @@ async def warehouse_confirm(
         untold = await api.store.order_signals(workflow_id_for(task.order_id), pending_only=True)
     if task.short:
         gone = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(task.short.items()))
-        out.print(f"pick task {task.id} confirmed short of {gone} (order {task.order_id}); discrepancy recorded")
+        out.print(
+            f"pick task {task.id} confirmed short of {gone} (order {task.order_id}); discrepancy recorded", markup=False
+        )
     else:
-        out.print(f"pick task {task.id} confirmed (order {task.order_id})")
+        out.print(f"pick task {task.id} confirmed (order {task.order_id})", markup=False)
     if untold:
         err.print(
-            f"[yellow]warning:[/] the engine could not be told now ({untold[-1].last_error or 'pending'}); order "
-            f"{task.order_id} will be told when it is back",
+            f"[yellow]warning:[/] the engine could not be told now ({escape(untold[-1].last_error or 'pending')}); "
+            f"order {escape(task.order_id)} will be told when it is back",
             highlight=False,
         )
 
@@ -103,4 +107,4 @@ async def warehouse_receive_return(
     async with await connect_api() as api:
         rma = await api.receive_return(rma_id, lines, note)
     found = ", ".join(f"{li.sku} x{li.quantity} {li.condition.value}" for li in rma.received)
-    out.print(f"[bold]{rma.rma_id}[/]  {rma.status.value}  (received {found})")
+    out.print(f"[bold]{escape(rma.rma_id)}[/]  {rma.status.value}  (received {escape(found)})")
