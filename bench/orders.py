@@ -56,6 +56,7 @@ from common.demo import seed_demo
 from common.errors import FulfillmentError
 from common.temporal import ORDER_STATUS
 from sandbox import fetch_outbox
+from workflows.order import OrderWorkflow
 
 from floor_workflow import DEFAULT_STEPS
 from history import fetch_stats, spread_sample, summarise
@@ -592,7 +593,7 @@ async def ops_query_latencies(client: Client, workflow_ids: Sequence[str], repea
         await handle.describe()
         describe_s.append(time.perf_counter() - started)
         started = time.perf_counter()
-        await handle.query("status")
+        await handle.query(OrderWorkflow.status)
         query_s.append(time.perf_counter() - started)
     return {
         "list_first_page_s": distribution(list_s),
