@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from common.api import FulfillmentApi, OrderSummary
-from common.cli import app
 from common.config import get_settings
 from common.db import PickTask, Store
 from common.demo import seed_demo
@@ -27,6 +26,7 @@ from common.models import (
     ShippingSpeed,
     TimelineEntry,
 )
+from workers.cli import app
 
 WIDTH = 80
 AT = datetime(2026, 12, 1, 8, 51, 52, 160000, tzinfo=UTC)

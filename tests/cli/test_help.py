@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import typer
 from typer.testing import CliRunner
 
-from common.cli import app
+from workers.cli import app
 
 
 def _paths(group: typer.main.TyperGroup, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from common.cli import app
 from tests.cli.conftest import StandInApi, fulfill, ok
+from workers.cli import app
 
 
 def _outbox_module() -> Any:
