@@ -20,8 +20,9 @@ from temporalio.exceptions import TemporalError
 
 from common.cli._base import connect_api, err, out, print_json, run_async
 from common.config import get_settings
-from common.db import LedgerEntry, LowStockCrossing, StockChange, Store
 from common.inventory import forecast as fc
+from common.inventory.contracts import LedgerEntry, LowStockCrossing, StockChange
+from common.store import Store
 
 inventory_app = typer.Typer(
     help="Stock: levels, receiving, counts, history, forecasts and imports.", no_args_is_help=True
@@ -164,7 +165,7 @@ async def inventory_expect(
         raise ValueError(f"quantity must be a positive number of units (got {quantity})")
     due = _parse_date("eta", eta)
     async with open_store() as store:
-        order = await store.expect_receipt(sku, quantity, warehouse, eta=due, po=po, note=note)
+        order = await store.purchase_orders.expect_receipt(sku, quantity, warehouse, eta=due, po=po, note=note)
     when = f", due {order.eta}" if order.eta else ""
     out.print(f"{order.id}: {order.quantity} x {order.sku} expected at {order.warehouse}{when}", highlight=False)
 
@@ -178,7 +179,7 @@ async def inventory_incoming(
 ) -> None:
     """Open purchase orders (expected receipts), soonest first."""
     async with open_store() as store:
-        orders = await store.purchase_orders(sku, warehouse)
+        orders = await store.purchase_orders.purchase_orders(sku, warehouse)
     if as_json:
         print_json([asdict(o) for o in orders])
         return
@@ -193,7 +194,7 @@ async def inventory_incoming(
 async def inventory_cancel_po(po: Annotated[str, typer.Argument(help="Purchase order id.")]) -> None:
     """Cancel an open purchase order: it is no longer incoming."""
     async with open_store() as store:
-        order = await store.cancel_purchase_order(po)
+        order = await store.purchase_orders.cancel_purchase_order(po)
     out.print(f"{order.id}: {order.status}", highlight=False)
 
 
@@ -261,8 +262,8 @@ async def inventory_count(
     if counted < 0:
         raise ValueError(f"counted must be a number of units >= 0 (got {counted})")
     async with open_store() as store:
-        change = await store.count_stock(sku, warehouse, counted, reason=reason)
-        crossings = await store.low_stock_crossings([sku], pending_only=True)
+        change = await store.counts.count_stock(sku, warehouse, counted, reason=reason)
+        crossings = await store.stock.low_stock_crossings([sku], pending_only=True)
         _print_change(change, as_json, f"counted {counted}")
         await _alert_ops(store, [c for c in crossings if c.warehouse == warehouse])
     await _tell_orders(change)
@@ -281,8 +282,8 @@ async def inventory_adjust(
     if delta == 0:
         raise ValueError("delta must not be 0")
     async with open_store() as store:
-        change = await store.adjust_stock(sku, warehouse, delta, reason=reason)
-        crossings = await store.low_stock_crossings([sku], pending_only=True)
+        change = await store.counts.adjust_stock(sku, warehouse, delta, reason=reason)
+        crossings = await store.stock.low_stock_crossings([sku], pending_only=True)
         _print_change(change, as_json, f"adjusted by {delta:+d}")
         await _alert_ops(store, [c for c in crossings if c.warehouse == warehouse])
     await _tell_orders(change)
@@ -309,8 +310,8 @@ async def inventory_history(
 ) -> None:
     """Every stock change of a SKU, newest first: kind, units, reference, reason and time."""
     async with open_store() as store:
-        entries = await store.stock_history(sku, warehouse, limit=limit)
-        levels = {level.warehouse: level.on_hand for level in await store.stock_levels(sku, warehouse)}
+        entries = await store.stock.stock_history(sku, warehouse, limit=limit)
+        levels = {level.warehouse: level.on_hand for level in await store.stock.stock_levels(sku, warehouse)}
     rows = _with_balances(entries, levels)
     if as_json:
         print_json([{**asdict(e), "on_hand_after": after} for e, after in rows])
@@ -355,7 +356,7 @@ async def inventory_forecast(
     from common.inventory.planning import on_hand_history, stock_forecasts
 
     async with open_store() as store:
-        if sku is not None and await store.unknown_skus([sku]):
+        if sku is not None and await store.catalog.unknown_skus([sku]):
             raise ValueError(f"unknown SKU {sku!r}: not in the product catalogue")
         forecasts = await stock_forecasts(
             store,
@@ -378,7 +379,9 @@ async def inventory_forecast(
                 charts.append(render_sku_chart(chart_file(chart_dir, s), mine, history, alpha=alpha))
         crossings: list[LowStockCrossing] = []
         if apply and forecasts:
-            crossings = await store.set_reorder_points({(f.sku, f.warehouse): f.plan.reorder_point for f in forecasts})
+            crossings = await store.stock.set_reorder_points(
+                {(f.sku, f.warehouse): f.plan.reorder_point for f in forecasts}
+            )
 
         if as_json:
             print_json(
@@ -455,7 +458,7 @@ async def inventory_reorder_point(
     if point is not None and point < 0:
         raise ValueError(f"reorder point must be >= 0 (got {point})")
     async with open_store() as store:
-        crossings = await store.set_reorder_point(sku, warehouse, point)
+        crossings = await store.stock.set_reorder_point(sku, warehouse, point)
         out.print(f"{sku} @ {warehouse}: reorder point {'cleared' if point is None else point}", highlight=False)
         await _alert_ops(store, crossings)
 
@@ -477,8 +480,8 @@ async def inventory_import(
 
     rows = parse_stock(read_text(file))
     async with open_store() as store:
-        result = await store.import_stock(rows, ref=f"import:{file.name}"[:200])
-        crossings = await store.low_stock_crossings({r.sku for r in rows}, pending_only=True)
+        result = await store.stock.import_stock(rows, ref=f"import:{file.name}"[:200])
+        crossings = await store.stock.low_stock_crossings({r.sku for r in rows}, pending_only=True)
         _print_import(result, as_json, "stock rows")
         keys = {(r.sku, r.warehouse) for r in rows}
         await _alert_ops(store, [c for c in crossings if (c.sku, c.warehouse) in keys])
