@@ -10,11 +10,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from common.config import Settings, get_settings
-from common.db import Store
 from common.integrations.email import EmailSender
 from common.inventory.alerts import send_low_stock_alerts
 from common.inventory.contracts import ShipmentRef
 from common.models import OrderLine, ReserveRequest, ReserveResult, ShipmentAllocation
+from common.store import Store
 
 
 class InventoryActivities:
@@ -39,7 +39,7 @@ class InventoryActivities:
         """Reserve the lines as one shipment from one warehouse (ship-to region, then country, preferred), or
         split over the fewest warehouses; with `allow_partial`, what is in stock now. Idempotent per
         (order, first shipment no)."""
-        allocation = await self._store.allocate(
+        allocation = await self._store.reservations.allocate(
             request.order_id,
             [(line.sku, line.quantity) for line in request.lines],
             prefer_country=request.ship_to_country,
@@ -63,21 +63,21 @@ class InventoryActivities:
 
     @activity.defn(name="release_stock")
     async def release_stock(self, order_id: str) -> int:
-        return await self._store.release(order_id)
+        return await self._store.reservations.release(order_id)
 
     @activity.defn(name="release_shipment")
     async def release_shipment(self, ref: ShipmentRef) -> int:
         """Undo of one parcel's reservation (the rest of the order keeps its own). Idempotent."""
-        return await self._store.release(ref.order_id, shipment_no=ref.shipment_no, note="cancel shipment")
+        return await self._store.reservations.release(ref.order_id, shipment_no=ref.shipment_no, note="cancel shipment")
 
     @activity.defn(name="close_backorder")
     async def close_backorder(self, order_id: str) -> bool:
         """The order stops waiting for stock (the rest of it was given up); its reservations stay as they are."""
-        return await self._store.close_backorder(order_id)
+        return await self._store.backorders.close_backorder(order_id)
 
     @activity.defn(name="commit_shipment")
     async def commit_shipment(self, ref: ShipmentRef) -> int:
-        return await self._store.commit_reservation(ref.order_id, shipment_no=ref.shipment_no)
+        return await self._store.reservations.commit_reservation(ref.order_id, shipment_no=ref.shipment_no)
 
     @activity.defn(name="alert_low_stock")
     async def alert_low_stock(self, skus: list[str]) -> int:

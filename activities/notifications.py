@@ -24,12 +24,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from common.config import Settings
-from common.db import Store
-from common.db.store import NotificationClaim
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.integrations.sms import SmsPermanentError, SmsSender
 from common.messages import RenderedMessage, render
 from common.models import Channel, NotifyRequest, NotifyResult, OpsAlert
+from common.notifications.contracts import NotificationClaim
+from common.store import Store
 
 # How long the channels of a notification that went out wait for the others before they are marked sent anyway:
 # together they cost one transaction; a slow channel holds back the others' mark (the window in which a crash
@@ -75,7 +75,7 @@ class NotificationActivities:
                 key, request.order_id, request.event.value, channel.value, recipient, message.subject, message.text
             )
             pending.append((channel, claim, message))
-        claimed = await self._store.claim_notifications([claim for _, claim, _ in pending])
+        claimed = await self._store.notifications.claim_notifications([claim for _, claim, _ in pending])
         sending = [p for p in pending if p[1].key in claimed]
         result.already_sent.extend(channel for channel, claim, _ in pending if claim.key not in claimed)
         outcomes = await self._send_and_mark(sending)
@@ -112,7 +112,7 @@ class NotificationActivities:
 
         async def mark() -> None:
             batch = sent.copy()  # sends finishing meanwhile append after it
-            await self._store.mark_notifications_sent(batch)
+            await self._store.notifications.mark_notifications_sent(batch)
             del sent[: len(batch)]
 
         tasks = [asyncio.create_task(send(channel, claim, message)) for channel, claim, message in sending]
@@ -152,9 +152,9 @@ class NotificationActivities:
     ) -> bool:
         """Claim the key in the delivery log, send, mark sent; False if an earlier attempt already sent it."""
         claim = NotificationClaim(key, order_id, event, channel.value, recipient, message.subject, message.text)
-        if key not in await self._store.claim_notifications([claim]):
+        if key not in await self._store.notifications.claim_notifications([claim]):
             return False
-        await self._store.mark_notification_sent(key, await self._send_claimed(claim, channel, message))
+        await self._store.notifications.mark_notification_sent(key, await self._send_claimed(claim, channel, message))
         return True
 
     async def _send_claimed(self, claim: NotificationClaim, channel: Channel, message: RenderedMessage) -> str:
@@ -165,10 +165,10 @@ class NotificationActivities:
         try:
             provider_id = await self._send(key, order_id, channel, claim.recipient, message)
         except (EmailPermanentError, SmsPermanentError) as err:
-            await self._store.mark_notification_failed(key, str(err))
+            await self._store.notifications.mark_notification_failed(key, str(err))
             raise
         except Exception as err:
-            await self._store.mark_notification_failed(key, str(err))
+            await self._store.notifications.mark_notification_failed(key, str(err))
             # The type names the provider the order waits for (workflows/steps.py).
             provider = "EmailUnavailable" if channel == Channel.EMAIL else "SmsUnavailable"
             raise ApplicationError(f"{channel.value} to order {order_id} failed: {err}", type=provider) from err

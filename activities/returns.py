@@ -14,9 +14,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.shipping import parcel_of, undo_label, warehouse_address
-from common.db import Store
-from common.db.returns import ReturnsStore
-from common.db.store import ShipmentRecord
 from common.integrations.carrier import (
     CarrierAddressError,
     CarrierAlreadyPurchasedError,
@@ -42,6 +39,8 @@ from common.returns import (
     refundable_units,
     return_label_key,
 )
+from common.shipping.contracts import LabelRecord
+from common.store import Store
 
 # Returns go back the cheapest way: no customer is waiting on the parcel.
 RETURN_MAX_DELIVERY_DAYS = 7
@@ -50,7 +49,7 @@ RETURN_MAX_DELIVERY_DAYS = 7
 class ReturnActivities:
     def __init__(self, store: Store, carrier: CarrierClient, payments: PaymentsGateway) -> None:
         self._store = store
-        self._returns = ReturnsStore(store)
+        self._returns = store.returns
         self._carrier = carrier
         self._payments = payments
 
@@ -95,7 +94,7 @@ class ReturnActivities:
         """A return label (EasyPost `is_return: true`: the label runs from the customer back to the warehouse)."""
         key = return_label_key(request.rma_id)
         try:
-            record = await self._store.get_shipment(key)
+            record = await self._store.labels.get(key)
             if record is None or record.status != "purchased":
                 if record is None:
                     created = await self._carrier.create_shipment(
@@ -105,7 +104,7 @@ class ReturnActivities:
                         parcel=await self._parcel(request),
                         is_return=True,
                     )
-                    record = await self._store.record_carrier_shipment(key, request.order_id, created.id)
+                    record = await self._store.labels.record_carrier_shipment(key, request.order_id, created.id)
                 shipment = await self._carrier.get_shipment(record.carrier_shipment_id)
                 if shipment.tracking_code is None:
                     rate = choose_rate(shipment.rates, RETURN_MAX_DELIVERY_DAYS)
@@ -115,7 +114,7 @@ class ReturnActivities:
                         shipment = await self._carrier.get_shipment(shipment.id)
                 if shipment.selected_rate is None or shipment.tracking_code is None or shipment.label_url is None:
                     raise ApplicationError(f"carrier returned shipment {shipment.id} without a label")
-                record = await self._store.record_label(
+                record = await self._store.labels.mark_purchased(
                     key,
                     carrier=shipment.selected_rate.carrier,
                     service=shipment.selected_rate.service,
@@ -153,7 +152,7 @@ class ReturnActivities:
             request.rma_id, resellable=resellable, damaged=damaged, warehouses=request.warehouses, reason=reason
         )
         for sku, qty in sorted(resellable.items()):
-            await self._store.return_stock(
+            await self._store.stock.return_stock(
                 sku, qty, request.warehouses.get(sku), ref=request.rma_id, note=f"customer return {request.rma_id}"
             )
         woken: list[str] = []
@@ -221,7 +220,7 @@ class ReturnActivities:
         prices = dict(unit_prices)
         unpriced = sorted(set(units) - set(prices))
         if unpriced:
-            prices.update(await self._returns.prices(unpriced))
+            prices.update(await self._store.catalog.prices(unpriced))
         missing = sorted(set(units) - set(prices))
         if missing:
             raise ApplicationError(f"no price for {', '.join(missing)}", type="PaymentDeclined", non_retryable=True)
@@ -257,13 +256,15 @@ class ReturnActivities:
         )
 
     async def _warehouse_address(self, code: str) -> dict[str, str]:
-        return warehouse_address(next((w for w in await self._store.warehouses() if w.code == code), None), code)
+        return warehouse_address(
+            next((w for w in await self._store.catalog.warehouses() if w.code == code), None), code
+        )
 
     async def _parcel(self, request: ReturnLabelRequest) -> dict[str, float]:
-        return parcel_of(request.lines, {p.sku: p.weight_grams for p in await self._store.products()})
+        return parcel_of(request.lines, {p.sku: p.weight_grams for p in await self._store.catalog.products()})
 
 
-def _label(record: ShipmentRecord) -> ReturnLabel:
+def _label(record: LabelRecord) -> ReturnLabel:
     return ReturnLabel(
         shipment_key=record.key,
         carrier=record.carrier or "",

@@ -14,8 +14,7 @@ from typing import Any, Protocol
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from common.db import Store, Warehouse
-from common.db.store import ShipmentRecord
+from common.catalog.contracts import Warehouse
 from common.integrations.carrier import (
     CarrierAddressError,
     CarrierAlreadyPurchasedError,
@@ -37,6 +36,8 @@ from common.models import (
     TrackingStatus,
     TrackingUpdate,
 )
+from common.shipping.contracts import LabelRecord
+from common.store import Store
 
 CATALOGUE_TTL_S = 60.0
 
@@ -65,7 +66,7 @@ class ShippingActivities:
     async def buy_label(self, request: LabelRequest) -> Label:
         key = label_key(request.order_id, request.shipment_no)
         try:
-            record = await self._store.get_shipment(key)
+            record = await self._store.labels.get(key)
             if record is not None and record.status == "purchased":
                 return _label(record)
             shipment: CarrierShipment | None = None
@@ -77,7 +78,7 @@ class ShippingActivities:
                     parcel=await self._parcel(request),
                 )
                 # If a concurrent attempt recorded first, its shipment wins and ours is never bought.
-                record = await self._store.record_carrier_shipment(key, request.order_id, created.id)
+                record = await self._store.labels.record_carrier_shipment(key, request.order_id, created.id)
                 if record.carrier_shipment_id == created.id:
                     shipment = created  # ours, just created with its rates: no need to fetch it again
             if shipment is None:  # a retry, or another attempt's shipment: it may have been bought meanwhile
@@ -149,10 +150,10 @@ class ShippingActivities:
             message=tracker.message or f"carrier reports {status.value}",
         )
 
-    async def _record_label(self, key: str, shipment: CarrierShipment) -> ShipmentRecord:
+    async def _record_label(self, key: str, shipment: CarrierShipment) -> LabelRecord:
         if shipment.selected_rate is None or shipment.tracking_code is None or shipment.label_url is None:
             raise ApplicationError(f"carrier returned shipment {shipment.id} without a label")
-        return await self._store.record_label(
+        return await self._store.labels.mark_purchased(
             key,
             carrier=shipment.selected_rate.carrier,
             service=shipment.selected_rate.service,
@@ -173,13 +174,13 @@ class ShippingActivities:
     async def _catalogue(self) -> tuple[dict[str, Warehouse], dict[str, int]]:
         """Warehouses and product weights, read at most once a minute: every label needs them, they rarely change."""
         if self._catalogue_cache is None or time.monotonic() - self._catalogue_cache[0] > CATALOGUE_TTL_S:
-            warehouses = {wh.code: wh for wh in await self._store.warehouses()}
-            weights = {p.sku: p.weight_grams for p in await self._store.products()}
+            warehouses = {wh.code: wh for wh in await self._store.catalog.warehouses()}
+            weights = {p.sku: p.weight_grams for p in await self._store.catalog.products()}
             self._catalogue_cache = (time.monotonic(), warehouses, weights)
         return self._catalogue_cache[1], self._catalogue_cache[2]
 
 
-def _label(record: ShipmentRecord) -> Label:
+def _label(record: LabelRecord) -> Label:
     return Label(
         shipment_key=record.key,
         carrier=record.carrier or "",
@@ -198,17 +199,17 @@ async def undo_label(store: Store, carrier: CarrierClient, key: str) -> LabelUnd
     not (yet) known to be bought in our records is looked up too: a purchase interrupted after the carrier
     sold the label is found and refunded. The record is marked voided only when nothing is left to pay for.
     Idempotent."""
-    record = await store.get_shipment(key)
+    record = await store.labels.get(key)
     if record is None:
         return LabelUndoResult(outcome=LabelUndo.NOTHING_BOUGHT, note="no carrier shipment was created")
     if record.status == "voided":
         return LabelUndoResult(outcome=LabelUndo.VOIDED, note="voided before")
     shipment = await carrier.get_shipment(record.carrier_shipment_id)
     if shipment.tracking_code is None:
-        await store.mark_shipment_voided(key)  # never bought: nothing to refund, and nothing may be bought now
+        await store.labels.mark_voided(key)  # never bought: nothing to refund, and nothing may be bought now
         return LabelUndoResult(outcome=LabelUndo.NOTHING_BOUGHT, note="the carrier shipment has no label")
     if shipment.refund_status in ("submitted", "refunded"):
-        await store.mark_shipment_voided(key)
+        await store.labels.mark_voided(key)
         return LabelUndoResult(outcome=LabelUndo.VOIDED, refund_status=shipment.refund_status, note="refunded before")
     try:
         status = (await carrier.get_tracker(shipment.tracking_code)).status
@@ -220,7 +221,7 @@ async def undo_label(store: Store, carrier: CarrierClient, key: str) -> LabelUnd
         )
     refunded = await carrier.refund(shipment.id)
     if refunded.refund_status in ("submitted", "refunded"):
-        await store.mark_shipment_voided(key)
+        await store.labels.mark_voided(key)
         return LabelUndoResult(
             outcome=LabelUndo.VOIDED, tracking_status=status, refund_status=refunded.refund_status, note="refunded"
         )

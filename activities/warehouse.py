@@ -8,8 +8,10 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from common.db import PickTaskClosed, ShipmentReleased, Store, StoreError
+from common.db.errors import StoreError
 from common.models import PickShortage, PickTaskRequest
+from common.store import Store
+from common.warehouse.contracts import PickTaskClosed, ShipmentReleased
 
 
 class WarehouseActivities:
@@ -30,7 +32,7 @@ class WarehouseActivities:
         """Idempotent on (order, attempt): a retried activity gets the same task back. A parcel whose
         reservation a stock count released fails with type "ShipmentReleased" (retrying cannot bring it back)."""
         try:
-            task = await self._store.create_pick_task(
+            task = await self._store.picks.create(
                 request.order_id,
                 request.attempt,
                 request.warehouse,
@@ -45,7 +47,7 @@ class WarehouseActivities:
         """Confirm the task short and correct on hand (a discrepancy ledger row); a no-op if already done. The
         parcel lost its reservation to a stock count meanwhile: type "ShipmentReleased"."""
         try:
-            task = await self._store.confirm_pick_task(shortage.task_id, shortage.short)
+            task = await self._store.picks.confirm(shortage.task_id, shortage.short)
         except ShipmentReleased as err:
             raise ApplicationError(str(err), type="ShipmentReleased", non_retryable=True) from err
         except StoreError as err:  # e.g. confirmed in full meanwhile: retrying cannot change that
@@ -56,9 +58,9 @@ class WarehouseActivities:
     async def cancel_pick_tasks(self, order_id: str) -> list[str]:
         """Compensation: cancel the order's open pick tasks so staff don't pick goods nobody will ship."""
         cancelled = []
-        for task in await self._store.pick_tasks_for_order(order_id):
+        for task in await self._store.picks.for_order(order_id):
             if task.status == "open":
-                await self._store.cancel_pick_task(task.id)
+                await self._store.picks.cancel(task.id)
                 cancelled.append(task.id)
         return cancelled
 
@@ -67,7 +69,7 @@ class WarehouseActivities:
         """Undo of one parcel's pick: True if the open task is cancelled now, False if it was closed before
         (confirmed: the packed goods go back to the shelf; or cancelled already). Idempotent."""
         try:
-            task = await self._store.cancel_pick_task(task_id)
+            task = await self._store.picks.cancel(task_id)
         except PickTaskClosed:
             return False
         return task.status == "cancelled"

@@ -51,9 +51,9 @@ from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.db import Store
 from common.demo import seed_demo
 from common.errors import FulfillmentError
+from common.store import Store
 from common.temporal import ORDER_STATUS
 from sandbox import fetch_outbox
 from workflows.order import OrderWorkflow
@@ -330,7 +330,7 @@ async def open_store(settings: Settings, orders: int) -> Store:
     store = await Store.open(settings.database_url)
     await seed_demo(store)
     for sku in SKUS:
-        await store.receive_stock(sku, orders, STOCK_WAREHOUSE, note="benchmark stock")
+        await store.stock.receive_stock(sku, orders, STOCK_WAREHOUSE, note="benchmark stock")
     return store
 
 
@@ -352,7 +352,7 @@ async def confirm_picks(api: FulfillmentApi, stop: asyncio.Event, poll_s: float 
                 seen.discard(task_id)  # try again on the next round
 
     while not stop.is_set():
-        fresh = [task.id for task in await api.store.open_pick_tasks() if task.id not in seen]
+        fresh = [task.id for task in await api.store.picks.open_tasks() if task.id not in seen]
         seen.update(fresh)
         await asyncio.gather(*(confirm(task_id) for task_id in fresh))
         with contextlib.suppress(TimeoutError):
@@ -462,7 +462,7 @@ async def engine_phase(client: Client, opts: Options, work_dir: Path, run_id: st
             await asyncio.sleep(opts.probe_interval)
         await wait_until("probe closed", lambda: count_of(client, closed), n + k, watch)
         emails = await confirmation_emails(settings)
-        picks = await es.api.store.open_pick_tasks()
+        picks = await es.api.store.picks.open_tasks()
 
     executions = await list_executions(client, task_queue)
     burst_ids = {p.order_id for p in burst}

@@ -20,9 +20,9 @@ from pathlib import Path
 from common.api import FulfillmentApi
 from common.cli._base import hide_password, remove_stack_file, stack_file, write_stack_file
 from common.config import Settings, get_settings
-from common.db import Store
 from common.demo import seed_demo
 from common.logs import configure_logging
+from common.store import Store
 from common.temporal import connect, dev_server_search_attribute_args, register_search_attributes
 from workers.picker import run_picker
 

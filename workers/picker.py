@@ -14,7 +14,7 @@ log = logging.getLogger("fulfill.picker")
 async def run_picker(api: FulfillmentApi, delay_s: float, stop: asyncio.Event, poll_s: float = 0.5) -> None:
     while not stop.is_set():
         try:
-            for task in await api.store.open_pick_tasks(older_than_s=delay_s):
+            for task in await api.store.picks.open_tasks(older_than_s=delay_s):
                 await api.confirm_pick(task.id)
                 log.info("picked %s for order %s", task.id, task.order_id)
         except FulfillmentError as err:

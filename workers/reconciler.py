@@ -3,7 +3,7 @@
 The order-signal relay delivers what the order-signal outbox still holds (common/order_signals.py), every
 `FULFILL_ORDER_SIGNAL_RELAY_INTERVAL` seconds. The API delivers the messages it writes at once; this catches
 the ones it could not, e.g. a stock count recorded by the CLI while the engine was down. Several worker
-processes each run one: rows are claimed with a lease (Store.claim_order_signals), so two relays do not
+processes each run one: rows are claimed with a lease (OrderSignalStore.claim_order_signals), so two relays do not
 deliver the same row while both are alive, and one workflow's rows still go in order. After a relay dies
 mid-delivery its rows are delivered again, which is harmless (see common/order_signals.py).
 
@@ -29,10 +29,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.shipping import label_key, undo_label
 from common.config import Settings
-from common.db import Store
 from common.integrations.carrier import CarrierClient
 from common.models import LabelUndo, order_key, workflow_id_for
 from common.order_signals import DeliveryReport, deliver_order_signals
+from common.store import Store
 
 log = logging.getLogger("fulfill.reconciler")
 
@@ -92,7 +92,7 @@ class ClosedOrderSweeper:
         swept: list[str] = []
         try:
             closed = set(await self._closed_orders(self._since))
-            for key in await self._store.orders_holding_resources():
+            for key in await self._store.orders.holding_resources():
                 order_id = workflow_id_for(key).removeprefix("order-")  # an order placed again keys its rows
                 if order_id not in closed or await self._owned_by_a_running_order(order_id, key):
                     continue
@@ -132,20 +132,20 @@ async def sweep_order(store: Store, carrier: CarrierClient, order_id: str) -> No
     whose stock is still held gets its label undone unless the carrier has the parcel (then that stock is
     committed: it left), then open pick tasks are cancelled and the rest is released (which also ends its
     wait in the restock queue)."""
-    for record in await store.shipments_for_order(order_id):
+    for record in await store.labels.for_order(order_id):
         if not record.key.startswith("label:") or record.status == "voided":
             continue  # return labels belong to their RMA's workflow
         shipment_no = int(record.key.rsplit(":", 1)[1])
-        if await store.shipment_reservation_status(order_id, shipment_no) != "held":
+        if await store.reservations.shipment_reservation_status(order_id, shipment_no) != "held":
             continue
         assert record.key == label_key(order_id, shipment_no)
         undo = await undo_label(store, carrier, record.key)
         if undo.outcome == LabelUndo.IN_USE:
-            await store.commit_reservation(order_id, shipment_no=shipment_no)
-    for task in await store.pick_tasks_for_order(order_id):
+            await store.reservations.commit_reservation(order_id, shipment_no=shipment_no)
+    for task in await store.picks.for_order(order_id):
         if task.status == "open":
-            await store.cancel_pick_task(task.id)
-    await store.release(order_id, note="order closed without giving it back")
+            await store.picks.cancel(task.id)
+    await store.reservations.release(order_id, note="order closed without giving it back")
 
 
 @asynccontextmanager

@@ -23,12 +23,12 @@ from activities.returns import ReturnActivities
 from activities.shipping import ShippingActivities
 from activities.warehouse import WarehouseActivities
 from common.config import Settings, get_settings
-from common.db import Store
 from common.integrations.carrier import CarrierClient
 from common.integrations.email import EmailSender
 from common.integrations.payments import payments_gateway
 from common.integrations.sms import SmsSender
 from common.logs import configure_logging
+from common.store import Store
 from common.temporal import connect, task_pollers
 from workers.reconciler import running_relay, running_sweeper
 from workflows.order import OrderWorkflow

@@ -30,8 +30,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.workflow import UpdateMethodMultiParam
 
 from common.config import Settings
-from common.db import PickTask, PickTaskClosed, ShipmentReleased, StockChange, StockLevel, Store
-from common.db.returns import ReturnsStore
 from common.errors import (
     FulfillmentError,
     InvalidOrder,
@@ -41,6 +39,7 @@ from common.errors import (
     PickNotAllowed,
 )
 from common.intake import describe_error, parse_order
+from common.inventory.contracts import StockChange, StockLevel
 from common.models import (
     ORDER_WORKFLOW_VERSION,
     Address,
@@ -57,7 +56,10 @@ from common.models import (
 )
 from common.order_signals import DeliveryReport, deliver_order_signals, wake_backordered_orders
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
+from common.store import Store
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect
+from common.warehouse.contracts import PickTask, PickTaskClosed, ShipmentReleased
+from common.warehouse.short_picks import shortage_problem
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
@@ -125,7 +127,7 @@ class FulfillmentApi:
 
     async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:
         order = parse_order(data)
-        prices = await ReturnsStore(self.store).prices([line.sku for line in order.lines])
+        prices = await self.store.catalog.prices([line.sku for line in order.lines])
         unknown = [line.sku for line in order.lines if line.sku not in prices]
         if unknown:
             raise InvalidOrder([f"lines: unknown sku {sku!r} (not in the catalogue)" for sku in unknown])
@@ -294,7 +296,7 @@ class FulfillmentApi:
     # ------------------------------------------------------------------------------------------ warehouse
 
     async def open_picks(self) -> list[PickTask]:
-        return await self.store.open_pick_tasks()
+        return await self.store.picks.open_tasks()
 
     async def confirm_pick(self, task_id: str, short: dict[str, int] | None = None) -> PickTask:
         """Confirm a pick; with `short` (sku -> units not found), a short pick: on hand is corrected with a
@@ -302,24 +304,19 @@ class FulfillmentApi:
 
         The order is told through the order-signal outbox: the database writes the message with the
         confirmation, and it is delivered at once; if the engine cannot take it now, the confirmation stands
-        and the worker's relay delivers it later (the message stays pending: `Store.order_signals`). A pick
+        and the worker's relay delivers it later (the message stays pending: `store.signals.order_signals`). A pick
         whose stock a count released, or that was cancelled, is refused (PickNotAllowed)."""
-        task = await self.store.get_pick_task(task_id)
+        task = await self.store.picks.get(task_id)
         if task is None:
             raise PickNotAllowed(f"no pick task {task_id!r}")
         if short:
-            ordered = dict(task.lines)
-            for sku, units in short.items():
-                if sku not in ordered:
-                    raise InvalidRequest(f"pick task {task_id} has no line for {sku} (it has {', '.join(ordered)})")
-                if not 0 < units <= ordered[sku]:
-                    raise InvalidRequest(
-                        f"pick task {task_id}: short {sku}={units} must be between 1 and the {ordered[sku]} to pick"
-                    )
+            problem = shortage_problem(task_id, dict(task.lines), short)
+            if problem is not None:
+                raise InvalidRequest(problem)
             if task.status == "confirmed" and task.short != short:
                 raise PickNotAllowed(f"pick task {task_id} is already confirmed; a shortage can't be added now")
         try:
-            task = await self.store.confirm_pick_task(task_id, short)
+            task = await self.store.picks.confirm(task_id, short)
         except ShipmentReleased:
             raise PickNotAllowed(
                 f"pick task {task_id} (order {task.order_id}, parcel {task.attempt}): its stock was released by a "
@@ -350,26 +347,26 @@ class FulfillmentApi:
     # ------------------------------------------------------------------------------------------ stock
 
     async def stock(self, sku: str | None = None, warehouse: str | None = None) -> list[StockLevel]:
-        return await self.store.stock_levels(sku, warehouse)
+        return await self.store.stock.stock_levels(sku, warehouse)
 
     async def receive_stock(
         self, sku: str, quantity: int, warehouse: str | None = None, *, po: str | None = None
     ) -> StockLevel:
         """Restock (closing purchase order `po` if given), then wake the orders waiting for this SKU that the
         stock covers, oldest first."""
-        level = await self.store.receive_stock(sku, quantity, warehouse, po=po)
+        level = await self.store.stock.receive_stock(sku, quantity, warehouse, po=po)
         await wake_backordered_orders(self.client, self.store, [sku])
         return level
 
     async def count_stock(self, sku: str, warehouse: str, counted: int, *, reason: str | None = None) -> StockChange:
         """A physical count. Orders whose unpicked reservations it released (newest first) are told, so they
         re-reserve elsewhere or wait for stock; a count above the books wakes backorders."""
-        change = await self.store.count_stock(sku, warehouse, counted, reason=reason)
+        change = await self.store.counts.count_stock(sku, warehouse, counted, reason=reason)
         await self.after_stock_change(change)
         return change
 
     async def adjust_stock(self, sku: str, warehouse: str, delta: int, *, reason: str) -> StockChange:
-        change = await self.store.adjust_stock(sku, warehouse, delta, reason=reason)
+        change = await self.store.counts.adjust_stock(sku, warehouse, delta, reason=reason)
         await self.after_stock_change(change)
         return change
 

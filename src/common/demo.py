@@ -7,7 +7,8 @@ with `fulfill inventory receive POSTER-A2 5` and the waiting order continues).
 
 from __future__ import annotations
 
-from common.db.store import ProductSeed, StockSeed, Store, WarehouseSeed
+from common.catalog.contracts import ProductSeed, StockSeed, WarehouseSeed
+from common.store import Store
 
 WAREHOUSES: list[WarehouseSeed] = [
     # (code, name, country, region)
@@ -44,4 +45,4 @@ STOCK: list[StockSeed] = [
 async def seed_demo(store: Store) -> bool:
     """Seed the demo catalogue if there are no products yet (one transaction, safe to run from several
     processes at once). Returns True if it seeded."""
-    return await store.seed_catalogue(PRODUCTS, WAREHOUSES, STOCK, ref="demo-seed")
+    return await store.stock.seed_catalogue(PRODUCTS, WAREHOUSES, STOCK, ref="demo-seed")

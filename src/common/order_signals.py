@@ -22,8 +22,9 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from common.db import OrderSignal, Store
 from common.models import workflow_id_for
+from common.outbox.contracts import OrderSignal
+from common.store import Store
 
 # The order workflow's signal for a restocked SKU (OrderWorkflow.stock_received). A name, not a typed reference:
 # this module sits under the workflows (activities send it), so it cannot import them; a test ties the two.
@@ -68,7 +69,7 @@ async def deliver_order_signals(
     workflow's later rows this round. A closed or unknown order (NOT_FOUND), or an update its workflow refused,
     counts as delivered, with a note; anything else leaves the row pending with the attempt and error recorded.
     Never raises for a delivery failure."""
-    claim, rows = await store.claim_order_signals(
+    claim, rows = await store.signals.claim_order_signals(
         ids=ids, workflow_ids=workflow_ids, limit=limit, lease_s=CLAIM_LEASE_S
     )
     report = DeliveryReport()
@@ -86,10 +87,10 @@ async def deliver_order_signals(
                     error = _brief(err)
                     report.failed.append(row.id)
                     report.error = report.error or error
-                    await store.mark_order_signal_failed(row.id, claim, error)
-                    await store.release_order_signal_claims([r.id for r in group[i + 1 :]], claim)
+                    await store.signals.mark_order_signal_failed(row.id, claim, error)
+                    await store.signals.release_order_signal_claims([r.id for r in group[i + 1 :]], claim)
                     return
-                await store.mark_order_signal_delivered(row.id, note)
+                await store.signals.mark_order_signal_delivered(row.id, note)
                 report.delivered.append(row.id)
 
     # Every workflow's round finishes before a database error (marking a row) is raised.
@@ -125,7 +126,7 @@ async def wake_backordered_orders(client: Client, store: Store, skus: list[str])
     Store.backorders_to_wake). Returns the orders signalled."""
     woken = []
     for sku in skus:
-        for order_id in await store.backorders_to_wake(sku):
+        for order_id in await store.backorders.backorders_to_wake(sku):
             try:
                 await client.get_workflow_handle(workflow_id_for(order_id)).signal(STOCK_RECEIVED, sku)
             except RPCError as err:

@@ -16,8 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.db import Store
 from common.demo import seed_demo
+from common.store import Store
 from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from sandbox import SandboxServers
 from tests.conftest import TEMPORAL_CLI

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from common.db import Store
+from common.store import Store
 
 
 @asynccontextmanager
@@ -23,25 +23,25 @@ async def open_stores(url: str, count: int) -> AsyncIterator[list[Store]]:
             store = await Store.open(url, migrate=False)
             stack.push_async_callback(store.close)
             stores.append(store)
-        await first.upsert_warehouse("LDN-1", "London", "GB", "LDN")
-        await first.upsert_warehouse("MAN-1", "Manchester", "GB", "MAN")
-        await first.upsert_warehouse("NYC-1", "New York", "US", "NY")
+        await first.catalog.upsert_warehouse("LDN-1", "London", "GB", "LDN")
+        await first.catalog.upsert_warehouse("MAN-1", "Manchester", "GB", "MAN")
+        await first.catalog.upsert_warehouse("NYC-1", "New York", "US", "NY")
         for sku in ("MUG-RED", "TEE-M", "BOOK-ADA"):
-            await first.upsert_product(sku, sku.title(), 1000, 100)
+            await first.catalog.upsert_product(sku, sku.title(), 1000, 100)
         yield stores
 
 
 async def assert_books_balance(store: Store) -> None:
     """Per (sku, warehouse): 0 <= reserved <= on hand; the ledger sums to on hand and to reserved; held
     reservations add up to reserved."""
-    levels = {(x.sku, x.warehouse): x for x in await store.stock_levels()}
+    levels = {(x.sku, x.warehouse): x for x in await store.stock.stock_levels()}
     on_hand: defaultdict[tuple[str, str], int] = defaultdict(int)
     reserved: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for e in await store.ledger():
+    for e in await store.stock.ledger():
         on_hand[(e.sku, e.warehouse)] += e.delta_on_hand
         reserved[(e.sku, e.warehouse)] += e.delta_reserved
     held: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for r in await store.reservations():
+    for r in await store.reservations.reservations():
         if r.status == "held":
             held[(r.sku, r.warehouse)] += r.quantity
     for key in set(levels) | set(on_hand) | set(held):

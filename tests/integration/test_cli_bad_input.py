@@ -10,7 +10,7 @@ import pytest
 from temporalio.service import RPCError
 
 from common.api import FulfillmentApi
-from common.db import Store
+from common.store import Store
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
 
@@ -49,14 +49,14 @@ CASES = [
 async def test_bad_order_is_refused_and_nothing_starts(
     cli: Cli, api: FulfillmentApi, store: Store, body: str, expected: str
 ) -> None:
-    stock_before = await store.stock_levels()
+    stock_before = await store.stock.stock_levels()
     result = await asyncio.to_thread(cli, "order", "place", "-", input=body)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert expected in result.stderr
     assert "nothing was started" in result.stderr
     with pytest.raises(RPCError):
         await api.client.get_workflow_handle("order-ORD-BAD-1").describe()
-    assert await store.stock_levels() == stock_before
+    assert await store.stock.stock_levels() == stock_before
 
 
 async def test_unreadable_file_is_bad_input(cli: Cli) -> None:
@@ -77,8 +77,8 @@ async def test_unreadable_file_is_bad_input(cli: Cli) -> None:
     ],
 )
 async def test_bad_ops_commands_change_nothing(cli: Cli, store: Store, args: list[str], expected: str) -> None:
-    stock_before = await store.stock_levels()
+    stock_before = await store.stock.stock_levels()
     result = await asyncio.to_thread(cli, *args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert expected in result.stderr
-    assert await store.stock_levels() == stock_before
+    assert await store.stock.stock_levels() == stock_before

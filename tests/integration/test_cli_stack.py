@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.cli._base import read_stack, remove_stack_file, stack_file, write_stack_file
 from common.config import Settings
-from common.db import Store
+from common.store import Store
 from tests.integration.conftest import FULFILL, settings_env
 from tests.orders import order_dict
 
@@ -83,7 +83,7 @@ async def test_another_database_is_refused_and_nothing_is_written(
     stack: Settings, store: Store, tmp_path: Path
 ) -> None:
     other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
-    before = {(level.sku, level.warehouse): level.on_hand for level in await store.stock_levels("MUG-RED")}
+    before = {(level.sku, level.warehouse): level.on_hand for level in await store.stock.stock_levels("MUG-RED")}
     for url, shown in [(other, other), ("postgresql+asyncpg://ops:s3cret@db.internal/fulfill", "ops:***@db.internal")]:
         env = shell(stack, FULFILL_DATABASE_URL=url)
         done = await asyncio.to_thread(fulfill, env, "inventory", "receive", "MUG-RED", "5", cwd=tmp_path)
@@ -94,7 +94,9 @@ async def test_another_database_is_refused_and_nothing_is_written(
         assert "unset FULFILL_DATABASE_URL" in message and "make clean" in message
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "other.db").exists()
-    assert {(level.sku, level.warehouse): level.on_hand for level in await store.stock_levels("MUG-RED")} == before
+    assert {
+        (level.sku, level.warehouse): level.on_hand for level in await store.stock.stock_levels("MUG-RED")
+    } == before
 
 
 async def test_without_a_running_stack_the_cli_reads_its_own_settings(stack: Settings, tmp_path: Path) -> None:

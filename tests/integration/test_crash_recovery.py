@@ -42,10 +42,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.db import StockLevel, Store
 from common.db.engine import sqlite_path
 from common.demo import seed_demo
+from common.inventory.contracts import StockLevel
 from common.models import OrderStatus, OrderView
+from common.store import Store
 from common.temporal import DATA_CONVERTER, ORDER_STATUS
 from sandbox import SandboxServers
 from sandbox.carrier import Progression
@@ -158,7 +159,7 @@ async def rig(
     settings = stack_settings.model_copy(
         update={
             "task_queue": f"crash-{uuid.uuid4().hex[:8]}",
-            "database_url": str(crash_store.engine.url),
+            "database_url": str(crash_store.db.engine.url),
             "picker_enabled": False,
         }
     )
@@ -189,7 +190,7 @@ async def rig(
 
 
 async def stock_by_place(store: Store, lines: dict[str, int]) -> dict[tuple[str, str], StockLevel]:
-    return {(s.sku, s.warehouse): s for sku in lines for s in await store.stock_levels(sku)}
+    return {(s.sku, s.warehouse): s for sku in lines for s in await store.stock.stock_levels(sku)}
 
 
 async def status_is(handle: WorkflowHandle[object, OrderView], status: OrderStatus) -> bool:
@@ -276,12 +277,12 @@ async def workflow_task_retried(order: Order, lost: HistoryEvent, successor: Wor
 
 async def confirm_pick(rig: Rig, order: Order) -> None:
     await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), f"{order.order_id} to be PICKING")
-    (task,) = [t for t in await rig.store.pick_tasks_for_order(order.order_id) if t.status == "open"]
+    (task,) = [t for t in await rig.store.picks.for_order(order.order_id) if t.status == "open"]
     await rig.api.confirm_pick(task.id)
 
 
 async def notification_status(rig: Rig, order: Order, event: str, channel: str) -> str | None:
-    for record in await rig.store.notifications(order.order_id):
+    for record in await rig.store.notifications.notifications(order.order_id):
         if record.event == event and record.channel == channel:
             return record.status
     return None
@@ -290,7 +291,7 @@ async def notification_status(rig: Rig, order: Order, event: str, channel: str) 
 async def customer_messages(rig: Rig, order: Order) -> Counter[tuple[str, str]]:
     """(event, channel) of every email and SMS the sandbox received for the order, matched to the engine's
     notification log by the rendered text."""
-    records = await rig.store.notifications(order.order_id)
+    records = await rig.store.notifications.notifications(order.order_id)
     event_of = {(r.channel, r.subject if r.channel == "email" else r.body): r.event for r in records}
     received: Counter[tuple[str, str]] = Counter()
     for message in rig.sandbox.outbox(order.order_id):
@@ -307,7 +308,7 @@ async def deliver(rig: Rig, order: Order) -> None:
         await eventually(lambda: status_is(order.handle, status), f"{order.order_id} to be {status.value}")
 
     await reached(OrderStatus.LABELED)
-    (label,) = await rig.store.shipments_for_order(order.order_id)
+    (label,) = await rig.store.labels.for_order(order.order_id)
     assert label.tracking_number is not None
     for step in (OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY):
         rig.sandbox.force_tracker_status(label.tracking_number, step.value.lower())
@@ -325,11 +326,11 @@ async def assert_fulfilled_exactly_once(rig: Rig, order: Order) -> OrderView:
     bought = [s for s in rig.sandbox.shipments() if s["reference"] == reference and s["postage_label"]]
     assert len(bought) == 1, bought
     assert bought[0]["tracking_code"] == view.tracking_number
-    assert [s.status for s in await rig.store.shipments_for_order(order.order_id)] == ["purchased"]
+    assert [s.status for s in await rig.store.labels.for_order(order.order_id)] == ["purchased"]
 
     # Each message once, and the engine's log agrees that each was sent.
     assert await customer_messages(rig, order) == EXPECTED_MESSAGES
-    assert {r.status for r in await rig.store.notifications(order.order_id)} == {"sent"}
+    assert {r.status for r in await rig.store.notifications.notifications(order.order_id)} == {"sent"}
 
     # Stock moved once: on hand down by the order in the warehouse that shipped it, reserved back to before.
     after = await stock_by_place(rig.store, order.lines)
@@ -337,7 +338,7 @@ async def assert_fulfilled_exactly_once(rig: Rig, order: Order) -> OrderView:
         shipped = order.lines[sku] if warehouse == view.warehouse else 0
         before = order.stock_before[sku, warehouse]
         assert (level.on_hand, level.reserved) == (before.on_hand - shipped, before.reserved), (sku, warehouse)
-    kinds = Counter(entry.kind for entry in await rig.store.ledger(ref=order.order_id))
+    kinds = Counter(entry.kind for entry in await rig.store.stock.ledger(ref=order.order_id))
     assert kinds == Counter({"reservation": len(order.lines), "commit": len(order.lines)})
     return view
 
@@ -439,13 +440,15 @@ async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> No
             worker.kill()
             assert await lost_workflow_task(order, worker) == lost
             lock.release()
-            assert await rig.store.reservations(order.order_id) == []
+            assert await rig.store.reservations.reservations(order.order_id) == []
         else:
             temporal_gate.hold()  # the workflow task's completion, with the reservation's result, stays here
             sms_gate.release()
-            held = await eventually(lambda: rig.store.reservations(order.order_id), "the reservation to commit")
+            held = await eventually(
+                lambda: rig.store.reservations.reservations(order.order_id), "the reservation to commit"
+            )
             # create_pick_task is the workflow task's last local activity: then the worker reports the task.
-            await eventually(lambda: rig.store.pick_tasks_for_order(order.order_id), "the pick task")
+            await eventually(lambda: rig.store.picks.for_order(order.order_id), "the pick task")
             worker.kill()
             await temporal_gate.sever()  # the completion dies with the process
             temporal_gate.release()
@@ -458,7 +461,7 @@ async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> No
         await confirm_pick(rig, order)
         await deliver(rig, order)
         view = await assert_fulfilled_exactly_once(rig, order)
-        assert {r.warehouse for r in await rig.store.reservations(order.order_id)} == {view.warehouse}
+        assert {r.warehouse for r in await rig.store.reservations.reservations(order.order_id)} == {view.warehouse}
     finally:
         lock.close()
 
@@ -482,7 +485,7 @@ async def test_worker_killed_while_buying_the_label(rig: Rig) -> None:
         lambda: [s for s in rig.sandbox.shipments() if s["reference"] == reference and s["postage_label"]],
         "the carrier to complete the purchase",
     )
-    (record,) = await rig.store.shipments_for_order(order.order_id)
+    (record,) = await rig.store.labels.for_order(order.order_id)
     assert record.status == "created"  # the engine never heard back
     lost = await lost_workflow_task(order, worker)
     assert local_activities(await history(order)) == ["notify_customer", "reserve_stock", "create_pick_task"]
@@ -509,7 +512,7 @@ async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
     await eventually(lambda: status_is(order.handle, OrderStatus.PICKING), "PICKING")
     await confirm_pick(rig, order)
     await eventually(lambda: status_is(order.handle, OrderStatus.LABELED), "LABELED")
-    (label,) = await rig.store.shipments_for_order(order.order_id)
+    (label,) = await rig.store.labels.for_order(order.order_id)
     assert label.tracking_number is not None
     sms_gate.hold()
     rig.sandbox.force_tracker_status(label.tracking_number, "in_transit")  # the first scan: "shipped"
@@ -539,7 +542,9 @@ async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
     await eventually(lambda: status_is(order.handle, OrderStatus.OUT_FOR_DELIVERY), "OUT_FOR_DELIVERY")
     rig.sandbox.force_tracker_status(label.tracking_number, "delivered")
     await assert_fulfilled_exactly_once(rig, order)
-    (shipped_sms,) = [r for r in await rig.store.notifications(order.order_id) if r.key.endswith(":shipped:sms")]
+    (shipped_sms,) = [
+        r for r in await rig.store.notifications.notifications(order.order_id) if r.key.endswith(":shipped:sms")
+    ]
     assert shipped_sms.attempts == 2
 
 
@@ -555,7 +560,7 @@ async def test_dev_server_restart_on_the_same_file_resumes_in_flight_orders(
             update={
                 "temporal_address": server.address,
                 "task_queue": f"restart-{uuid.uuid4().hex[:8]}",
-                "database_url": str(crash_store.engine.url),
+                "database_url": str(crash_store.db.engine.url),
             }
         )
         rig = Rig(

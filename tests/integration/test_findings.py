@@ -21,10 +21,10 @@ from temporalio.testing import WorkflowEnvironment
 from activities.shipping import label_key, undo_label
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.db import Store
 from common.demo import seed_demo
 from common.integrations.carrier import CarrierClient
 from common.models import Address, LabelUndo, OrderStatus, OrderView, workflow_id_for
+from common.store import Store
 from common.temporal import PICK_OVERDUE
 from sandbox import SandboxServers
 from sandbox.carrier import Progression
@@ -69,8 +69,8 @@ def held(levels: list[Any], warehouse: str) -> tuple[int, int]:
 
 async def new_sku(store: Store, units: int = 5) -> str:
     sku = f"KETTLE-{uuid.uuid4().hex[:6].upper()}"
-    await store.upsert_product(sku, "Kettle", 2900, 1200)
-    await store.receive_stock(sku, units, "LDN-1", note="test stock")
+    await store.catalog.upsert_product(sku, "Kettle", 2900, 1200)
+    await store.stock.receive_stock(sku, units, "LDN-1", note="test stock")
     return sku
 
 
@@ -159,8 +159,8 @@ async def test_finding_1_a_database_outage_leaves_the_order_waiting_and_it_carri
                 still = await api.order_status(order_id)
                 gate.recover()
                 done = await wait_for(api, order_id, OrderStatus.COMPLETED, within=120)
-            labels = await direct.shipments_for_order(order_id)
-            commits = [e for e in await direct.ledger("MUG-RED") if e.kind == "commit" and e.ref == order_id]
+            labels = await direct.labels.for_order(order_id)
+            commits = [e for e in await direct.stock.ledger("MUG-RED") if e.kind == "commit" and e.ref == order_id]
         finally:
             await gated.close()
             await direct.close()
@@ -184,7 +184,7 @@ async def test_finding_1_a_failed_order_closed_failed_can_be_placed_again_under_
     handle = quick.client.get_workflow_handle(workflow_id_for(order_id))
     await asyncio.wait_for(_closed(handle), 60)
     failed = await quick.order_status(order_id)  # the final view, from the failure's details
-    levels = await store.stock_levels(sku)
+    levels = await store.stock.stock_levels(sku)
 
     again = await asyncio.to_thread(cli, "order", "place", "-", input=json.dumps(order_dict(order_id, {sku: 1})))
     await picked(quick, order_id)
@@ -233,7 +233,7 @@ async def test_finding_2_a_label_the_carrier_has_is_not_voided_and_stays_purchas
         undo = await undo_label(store, carrier, label_key(order_id, 1))
     finally:
         await carrier.close()
-    [record] = await store.shipments_for_order(order_id)
+    [record] = await store.labels.for_order(order_id)
 
     assert undo.outcome == LabelUndo.IN_USE
     assert record.status == "purchased"
@@ -257,12 +257,12 @@ async def test_finding_8_a_label_bought_by_an_interrupted_purchase_is_found_and_
             from_address={"street1": "1 Dock", "city": "London", "zip": "E1", "country": "GB", "name": "LDN-1"},
             parcel={"weight": 10.0},
         )
-        await store.record_carrier_shipment(key, order_id, created.id)
+        await store.labels.record_carrier_shipment(key, order_id, created.id)
         await carrier.buy(created.id, created.rates[0].id)  # ... and then the worker died
         undo = await undo_label(store, carrier, key)
     finally:
         await carrier.close()
-    [record] = await store.shipments_for_order(order_id)
+    [record] = await store.labels.for_order(order_id)
 
     assert undo.outcome == LabelUndo.VOIDED and record.status == "voided"
     [shipment] = [s for s in sandbox.shipments() if s["reference"] == key]
@@ -322,18 +322,18 @@ async def test_finding_10_what_terminated_orders_hold_is_given_back_by_the_sweep
         sweeper = ClosedOrderSweeper(api.client, store, carrier, lookback_s=3600)
         for _ in range(50):  # visibility lists the closed runs a moment later
             await sweeper.round()
-            if not await store.orders_holding_resources([picking, labelled, shipped, waiting]):
+            if not await store.orders.holding_resources([picking, labelled, shipped, waiting]):
                 break
             await asyncio.sleep(0.2)
     finally:
         await carrier.close()
 
-    assert held(await store.stock_levels(sku), "LDN-1") == (5, 0)  # one left the building; none stays reserved
-    assert [t.status for t in await store.pick_tasks_for_order(picking)] == ["cancelled"]
-    assert [r.status for r in await store.shipments_for_order(labelled)] == ["voided"]
-    assert [r.status for r in await store.shipments_for_order(shipped)] == ["purchased"]
-    assert waiting not in await store.backordered_orders()
-    assert await store.orders_holding_resources([picking, labelled, shipped, waiting]) == []
+    assert held(await store.stock.stock_levels(sku), "LDN-1") == (5, 0)  # one left the building; none stays reserved
+    assert [t.status for t in await store.picks.for_order(picking)] == ["cancelled"]
+    assert [r.status for r in await store.labels.for_order(labelled)] == ["voided"]
+    assert [r.status for r in await store.labels.for_order(shipped)] == ["purchased"]
+    assert waiting not in await store.backorders.backordered_orders()
+    assert await store.orders.holding_resources([picking, labelled, shipped, waiting]) == []
 
 
 # ---------------------------------------------------------------------------------- new-user finding 9

@@ -12,10 +12,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.inventory import InventoryActivities
 from common.config import Settings
-from common.db import Store
 from common.integrations.email import EmailSender
 from common.inventory.contracts import ShipmentRef
 from common.models import OrderLine, ReserveRequest
+from common.store import Store
 from sandbox.smtp import SandboxSmtpServer
 from sandbox.store import SandboxStore
 from tests.integration.db_fixtures import BACKENDS, database_url
@@ -40,13 +40,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     async with database_url(request.param, tmp_path) as url:
         s = await Store.open(url)
         try:
-            await s.upsert_warehouse("LDN-1", "London", "GB", "LDN")
-            await s.upsert_warehouse("NYC-1", "New York", "US", "NY")
-            await s.upsert_product("MUG-RED", "Red mug", 1200, 350)
-            await s.upsert_product("TEE-M", "T-shirt", 1800, 180)
-            await s.receive_stock("MUG-RED", 10, "LDN-1")
-            await s.receive_stock("MUG-RED", 30, "NYC-1")
-            await s.receive_stock("TEE-M", 2, "LDN-1")
+            await s.catalog.upsert_warehouse("LDN-1", "London", "GB", "LDN")
+            await s.catalog.upsert_warehouse("NYC-1", "New York", "US", "NY")
+            await s.catalog.upsert_product("MUG-RED", "Red mug", 1200, 350)
+            await s.catalog.upsert_product("TEE-M", "T-shirt", 1800, 180)
+            await s.stock.receive_stock("MUG-RED", 10, "LDN-1")
+            await s.stock.receive_stock("MUG-RED", 30, "NYC-1")
+            await s.stock.receive_stock("TEE-M", 2, "LDN-1")
             yield s
         finally:
             await s.close()
@@ -75,7 +75,7 @@ async def test_reserve_stock_prefers_the_ship_to_region(
     assert anywhere.warehouse == "NYC-1"  # most available
     short = await env.run(acts.reserve_stock, ReserveRequest(order_id="C", lines=_lines(("MUG-RED", 99))))
     assert (short.reserved, short.short) == (False, {"MUG-RED": 63})  # all warehouses together have 8 + 28
-    await store.close_backorder("C")  # C gives up: waiting, it would keep every mug for itself (first come)
+    await store.backorders.close_backorder("C")  # C gives up: waiting, it would keep every mug for itself (first come)
     split = await env.run(acts.reserve_stock, ReserveRequest(order_id="D", lines=_lines(("MUG-RED", 30))))
     assert [(p.shipment_no, p.warehouse, p.lines[0].quantity) for p in split.shipments] == [
         (1, "NYC-1", 28),
@@ -103,7 +103,7 @@ async def test_a_split_reserved_by_reserve_stock_commits_parcel_by_parcel(
     assert await env.run(acts.commit_shipment, ShipmentRef(order_id="A", shipment_no=2)) == 2
     assert await env.run(acts.commit_shipment, ShipmentRef(order_id="A", shipment_no=2)) == 0  # idempotent
     assert await env.run(acts.release_stock, "A") == 11  # what parcel 1 held goes back
-    assert {(x.warehouse, x.sku): (x.on_hand, x.reserved) for x in await store.stock_levels()} == {
+    assert {(x.warehouse, x.sku): (x.on_hand, x.reserved) for x in await store.stock.stock_levels()} == {
         ("LDN-1", "MUG-RED"): (10, 0),
         ("LDN-1", "TEE-M"): (2, 0),
         ("NYC-1", "MUG-RED"): (28, 0),
@@ -114,8 +114,8 @@ async def test_one_low_stock_email_per_crossing(store: Store, outbox: tuple[Sand
     box, server = outbox
     acts = _activities(store, server.port)
     env = ActivityEnvironment()
-    await store.set_reorder_point("MUG-RED", "LDN-1", 4)
-    outcome = await store.reserve("A", [("MUG-RED", 6)], prefer_country="GB", prefer_region="LDN")
+    await store.stock.set_reorder_point("MUG-RED", "LDN-1", 4)
+    outcome = await store.reservations.reserve("A", [("MUG-RED", 6)], prefer_country="GB", prefer_region="LDN")
     assert outcome.low_stock == ["MUG-RED"]
 
     assert await env.run(acts.alert_low_stock, ["MUG-RED"]) == 1
@@ -123,22 +123,22 @@ async def test_one_low_stock_email_per_crossing(store: Store, outbox: tuple[Sand
     assert message.recipient == OPS
     assert message.subject == "[ops] Low stock: MUG-RED at LDN-1 (4 available)"
     assert "reorder point of 4" in message.body and "fulfill inventory expect MUG-RED" in message.body
-    [crossing] = await store.low_stock_crossings()
+    [crossing] = await store.stock.low_stock_crossings()
     assert message.provider_id == f"<lowstock.MUG-RED.LDN-1.{crossing.id}@fulfill>"
     assert crossing.alerted_at is not None
-    [logged] = [n for n in await store.notifications("inventory")]
+    [logged] = [n for n in await store.notifications.notifications("inventory")]
     assert (logged.key, logged.status, logged.event) == (f"lowstock:MUG-RED:LDN-1:{crossing.id}", "sent", "low_stock")
 
     # Retries, further sales below the point, other SKUs: no second email for the same crossing.
     assert await env.run(acts.alert_low_stock, ["MUG-RED"]) == 0
-    await store.reserve("B", [("MUG-RED", 1)], prefer_country="GB", prefer_region="LDN")
+    await store.reservations.reserve("B", [("MUG-RED", 1)], prefer_country="GB", prefer_region="LDN")
     assert await env.run(acts.alert_low_stock, []) == 0
     assert len(box.messages()) == 1
 
     # Back above the reorder point (re-armed), then down again: a new crossing, a new email.
-    await store.release("A")
-    assert await store.low_stock_crossings(open_only=True) == []
-    again = await store.reserve("C", [("MUG-RED", 5)], prefer_country="GB", prefer_region="LDN")
+    await store.reservations.release("A")
+    assert await store.stock.low_stock_crossings(open_only=True) == []
+    again = await store.reservations.reserve("C", [("MUG-RED", 5)], prefer_country="GB", prefer_region="LDN")
     assert again.low_stock == ["MUG-RED"]
     assert await env.run(acts.alert_low_stock, again.low_stock) == 1
     assert [m.subject for m in box.messages()] == [
@@ -150,7 +150,7 @@ async def test_one_low_stock_email_per_crossing(store: Store, outbox: tuple[Sand
 
 async def test_low_stock_email_failures(store: Store, outbox: tuple[SandboxStore, SandboxSmtpServer]) -> None:
     box, server = outbox
-    await store.set_reorder_point("TEE-M", "LDN-1", 2)  # 2 available: crossed at once
+    await store.stock.set_reorder_point("TEE-M", "LDN-1", 2)  # 2 available: crossed at once
     env = ActivityEnvironment()
 
     # The relay is down: a retryable failure, the crossing stays pending.
@@ -158,12 +158,12 @@ async def test_low_stock_email_failures(store: Store, outbox: tuple[SandboxStore
     with pytest.raises(ApplicationError, match="low-stock alert failed") as info:
         await env.run(down.alert_low_stock, ["TEE-M"])
     assert not info.value.non_retryable
-    assert len(await store.low_stock_crossings(pending_only=True)) == 1
+    assert len(await store.stock.low_stock_crossings(pending_only=True)) == 1
 
     # The ops mailbox is refused for good: logged as failed, not retried in a loop, still pending.
     refused = _activities(store, server.port, ops="ops@mailbox.invalid")
     assert await env.run(refused.alert_low_stock, ["TEE-M"]) == 0
-    assert [n.status for n in await store.notifications("inventory")] == ["failed"]
+    assert [n.status for n in await store.notifications.notifications("inventory")] == ["failed"]
     assert box.messages() == []
 
     # Fixed: the next run sends it, once.

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 from common.cli.catalog import catalog_app
 from common.cli.inventory import inventory_app
 from common.config import get_settings
-from common.db import StockLevel, Store
 from common.db import tables as t
+from common.inventory.contracts import StockLevel
+from common.store import Store
 from tests.integration.conftest import Cli
 
 app = typer.Typer()
@@ -101,7 +102,7 @@ def test_catalog_and_stock_import(db: str, tmp_path: Path) -> None:
         ("LDN-1", "GB", "LDN"),
         ("NYC-1", "US", "NY"),
     ]
-    ledger = _run_db(db, lambda s: s.ledger())
+    ledger = _run_db(db, lambda s: s.stock.ledger())
     assert [(e.sku, e.warehouse, e.delta_on_hand, e.kind, e.ref) for e in ledger] == [
         ("MUG-RED", "LDN-1", 20, "adjustment", "import:s.csv"),
         ("MUG-RED", "NYC-1", 5, "adjustment", "import:s.csv"),
@@ -116,7 +117,7 @@ def test_catalog_and_stock_import(db: str, tmp_path: Path) -> None:
 
 
 def test_bad_catalog_import_lists_every_row_and_writes_nothing(shop: str, tmp_path: Path) -> None:
-    before = _run_db(shop, lambda s: s.products())
+    before = _run_db(shop, lambda s: s.catalog.products())
     bad = "sku,name,price,weight,dimensions\nMUG-RED,Mug,13.00,350,\nBOOK,Book,abc,600,\nPEN,Pen,1,-2,1x2\n"
     result = fulfill("catalog", "import", _write(tmp_path, "bad.csv", bad))
     assert result.exit_code == 2
@@ -124,7 +125,7 @@ def test_bad_catalog_import_lists_every_row_and_writes_nothing(shop: str, tmp_pa
     assert "row 3: price: not a number 'abc'" in result.stderr
     assert "row 4: weight: must be a positive number of grams, got '-2'" in result.stderr
     assert "row 4: dimensions: expected length x width x height in cm like '10x8x12', got '1x2'" in result.stderr
-    assert _run_db(shop, lambda s: s.products()) == before  # MUG-RED's good row was not written either
+    assert _run_db(shop, lambda s: s.catalog.products()) == before  # MUG-RED's good row was not written either
 
     missing = fulfill("catalog", "import", str(tmp_path / "nope.csv"))
     assert missing.exit_code == 2 and "no such file" in missing.stderr
@@ -133,7 +134,7 @@ def test_bad_catalog_import_lists_every_row_and_writes_nothing(shop: str, tmp_pa
 
 
 def test_bad_stock_import_writes_nothing(shop: str, tmp_path: Path) -> None:
-    before = _run_db(shop, lambda s: s.ledger())
+    before = _run_db(shop, lambda s: s.stock.ledger())
     text = "sku,warehouse,on_hand\nMUG-RED,LDN-1,1\nMUG-RED,MARS-1,3\nNOPE,LDN-1,x\n"
     result = fulfill("inventory", "import", _write(tmp_path, "bad.csv", text))
     assert result.exit_code == 2
@@ -144,7 +145,7 @@ def test_bad_stock_import_writes_nothing(shop: str, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "row 3: warehouse: unknown warehouse 'MARS-1' (known: LDN-1, NYC-1)" in result.stderr
     assert "row 4: sku: unknown SKU 'NOPE'" in result.stderr
-    assert _run_db(shop, lambda s: s.ledger()) == before
+    assert _run_db(shop, lambda s: s.stock.ledger()) == before
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -153,8 +154,8 @@ def test_bad_stock_import_writes_nothing(shop: str, tmp_path: Path) -> None:
 
 def test_show_expect_and_history(shop: str) -> None:
     async def orders(store: Store) -> None:
-        await store.reserve("ORD-1", [("MUG-RED", 4)], prefer_country="GB", prefer_region="LDN")
-        await store.reserve("ORD-2", [("MUG-RED", 3)], prefer_country="GB", prefer_region="LDN")
+        await store.reservations.reserve("ORD-1", [("MUG-RED", 4)], prefer_country="GB", prefer_region="LDN")
+        await store.reservations.reserve("ORD-2", [("MUG-RED", 3)], prefer_country="GB", prefer_region="LDN")
 
     _run_db(shop, orders)
     result = fulfill(
@@ -218,7 +219,7 @@ def test_show_expect_and_history(shop: str) -> None:
 def test_count_releases_newest_orders_and_prints_them(shop: str) -> None:
     async def orders(store: Store) -> None:
         for i in range(1, 5):
-            await store.reserve(f"ORD-{i}", [("MUG-RED", 4)], prefer_country="GB", prefer_region="LDN")
+            await store.reservations.reserve(f"ORD-{i}", [("MUG-RED", 4)], prefer_country="GB", prefer_region="LDN")
 
     _run_db(shop, orders)  # LDN-1: 20 on hand, 16 reserved
     result = fulfill("inventory", "count", "MUG-RED", "--warehouse", "LDN-1", "--counted", "9", "--reason", "flood")
@@ -227,13 +228,13 @@ def test_count_releases_newest_orders_and_prints_them(shop: str) -> None:
     assert "released the reservations of 2 order(s), newest first; they wait for stock again: ORD-4, ORD-3" in (
         " ".join(result.stdout.split())
     )
-    [entry] = [e for e in _run_db(shop, lambda s: s.ledger()) if e.kind == "count"]
+    [entry] = [e for e in _run_db(shop, lambda s: s.stock.ledger()) if e.kind == "count"]
     assert (entry.delta_on_hand, entry.note) == (-11, "count: flood")
 
     change = _json(fulfill("inventory", "count", "MUG-RED", "--warehouse", "LDN-1", "--counted", "4", "--json"))
     assert (change["released_orders"], change["on_hand"], change["reserved"]) == (["ORD-2"], 4, 4)
 
-    before = _run_db(shop, lambda s: s.stock_levels())
+    before = _run_db(shop, lambda s: s.stock.stock_levels())
     for args, message in (
         (["--warehouse", "LDN-1", "--counted", "-1"], "counted must be a number of units >= 0"),
         (["--warehouse", "MARS-1", "--counted", "1"], "unknown warehouse 'MARS-1'"),
@@ -242,7 +243,7 @@ def test_count_releases_newest_orders_and_prints_them(shop: str) -> None:
         assert bad.exit_code == 2 and message in bad.stderr, bad.stderr
     bad = fulfill("inventory", "count", "NOPE", "--warehouse", "LDN-1", "--counted", "1")
     assert bad.exit_code == 2 and "unknown SKU 'NOPE'" in bad.stderr
-    assert _run_db(shop, lambda s: s.stock_levels()) == before
+    assert _run_db(shop, lambda s: s.stock.stock_levels()) == before
 
 
 def test_adjust(shop: str) -> None:
@@ -251,7 +252,7 @@ def test_adjust(shop: str) -> None:
     assert "TEE-M @ LDN-1: adjusted by -3, was 8 (-3); on hand 5" in result.stdout
     too_many = fulfill("inventory", "adjust", "TEE-M", "-30", "--warehouse", "LDN-1", "--reason", "x")
     assert too_many.exit_code == 2 and "would leave -25 on hand" in too_many.stderr
-    assert _run_db(shop, lambda s: s.stock_levels("TEE-M")) == [StockLevel("TEE-M", "LDN-1", 5, 0, 5)]
+    assert _run_db(shop, lambda s: s.stock.stock_levels("TEE-M")) == [StockLevel("TEE-M", "LDN-1", 5, 0, 5)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,13 +262,13 @@ def test_adjust(shop: str) -> None:
 def test_forecast_table_json_charts_and_apply(shop: str, tmp_path: Path) -> None:
     # Four days of orders at LDN-1: 4, 6, 2, 8 mugs (oldest first), the last today.
     async def history(store: Store) -> None:
-        await store.receive_stock("MUG-RED", 40, "LDN-1")
+        await store.stock.receive_stock("MUG-RED", 40, "LDN-1")
         now = datetime.now(UTC)
         for days_ago, qty in ((3, 4), (2, 6), (1, 2), (0, 8)):
             order = f"ORD-{days_ago}"
-            await store.reserve(order, [("MUG-RED", qty)], prefer_country="GB", prefer_region="LDN")
-            await store.commit_reservation(order)
-            async with store.engine.begin() as conn:
+            await store.reservations.reserve(order, [("MUG-RED", qty)], prefer_country="GB", prefer_region="LDN")
+            await store.reservations.commit_reservation(order)
+            async with store.db.engine.begin() as conn:
                 await conn.execute(
                     update(t.reservations)
                     .where(t.reservations.c.order_id == order)
@@ -313,7 +314,7 @@ def test_forecast_table_json_charts_and_apply(shop: str, tmp_path: Path) -> None
     assert "could not email ops" in result.stderr
     shown = _json(fulfill("inventory", "show", "--sku", "MUG-RED", "--warehouse", "LDN-1", "--json"))
     assert shown[0]["reorder_point"] == 50  # 99%: 35.518 + 2.3263479 * 2.252671 * sqrt(7) = 49.38 -> 50
-    pending = _run_db(shop, lambda s: s.low_stock_crossings(pending_only=True))
+    pending = _run_db(shop, lambda s: s.stock.low_stock_crossings(pending_only=True))
     assert [(c.sku, c.warehouse) for c in pending] == [("MUG-RED", "LDN-1")]
 
     for args, message in (
@@ -346,7 +347,7 @@ async def test_receive_against_a_purchase_order(cli: Cli, store: Store) -> None:
         cli, "inventory", "expect", "BOOK-ADA", "7", "--warehouse", "NYC-1", "--po", "PO-CLI-1", "--eta", "2030-03-01"
     )
     assert expect.returncode == 0, expect.stderr
-    [position] = await store.inventory_positions("BOOK-ADA", "NYC-1")
+    [position] = await store.stock.inventory_positions("BOOK-ADA", "NYC-1")
     before = position.on_hand
     assert position.incoming == 7
 
@@ -356,7 +357,7 @@ async def test_receive_against_a_purchase_order(cli: Cli, store: Store) -> None:
     received = await asyncio.to_thread(cli, "inventory", "receive", "BOOK-ADA", "7", "--po", "PO-CLI-1")
     assert received.returncode == 0, received.stderr
     assert "(purchase order PO-CLI-1 received)" in received.stdout
-    [position] = await store.inventory_positions("BOOK-ADA", "NYC-1")
+    [position] = await store.stock.inventory_positions("BOOK-ADA", "NYC-1")
     assert (position.on_hand, position.incoming) == (before + 7, 0)
     again = await asyncio.to_thread(cli, "inventory", "receive", "BOOK-ADA", "7", "--po", "PO-CLI-1")
     assert again.returncode == 2 and "already received" in again.stderr

@@ -34,8 +34,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from sqlalchemy import delete
 
-from common.db import PickTask, PickTaskClosed, ShipmentReleased, Store, StoreError
 from common.db import tables as t
+from common.db.errors import StoreError
+from common.store import Store
+from common.warehouse.contracts import PickTask, PickTaskClosed, ShipmentReleased
 from tests.integration.db_fixtures import BACKENDS, database_url
 
 SKUS = ("MUG-RED", "TEE-M", "BOOK-ADA")
@@ -96,7 +98,7 @@ class Model:
 
     async def giving_back(self, store: Store, order: str, shipment: int | None) -> None:
         """Before releasing: note the order's packed parcels among those released."""
-        for task in await store.pick_tasks_for_order(order):
+        for task in await store.picks.for_order(order):
             if task.status == "confirmed" and shipment in (None, task.attempt):
                 self.gave_back.add((order, task.attempt))
 
@@ -104,11 +106,11 @@ class Model:
 async def _task_for(store: Store, order: str, shipment: int) -> PickTask | None:
     """The pick task of one shipment of the order (whatever it holds), created if need be; None if the shipment
     holds nothing or lost its reservation meanwhile."""
-    held = [r for r in await store.reservations(order) if r.shipment_no == shipment and r.status == "held"]
+    held = [r for r in await store.reservations.reservations(order) if r.shipment_no == shipment and r.status == "held"]
     if not held:
         return None
     try:
-        return await store.create_pick_task(order, shipment, held[0].warehouse, [(r.sku, r.quantity) for r in held])
+        return await store.picks.create(order, shipment, held[0].warehouse, [(r.sku, r.quantity) for r in held])
     except ShipmentReleased:
         return None
 
@@ -121,10 +123,10 @@ def _op(model: Model, kind: str, args: tuple[Any, ...]) -> Callable[[Store], Cor
             return None  # a cancelled order's workflow does nothing more
         if kind == "reserve":
             order, lines, (country, region) = args
-            return await store.reserve(order, lines, prefer_country=country, prefer_region=region)
+            return await store.reservations.reserve(order, lines, prefer_country=country, prefer_region=region)
         if kind == "allocate":
             order, lines, (country, region), allow_partial, first = args
-            return await store.allocate(
+            return await store.reservations.allocate(
                 order,
                 lines,
                 prefer_country=country,
@@ -138,7 +140,7 @@ def _op(model: Model, kind: str, args: tuple[Any, ...]) -> Callable[[Store], Cor
             if task is None:
                 return None
             try:
-                return await store.confirm_pick_task(task.id)
+                return await store.picks.confirm(task.id)
             except PICK_REFUSED:  # cancelled, or a count took its stock first
                 return None
         if kind == "short_pick":
@@ -149,7 +151,7 @@ def _op(model: Model, kind: str, args: tuple[Any, ...]) -> Callable[[Store], Cor
                 return None
             line_sku, line_qty = task.lines[0]
             try:
-                return await store.confirm_pick_task(task.id, {line_sku: min(missing, line_qty)})
+                return await store.picks.confirm(task.id, {line_sku: min(missing, line_qty)})
             except StoreError as err:  # picked or cancelled already, released, or fewer on hand than the books
                 assert _expected_pick_refusal(err), err
                 return None
@@ -158,36 +160,36 @@ def _op(model: Model, kind: str, args: tuple[Any, ...]) -> Callable[[Store], Cor
             (order,) = args
             model.cancelled.add(order)
             await model.giving_back(store, order, None)
-            for task in await store.pick_tasks_for_order(order):
+            for task in await store.picks.for_order(order):
                 if task.status == "open":
-                    await store.cancel_pick_task(task.id)
-            return await store.release(order)
+                    await store.picks.cancel(task.id)
+            return await store.reservations.release(order)
         if kind == "reserve_in":
             order, shipment, warehouse, lines = args
-            return await store.reserve_in(order, shipment, warehouse, lines)
+            return await store.reservations.reserve_in(order, shipment, warehouse, lines)
         if kind == "release":
             # A parcel given back, as the workflow does it: its stock released, its open pick task cancelled.
             order, shipment = args
             await model.giving_back(store, order, shipment)
-            released = await store.release(order, shipment_no=shipment)
-            for task in await store.pick_tasks_for_order(order):
+            released = await store.reservations.release(order, shipment_no=shipment)
+            for task in await store.picks.for_order(order):
                 if task.status == "open" and shipment in (None, task.attempt):
                     try:
-                        await store.cancel_pick_task(task.id)
+                        await store.picks.cancel(task.id)
                     except PickTaskClosed:  # confirmed meanwhile, by a concurrent step
                         pass
             return released
         if kind == "commit":
             order, shipment = args
-            return await store.commit_reservation(order, shipment_no=shipment)
+            return await store.reservations.commit_reservation(order, shipment_no=shipment)
         if kind == "receive":
             sku, warehouse, qty = args
-            level = await store.receive_stock(sku, qty, warehouse)
+            level = await store.stock.receive_stock(sku, qty, warehouse)
             model.received[(sku, warehouse)] += qty
             return level
         if kind == "return":
             sku, warehouse, ref = args
-            level = await store.return_stock(sku, RETURNS[ref], warehouse, ref=ref)
+            level = await store.stock.return_stock(sku, RETURNS[ref], warehouse, ref=ref)
             if (ref, sku, warehouse) not in model.returns_seen:  # idempotent by (ref, sku, warehouse)
                 model.returns_seen.add((ref, sku, warehouse))
                 model.returned[(sku, warehouse)] += RETURNS[ref]
@@ -195,28 +197,28 @@ def _op(model: Model, kind: str, args: tuple[Any, ...]) -> Callable[[Store], Cor
         if kind == "count":
             sku, warehouse, counted = args
             try:
-                return await store.count_stock(sku, warehouse, counted, reason="cycle count")
+                return await store.counts.count_stock(sku, warehouse, counted, reason="cycle count")
             except StoreError as err:  # below what packed parcels hold: refused, nothing changed
                 assert "packed in parcels" in str(err), err
                 return None
         if kind == "adjust":
             sku, warehouse, delta = args
             try:
-                return await store.adjust_stock(sku, warehouse, delta, reason="damaged")
+                return await store.counts.adjust_stock(sku, warehouse, delta, reason="damaged")
             except StoreError as err:
                 # below zero, or below what packed parcels hold: refused, nothing changed
                 assert "would leave" in str(err) or "packed in parcels" in str(err), err
                 return None
         if kind == "reorder_point":
             sku, warehouse, point = args
-            return await store.set_reorder_point(sku, warehouse, point)
+            return await store.stock.set_reorder_point(sku, warehouse, point)
         raise AssertionError(kind)
 
     return run
 
 
 async def _reset(store: Store) -> None:
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         for table in (
             t.order_signals,
             t.low_stock_crossings,
@@ -245,12 +247,12 @@ LEDGER_SIGNS: dict[str, Callable[[int, int], bool]] = {
 
 
 async def _check(store: Store, model: Model) -> None:
-    levels = {(x.sku, x.warehouse): x for x in await store.stock_levels()}
+    levels = {(x.sku, x.warehouse): x for x in await store.stock.stock_levels()}
     ledger_on_hand: defaultdict[tuple[str, str], int] = defaultdict(int)
     ledger_reserved: defaultdict[tuple[str, str], int] = defaultdict(int)
     corrections: defaultdict[tuple[str, str], int] = defaultdict(int)  # counts, adjustments, write-offs
     shipped_in_ledger: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for e in await store.ledger():
+    for e in await store.stock.ledger():
         key = (e.sku, e.warehouse)
         assert LEDGER_SIGNS[e.kind](e.delta_on_hand, e.delta_reserved), e
         ledger_on_hand[key] += e.delta_on_hand
@@ -259,7 +261,7 @@ async def _check(store: Store, model: Model) -> None:
             corrections[key] += e.delta_on_hand
         if e.kind == "commit":
             shipped_in_ledger[key] -= e.delta_on_hand
-    reservations = await store.reservations()
+    reservations = await store.reservations.reservations()
     held: defaultdict[tuple[str, str], int] = defaultdict(int)
     shipped: defaultdict[tuple[str, str], int] = defaultdict(int)
     for r in reservations:
@@ -268,9 +270,9 @@ async def _check(store: Store, model: Model) -> None:
             assert r.order_id not in model.cancelled, ("a cancelled order holds stock", r)
         elif r.status == "committed":
             shipped[(r.sku, r.warehouse)] += r.quantity
-    points = {(p.sku, p.warehouse): p.reorder_point for p in await store.inventory_positions()}
+    points = {(p.sku, p.warehouse): p.reorder_point for p in await store.stock.inventory_positions()}
     open_crossings: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for c in await store.low_stock_crossings(open_only=True):
+    for c in await store.stock.low_stock_crossings(open_only=True):
         open_crossings[(c.sku, c.warehouse)] += 1
 
     for key in set(levels) | set(ledger_on_hand) | set(held) | set(open_crossings) | set(model.received):
@@ -293,7 +295,7 @@ async def _check(store: Store, model: Model) -> None:
     for r in reservations:
         statuses[(r.order_id, r.shipment_no)].add(r.status)
     for order in ORDERS:
-        for task in await store.pick_tasks_for_order(order):
+        for task in await store.picks.for_order(order):
             status = statuses[(order, task.attempt)]
             if task.status == "open":
                 assert "held" in status or "released" not in status, ("an open pick lost its stock", task, status)
@@ -347,7 +349,7 @@ def _machine(run: Callable[[Coroutine[Any, Any, Any]], Any], stores: list[Store]
 
             async def confirm(store: Store) -> None:
                 try:
-                    await store.confirm_pick_task(task.id)
+                    await store.picks.confirm(task.id)
                 except PICK_REFUSED:
                     pass
 
@@ -367,14 +369,14 @@ def _machine(run: Callable[[Coroutine[Any, Any, Any]], Any], stores: list[Store]
             def short(units: int) -> Callable[[Store], Coroutine[Any, Any, Any]]:
                 async def confirm(store: Store) -> None:
                     try:
-                        await store.confirm_pick_task(task.id, {sku: min(units, qty)})
+                        await store.picks.confirm(task.id, {sku: min(units, qty)})
                     except StoreError as err:
                         assert _expected_pick_refusal(err), err
 
                 return confirm
 
             self._together([short(first), short(second)])
-            corrections = [e for e in run(stores[0].ledger(ref=task.id)) if e.kind == "adjustment"]
+            corrections = [e for e in run(stores[0].stock.ledger(ref=task.id)) if e.kind == "adjustment"]
             assert len(corrections) <= 1, corrections
 
         def _together(self, ops: list[Callable[[Store], Coroutine[Any, Any, Any]]]) -> None:
@@ -407,9 +409,9 @@ def test_random_interleavings_never_oversell(backend: str, tmp_path: Path) -> No
             for _ in range(STORES - 1):
                 stores.append(runner.run(Store.open(url, migrate=False)))
             for code, country, region in WAREHOUSES:
-                runner.run(stores[0].upsert_warehouse(code, f"Warehouse {code}", country, region))
+                runner.run(stores[0].catalog.upsert_warehouse(code, f"Warehouse {code}", country, region))
             for sku in SKUS:
-                runner.run(stores[0].upsert_product(sku, sku.title(), 1000, 100))
+                runner.run(stores[0].catalog.upsert_product(sku, sku.title(), 1000, 100))
             started = time.monotonic()
             run_state_machine_as_test(
                 _machine(runner.run, stores),

@@ -17,10 +17,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.notifications import MARK_GRACE, NotificationActivities
 from common.config import Settings
-from common.db import Store
 from common.integrations.email import EmailSender
 from common.integrations.sms import SmsSender
 from common.models import Channel, Customer, NotificationEvent, NotifyRequest, OpsAlert
+from common.store import Store
 from sandbox import SandboxServers
 
 EMAIL_KEY = "notify:ORD-1:order_confirmed:email"
@@ -69,18 +69,18 @@ def request(*channels: Channel, phone: str = "+15555550100") -> NotifyRequest:
 def count_write_transactions(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The description of every write transaction the store runs from now on."""
     seen: list[str] = []
-    write = store._write
+    write = store.db.write
 
     async def counting(op: Callable[[Any], Awaitable[Any]], what: str) -> Any:
         seen.append(what)
         return await write(op, what)
 
-    monkeypatch.setattr(store, "_write", counting)
+    monkeypatch.setattr(store.db, "write", counting)
     return seen
 
 
 async def statuses(store: Store) -> dict[str, tuple[str, str | None]]:
-    return {n.key: (n.status, n.provider_message_id) for n in await store.notifications("ORD-1")}
+    return {n.key: (n.status, n.provider_message_id) for n in await store.notifications.notifications("ORD-1")}
 
 
 async def test_channels_are_claimed_and_marked_sent_in_one_transaction_each(
@@ -214,7 +214,7 @@ async def test_ops_alerts_are_sent_once(store: Store, sandbox: SandboxServers) -
         assert await ActivityEnvironment().run(senders.activities.alert_ops, alert) is False
     finally:
         await senders.close()
-    [record] = await store.notifications("ORD-1")
+    [record] = await store.notifications.notifications("ORD-1")
     [email] = sandbox.outbox("ORD-1")
     assert (record.key, record.status, record.provider_message_id) == (
         "ops:ORD-1:pick_overdue",

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from common.api import FulfillmentApi
-from common.db import Store
 from common.models import OrderStatus, OrderView
+from common.store import Store
 from sandbox import SandboxServers
 from sandbox.carrier import Progression
 from tests.integration.conftest import Cli
@@ -70,7 +70,7 @@ async def test_cancel_while_backordered_closes_the_backorder_and_tells_the_custo
     order_id = new_id()
     await api.place_order(order_dict(order_id, {"POSTER-A2": 5}))
     await wait_status(api, order_id, OrderStatus.BACKORDERED)
-    assert order_id in await store.backordered_orders(["POSTER-A2"])
+    assert order_id in await store.backorders.backordered_orders(["POSTER-A2"])
 
     result = await run_cli(cli, "order", "cancel", order_id, "--reason", "customer changed their mind")
     assert result.returncode == 0, result.stderr
@@ -78,7 +78,7 @@ async def test_cancel_while_backordered_closes_the_backorder_and_tells_the_custo
 
     view = await api.order_status(order_id)
     assert view.status == OrderStatus.CANCELLED
-    assert order_id not in await store.backordered_orders(["POSTER-A2"])
+    assert order_id not in await store.backorders.backordered_orders(["POSTER-A2"])
     cancelled = [m for m in sandbox.outbox(order_id) if "cancelled" in (m.subject or m.body)]
     assert sorted(m.channel for m in cancelled) == ["email", "sms"]
 
@@ -87,15 +87,15 @@ async def test_cancel_during_picking_cancels_the_task_and_releases_stock(
     api: FulfillmentApi, store: Store, sandbox: SandboxServers, cli: Cli
 ) -> None:
     order_id = new_id()
-    before = stock(await store.stock_levels("TEE-M"))
+    before = stock(await store.stock.stock_levels("TEE-M"))
     await api.place_order(order_dict(order_id, {"TEE-M": 3}))
     view = await wait_status(api, order_id, OrderStatus.PICKING)
-    assert stock(await store.stock_levels("TEE-M")) != before  # reserved
+    assert stock(await store.stock.stock_levels("TEE-M")) != before  # reserved
 
     await api.cancel_order(order_id, "duplicate order")
 
-    assert stock(await store.stock_levels("TEE-M")) == before
-    task = await store.get_pick_task(view.pick_task_id or "")
+    assert stock(await store.stock.stock_levels("TEE-M")) == before
+    task = await store.picks.get(view.pick_task_id or "")
     assert task is not None and task.status == "cancelled"
     # Staff can no longer confirm it: the picker is told not to ship.
     refused = await run_cli(cli, "warehouse", "confirm", task.id)
@@ -107,7 +107,7 @@ async def test_cancel_after_label_voids_it_with_the_carrier_and_releases_stock(
     api: FulfillmentApi, store: Store, sandbox: SandboxServers
 ) -> None:
     order_id = new_id()
-    before = stock(await store.stock_levels("MUG-BLUE"))
+    before = stock(await store.stock.stock_levels("MUG-BLUE"))
     await api.place_order(order_dict(order_id, {"MUG-BLUE": 1}))
     await confirm_pick(api, order_id)
     await wait_status(api, order_id, OrderStatus.LABELED)
@@ -118,8 +118,8 @@ async def test_cancel_after_label_voids_it_with_the_carrier_and_releases_stock(
     assert any("label voided" in e.note for e in view.timeline)
     [shipment] = [s for s in sandbox.shipments() if s["reference"] == f"label:{order_id}:1"]
     assert shipment["refund_status"] in ("submitted", "refunded")
-    assert [s.status for s in await store.shipments_for_order(order_id)] == ["voided"]
-    assert stock(await store.stock_levels("MUG-BLUE")) == before
+    assert [s.status for s in await store.labels.for_order(order_id)] == ["voided"]
+    assert stock(await store.stock.stock_levels("MUG-BLUE")) == before
     subjects = [m.subject for m in sandbox.outbox(order_id) if m.channel == "email"]
     assert subjects.count(f"Order {order_id} was cancelled") == 1
 
@@ -250,7 +250,7 @@ async def test_carrier_failure_parks_the_order_for_ops_and_refund_closes_it(
     api: FulfillmentApi, store: Store, sandbox: SandboxServers, cli: Cli
 ) -> None:
     order_id = new_id()
-    before = stock(await store.stock_levels("MUG-RED"))
+    before = stock(await store.stock.stock_levels("MUG-RED"))
     await api.place_order(order_dict(order_id, {"MUG-RED": 1}))
     await confirm_pick(api, order_id)
     view = await wait_status(api, order_id, OrderStatus.LABELED)
@@ -273,7 +273,7 @@ async def test_carrier_failure_parks_the_order_for_ops_and_refund_closes_it(
     view = await wait_status(api, order_id, OrderStatus.COMPLETED)
     assert [e.status.value for e in view.timeline][-2:] == ["REFUNDED", "COMPLETED"]
     # The parcel is gone: stock is committed, nothing left reserved.
-    after = stock(await store.stock_levels("MUG-RED"))
+    after = stock(await store.stock.stock_levels("MUG-RED"))
     warehouse = view.warehouse or ""
     assert after["MUG-RED", warehouse] == (before["MUG-RED", warehouse][0] - 1, before["MUG-RED", warehouse][1])
 
@@ -283,7 +283,7 @@ async def test_lost_parcel_is_reshipped_as_a_new_parcel_with_its_own_label(
     api: FulfillmentApi, store: Store, sandbox: SandboxServers, cli: Cli
 ) -> None:
     order_id = new_id()
-    before = stock(await store.stock_levels("MUG-RED"))
+    before = stock(await store.stock.stock_levels("MUG-RED"))
     await api.place_order(order_dict(order_id, {"MUG-RED": 1}))
     first_task = await confirm_pick(api, order_id)
     lost = await wait_status(api, order_id, OrderStatus.LABELED)
@@ -306,10 +306,10 @@ async def test_lost_parcel_is_reshipped_as_a_new_parcel_with_its_own_label(
     assert view.shipments[1].status == OrderStatus.DELIVERED
 
     # Two units left the building (the lost one and its replacement); nothing stays reserved.
-    after = stock(await store.stock_levels("MUG-RED"))
+    after = stock(await store.stock.stock_levels("MUG-RED"))
     warehouse = view.warehouse or ""
     assert after["MUG-RED", warehouse] == (before["MUG-RED", warehouse][0] - 2, before["MUG-RED", warehouse][1])
-    labels = [s for s in await store.shipments_for_order(order_id) if s.status != "voided"]
+    labels = [s for s in await store.labels.for_order(order_id) if s.status != "voided"]
     assert len(labels) == 2
     subjects = [m.subject for m in sandbox.outbox(order_id) if m.channel == "email"]
     assert subjects.count(f"Order {order_id}: we are sending it again") == 1

@@ -32,9 +32,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.db import Store
 from common.errors import FulfillmentError
 from common.models import OrderStatus, OrderView, workflow_id_for
+from common.store import Store
 from sandbox import SandboxServers
 from sandbox.carrier import Progression
 from tests.integration.db_fixtures import BACKENDS, database_url
@@ -74,12 +74,12 @@ class World:
 
     async def count(self) -> None:
         sku, warehouse = self.rng.choice(SKUS), self.rng.choice(WAREHOUSES)[0]
-        [level] = await self.store.stock_levels(sku, warehouse)
+        [level] = await self.store.stock.stock_levels(sku, warehouse)
         counted = max(0, level.on_hand - self.rng.randint(0, 3))  # units went missing (or none did)
         await self.api.count_stock(sku, warehouse, counted, reason="cycle count")
 
     async def confirm(self, short: bool = False) -> None:
-        tasks = await self.store.open_pick_tasks()
+        tasks = await self.store.picks.open_tasks()
         if not tasks:
             return
         task = self.rng.choice(tasks)
@@ -94,7 +94,7 @@ class World:
 
     async def confirm_twice(self) -> None:
         """A client retry, or the CLI and the UI: the same task confirmed twice at once."""
-        tasks = await self.store.open_pick_tasks()
+        tasks = await self.store.picks.open_tasks()
         if tasks:
             task = self.rng.choice(tasks)
             sku, _ = task.lines[0]
@@ -103,12 +103,12 @@ class World:
 
     async def count_racing_confirm(self) -> None:
         """A count that takes a picked-but-unconfirmed parcel's units, at the moment staff confirm its pick."""
-        tasks = await self.store.open_pick_tasks()
+        tasks = await self.store.picks.open_tasks()
         if not tasks:
             return
         task = self.rng.choice(tasks)
         sku, _ = task.lines[0]
-        [level] = await self.store.stock_levels(sku, task.warehouse)
+        [level] = await self.store.stock.stock_levels(sku, task.warehouse)
         counted = max(0, level.reserved - self.rng.randint(1, 2))  # fewer than reserved: someone is released
 
         async def count() -> None:
@@ -147,7 +147,7 @@ class World:
         deadline = time.monotonic() + within
         while True:
             views = {o: (await self._running(o), await self.api.order_status(o)) for o in self.orders}
-            pending = await self.store.order_signals(pending_only=True)
+            pending = await self.store.signals.order_signals(pending_only=True)
             moving = [
                 o
                 for o, (running, v) in views.items()
@@ -166,8 +166,8 @@ class World:
             await asyncio.sleep(0.2)
 
     async def check(self, views: dict[str, tuple[bool, OrderView]]) -> None:
-        levels = {(x.sku, x.warehouse): x for x in await self.store.stock_levels()}
-        ledger = await self.store.ledger()
+        levels = {(x.sku, x.warehouse): x for x in await self.store.stock.stock_levels()}
+        ledger = await self.store.stock.ledger()
         on_hand: defaultdict[tuple[str, str], int] = defaultdict(int)
         committed: defaultdict[tuple[str, str], int] = defaultdict(int)
         counted_away: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -178,7 +178,7 @@ class World:
             elif e.kind in ("count", "adjustment"):
                 counted_away[e.sku, e.warehouse] -= e.delta_on_hand
         held: defaultdict[tuple[str, str], int] = defaultdict(int)
-        reservations = await self.store.reservations()
+        reservations = await self.store.reservations.reservations()
         for r in reservations:
             if r.status == "held":
                 held[r.sku, r.warehouse] += r.quantity
@@ -213,9 +213,9 @@ class World:
             for p in view.shipments
             if p.outcome is None and p.status == OrderStatus.PICKING
         }
-        for task in await self.store.open_pick_tasks():
+        for task in await self.store.picks.open_tasks():
             assert task.id in picking, ("open pick task without an order waiting for it", task)
-        for backorder in await self.store.backorders():
+        for backorder in await self.store.backorders.backorders():
             running, view = views[backorder.order_id]
             assert running and view.backordered, ("backorder of an order that does not wait", backorder, view)
         failed = [o for o, (_, v) in views.items() if v.status == OrderStatus.FAILED]
@@ -264,12 +264,12 @@ async def test_random_interleavings_of_orders_counts_and_picks_keep_the_books(
             }
         )
         for code, country, region in WAREHOUSES:
-            await store.upsert_warehouse(code, f"Warehouse {code}", country, region)
+            await store.catalog.upsert_warehouse(code, f"Warehouse {code}", country, region)
         world = World(FulfillmentApi(dev_server.client, store, settings), store, rng)
         for sku in SKUS:
-            await store.upsert_product(sku, sku.title(), 1000, 200)
+            await store.catalog.upsert_product(sku, sku.title(), 1000, 200)
             for code, _, _ in WAREHOUSES:
-                await store.receive_stock(sku, 4, code, note="opening stock")
+                await store.stock.receive_stock(sku, 4, code, note="opening stock")
                 world.received[sku, code] += 4
         await stack.enter_async_context(running_worker(dev_server.client, settings, store))
 
@@ -286,6 +286,6 @@ async def test_random_interleavings_of_orders_counts_and_picks_keep_the_books(
                 raise AssertionError(f"seed {seed} on {backend}, after steps {done}: {err}") from err
         views = await world.settled()
         statuses = sorted(v.status.value for _, v in views.values())
-        kinds = sorted({e.kind for e in await store.ledger()})
+        kinds = sorted({e.kind for e in await store.stock.ledger()})
         print(f"{backend} seed {seed}: {len(world.orders)} orders {statuses}; ledger kinds {kinds}; steps {done}")
         assert world.orders  # something happened

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.api import FulfillmentApi
-from common.db import Store
+from common.store import Store
 from sandbox import SandboxServers
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
@@ -46,7 +46,7 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
     cli: Cli, store: Store, sandbox: SandboxServers, api: FulfillmentApi, tmp_path: Path
 ) -> None:
     order_id = f"ORD-{uuid.uuid4().hex[:8]}"
-    before = {(s.sku, s.warehouse): s for s in await store.stock_levels("MUG-RED")}
+    before = {(s.sku, s.warehouse): s for s in await store.stock.stock_levels("MUG-RED")}
     order_file = tmp_path / "order.json"
     order_file.write_text(json.dumps(order_dict(order_id, {"MUG-RED": 2})))
 
@@ -56,7 +56,7 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
 
     reserved = await wait_for(cli, order_id, "PICKING")
     warehouse = reserved["shipments"][0]["warehouse"]
-    mid = {(s.sku, s.warehouse): s for s in await store.stock_levels("MUG-RED")}
+    mid = {(s.sku, s.warehouse): s for s in await store.stock.stock_levels("MUG-RED")}
     assert mid["MUG-RED", warehouse].reserved == before["MUG-RED", warehouse].reserved + 2
 
     await confirm_pick_via_cli(cli, order_id)
@@ -95,11 +95,11 @@ async def test_order_placed_through_cli_completes_with_each_message_once(
     assert parcel["tracking_number"] in shipped["body"] and parcel["tracking_url"] in shipped["body"]
 
     # Stock: the two mugs left the warehouse; nothing stays reserved for this order.
-    after = {(s.sku, s.warehouse): s for s in await store.stock_levels("MUG-RED")}
+    after = {(s.sku, s.warehouse): s for s in await store.stock.stock_levels("MUG-RED")}
     assert after["MUG-RED", warehouse].on_hand == before["MUG-RED", warehouse].on_hand - 2
     assert after["MUG-RED", warehouse].reserved == before["MUG-RED", warehouse].reserved
     # One label bought.
-    shipments = await store.shipments_for_order(order_id)
+    shipments = await store.labels.for_order(order_id)
     assert [s.status for s in shipments] == ["purchased"]
 
     # History stays small (issue 6 budget): every event costs the server throughput.

@@ -24,10 +24,10 @@ from typer.testing import CliRunner
 from common.api import FulfillmentApi
 from common.cli.inventory import inventory_app
 from common.config import Settings, get_settings
-from common.db import Store
 from common.errors import PickNotAllowed
 from common.models import PickShortage, ReservationReleased
 from common.order_signals import deliver_order_signals
+from common.store import Store
 from common.temporal import DATA_CONVERTER
 from tests.integration.db_fixtures import BACKENDS, database_url
 from tests.integration.store_checks import assert_books_balance, open_stores
@@ -76,7 +76,7 @@ class OrderStandIn:
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """A fresh database (named apart from the stack's `store`, which the session's worker uses)."""
     async with database_url(request.param, tmp_path) as url, open_stores(url, 1) as (opened,):
-        await opened.receive_stock("MUG-RED", 10, "LDN-1")
+        await opened.stock.receive_stock("MUG-RED", 10, "LDN-1")
         yield opened
 
 
@@ -103,9 +103,9 @@ def _order_id() -> str:
 
 
 async def _picking(store: Store, order_id: str, qty: int = 2, shipment: int = 1) -> str:
-    got = await store.allocate(order_id, [("MUG-RED", qty)], prefer_country="GB", first_shipment=shipment)
+    got = await store.reservations.allocate(order_id, [("MUG-RED", qty)], prefer_country="GB", first_shipment=shipment)
     assert got.shipments, got
-    return (await store.create_pick_task(order_id, shipment, "LDN-1", [("MUG-RED", qty)])).id
+    return (await store.picks.create(order_id, shipment, "LDN-1", [("MUG-RED", qty)])).id
 
 
 def _closed_port() -> int:
@@ -127,11 +127,11 @@ async def test_finding_5_i_outbox_rows_reach_the_order_in_the_order_they_were_wr
     first = await _picking(db, a)
     await _picking(db, a, qty=3, shipment=2)
     short = await _picking(db, b)
-    await db.confirm_pick_task(first)  # A: parcel 1 packed
-    await db.confirm_pick_task(short, {"MUG-RED": 1})  # B: short of one
-    change = await db.count_stock("MUG-RED", "LDN-1", 2, reason="flood")  # A's parcel 2 loses its mugs
+    await db.picks.confirm(first)  # A: parcel 1 packed
+    await db.picks.confirm(short, {"MUG-RED": 1})  # B: short of one
+    change = await db.counts.count_stock("MUG-RED", "LDN-1", 2, reason="flood")  # A's parcel 2 loses its mugs
     assert change.released_shipments == {a: [2]}
-    pending = await db.order_signals(pending_only=True)
+    pending = await db.signals.order_signals(pending_only=True)
     assert [(r.workflow_id, r.name) for r in pending] == [
         (f"order-{a}", "pick_confirmed"),
         (f"order-{b}", "pick_short"),
@@ -145,7 +145,7 @@ async def test_finding_5_i_outbox_rows_reach_the_order_in_the_order_they_were_wr
         ["reservation_released", "MUG-RED", [2], "count: flood"],
     ]
     assert await handle_b.query(OrderStandIn.received) == [["pick_short", short, {"MUG-RED": 1}]]
-    rows = await db.order_signals()
+    rows = await db.signals.order_signals()
     assert all(r.delivered_at is not None and r.attempts == 1 and r.note is None for r in rows), rows
     # Delivered rows are not delivered again.
     assert (await deliver_order_signals(dev_server.client, db)).delivered == []
@@ -157,15 +157,15 @@ async def test_finding_5_j_a_closed_order_or_a_refused_update_counts_as_delivere
 ) -> None:
     gone, refusing = _order_id(), _order_id()
     handle = await orders(refusing)
-    await db.confirm_pick_task(await _picking(db, gone))  # nobody runs order `gone`
+    await db.picks.confirm(await _picking(db, gone))  # nobody runs order `gone`
     short = await _picking(db, refusing)
-    await db.confirm_pick_task(short, {"MUG-RED": 2})
+    await db.picks.confirm(short, {"MUG-RED": 2})
     # The shortage already reached the workflow another way (the Web UI): the outbox's copy is refused.
     await handle.execute_update(OrderStandIn.pick_short, PickShortage(task_id=short, short={"MUG-RED": 2}))
 
     report = await deliver_order_signals(dev_server.client, db)
     assert report.ok and len(report.delivered) == 2
-    notes = {r.workflow_id: r.note for r in await db.order_signals()}
+    notes = {r.workflow_id: r.note for r in await db.signals.order_signals()}
     assert notes[f"order-{gone}"] == f"not delivered: workflow order-{gone} is closed or unknown"
     assert f"{short} is already confirmed short" in (notes[f"order-{refusing}"] or "")
     assert await handle.query(OrderStandIn.received) == [["pick_short", short, {"MUG-RED": 2}]]
@@ -178,17 +178,17 @@ async def test_finding_5_k_with_the_engine_down_the_rows_wait_and_the_relay_deli
     handle_a, handle_b = await orders(a), await orders(b)
     first = await _picking(db, a)
     await _picking(db, b)
-    await db.confirm_pick_task(first)
-    await db.count_stock("MUG-RED", "LDN-1", 0, reason="cycle count")  # B's mugs are gone; A's are packed
-    await db.receive_stock("MUG-RED", 3, "LDN-1")  # 2 for B, which waits for them now, and 1 for A
+    await db.picks.confirm(first)
+    await db.counts.count_stock("MUG-RED", "LDN-1", 0, reason="cycle count")  # B's mugs are gone; A's are packed
+    await db.stock.receive_stock("MUG-RED", 3, "LDN-1")  # 2 for B, which waits for them now, and 1 for A
     again = await _picking(db, a, qty=1, shipment=2)
-    await db.confirm_pick_task(again)  # a second row for A
-    rows = await db.order_signals(pending_only=True)
+    await db.picks.confirm(again)  # a second row for A
+    rows = await db.signals.order_signals(pending_only=True)
     assert [r.workflow_id for r in rows] == [f"order-{a}", f"order-{b}", f"order-{a}"]
 
     down = await deliver_order_signals(await _unreachable_engine(), db)
     assert not down.ok and down.delivered == [] and "Connection refused" in (down.error or "")
-    after = {r.id: r for r in await db.order_signals(pending_only=True)}
+    after = {r.id: r for r in await db.signals.order_signals(pending_only=True)}
     assert len(after) == 3
     assert [after[r.id].attempts for r in rows] == [1, 1, 0]  # A's second row waits behind its first
     assert all("Connection refused" in (after[r.id].last_error or "") for r in rows[:2])
@@ -197,10 +197,10 @@ async def test_finding_5_k_with_the_engine_down_the_rows_wait_and_the_relay_deli
     async with running_relay(dev_server.client, db, Settings(order_signal_relay_interval=0.2)) as relay:
         assert isinstance(relay, OrderSignalRelay)
         for _ in range(100):
-            if not await db.order_signals(pending_only=True):
+            if not await db.signals.order_signals(pending_only=True):
                 break
             await asyncio.sleep(0.1)
-    assert await db.order_signals(pending_only=True) == []
+    assert await db.signals.order_signals(pending_only=True) == []
     assert await handle_a.query(OrderStandIn.received) == [["pick_confirmed", first], ["pick_confirmed", again]]
     assert await handle_b.query(OrderStandIn.received) == [
         ["reservation_released", "MUG-RED", [1], "count: cycle count"]
@@ -214,18 +214,18 @@ async def test_finding_5_l_rows_another_relay_is_delivering_are_left_to_it_and_k
     handle_a = await orders(a)
     await orders(b)
     for order_id in (a, b, a):
-        shipment = len(await db.pick_tasks_for_order(order_id)) + 1
-        await db.confirm_pick_task(await _picking(db, order_id, qty=1, shipment=shipment))
-    first_a, row_b, second_a = await db.order_signals()
+        shipment = len(await db.picks.for_order(order_id)) + 1
+        await db.picks.confirm(await _picking(db, order_id, qty=1, shipment=shipment))
+    first_a, row_b, second_a = await db.signals.order_signals()
     # Another relay has claimed A's first row: this round delivers B's only; A's second must wait behind it.
-    _, taken = await db.claim_order_signals(ids=[first_a.id])
+    _, taken = await db.signals.claim_order_signals(ids=[first_a.id])
     assert [r.id for r in taken] == [first_a.id]
     report = await deliver_order_signals(dev_server.client, db)
     assert report.delivered == [row_b.id] and report.ok
     assert await handle_a.query(OrderStandIn.received) == []
     # Asked for A's second row by id (the API does that), its older pending row would go first: still claimed.
     assert (await deliver_order_signals(dev_server.client, db, ids=[second_a.id])).delivered == []
-    assert [r.id for r in await db.order_signals(pending_only=True)] == [first_a.id, second_a.id]
+    assert [r.id for r in await db.signals.order_signals(pending_only=True)] == [first_a.id, second_a.id]
 
 
 async def test_finding_5_m_the_api_tells_the_order_at_once_or_leaves_it_to_the_relay(
@@ -239,17 +239,17 @@ async def test_finding_5_m_the_api_tells_the_order_at_once_or_leaves_it_to_the_r
 
     task = await _picking(db, a)
     assert (await up.confirm_pick(task)).status == "confirmed"
-    assert await db.order_signals(pending_only=True) == []
+    assert await db.signals.order_signals(pending_only=True) == []
     assert await handle_a.query(OrderStandIn.received) == [["pick_confirmed", task]]
 
     # Engine down: the confirmation stands, the API does not raise, the message waits; confirming again
     # (idempotent, no second message) once the engine is back delivers it.
     task_b = await _picking(db, b)
     assert (await down.confirm_pick(task_b, {"MUG-RED": 1})).short == {"MUG-RED": 1}
-    [waiting] = await db.order_signals(pending_only=True)
+    [waiting] = await db.signals.order_signals(pending_only=True)
     assert (waiting.workflow_id, waiting.attempts) == (f"order-{b}", 1)
     await up.confirm_pick(task_b, {"MUG-RED": 1})
-    assert await db.order_signals(pending_only=True) == []
+    assert await db.signals.order_signals(pending_only=True) == []
 
     # A count through the API: the released order is told at once, and the report says so.
     c = _order_id()
@@ -271,7 +271,7 @@ def test_finding_5_n_the_cli_count_with_the_engine_down_says_the_orders_will_be_
 
     async def prepare() -> None:
         async with open_stores(url, 1) as (s,):
-            await s.receive_stock("MUG-RED", 2, "LDN-1")
+            await s.stock.receive_stock("MUG-RED", 2, "LDN-1")
             await _picking(s, "ORD-CLI")
 
     asyncio.run(prepare())
@@ -295,7 +295,7 @@ def test_finding_5_n_the_cli_count_with_the_engine_down_says_the_orders_will_be_
 
     async def pending() -> list[str]:
         async with await Store.open(url) as s:
-            return [r.name for r in await s.order_signals(pending_only=True)]
+            return [r.name for r in await s.signals.order_signals(pending_only=True)]
 
     assert asyncio.run(pending()) == ["reservation_released"]
 
@@ -305,13 +305,13 @@ async def test_finding_5_o_the_worker_runs_the_relay(worker: None, store: Store)
     a count recorded without telling anyone, for an order no workflow runs (delivered with a note)."""
     sku = f"LAMP-{uuid.uuid4().hex[:6].upper()}"
     order_id = _order_id()
-    await store.upsert_product(sku, "Desk lamp", 3900, 900)
-    await store.receive_stock(sku, 1, "LDN-1")
-    assert (await store.allocate(order_id, [(sku, 1)])).shipments
-    await store.count_stock(sku, "LDN-1", 0, reason="relay test")
-    [row] = await store.order_signals(f"order-{order_id}")
+    await store.catalog.upsert_product(sku, "Desk lamp", 3900, 900)
+    await store.stock.receive_stock(sku, 1, "LDN-1")
+    assert (await store.reservations.allocate(order_id, [(sku, 1)])).shipments
+    await store.counts.count_stock(sku, "LDN-1", 0, reason="relay test")
+    [row] = await store.signals.order_signals(f"order-{order_id}")
     for _ in range(int(RELAY_WAIT_S / 0.2)):
-        [row] = await store.order_signals(f"order-{order_id}")
+        [row] = await store.signals.order_signals(f"order-{order_id}")
         if row.delivered_at is not None:
             break
         await asyncio.sleep(0.2)

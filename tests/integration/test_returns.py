@@ -14,10 +14,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.db import Store
-from common.db.returns import ReturnsStore
 from common.models import OrderStatus, OrderView
 from common.returns import RmaStatus, RmaView
+from common.store import Store
 from sandbox import SandboxServers
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
@@ -71,7 +70,7 @@ async def run(cli: Cli, *args: str) -> tuple[int, str, str]:
 
 
 async def on_hand(store: Store, sku: str, warehouse: str) -> int:
-    [level] = await store.stock_levels(sku, warehouse)
+    [level] = await store.stock.stock_levels(sku, warehouse)
     return level.on_hand
 
 
@@ -117,7 +116,7 @@ async def test_return_from_request_to_refund_with_one_unit_damaged(
 
     # not_as_described: only the resellable units are refunded, at the price paid (12.50, not the catalogue's 25.00).
     assert refunded.refund_cents == 2 * 1250
-    returns = ReturnsStore(store)
+    returns = store.returns
     # The money moved: one refund on the order's PaymentIntent, made with the RMA's idempotency key
     [refund] = sandbox.refunds(payment_of(order_id))
     assert (refund["amount"], refund["currency"], refund["status"]) == (2500, "usd", "succeeded")
@@ -129,7 +128,7 @@ async def test_return_from_request_to_refund_with_one_unit_damaged(
     # Stock: the resellable books are back on hand; the damaged T-shirt is written off (no stock change).
     assert await on_hand(store, "BOOK-ADA", warehouse) == books + 2
     assert await on_hand(store, "TEE-L", warehouse) == tees
-    ledger = {(e.sku, e.kind, e.delta_on_hand) for e in await store.ledger() if e.ref == rma_id}
+    ledger = {(e.sku, e.kind, e.delta_on_hand) for e in await store.stock.ledger() if e.ref == rma_id}
     assert ledger == {("BOOK-ADA", "return", 2), ("TEE-L", "writeoff", 0)}
     [rma] = await returns.rmas_for_order(order_id)
     assert rma.status == "REFUNDED"

@@ -14,9 +14,9 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from activities.shipping import ShippingActivities
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.db import Store
 from common.integrations.carrier import CarrierClient
 from common.models import LabelRequest, Order, OrderStatus, OrderView, PartialShipment
+from common.store import Store
 from sandbox import SandboxServers
 from tests.integration.conftest import Cli
 from tests.orders import order_dict
@@ -26,10 +26,10 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 async def new_sku(store: Store, stock: dict[str, int]) -> str:
     sku = f"LAMP-{uuid.uuid4().hex[:6].upper()}"
-    await store.upsert_product(sku, "Desk lamp", 3900, 900)
+    await store.catalog.upsert_product(sku, "Desk lamp", 3900, 900)
     for warehouse, units in stock.items():
         if units:
-            await store.receive_stock(sku, units, warehouse, note="test stock")
+            await store.stock.receive_stock(sku, units, warehouse, note="test stock")
     return sku
 
 
@@ -52,7 +52,7 @@ async def confirm_open_picks(api: FulfillmentApi, store: Store, order_id: str, c
     """Confirm `count` pick tasks of the order as they appear."""
     confirmed: list[str] = []
     for _ in range(150):
-        for task in await store.pick_tasks_for_order(order_id):
+        for task in await store.picks.for_order(order_id):
             if task.status == "open" and task.id not in confirmed:
                 await api.confirm_pick(task.id)
                 confirmed.append(task.id)
@@ -63,7 +63,7 @@ async def confirm_open_picks(api: FulfillmentApi, store: Store, order_id: str, c
 
 
 async def levels(store: Store, sku: str) -> dict[str, tuple[int, int]]:
-    return {s.warehouse: (s.on_hand, s.reserved) for s in await store.stock_levels(sku)}
+    return {s.warehouse: (s.on_hand, s.reserved) for s in await store.stock.stock_levels(sku)}
 
 
 async def run_cli(cli: Cli, *args: str) -> object:
@@ -100,7 +100,7 @@ async def test_order_no_warehouse_covers_ships_as_two_parcels_each_tracked_and_t
     assert len({s for s in emails if s.startswith(f"Order {order_id} was delivered (parcel ")}) == 2
     shipped = [m.body for m in sandbox.outbox(order_id) if m.channel == "sms" and "on its way" in m.body]
     assert sorted(b.split("(parcel ")[1][:1] for b in shipped) == ["1", "2"]
-    assert len({(s.key, s.status) for s in await store.shipments_for_order(order_id)}) == 2
+    assert len({(s.key, s.status) for s in await store.labels.for_order(order_id)}) == 2
 
 
 async def test_ship_available_policy_sends_what_is_in_stock_and_the_rest_after_a_restock(
@@ -150,7 +150,7 @@ async def test_restock_wakes_backorders_first_come_and_only_as_many_as_it_covers
     await asyncio.sleep(1.5)
     assert (await api.order_status(second)).status == OrderStatus.BACKORDERED
     assert (await api.order_status(third)).status == OrderStatus.BACKORDERED
-    assert await store.backordered_orders([sku]) == [second, third]
+    assert await store.backorders.backordered_orders([sku]) == [second, third]
     assert await levels(store, sku) == {"LDN-1": (3, 2)}
 
     await run_cli(cli, "inventory", "receive", sku, "2", "--warehouse", "LDN-1")
@@ -185,7 +185,7 @@ async def test_short_pick_corrects_stock_and_ships_the_missing_unit_as_a_second_
     assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
     assert "confirmed short" in result.stdout  # type: ignore[attr-defined]
     # The shelf had one unit fewer than the books: a recorded discrepancy naming the pick task.
-    [entry] = [e for e in await store.stock_history(sku) if e.kind == "adjustment"]
+    [entry] = [e for e in await store.stock.stock_history(sku) if e.kind == "adjustment"]
     assert (entry.delta_on_hand, entry.ref) == (-1, task) and "short pick" in entry.note
 
     await confirm_open_picks(api, store, order_id, 1)  # the missing unit, re-reserved and picked again
@@ -208,7 +208,7 @@ async def test_count_below_reservations_sends_an_unpicked_order_back_to_backorde
     assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
     view = await wait_for(api, order_id, OrderStatus.BACKORDERED)
     assert view.shipments[0].outcome and "released by a count" in view.shipments[0].outcome
-    [task] = await store.pick_tasks_for_order(order_id)
+    [task] = await store.picks.for_order(order_id)
     assert task.status == "cancelled"  # staff are not sent for goods that are not there
 
     await run_cli(cli, "inventory", "receive", sku, "2", "--warehouse", "LDN-1")
@@ -250,5 +250,5 @@ async def test_two_attempts_at_one_label_buy_it_once_and_both_get_it(
     assert len(created) == 2  # both attempts reached the carrier
     bought = [s for s in created if s["postage_label"]]
     assert [s["tracking_code"] for s in bought] == [first.tracking_number]
-    (record,) = await store.shipments_for_order(order_id)
+    (record,) = await store.labels.for_order(order_id)
     assert (record.status, record.carrier_shipment_id) == ("purchased", bought[0]["id"])

@@ -29,12 +29,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi, with_prices
 from common.config import Settings
-from common.db import Store
 from common.demo import seed_demo
 from common.errors import InvalidRequest
 from common.intake import parse_order
 from common.models import OrderStatus, OrderView, OrderWorkflowInput, workflow_id_for
 from common.returns import RmaStatus, return_workflow_id
+from common.store import Store
 from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
 from sandbox import SandboxServers
 from sandbox.carrier import Progression
@@ -77,7 +77,7 @@ class Stack:
 
     async def confirm_pick(self, order_id: str) -> None:
         await self.wait_for(order_id, OrderStatus.PICKING)
-        (task,) = [t for t in await self.api.store.pick_tasks_for_order(order_id) if t.status == "open"]
+        (task,) = [t for t in await self.api.store.picks.for_order(order_id) if t.status == "open"]
         await self.api.confirm_pick(task.id)
 
     async def finished(self, order_id: str, within: float = 60.0) -> OrderView:
@@ -156,7 +156,7 @@ async def split_over_two_warehouses(stack: Stack, path: str) -> str:
     # TEE-L: 25 in London, 5 in New York (the demo stock): 27 go as two parcels.
     order_id = await stack.place(path, {"TEE-L": 27})
     await stack.wait_for(order_id, OrderStatus.PICKING)
-    for task in await stack.api.store.pick_tasks_for_order(order_id):
+    for task in await stack.api.store.picks.for_order(order_id):
         await stack.api.confirm_pick(task.id)
     view = await stack.finished(order_id)
     assert [p.warehouse for p in view.shipments] == ["LDN-1", "NYC-1"], view.timeline
@@ -166,10 +166,10 @@ async def split_over_two_warehouses(stack: Stack, path: str) -> str:
 async def short_pick_reserved_again(stack: Stack, path: str) -> str:
     order_id = await stack.place(path, {"MUG-RED": 2})
     await stack.wait_for(order_id, OrderStatus.PICKING)
-    (task,) = await stack.api.store.pick_tasks_for_order(order_id)
+    (task,) = await stack.api.store.picks.for_order(order_id)
     await stack.api.confirm_pick(task.id, {"MUG-RED": 1})
     for _ in range(100):  # the missing mug gets a pick task of its own
-        open_tasks = [t for t in await stack.api.store.pick_tasks_for_order(order_id) if t.status == "open"]
+        open_tasks = [t for t in await stack.api.store.picks.for_order(order_id) if t.status == "open"]
         if open_tasks:
             await stack.api.confirm_pick(open_tasks[0].id)
             break
@@ -258,7 +258,7 @@ async def cancelled_after_label(stack: Stack, path: str) -> str:
         await stack.wait_for(order_id, OrderStatus.LABELED)
         view = await stack.api.cancel_order(order_id, "customer called")
     assert view.status == OrderStatus.CANCELLED, view.timeline
-    assert [s.status for s in await stack.api.store.shipments_for_order(order_id)] == ["voided"]
+    assert [s.status for s in await stack.api.store.labels.for_order(order_id)] == ["voided"]
     return order_id
 
 
@@ -305,8 +305,8 @@ async def cancelled_in_temporal(stack: Stack, path: str) -> str:
 
 async def released_by_a_count(stack: Stack, path: str) -> str:
     sku = "LAMP-REC"
-    await stack.api.store.upsert_product(sku, "Desk lamp", 3900, 900)
-    await stack.api.store.receive_stock(sku, 1, "LDN-1", note="record stock")
+    await stack.api.store.catalog.upsert_product(sku, "Desk lamp", 3900, 900)
+    await stack.api.store.stock.receive_stock(sku, 1, "LDN-1", note="record stock")
     order_id = await stack.place(path, {sku: 1})
     await stack.wait_for(order_id, OrderStatus.PICKING)
     await stack.api.count_stock(sku, "LDN-1", 0, reason="not on the shelf")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.db import InvalidRows, ProductImport, StockImport, WarehouseImport
+from common.catalog.contracts import InvalidRows, ProductImport, WarehouseImport
+from common.inventory.contracts import StockImport
 from common.inventory.importers import (
     parse_dimensions_mm,
     parse_price_cents,

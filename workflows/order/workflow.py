@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         TrackingStatus,
     )
     from common.returns import ReturnProgress, ReturnRequest
+    from common.warehouse.short_picks import shortage_problem
 
 
 @workflow.defn(name="OrderWorkflow")
@@ -111,13 +112,9 @@ class OrderWorkflow:
                 f"{shortage.task_id} is not a pick of order {self._order.order_id} waiting to be confirmed"
             )
         ordered = {line.sku: line.quantity for line in parcels[0].lines}
-        if not shortage.short:
-            raise ValueError('say which units are missing, e.g. {"MUG-RED": 1}')
-        for sku, units in shortage.short.items():
-            if sku not in ordered:
-                raise ValueError(f"pick task {shortage.task_id} has no line for {sku} (it has {', '.join(ordered)})")
-            if not 0 < units <= ordered[sku]:
-                raise ValueError(f"short {sku}={units} must be between 1 and the {ordered[sku]} to pick")
+        problem = shortage_problem(shortage.task_id, ordered, shortage.short)
+        if problem is not None:
+            raise ValueError(problem)
 
     @workflow.signal(
         description="Stock arrived for one of this order's SKUs: a backordered order retries its reservation."

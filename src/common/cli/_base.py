@@ -34,7 +34,7 @@ from temporalio.service import RPCError
 from common.api import FulfillmentApi
 from common.cli._output import jsonable
 from common.config import Settings, get_settings
-from common.db import StoreError
+from common.db.errors import StoreError
 from common.errors import FulfillmentError, InvalidOrder, OrderAlreadyExists
 
 out = Console()

@@ -36,7 +36,7 @@ async def catalog_import(
 
     rows = parse_products(read_text(file))
     async with open_store() as store:
-        result = await store.import_products(rows)
+        result = await store.catalog.import_products(rows)
     _print_import(result, as_json, "products")
 
 
@@ -51,7 +51,7 @@ async def catalog_warehouses(
 
     rows = parse_warehouses(read_text(file))
     async with open_store() as store:
-        result = await store.import_warehouses(rows)
+        result = await store.catalog.import_warehouses(rows)
     _print_import(result, as_json, "warehouses")
 
 
@@ -60,8 +60,8 @@ async def catalog_warehouses(
 async def catalog_show(as_json: JsonOption = False) -> None:
     """The products and warehouses."""
     async with open_store() as store:
-        products = await store.products()
-        warehouses = await store.warehouses()
+        products = await store.catalog.products()
+        warehouses = await store.catalog.warehouses()
     if as_json:
         print_json({"products": products, "warehouses": warehouses})
         return

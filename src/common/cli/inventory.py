@@ -19,13 +19,15 @@ from rich.markup import escape
 from rich.text import Text
 from temporalio.exceptions import TemporalError
 
+from common.catalog.contracts import UnknownSkuError, UnknownWarehouseError
 from common.cli._base import connect_api, err, out, print_json, run_async
 from common.cli._help import CliApp
 from common.cli._output import key, stamp, table, time_column
 from common.config import get_settings
-from common.db import LedgerEntry, LowStockCrossing, StockChange, Store, UnknownSkuError, UnknownWarehouseError
 from common.inventory import forecast as fc
+from common.inventory.contracts import LedgerEntry, LowStockCrossing, StockChange
 from common.inventory.planning import StockForecast
+from common.store import Store
 
 inventory_app = CliApp(help="Stock: levels, receiving, counts, history, forecasts and imports.", no_args_is_help=True)
 
@@ -45,10 +47,10 @@ async def open_store() -> AsyncIterator[Store]:
 async def check_known(store: Store, sku: str | None, warehouse: str | None = None) -> None:
     """Refuse a filter that names no SKU or warehouse of the catalogue (exit 2), as every command does, rather
     than answer with an empty table."""
-    if sku is not None and await store.unknown_skus([sku]):
+    if sku is not None and await store.catalog.unknown_skus([sku]):
         raise UnknownSkuError([sku])
     if warehouse is not None:
-        known = [w.code for w in await store.warehouses()]
+        known = [w.code for w in await store.catalog.warehouses()]
         if warehouse not in known:
             raise UnknownWarehouseError(warehouse, known)
 
@@ -185,7 +187,7 @@ async def inventory_expect(
         raise ValueError(f"quantity must be a positive number of units (got {quantity})")
     due = _parse_date("eta", eta)
     async with open_store() as store:
-        order = await store.expect_receipt(sku, quantity, warehouse, eta=due, po=po, note=note)
+        order = await store.purchase_orders.expect_receipt(sku, quantity, warehouse, eta=due, po=po, note=note)
     when = f", due {order.eta}" if order.eta else ""
     out.print(
         f"{order.id}: {order.quantity} x {order.sku} expected at {order.warehouse}{when}", markup=False, highlight=False
@@ -202,7 +204,7 @@ async def inventory_incoming(
     """Open purchase orders (expected receipts), soonest first."""
     async with open_store() as store:
         await check_known(store, sku, warehouse)
-        orders = await store.purchase_orders(sku, warehouse)
+        orders = await store.purchase_orders.purchase_orders(sku, warehouse)
     if as_json:
         print_json(orders)
         return
@@ -217,7 +219,7 @@ async def inventory_incoming(
 async def inventory_cancel_po(po: Annotated[str, typer.Argument(help="Purchase order id.")]) -> None:
     """Cancel an open purchase order: it is no longer incoming."""
     async with open_store() as store:
-        order = await store.cancel_purchase_order(po)
+        order = await store.purchase_orders.cancel_purchase_order(po)
     out.print(f"{order.id}: {order.status}", markup=False, highlight=False)
 
 
@@ -287,8 +289,8 @@ async def inventory_count(
     if counted < 0:
         raise ValueError(f"counted must be a number of units >= 0 (got {counted})")
     async with open_store() as store:
-        change = await store.count_stock(sku, warehouse, counted, reason=reason)
-        crossings = await store.low_stock_crossings([sku], pending_only=True)
+        change = await store.counts.count_stock(sku, warehouse, counted, reason=reason)
+        crossings = await store.stock.low_stock_crossings([sku], pending_only=True)
         _print_change(change, as_json, f"counted {counted}")
         await _alert_ops(store, [c for c in crossings if c.warehouse == warehouse])
     await _tell_orders(change)
@@ -307,8 +309,8 @@ async def inventory_adjust(
     if delta == 0:
         raise ValueError("delta must not be 0")
     async with open_store() as store:
-        change = await store.adjust_stock(sku, warehouse, delta, reason=reason)
-        crossings = await store.low_stock_crossings([sku], pending_only=True)
+        change = await store.counts.adjust_stock(sku, warehouse, delta, reason=reason)
+        crossings = await store.stock.low_stock_crossings([sku], pending_only=True)
         _print_change(change, as_json, f"adjusted by {delta:+d}")
         await _alert_ops(store, [c for c in crossings if c.warehouse == warehouse])
     await _tell_orders(change)
@@ -335,8 +337,8 @@ async def inventory_history(
 ) -> None:
     """Every stock change of a SKU, newest first: kind, units, reference, reason and time."""
     async with open_store() as store:
-        entries = await store.stock_history(sku, warehouse, limit=limit)
-        levels = {level.warehouse: level.on_hand for level in await store.stock_levels(sku, warehouse)}
+        entries = await store.stock.stock_history(sku, warehouse, limit=limit)
+        levels = {level.warehouse: level.on_hand for level in await store.stock.stock_levels(sku, warehouse)}
     rows = _with_balances(entries, levels)
     if as_json:
         print_json([{**asdict(e), "on_hand_after": after} for e, after in rows])
@@ -402,7 +404,9 @@ async def inventory_forecast(
                 charts.append(render_sku_chart(chart_file(chart_dir, s), mine, history, alpha=alpha))
         crossings: list[LowStockCrossing] = []
         if apply and forecasts:
-            crossings = await store.set_reorder_points({(f.sku, f.warehouse): f.plan.reorder_point for f in forecasts})
+            crossings = await store.stock.set_reorder_points(
+                {(f.sku, f.warehouse): f.plan.reorder_point for f in forecasts}
+            )
 
         if as_json:
             print_json([_forecast_json(f, applied=apply) for f in forecasts])
@@ -483,7 +487,7 @@ async def inventory_reorder_point(
     if point is not None and point < 0:
         raise ValueError(f"reorder point must be >= 0 (got {point})")
     async with open_store() as store:
-        crossings = await store.set_reorder_point(sku, warehouse, point)
+        crossings = await store.stock.set_reorder_point(sku, warehouse, point)
         out.print(f"{sku} @ {warehouse}: reorder point {'cleared' if point is None else point}", highlight=False)
         await _alert_ops(store, crossings)
 
@@ -505,8 +509,8 @@ async def inventory_import(
 
     rows = parse_stock(read_text(file))
     async with open_store() as store:
-        result = await store.import_stock(rows, ref=f"import:{file.name}"[:200])
-        crossings = await store.low_stock_crossings({r.sku for r in rows}, pending_only=True)
+        result = await store.stock.import_stock(rows, ref=f"import:{file.name}"[:200])
+        crossings = await store.stock.low_stock_crossings({r.sku for r in rows}, pending_only=True)
         _print_import(result, as_json, "stock rows")
         keys = {(r.sku, r.warehouse) for r in rows}
         await _alert_ops(store, [c for c in crossings if (c.sku, c.warehouse) in keys])

@@ -53,7 +53,7 @@ async def warehouse_confirm(
     async with await connect_api() as api:
         task = await api.confirm_pick(task_id, missing or None)
         # The confirmation is recorded either way; its message to the order may still wait for the engine.
-        untold = await api.store.order_signals(workflow_id_for(task.order_id), pending_only=True)
+        untold = await api.store.signals.order_signals(workflow_id_for(task.order_id), pending_only=True)
     if task.short:
         gone = ", ".join(f"{sku} x{qty}" for sku, qty in sorted(task.short.items()))
         out.print(

@@ -3,7 +3,7 @@
 SQLite (aiosqlite, the default): WAL so readers never block the single writer, a 30 s busy timeout so
 writers queue instead of failing with "database is locked", foreign keys on, and SQLAlchemy (not the
 sqlite3 module) emitting BEGIN, so a write transaction can start with BEGIN IMMEDIATE and take the write
-lock before it reads what it is about to change. A Store writes a SQLite file through a synchronous engine on
+lock before it reads what it is about to change. A Database writes a SQLite file through a synchronous engine on
 a thread of its own (SqliteFileWriter), each transaction start to end there.
 
 PostgreSQL (asyncpg): a normal pool. A `search_path` query parameter in the URL (not an asyncpg option)
@@ -123,11 +123,15 @@ class SqliteFileWriter:
 
 
 class _SyncConnection:
-    """The one method of AsyncConnection that write transactions use, `await conn.execute(...)`, over a
+    """What write transactions use of AsyncConnection, `await conn.execute(...)` and `conn.dialect`, over a
     synchronous connection: the await completes at once."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    @property
+    def dialect(self) -> Any:
+        return self._conn.dialect
 
     async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
         return self._conn.execute(statement, parameters)
@@ -183,7 +187,7 @@ def alembic_config() -> Any:
 
 
 # Alembic keeps the running migration context in module globals (`alembic.context`), so two migrations
-# interleaving on one event loop (e.g. two Store.open awaited together) would corrupt each other.
+# interleaving on one event loop (e.g. two Database.open awaited together) would corrupt each other.
 _migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy Core tables: the schema the Store reads and writes.
+"""SQLAlchemy Core tables: the schema the domain stores read and write.
 
 The Alembic migrations under `migrations/versions` create exactly this schema (a unit test compares them),
 so a change here needs a new migration.

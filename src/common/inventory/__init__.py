@@ -1,3 +1,4 @@
-"""Inventory domain logic that needs no database: warehouse allocation, demand forecasting and reorder
-planning, CSV import parsing, low-stock alerts and forecast charts. The Store (common.db) persists; these
-modules decide."""
+"""Inventory: the stock books (stock levels, ledger, low-stock crossings), purchase orders, reservations and
+backorders, and the pure logic that decides over them (warehouse allocation, demand forecasting, reorder
+planning, CSV import parsing, low-stock alerts and forecast charts). Its stores are built on common.db and the
+catalogue; the warehouse domain builds on them."""

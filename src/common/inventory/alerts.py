@@ -10,9 +10,12 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Iterable
+from typing import Protocol
 
-from common.db import LowStockCrossing, Store
 from common.integrations.email import EmailPermanentError, EmailSender
+from common.inventory.contracts import LowStockCrossing
+from common.inventory.stock import StockStore
+from common.notifications.store import NotificationStore
 
 log = logging.getLogger("fulfill.inventory")
 
@@ -21,13 +24,20 @@ LOW_STOCK_EVENT = "low_stock"
 ALERT_ORDER_ID = "inventory"
 
 
+class Stores(Protocol):
+    """The stores an alert works with (common.store.Store has them)."""
+
+    stock: StockStore
+    notifications: NotificationStore
+
+
 def low_stock_key(crossing: LowStockCrossing) -> str:
     return f"lowstock:{crossing.sku}:{crossing.warehouse}:{crossing.id}"
 
 
-async def low_stock_message(store: Store, crossing: LowStockCrossing) -> tuple[str, str]:
+async def low_stock_message(store: Stores, crossing: LowStockCrossing) -> tuple[str, str]:
     """Subject and text of the alert, with what is on hand and incoming now."""
-    positions = await store.inventory_positions(crossing.sku, crossing.warehouse)
+    positions = await store.stock.inventory_positions(crossing.sku, crossing.warehouse)
     position = positions[0] if positions else None
     subject = f"Low stock: {crossing.sku} at {crossing.warehouse} ({crossing.available} available)"
     lines = [
@@ -48,7 +58,7 @@ async def low_stock_message(store: Store, crossing: LowStockCrossing) -> tuple[s
 
 
 async def send_low_stock_alerts(
-    store: Store, email: EmailSender, recipient: str, skus: Iterable[str] | None = None
+    store: Stores, email: EmailSender, recipient: str, skus: Iterable[str] | None = None
 ) -> list[LowStockCrossing]:
     """Email `recipient` about every open, not yet alerted crossing (of `skus`, or all). Returns those
     sent now. Safe to call again at any point: a crossing already sent is only marked alerted. A refused
@@ -59,10 +69,10 @@ async def send_low_stock_alerts(
         wanted = None
     sent: list[LowStockCrossing] = []
     failure: Exception | None = None
-    for crossing in await store.low_stock_crossings(wanted, pending_only=True):
+    for crossing in await store.stock.low_stock_crossings(wanted, pending_only=True):
         key = low_stock_key(crossing)
         subject, text = await low_stock_message(store, crossing)
-        claimed = await store.claim_notification(
+        claimed = await store.notifications.claim_notification(
             key,
             order_id=ALERT_ORDER_ID,
             event=LOW_STOCK_EVENT,
@@ -72,7 +82,7 @@ async def send_low_stock_alerts(
             body=text,
         )
         if not claimed:  # sent before, but not marked on the crossing (a crash in between)
-            await store.mark_low_stock_alerted(crossing.id)
+            await store.stock.mark_low_stock_alerted(crossing.id)
             continue
         try:
             provider_id = await email.send(
@@ -84,15 +94,15 @@ async def send_low_stock_alerts(
                 headers={"X-Fulfill-Alert": LOW_STOCK_EVENT, "X-Sku": crossing.sku},
             )
         except EmailPermanentError as err:
-            await store.mark_notification_failed(key, str(err))
+            await store.notifications.mark_notification_failed(key, str(err))
             log.warning("low-stock alert %s not sent: %s", key, err)
             continue
         except Exception as err:
-            await store.mark_notification_failed(key, str(err))
+            await store.notifications.mark_notification_failed(key, str(err))
             failure = failure or err
             continue
-        await store.mark_notification_sent(key, provider_id)
-        await store.mark_low_stock_alerted(crossing.id)
+        await store.notifications.mark_notification_sent(key, provider_id)
+        await store.stock.mark_low_stock_alerted(crossing.id)
         sent.append(crossing)
     if failure is not None:
         raise failure

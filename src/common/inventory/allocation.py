@@ -7,7 +7,7 @@ then the warehouse code (so the choice is deterministic).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -118,7 +118,18 @@ def plan_split(
             tuple(sorted(s.code for s in subset)),
         )
 
-    chosen: Sequence[Site] | None = None
+    # All warehouses together cover the order (checked above), so the search finds a set unless it gives up.
+    chosen = _smallest_cover(ranked, covers, score) or _greedy_cover(ranked, availability, wanted)
+    return _assign(chosen, availability, wanted)
+
+
+def _smallest_cover(
+    ranked: Sequence[Site],
+    covers: Callable[[Sequence[Site]], bool],
+    score: Callable[[Sequence[Site]], tuple[int, int, int, tuple[str, ...]]],
+) -> Sequence[Site] | None:
+    """The best-scoring (lowest) of the smallest subsets of `ranked` that cover the order, or None once more
+    than MAX_EXHAUSTIVE_SUBSETS subsets were tried (the best of the size being searched then, if any, wins)."""
     searched = 0
     for size in range(1, len(ranked) + 1):
         best: tuple[tuple[int, int, int, tuple[str, ...]], Sequence[Site]] | None = None
@@ -131,14 +142,10 @@ def plan_split(
                 if best is None or candidate[0] < best[0]:
                     best = candidate
         if best is not None:
-            chosen = best[1]
-            break
+            return best[1]
         if searched > MAX_EXHAUSTIVE_SUBSETS:
-            chosen = _greedy_cover(ranked, availability, wanted)
-            break
-    if chosen is None:  # cannot happen: all warehouses together cover the order
-        return []
-    return _assign(chosen, availability, wanted)
+            return None
+    return None
 
 
 def _greedy_cover(ranked: Sequence[Site], availability: Availability, wanted: Mapping[str, int]) -> list[Site]:

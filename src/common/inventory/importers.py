@@ -1,7 +1,7 @@
 """CSV parsing for `fulfill catalog import`, `fulfill catalog warehouses` and `fulfill inventory import`.
 
 Each parser checks every row and raises `InvalidRows` listing all problems ("row 3: price: not a number
-'abc'"), so a file is fixed in one go; the Store then writes all rows in one transaction or none. Row
+'abc'"), so a file is fixed in one go; the stores then write all rows in one transaction or none. Row
 numbers are the file's line numbers as a spreadsheet shows them (the header is row 1).
 
 Formats (a header row with these column names, in any order; UTF-8, a BOM is fine):
@@ -21,7 +21,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import TypeVar
 
-from common.db.store import InvalidRows, ProductImport, StockImport, WarehouseImport
+from common.catalog.contracts import InvalidRows, ProductImport, WarehouseImport
+from common.inventory.contracts import StockImport
 
 T = TypeVar("T")
 
@@ -51,16 +52,8 @@ def read_text(path: str | Path) -> str:
         raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def _rows(text: str, required: Sequence[str], optional: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, {column: stripped value}) per non-blank data row; header problems raise InvalidRows."""
-    text = text.removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InvalidRows(["the file is empty: expected a header row " + ",".join(required)]) from None
-    except csv.Error as err:
-        raise InvalidRows([f"row 1: not valid CSV ({err})"]) from None
+def _columns(header: Sequence[str], required: Sequence[str], optional: Sequence[str]) -> list[str]:
+    """The header's column names (lower case); InvalidRows for missing, unknown or repeated ones."""
     columns = [h.strip().lower() for h in header]
     problems = []
     missing = [c for c in required if c not in columns]
@@ -74,7 +67,20 @@ def _rows(text: str, required: Sequence[str], optional: Sequence[str] = ()) -> I
         problems.append(f"row 1: repeated column(s) {', '.join(repeated)}")
     if problems:
         raise InvalidRows(problems)
-    line = 1
+    return columns
+
+
+def _rows(text: str, required: Sequence[str], optional: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: stripped value}) per non-blank data row; header problems raise InvalidRows."""
+    text = text.removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InvalidRows(["the file is empty: expected a header row " + ",".join(required)]) from None
+    except csv.Error as err:
+        raise InvalidRows([f"row 1: not valid CSV ({err})"]) from None
+    columns = _columns(header, required, optional)
     while True:
         try:
             values = next(reader)

@@ -1,12 +1,17 @@
-"""Forecasts and reorder plans for stored stock: reads the Store, computes with `forecast`."""
+"""Forecasts and reorder plans for stored stock: reads the stock, reservation and catalogue stores, computes
+with `forecast`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
 
-from common.db import InventoryPosition, Store
+from common.catalog.store import CatalogStore
 from common.inventory import forecast as fc
+from common.inventory.contracts import InventoryPosition
+from common.inventory.reservations import ReservationStore
+from common.inventory.stock import StockStore
 
 
 @dataclass(frozen=True)
@@ -28,8 +33,16 @@ class StockForecast:
         return self.position.warehouse
 
 
+class Stores(Protocol):
+    """The stores planning reads (common.store.Store has them)."""
+
+    catalog: CatalogStore
+    stock: StockStore
+    reservations: ReservationStore
+
+
 async def stock_forecasts(
-    store: Store,
+    store: Stores,
     *,
     sku: str | None = None,
     warehouse: str | None = None,
@@ -39,14 +52,14 @@ async def stock_forecasts(
     cover_days: float = fc.DEFAULT_COVER_DAYS,
     today: date | None = None,
 ) -> list[StockForecast]:
-    """A forecast per (sku, warehouse) known to the Store, from `days` days of demand ending `today`."""
+    """A forecast per (sku, warehouse) in the stock books, from `days` days of demand ending `today`."""
     fc.z_score(service_level)  # validates
     today = today or datetime.now(UTC).date()
     start, length = fc.history_window(days, today)
     since = datetime.combine(start, time.min, tzinfo=UTC)
-    positions = await store.inventory_positions(sku, warehouse)
-    demand = await store.demand_history(since, sku, warehouse)
-    lead_times = {p.sku: p.lead_time_days for p in await store.products()}
+    positions = await store.stock.inventory_positions(sku, warehouse)
+    demand = await store.reservations.demand_history(since, sku, warehouse)
+    lead_times = {p.sku: p.lead_time_days for p in await store.catalog.products()}
     out = []
     for position in positions:
         events = [(d.at, d.quantity) for d in demand if (d.sku, d.warehouse) == (position.sku, position.warehouse)]
@@ -66,12 +79,12 @@ async def stock_forecasts(
     return out
 
 
-async def on_hand_history(store: Store, sku: str, warehouse: str, start: date, days: int) -> list[int]:
+async def on_hand_history(store: Stores, sku: str, warehouse: str, start: date, days: int) -> list[int]:
     """On hand at the end of each day from `start`, rebuilt backwards from today's figure and the ledger."""
-    levels = await store.stock_levels(sku, warehouse)
+    levels = await store.stock.stock_levels(sku, warehouse)
     current = levels[0].on_hand if levels else 0
     since = datetime.combine(start, time.min, tzinfo=UTC)
-    entries = [e for e in await store.ledger(sku, warehouse) if e.at >= since]
+    entries = [e for e in await store.stock.ledger(sku, warehouse) if e.at >= since]
     out = []
     for i in range(days):
         end = datetime.combine(start + timedelta(days=i + 1), time.min, tzinfo=UTC)

@@ -1,5 +1,6 @@
-"""Returns: the request a customer (or ops for them) makes, the RMA that follows it, and the contracts of the
-return workflow's activities.
+"""Returns: the request a customer (or ops for them) makes, the RMA that follows it, the contracts of the
+return workflow's activities, and the RMA and refund records the returns store keeps. Plain data: workflows
+import it (as common.returns).
 
 Refund rule: a return is refunded at the price the customer paid (the order line's unit_price; the catalogue
 price for orders placed before prices were kept) for the units the warehouse accepted. For reasons where the
@@ -9,12 +10,14 @@ the other reasons only resellable units are. An exchange is not refunded: the re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from common.db.errors import StoreError
 from common.models import Address, Customer, OrderPolicy, OrderStatus, Sku
 
 
@@ -298,3 +301,46 @@ def refund_key(rma_id: str) -> str:
 
 def return_label_key(rma_id: str) -> str:
     return f"return-label:{rma_id}"
+
+
+@dataclass(frozen=True)
+class RmaLineRecord:
+    sku: str
+    quantity: int  # authorised
+    resellable: int
+    damaged: int
+
+
+@dataclass(frozen=True)
+class RmaRecord:
+    rma_id: str
+    order_id: str
+    reason: str
+    exchange: bool
+    replacement_order_id: str | None
+    status: str
+    carrier: str | None
+    tracking_number: str | None
+    label_url: str | None
+    note: str
+    created_at: datetime
+    updated_at: datetime
+    lines: list[RmaLineRecord]
+
+
+@dataclass(frozen=True)
+class RefundRecord:
+    key: str
+    refund_id: str
+    rma_id: str
+    order_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    created_at: datetime
+
+
+class RmaNotFound(StoreError):
+    def __init__(self, rma_id: str) -> None:
+        self.rma_id = rma_id
+        super().__init__(f"no RMA {rma_id!r}")

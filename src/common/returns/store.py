@@ -1,69 +1,20 @@
-"""Database operations for returns: RMAs and their lines, inspection (restock / write-off), refunds.
-
-Built on a `Store` (its engine and write-transaction helpers), so the same rules hold: one transaction per call,
-idempotent by business key (the RMA id, `refund:<rma>`), every stock change with its ledger row, SQLite and
-PostgreSQL alike.
-"""
+"""The returns tables: RMAs and their lines, inspection (restock / write-off), refunds. One transaction per
+call, idempotent by business key (the RMA id, `refund:<rma>`), every stock change with its ledger row."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.catalog.store import require_skus, resolve_warehouse
 from common.db import tables as t
-from common.db.store import Store, StoreError
-
-
-@dataclass(frozen=True)
-class RmaLineRecord:
-    sku: str
-    quantity: int  # authorised
-    resellable: int
-    damaged: int
-
-
-@dataclass(frozen=True)
-class RmaRecord:
-    rma_id: str
-    order_id: str
-    reason: str
-    exchange: bool
-    replacement_order_id: str | None
-    status: str
-    carrier: str | None
-    tracking_number: str | None
-    label_url: str | None
-    note: str
-    created_at: datetime
-    updated_at: datetime
-    lines: list[RmaLineRecord]
-
-
-@dataclass(frozen=True)
-class RefundRecord:
-    key: str
-    refund_id: str
-    rma_id: str
-    order_id: str
-    amount_cents: int
-    currency: str
-    status: str
-    created_at: datetime
-
-
-class RmaNotFound(StoreError):
-    def __init__(self, rma_id: str) -> None:
-        self.rma_id = rma_id
-        super().__init__(f"no RMA {rma_id!r}")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+from common.db.database import Database, lock_key, utc_now
+from common.db.errors import StoreError
+from common.inventory.books import add_ledger
+from common.returns.contracts import RefundRecord, RmaLineRecord, RmaNotFound, RmaRecord
 
 
 def _refund(r: Row[Any]) -> RefundRecord:
@@ -71,16 +22,10 @@ def _refund(r: Row[Any]) -> RefundRecord:
 
 
 class ReturnsStore:
-    """Returns bookkeeping on top of a Store (shares its connection pool)."""
+    """Returns bookkeeping over the rmas, rma_lines and refunds tables."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    @property
-    def store(self) -> Store:
-        return self._store
-
-    # ------------------------------------------------------------------------------------------ RMAs
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def record_rma(
         self,
@@ -94,17 +39,17 @@ class ReturnsStore:
         note: str = "",
     ) -> RmaRecord:
         """Create the RMA with its authorised lines, status REQUESTED. Idempotent by RMA id: a second call
-        returns the RMA as it is."""
+        returns the RMA as it is. Locking: the RMA's advisory lock ("rma:<id>"), then its rows."""
         if not lines:
             raise ValueError("an RMA needs at least one line")
 
         async def op(conn: AsyncConnection) -> None:
-            await self._store._lock_key(conn, f"rma:{rma_id}")
+            await lock_key(conn, f"rma:{rma_id}")
             exists = (await conn.execute(select(t.rmas.c.rma_id).where(t.rmas.c.rma_id == rma_id))).first()
             if exists is not None:
                 return
-            await self._store._require_skus(conn, [sku for sku, _ in lines])
-            now = _now()
+            await require_skus(conn, [sku for sku, _ in lines])
+            now = utc_now()
             await conn.execute(
                 t.rmas.insert().values(
                     rma_id=rma_id,
@@ -123,7 +68,7 @@ class ReturnsStore:
                 [{"rma_id": rma_id, "sku": sku, "quantity": qty, "resellable": 0, "damaged": 0} for sku, qty in lines],
             )
 
-        await self._store._write(op, f"record RMA {rma_id}")
+        await self._db.write(op, f"record RMA {rma_id}")
         rma = await self.get_rma(rma_id)
         assert rma is not None
         return rma
@@ -138,9 +83,10 @@ class ReturnsStore:
         tracking_number: str | None = None,
         label_url: str | None = None,
     ) -> RmaRecord:
+        """Locking: the RMA row (its UPDATE)."""
         if status not in t.RMA_STATUSES:
             raise ValueError(f"unknown RMA status {status!r}")
-        values: dict[str, Any] = {"status": status, "updated_at": _now()}
+        values: dict[str, Any] = {"status": status, "updated_at": utc_now()}
         for name, value in (
             ("note", note),
             ("carrier", carrier),
@@ -155,7 +101,7 @@ class ReturnsStore:
             if result.rowcount == 0:
                 raise RmaNotFound(rma_id)
 
-        await self._store._write(op, f"set RMA {rma_id} {status}")
+        await self._db.write(op, f"set RMA {rma_id} {status}")
         rma = await self.get_rma(rma_id)
         assert rma is not None
         return rma
@@ -168,7 +114,7 @@ class ReturnsStore:
         return await self._rmas(t.rmas.c.order_id == order_id)
 
     async def _rmas(self, where: Any) -> list[RmaRecord]:
-        async with self._store.engine.connect() as conn:
+        async with self._db.connect() as conn:
             rmas = (await conn.execute(select(t.rmas).where(where).order_by(t.rmas.c.created_at))).all()
             ids = [r.rma_id for r in rmas]
             lines = (
@@ -196,8 +142,6 @@ class ReturnsStore:
             for r in rmas
         ]
 
-    # ------------------------------------------------------------------------------------------ inspection
-
     async def record_inspection(
         self,
         rma_id: str,
@@ -209,12 +153,14 @@ class ReturnsStore:
     ) -> None:
         """What the warehouse found: the RMA lines' counts, and a "writeoff" ledger row (zero on-hand delta,
         ref = the RMA) per damaged SKU. Idempotent: counts are set, not added, and a write-off is written once
-        per (RMA, sku, warehouse). Resellable units go back on hand through Store.return_stock (its own
-        idempotent transaction), called by the inspection activity."""
+        per (RMA, sku, warehouse). Resellable units go back on hand through StockStore.return_stock (its own
+        idempotent transaction), called by the inspection activity.
+        Locking: the return's advisory lock ("return:<id>", the one `StockStore.return_stock` takes), then the
+        RMA's lines."""
         lg = t.stock_ledger
 
         async def op(conn: AsyncConnection) -> None:
-            await self._store._lock_key(conn, f"return:{rma_id}")
+            await lock_key(conn, f"return:{rma_id}")
             authorised = {
                 r.sku: r.quantity
                 for r in (await conn.execute(select(t.rma_lines).where(t.rma_lines.c.rma_id == rma_id))).all()
@@ -233,11 +179,11 @@ class ReturnsStore:
                     .where(t.rma_lines.c.rma_id == rma_id, t.rma_lines.c.sku == sku)
                     .values(resellable=resellable.get(sku, 0), damaged=damaged.get(sku, 0))
                 )
-            now = _now()
+            now = utc_now()
             for sku, qty in sorted(damaged.items()):
                 if qty <= 0:
                     continue
-                code = await self._store._resolve_warehouse(conn, warehouses.get(sku))
+                code = await resolve_warehouse(conn, warehouses.get(sku))
                 done = (
                     await conn.execute(
                         select(lg.c.id).where(
@@ -246,24 +192,11 @@ class ReturnsStore:
                     )
                 ).first()
                 if done is None:
-                    await self._store._add_ledger(
+                    await add_ledger(
                         conn, [(sku, code, 0, 0)], "writeoff", rma_id, f"{reason}: {qty} unit(s) written off", now
                     )
 
-        await self._store._write(op, f"inspect RMA {rma_id}")
-
-    # ------------------------------------------------------------------------------------------ prices
-
-    async def prices(self, skus: Sequence[str]) -> dict[str, int]:
-        async with self._store.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(t.products.c.sku, t.products.c.price_cents).where(t.products.c.sku.in_(list(skus)))
-                )
-            ).all()
-        return {r.sku: r.price_cents for r in rows}
-
-    # ------------------------------------------------------------------------------------------ refunds
+        await self._db.write(op, f"inspect RMA {rma_id}")
 
     async def record_refund(
         self,
@@ -276,14 +209,15 @@ class ReturnsStore:
         currency: str = "USD",
     ) -> tuple[RefundRecord, bool]:
         """Record a refund the payments gateway made (its id), once per key; returns (the refund, True if this
-        call wrote it). `rma_id` is None for a refund of a parcel that never arrived."""
+        call wrote it). `rma_id` is None for a refund of a parcel that never arrived.
+        Locking: the refund key's advisory lock, then the refund row."""
         if amount_cents < 0:
             raise ValueError(f"refund amount must be >= 0, got {amount_cents}")
         created = False
 
         async def op(conn: AsyncConnection) -> None:
             nonlocal created
-            await self._store._lock_key(conn, key)
+            await lock_key(conn, key)
             exists = (await conn.execute(select(t.refunds.c.key).where(t.refunds.c.key == key))).first()
             if exists is None:
                 await conn.execute(
@@ -295,18 +229,18 @@ class ReturnsStore:
                         amount_cents=amount_cents,
                         currency=currency,
                         status="refunded",
-                        created_at=_now(),
+                        created_at=utc_now(),
                     )
                 )
                 created = True
 
-        await self._store._write(op, f"refund {key}")
+        await self._db.write(op, f"refund {key}")
         refund = await self.get_refund(key)
         assert refund is not None
         return refund, created
 
     async def get_refund(self, key: str) -> RefundRecord | None:
-        async with self._store.engine.connect() as conn:
+        async with self._db.connect() as conn:
             row = (await conn.execute(select(t.refunds).where(t.refunds.c.key == key))).first()
         return _refund(row) if row is not None else None
 
@@ -314,5 +248,5 @@ class ReturnsStore:
         stmt = select(t.refunds).order_by(t.refunds.c.created_at)
         if order_id is not None:
             stmt = stmt.where(t.refunds.c.order_id == order_id)
-        async with self._store.engine.connect() as conn:
+        async with self._db.connect() as conn:
             return [_refund(r) for r in (await conn.execute(stmt)).all()]

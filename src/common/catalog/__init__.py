@@ -1,0 +1,1 @@
+"""The catalogue: products (SKUs) and warehouses; every other domain refers to them."""

@@ -1,0 +1,131 @@
+"""The shipments table: one label record per label key. Each operation is one statement's row lock (no order
+lock): a void committed meanwhile is never overwritten by a purchase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.db import tables as t
+from common.db.database import Database, insert, utc_now
+from common.db.errors import StoreError
+from common.db.inputs import require_int, require_text
+from common.shipping.contracts import LabelNotFound, LabelRecord
+
+
+def _label(r: Row[Any]) -> LabelRecord:
+    return LabelRecord(
+        r.key,
+        r.order_id,
+        r.carrier_shipment_id,
+        r.carrier,
+        r.service,
+        r.rate_cents,
+        r.tracking_number,
+        r.label_url,
+        r.tracking_url,
+        r.status,
+        r.created_at,
+        r.updated_at,
+    )
+
+
+class LabelStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, key: str) -> LabelRecord | None:
+        rows = await self._db.read(select(t.shipments).where(t.shipments.c.key == key))
+        return _label(rows[0]) if rows else None
+
+    async def for_order(self, order_id: str) -> list[LabelRecord]:
+        stmt = (
+            select(t.shipments)
+            .where(t.shipments.c.order_id == order_id)
+            .order_by(t.shipments.c.created_at, t.shipments.c.key)
+        )
+        return [_label(r) for r in await self._db.read(stmt)]
+
+    async def record_carrier_shipment(self, key: str, order_id: str, carrier_shipment_id: str) -> LabelRecord:
+        """Record the carrier shipment created for `key` (status "created"). If `key` is already recorded,
+        the existing record wins and is returned unchanged. Locking: the label row (its INSERT)."""
+        require_text("shipment key", key)
+        require_text("order_id", order_id)
+        require_text("carrier_shipment_id", carrier_shipment_id)
+
+        async def op(conn: AsyncConnection) -> LabelRecord:
+            now = utc_now()
+            await conn.execute(
+                insert(conn, t.shipments)
+                .values(
+                    key=key,
+                    order_id=order_id,
+                    carrier_shipment_id=carrier_shipment_id,
+                    status="created",
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=[t.shipments.c.key])
+            )
+            return _label((await conn.execute(select(t.shipments).where(t.shipments.c.key == key))).one())
+
+        return await self._db.write(op, f"record shipment {key}")
+
+    async def mark_purchased(
+        self,
+        key: str,
+        *,
+        carrier: str,
+        service: str,
+        rate_cents: int,
+        tracking_number: str,
+        label_url: str,
+        tracking_url: str,
+    ) -> LabelRecord:
+        """The label for `key` was bought: status "purchased" with its details (idempotent). StoreError if it
+        was voided, even by a void committed while this runs. Locking: the shipment row (its UPDATE)."""
+        require_int("rate_cents", rate_cents, minimum=0)
+        sh = t.shipments
+
+        async def op(conn: AsyncConnection) -> LabelRecord:
+            # One conditional UPDATE: a void committed while this runs is seen (READ COMMITTED re-checks the
+            # WHERE on the row it waited for), so a voided label is never overwritten.
+            result = await conn.execute(
+                update(sh)
+                .where(sh.c.key == key, sh.c.status != "voided")
+                .values(
+                    status="purchased",
+                    carrier=carrier,
+                    service=service,
+                    rate_cents=rate_cents,
+                    tracking_number=tracking_number,
+                    label_url=label_url,
+                    tracking_url=tracking_url,
+                    updated_at=utc_now(),
+                )
+            )
+            row = (await conn.execute(select(sh).where(sh.c.key == key))).first()
+            if row is None:
+                raise LabelNotFound(key)
+            if result.rowcount != 1:
+                raise StoreError(f"shipment {key!r} was voided; buy under a new shipment number")
+            return _label(row)
+
+        return await self._db.write(op, f"record label {key}")
+
+    async def mark_voided(self, key: str) -> LabelRecord:
+        """The label for `key` was refunded/voided (idempotent). Locking: the shipment row (its UPDATE)."""
+        sh = t.shipments
+
+        async def op(conn: AsyncConnection) -> LabelRecord:
+            await conn.execute(
+                update(sh).where(sh.c.key == key, sh.c.status != "voided").values(status="voided", updated_at=utc_now())
+            )
+            row = (await conn.execute(select(sh).where(sh.c.key == key))).first()
+            if row is None:
+                raise LabelNotFound(key)
+            return _label(row)
+
+        return await self._db.write(op, f"void shipment {key}")
