@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from common.api import FulfillmentApi, OrderSummary
 from common.config import get_settings
-from common.db import PickTask, Store
 from common.demo import seed_demo
 from common.models import (
     OrderLine,
@@ -26,6 +25,8 @@ from common.models import (
     ShippingSpeed,
     TimelineEntry,
 )
+from common.store import Store
+from common.warehouse.contracts import PickTask
 from workers.cli import app
 
 WIDTH = 80

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import date, timedelta
 from pathlib import Path
 
-from common.db import InventoryPosition
 from common.inventory import forecast as fc
 from common.inventory.charts import render_sku_chart, sku_figure
+from common.inventory.contracts import InventoryPosition
 from common.inventory.planning import StockForecast
 
 TODAY = date(2026, 12, 1)

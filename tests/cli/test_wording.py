@@ -66,7 +66,7 @@ class _ClosedOrder:
 
 def test_a_cancelled_order_is_closed_as_cancelled_not_completed(shop: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async def connect(cls: type, settings: Any, **kwargs: Any) -> FulfillmentApi:
-        from common.db import Store
+        from common.store import Store
 
         return FulfillmentApi(_ClosedOrder(), await Store.open(shop), get_settings())  # type: ignore[arg-type]
 
