@@ -18,6 +18,16 @@ from common.config import Settings
 NOTHING: Any = None  # the lists only bind methods: no client is called
 
 
+class _NoStores:
+    """A Store whose domain stores are all absent: constructors keep references, nothing is called."""
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
+STORE: Any = _NoStores()
+
+
 def defined_activities(cls: type) -> set[str]:
     """The names of the class's methods decorated with @activity.defn."""
     return {
@@ -30,11 +40,11 @@ def defined_activities(cls: type) -> set[str]:
 @pytest.mark.parametrize(
     "instance",
     [
-        InventoryActivities(NOTHING, NOTHING, Settings()),
-        WarehouseActivities(NOTHING),
-        ShippingActivities(NOTHING, NOTHING),
-        NotificationActivities(NOTHING, NOTHING, NOTHING, Settings()),
-        ReturnActivities(NOTHING, NOTHING, NOTHING),
+        InventoryActivities(STORE, NOTHING, Settings()),
+        WarehouseActivities(STORE),
+        ShippingActivities(STORE, NOTHING),
+        NotificationActivities(STORE, NOTHING, NOTHING, Settings()),
+        ReturnActivities(STORE, NOTHING, NOTHING),
     ],
     ids=lambda instance: type(instance).__name__,
 )
