@@ -72,46 +72,64 @@ def analyse(workflow_id: str, events: Sequence[HistoryEvent]) -> HistoryStats:
         duration_s=_seconds(events[-1]) - _seconds(events[0]) if events else 0.0,
         sequence=[],
     )
-    by_id = {e.event_id: e for e in events}
-    activity_type: dict[int, str] = {}  # scheduled event id -> activity type
+    reader = _Reader(stats, {e.event_id: e for e in events})
     for e in events:
-        et = e.event_type
         stats.sequence.append(event_name(e))
+        reader.read(e)
+    return stats
+
+
+class _Reader:
+    """Adds each event's share to `stats`: the queue and run times of workflow tasks and activities."""
+
+    def __init__(self, stats: HistoryStats, by_id: dict[int, HistoryEvent]) -> None:
+        self.stats, self.by_id = stats, by_id
+        self.activity_type: dict[int, str] = {}  # scheduled event id -> activity type
+
+    def since(self, e: HistoryEvent, earlier_id: int) -> float | None:
+        earlier = self.by_id.get(earlier_id)
+        return None if earlier is None else _seconds(e) - _seconds(earlier)
+
+    def read(self, e: HistoryEvent) -> None:
+        et, stats = e.event_type, self.stats
         if et == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
-            scheduled = by_id.get(e.workflow_task_started_event_attributes.scheduled_event_id)
-            if scheduled is not None:
-                stats.wft_queue_s += _seconds(e) - _seconds(scheduled)
-                if stats.first_wft_queue_s is None:
-                    stats.first_wft_queue_s = _seconds(e) - _seconds(scheduled)
+            queued = self.since(e, e.workflow_task_started_event_attributes.scheduled_event_id)
+            if queued is not None:
+                stats.wft_queue_s += queued
+                stats.first_wft_queue_s = queued if stats.first_wft_queue_s is None else stats.first_wft_queue_s
         elif et == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             stats.workflow_tasks += 1
-            started = by_id.get(e.workflow_task_completed_event_attributes.started_event_id)
-            if started is not None:
-                stats.wft_run_s += _seconds(e) - _seconds(started)
-                if stats.first_wft_run_s is None:
-                    stats.first_wft_run_s = _seconds(e) - _seconds(started)
+            ran = self.since(e, e.workflow_task_completed_event_attributes.started_event_id)
+            if ran is not None:
+                stats.wft_run_s += ran
+                stats.first_wft_run_s = ran if stats.first_wft_run_s is None else stats.first_wft_run_s
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             name = e.activity_task_scheduled_event_attributes.activity_type.name
-            activity_type[e.event_id] = name
+            self.activity_type[e.event_id] = name
             stats.activities[name] += 1
             stats.sequence[-1] += f" {name}"
         elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            attrs = e.activity_task_started_event_attributes
-            name = activity_type.get(attrs.scheduled_event_id, "?")
-            stats.attempts[name] += attrs.attempt
-            scheduled = by_id.get(attrs.scheduled_event_id)
-            if scheduled is not None:
-                _add(stats.activity_queue_s, name, _seconds(e) - _seconds(scheduled))
+            self.activity_started(e)
         elif et in _CLOSING_ACTIVITY_EVENTS:
-            attrs = getattr(e, _CLOSING_ACTIVITY_EVENTS[et])
-            name = activity_type.get(attrs.scheduled_event_id, "?")
-            started = by_id.get(attrs.started_event_id)
-            if started is not None:
-                _add(stats.activity_run_s, name, _seconds(e) - _seconds(started))
-            scheduled = by_id.get(attrs.scheduled_event_id)
-            if stats.first_activity_s is None and scheduled is not None:
-                stats.first_activity_s = _seconds(e) - _seconds(scheduled)
-    return stats
+            self.activity_closed(e)
+
+    def activity_started(self, e: HistoryEvent) -> None:
+        attrs = e.activity_task_started_event_attributes
+        name = self.activity_type.get(attrs.scheduled_event_id, "?")
+        self.stats.attempts[name] += attrs.attempt
+        queued = self.since(e, attrs.scheduled_event_id)
+        if queued is not None:
+            _add(self.stats.activity_queue_s, name, queued)
+
+    def activity_closed(self, e: HistoryEvent) -> None:
+        attrs = getattr(e, _CLOSING_ACTIVITY_EVENTS[e.event_type])
+        name = self.activity_type.get(attrs.scheduled_event_id, "?")
+        ran = self.since(e, attrs.started_event_id)
+        if ran is not None:
+            _add(self.stats.activity_run_s, name, ran)
+        whole = self.since(e, attrs.scheduled_event_id)
+        if self.stats.first_activity_s is None and whole is not None:
+            self.stats.first_activity_s = whole
 
 
 def _add(totals: dict[str, float], key: str, value: float) -> None:

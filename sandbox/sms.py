@@ -120,23 +120,9 @@ class TwilioSandbox:
         service = str(form.get("MessagingServiceSid", "")).strip()
         body = str(form.get("Body", ""))
         callback = str(form.get("StatusCallback", "")).strip() or None
-        if not to:
-            return twilio_error(400, 21604, "A 'To' phone number is required.")
-        if not sender and not service:
-            return twilio_error(400, 21603, "A 'From' phone number is required.")
-        if not body:
-            return twilio_error(400, 21602, "Message body is required.")
-        if len(body) > 1600:
-            return twilio_error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
-        if sender and not (E164.match(sender) or ALPHA_SENDER.match(sender)):
-            return twilio_error(400, 21212, f"The 'From' number {sender} is not a valid phone number.")
-        if to in MAGIC_TO:
-            code, message = MAGIC_TO[to]
-            return twilio_error(400, code, message)
-        if not E164.match(to):
-            return twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
-        if to in self.opted_out:
-            return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient")
+        refused = self._refusal(to, sender, service, body)
+        if refused is not None:
+            return refused
 
         order_id = None
         if callback:
@@ -159,6 +145,27 @@ class TwilioSandbox:
         if callback:
             self._spawn(self._deliver_callbacks(callback, saved))
         return web.json_response(self._resource(saved, service=service or None), status=201)
+
+    def _refusal(self, to: str, sender: str, service: str, body: str) -> web.Response | None:
+        """Twilio's 400 for a message it would not send, in the order Twilio checks, or None."""
+        if not to:
+            return twilio_error(400, 21604, "A 'To' phone number is required.")
+        if not sender and not service:
+            return twilio_error(400, 21603, "A 'From' phone number is required.")
+        if not body:
+            return twilio_error(400, 21602, "Message body is required.")
+        if len(body) > 1600:
+            return twilio_error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
+        if sender and not (E164.match(sender) or ALPHA_SENDER.match(sender)):
+            return twilio_error(400, 21212, f"The 'From' number {sender} is not a valid phone number.")
+        if to in MAGIC_TO:
+            code, message = MAGIC_TO[to]
+            return twilio_error(400, code, message)
+        if not E164.match(to):
+            return twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+        if to in self.opted_out:
+            return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient")
+        return None
 
     async def fetch_message(self, request: web.Request) -> web.Response:
         if (denied := self._authorized(request)) is not None:

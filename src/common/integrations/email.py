@@ -142,41 +142,57 @@ class EmailSender:
             while True:
                 if client is None:
                     client = await self._open()
-                keep, before_data = False, True
-                try:
-                    data = build()
-                    options = [f"size={len(data)}"] if client.supports_extension("size") else []
-                    encoding = "ascii"
-                    if not (self._envelope_from + recipient).isascii():
-                        if not client.supports_extension("smtputf8"):
-                            raise aiosmtplib.SMTPNotSupported("the relay does not take internationalized addresses")
-                        options.append("SMTPUTF8")
-                        encoding = "utf-8"
-                    await client.mail(self._envelope_from, options=options, encoding=encoding)
-                    await client.rcpt(recipient, encoding=encoding)
-                    before_data = False
-                    await client.data(data)
-                    keep = True
+                if await self._attempt(client, recipient, build, reused=reused, generation=generation):
                     return
-                except aiosmtplib.SMTPResponseException as err:
-                    if err.code != 421 and client.is_connected:
-                        # The relay's answer (a refused recipient or message), not a dead connection
-                        keep = await self._reset(client)
-                        raise
-                    if not (reused and before_data):
-                        raise
-                except TimeoutError:
-                    raise  # the relay is slow, not gone: no second wait here (the activity retries)
-                except OSError:  # SMTPServerDisconnected, a reset or broken pipe
-                    if not (reused and before_data):
-                        raise
-                finally:
-                    if keep and generation == self._generation:
-                        self._idle.append(client)
-                    else:
-                        client.close()
                 # A pooled connection the relay had closed: once more on a fresh one (nothing was sent yet)
                 client, reused = None, False
+
+    async def _attempt(
+        self, client: aiosmtplib.SMTP, recipient: str, build: Callable[[], bytes], *, reused: bool, generation: int
+    ) -> bool:
+        """One mail transaction on `client`: True when sent; False when a reused connection proved dead before
+        DATA (worth one more try on a fresh one); any other failure is raised."""
+        keep, before_data = False, True
+        try:
+            data = build()
+            options, encoding = self._envelope(client, recipient, data)
+            await client.mail(self._envelope_from, options=options, encoding=encoding)
+            await client.rcpt(recipient, encoding=encoding)
+            before_data = False
+            await client.data(data)
+            keep = True
+            return True
+        except aiosmtplib.SMTPResponseException as err:
+            if err.code != 421 and client.is_connected:
+                # The relay's answer (a refused recipient or message), not a dead connection
+                keep = await self._reset(client)
+                raise
+            if not (reused and before_data):
+                raise
+        except TimeoutError:
+            raise  # the relay is slow, not gone: no second wait here (the activity retries)
+        except OSError:  # SMTPServerDisconnected, a reset or broken pipe
+            if not (reused and before_data):
+                raise
+        finally:
+            self._release(client, keep=keep, generation=generation)
+        return False
+
+    def _envelope(self, client: aiosmtplib.SMTP, recipient: str, data: bytes) -> tuple[list[str], str]:
+        """MAIL FROM options and the envelope's encoding: SMTPUTF8 only for an internationalized address."""
+        options = [f"size={len(data)}"] if client.supports_extension("size") else []
+        if (self._envelope_from + recipient).isascii():
+            return options, "ascii"
+        if not client.supports_extension("smtputf8"):
+            raise aiosmtplib.SMTPNotSupported("the relay does not take internationalized addresses")
+        return [*options, "SMTPUTF8"], "utf-8"
+
+    def _release(self, client: aiosmtplib.SMTP, *, keep: bool, generation: int) -> None:
+        """Back to the pool if it is sound and no close() came since it was taken; closed otherwise."""
+        if keep and generation == self._generation:
+            self._idle.append(client)
+        else:
+            client.close()
 
     def _take_idle(self) -> aiosmtplib.SMTP | None:
         while self._idle:
