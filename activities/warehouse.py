@@ -34,7 +34,7 @@ class WarehouseActivities:
         try:
             task = await self._store.picks.create(
                 request.order_id,
-                request.attempt,
+                request.parcel_no,
                 request.warehouse,
                 [(line.sku, line.quantity) for line in request.lines],
             )

@@ -319,7 +319,7 @@ class FulfillmentApi:
             task = await self.store.picks.confirm(task_id, short)
         except ShipmentReleased:
             raise PickNotAllowed(
-                f"pick task {task_id} (order {task.order_id}, parcel {task.attempt}): its stock was released by a "
+                f"pick task {task_id} (order {task.order_id}, parcel {task.parcel_no}): its stock was released by a "
                 "count: do not ship it; put the goods back, the order re-reserves them or waits for stock"
             ) from None
         except PickTaskClosed as err:

@@ -468,8 +468,11 @@ class PickShortage(BaseModel):
 
 
 class PickTaskRequest(BaseModel):
+    # Sent as "attempt", its first name: recorded histories and workers of an older release carry that key.
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
     order_id: str
-    attempt: int
+    parcel_no: int = Field(alias="attempt")
     warehouse: str
     lines: list[OrderLine]
 

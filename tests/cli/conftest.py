@@ -156,7 +156,7 @@ PICKS = [
     PickTask(
         id="PICK-ORD-RET-7-2",
         order_id="ORD-RET-7",
-        attempt=1,
+        parcel_no=1,
         warehouse="NYC-1",
         lines=[("POSTER-A2", 1), ("BOOK-ADA", 2)],
         status="open",

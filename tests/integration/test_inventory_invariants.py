@@ -99,8 +99,8 @@ class Model:
     async def giving_back(self, store: Store, order: str, shipment: int | None) -> None:
         """Before releasing: note the order's packed parcels among those released."""
         for task in await store.picks.for_order(order):
-            if task.status == "confirmed" and shipment in (None, task.attempt):
-                self.gave_back.add((order, task.attempt))
+            if task.status == "confirmed" and shipment in (None, task.parcel_no):
+                self.gave_back.add((order, task.parcel_no))
 
 
 async def _task_for(store: Store, order: str, shipment: int) -> PickTask | None:
@@ -173,7 +173,7 @@ def _op(model: Model, kind: str, args: tuple[Any, ...]) -> Callable[[Store], Cor
             await model.giving_back(store, order, shipment)
             released = await store.reservations.release(order, shipment_no=shipment)
             for task in await store.picks.for_order(order):
-                if task.status == "open" and shipment in (None, task.attempt):
+                if task.status == "open" and shipment in (None, task.parcel_no):
                     try:
                         await store.picks.cancel(task.id)
                     except PickTaskClosed:  # confirmed meanwhile, by a concurrent step
@@ -296,11 +296,11 @@ async def _check(store: Store, model: Model) -> None:
         statuses[(r.order_id, r.shipment_no)].add(r.status)
     for order in ORDERS:
         for task in await store.picks.for_order(order):
-            status = statuses[(order, task.attempt)]
+            status = statuses[(order, task.parcel_no)]
             if task.status == "open":
                 assert "held" in status or "released" not in status, ("an open pick lost its stock", task, status)
             found_nothing = task.short and all(task.short.get(sku, 0) >= qty for sku, qty in task.lines)
-            if task.status == "confirmed" and (order, task.attempt) not in model.gave_back and not found_nothing:
+            if task.status == "confirmed" and (order, task.parcel_no) not in model.gave_back and not found_nothing:
                 assert status & {"held", "committed"}, ("a confirmed pick without its stock", task, status)
 
 

@@ -472,7 +472,7 @@ async def test_pick_task_create_is_idempotent_and_confirm(shop: Store) -> None:
         await shop.picks.cancel(task.id)
     with pytest.raises(PickTaskNotFound, match="PICK-NOPE"):
         await shop.picks.confirm("PICK-NOPE")
-    assert [x.attempt for x in await shop.picks.for_order("ORD-1")] == [1, 2]
+    assert [x.parcel_no for x in await shop.picks.for_order("ORD-1")] == [1, 2]
     assert await shop.picks.open_tasks() == []
 
 

@@ -171,7 +171,7 @@ class Parcel:
         False if nothing at all could be picked (the parcel ends there)."""
         fulfilment, view = self._fulfilment, self.view
         request = PickTaskRequest(
-            order_id=fulfilment.key, attempt=view.shipment_no, warehouse=view.warehouse, lines=view.lines
+            order_id=fulfilment.key, parcel_no=view.shipment_no, warehouse=view.warehouse, lines=view.lines
         )
         task_id = await fulfilment.step(WarehouseActivities.create_pick_task, request, DATABASE, "create pick task")
         view.pick_task_id = task_id

@@ -180,7 +180,8 @@ pick_tasks = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("order_id", String(ORDER_KEY_LENGTH), nullable=False),
-    Column("attempt", Integer, nullable=False),
+    # The order's parcel number (shipment_no); the SQL column kept its first name, "attempt".
+    Column("attempt", Integer, key="parcel_no", nullable=False),
     Column("warehouse", String(32), ForeignKey("warehouses.code"), nullable=False),
     Column("lines", JSON, nullable=False),  # [{"sku": ..., "quantity": ...}]
     Column("status", String(16), nullable=False),
@@ -191,7 +192,7 @@ pick_tasks = Table(
     Column("released_at", UTCDateTime, nullable=True),
     CheckConstraint("attempt >= 0", name="attempt_non_negative"),
     CheckConstraint(_in("status", PICK_TASK_STATUSES), name="status"),
-    UniqueConstraint("order_id", "attempt"),
+    UniqueConstraint("order_id", "parcel_no"),
     Index("ix_pick_tasks_status_created_at", "status", "created_at"),
 )
 

@@ -12,7 +12,7 @@ from common.db.errors import StoreError
 class PickTask:
     id: str
     order_id: str
-    attempt: int
+    parcel_no: int
     warehouse: str
     lines: list[tuple[str, int]]
     status: str  # open | confirmed | cancelled

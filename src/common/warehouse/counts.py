@@ -29,7 +29,7 @@ def _picked() -> ColumnElement[bool]:
     rv, pt = t.reservations, t.pick_tasks
     return (
         select(pt.c.id)
-        .where(pt.c.order_id == rv.c.order_id, pt.c.attempt == rv.c.shipment_no, pt.c.status == "confirmed")
+        .where(pt.c.order_id == rv.c.order_id, pt.c.parcel_no == rv.c.shipment_no, pt.c.status == "confirmed")
         .exists()
     )
 

@@ -30,7 +30,7 @@ def _pick_task(r: Row[Any]) -> PickTask:
     lines = [(str(line["sku"]), int(line["quantity"])) for line in r.lines]
     short = {str(line["sku"]): int(line["short"]) for line in r.lines if line.get("short")}
     return PickTask(
-        r.id, r.order_id, r.attempt, r.warehouse, lines, r.status, r.created_at, r.confirmed_at, short, r.released_at
+        r.id, r.order_id, r.parcel_no, r.warehouse, lines, r.status, r.created_at, r.confirmed_at, short, r.released_at
     )
 
 
@@ -45,7 +45,7 @@ async def cancel_released_picks(conn: AsyncConnection, order_id: str, shipments:
     pt = t.pick_tasks
     await conn.execute(
         update(pt)
-        .where(pt.c.order_id == order_id, pt.c.attempt.in_(shipments), pt.c.status == "open")
+        .where(pt.c.order_id == order_id, pt.c.parcel_no.in_(shipments), pt.c.status == "open")
         .values(status="cancelled", released_at=now)
     )
 
@@ -66,11 +66,11 @@ async def _confirmable(conn: AsyncConnection, task: PickTask) -> None:
     """Refuse to confirm a task that is not open, or whose shipment lost its reservation (a confirmed pick
     always has its reservation, so what ships is always committed)."""
     if task.status == "cancelled" and task.released_at is not None:
-        raise ShipmentReleased(task.order_id, task.attempt)  # cancelled by the stock change that released it
+        raise ShipmentReleased(task.order_id, task.parcel_no)  # cancelled by the stock change that released it
     if task.status != "open":
         raise PickTaskClosed(task.id, task.status)
-    if await shipment_status(conn, task.order_id, task.attempt) == "released":
-        raise ShipmentReleased(task.order_id, task.attempt)
+    if await shipment_status(conn, task.order_id, task.parcel_no) == "released":
+        raise ShipmentReleased(task.order_id, task.parcel_no)
 
 
 async def _drop_short_units(conn: AsyncConnection, task: PickTask, sku: str, qty: int, now: datetime) -> None:
@@ -80,7 +80,7 @@ async def _drop_short_units(conn: AsyncConnection, task: PickTask, sku: str, qty
         await conn.execute(
             select(rv.c.id, rv.c.quantity).where(
                 rv.c.order_id == task.order_id,
-                rv.c.shipment_no == task.attempt,
+                rv.c.shipment_no == task.parcel_no,
                 rv.c.sku == sku,
                 rv.c.warehouse == task.warehouse,
                 rv.c.status == "held",
@@ -130,20 +130,20 @@ class PickTaskStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, order_id: str, attempt: int, warehouse: str, lines: Sequence[tuple[str, int]]) -> PickTask:
-        """A new open pick task, or the existing one for (order_id, attempt). ShipmentReleased if shipment
-        `attempt` of the order had a reservation and lost it (a stock count released it): nothing to pick.
+    async def create(self, order_id: str, parcel_no: int, warehouse: str, lines: Sequence[tuple[str, int]]) -> PickTask:
+        """A new open pick task, or the existing one for (order_id, parcel_no). ShipmentReleased if parcel
+        `parcel_no` of the order had a reservation and lost it (a stock count released it): nothing to pick.
 
         Locking: the order's advisory lock first, so a count releasing the shipment comes wholly before or
         after."""
         require_text("order_id", order_id)
-        require_int("attempt", attempt, minimum=0)
+        require_int("parcel_no", parcel_no, minimum=0)
         require_text("warehouse", warehouse)
         items = normalize_lines(lines, merge=True)
         pt = t.pick_tasks
 
         async def existing(conn: AsyncConnection) -> PickTask | None:
-            row = (await conn.execute(select(pt).where(pt.c.order_id == order_id, pt.c.attempt == attempt))).first()
+            row = (await conn.execute(select(pt).where(pt.c.order_id == order_id, pt.c.parcel_no == parcel_no))).first()
             return _pick_task(row) if row is not None else None
 
         async def op(conn: AsyncConnection) -> PickTask:
@@ -151,8 +151,8 @@ class PickTaskStore:
             task = await existing(conn)
             if task is not None and task.status == "confirmed":
                 return task  # picked before anything was released: a retried call gets it back
-            if await shipment_status(conn, order_id, attempt) == "released":
-                raise ShipmentReleased(order_id, attempt)
+            if await shipment_status(conn, order_id, parcel_no) == "released":
+                raise ShipmentReleased(order_id, parcel_no)
             if task is not None:
                 return task
             await resolve_warehouse(conn, warehouse)
@@ -165,7 +165,7 @@ class PickTaskStore:
                     .values(
                         id=task_id,
                         order_id=order_id,
-                        attempt=attempt,
+                        parcel_no=parcel_no,
                         warehouse=warehouse,
                         lines=[{"sku": s, "quantity": q} for s, q in items],
                         status="open",
@@ -175,8 +175,8 @@ class PickTaskStore:
                     .on_conflict_do_nothing()
                 )
                 if result.rowcount == 1:
-                    return PickTask(task_id, order_id, attempt, warehouse, items, "open", now, None)
-                task = await existing(conn)  # a concurrent call won the (order, attempt) race
+                    return PickTask(task_id, order_id, parcel_no, warehouse, items, "open", now, None)
+                task = await existing(conn)  # a concurrent call won the (order, parcel) race
                 if task is not None:
                     return task
                 # else the random id collided with another task's: draw again
@@ -189,7 +189,7 @@ class PickTaskStore:
         return _pick_task(rows[0]) if rows else None
 
     async def for_order(self, order_id: str) -> list[PickTask]:
-        stmt = select(t.pick_tasks).where(t.pick_tasks.c.order_id == order_id).order_by(t.pick_tasks.c.attempt)
+        stmt = select(t.pick_tasks).where(t.pick_tasks.c.order_id == order_id).order_by(t.pick_tasks.c.parcel_no)
         return [_pick_task(r) for r in await self._db.read(stmt)]
 
     async def open_tasks(self, older_than_s: float | None = None) -> list[PickTask]:
