@@ -12,8 +12,8 @@ from temporalio.exceptions import ApplicationError
 from common.config import Settings, get_settings
 from common.integrations.email import EmailSender
 from common.inventory.alerts import send_low_stock_alerts
-from common.inventory.contracts import ShipmentRef
-from common.models import OrderLine, ReserveRequest, ReserveResult, ShipmentAllocation
+from common.inventory.contracts import ParcelRef
+from common.models import OrderLine, ParcelAllocation, ReserveRequest, ReserveResult
 from common.store import Store
 
 
@@ -48,7 +48,7 @@ class InventoryActivities:
             first_shipment=request.first_shipment,
         )
         shipments = [
-            ShipmentAllocation(
+            ParcelAllocation(
                 shipment_no=n, warehouse=warehouse, lines=[OrderLine(sku=sku, quantity=qty) for sku, qty in lines]
             )
             for n, warehouse, lines in allocation.shipments
@@ -66,7 +66,7 @@ class InventoryActivities:
         return await self._store.reservations.release(order_id)
 
     @activity.defn(name="release_shipment")
-    async def release_shipment(self, ref: ShipmentRef) -> int:
+    async def release_shipment(self, ref: ParcelRef) -> int:
         """Undo of one parcel's reservation (the rest of the order keeps its own). Idempotent."""
         return await self._store.reservations.release(ref.order_id, shipment_no=ref.shipment_no, note="cancel shipment")
 
@@ -76,7 +76,7 @@ class InventoryActivities:
         return await self._store.backorders.close_backorder(order_id)
 
     @activity.defn(name="commit_shipment")
-    async def commit_shipment(self, ref: ShipmentRef) -> int:
+    async def commit_shipment(self, ref: ParcelRef) -> int:
         return await self._store.reservations.commit_reservation(ref.order_id, shipment_no=ref.shipment_no)
 
     @activity.defn(name="alert_low_stock")

@@ -25,7 +25,7 @@ from common.integrations.carrier import (
     CarrierTransientError,
     choose_rate,
 )
-from common.inventory.contracts import ShipmentRef
+from common.inventory.contracts import ParcelRef
 from common.models import (
     MOVED_TRACKING_STATUSES,
     Label,
@@ -106,7 +106,7 @@ class ShippingActivities:
         return undo.outcome == LabelUndo.VOIDED
 
     @activity.defn(name="void_label_if_unshipped")
-    async def void_label_if_unshipped(self, ref: ShipmentRef) -> LabelUndoResult:
+    async def void_label_if_unshipped(self, ref: ParcelRef) -> LabelUndoResult:
         """Undo the parcel's label unless the carrier has the parcel (see undo_label). Idempotent."""
         return await self._undo(label_key(ref.order_id, ref.shipment_no))
 

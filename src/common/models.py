@@ -170,7 +170,7 @@ class TimelineEntry(BaseModel):
     note: str = ""
 
 
-class ShipmentView(BaseModel):
+class ParcelView(BaseModel):
     """One parcel of the order: its own pick task, label, tracking and messages."""
 
     shipment_no: int
@@ -230,7 +230,7 @@ class OrderView(BaseModel):
     estimated_delivery: datetime | None = None
     # Every parcel (most orders have one; a split or a partial shipment has more). The fields above
     # (warehouse, tracking...) repeat those of the parcel that moved last.
-    shipments: list[ShipmentView] = Field(default_factory=list)
+    shipments: list[ParcelView] = Field(default_factory=list)
     # Lines waiting for stock, not in any shipment yet
     backordered: list[OrderLine] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
@@ -443,7 +443,7 @@ class ReserveRequest(BaseModel):
     first_shipment: int = 1
 
 
-class ShipmentAllocation(BaseModel):
+class ParcelAllocation(BaseModel):
     shipment_no: int
     warehouse: str
     lines: list[OrderLine]
@@ -455,7 +455,7 @@ class ReserveResult(BaseModel):
     # sku -> units not reserved (still waiting for stock)
     short: dict[str, int] = Field(default_factory=dict)
     # The shipments reserved: one warehouse when one covers the order, else a split
-    shipments: list[ShipmentAllocation] = Field(default_factory=list)
+    shipments: list[ParcelAllocation] = Field(default_factory=list)
     # SKUs now at or below their reorder point with ops not alerted yet
     low_stock: list[str] = Field(default_factory=list)
 

@@ -20,8 +20,8 @@ from common.models import (
     OrderLine,
     OrderStatus,
     OrderView,
+    ParcelView,
     ReturnSummary,
-    ShipmentView,
     ShippingSpeed,
     TimelineEntry,
 )
@@ -93,7 +93,7 @@ def split_order_view(**changes: Any) -> OrderView:
         tracking_number="SBX0000000000000002",
         tracking_url="http://127.0.0.1:8026/track/SBX0000000000000002",
         shipments=[
-            ShipmentView(
+            ParcelView(
                 shipment_no=1,
                 warehouse="LDN-1",
                 lines=[line("BOOK-ADA", 2)],
@@ -105,7 +105,7 @@ def split_order_view(**changes: Any) -> OrderView:
                 tracking_url="http://127.0.0.1:8026/track/SBX0000000000000001",
                 estimated_delivery=AT,
             ),
-            ShipmentView(
+            ParcelView(
                 shipment_no=2,
                 warehouse="NYC-1",
                 lines=[line("POSTER-A2")],

@@ -13,7 +13,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.inventory import InventoryActivities
 from common.config import Settings
 from common.integrations.email import EmailSender
-from common.inventory.contracts import ShipmentRef
+from common.inventory.contracts import ParcelRef
 from common.models import OrderLine, ReserveRequest
 from common.store import Store
 from sandbox.smtp import SandboxSmtpServer
@@ -100,8 +100,8 @@ async def test_a_split_reserved_by_reserve_stock_commits_parcel_by_parcel(
         (1, "LDN-1", [("MUG-RED", 10), ("TEE-M", 1)]),
         (2, "NYC-1", [("MUG-RED", 2)]),
     ]
-    assert await env.run(acts.commit_shipment, ShipmentRef(order_id="A", shipment_no=2)) == 2
-    assert await env.run(acts.commit_shipment, ShipmentRef(order_id="A", shipment_no=2)) == 0  # idempotent
+    assert await env.run(acts.commit_shipment, ParcelRef(order_id="A", shipment_no=2)) == 2
+    assert await env.run(acts.commit_shipment, ParcelRef(order_id="A", shipment_no=2)) == 0  # idempotent
     assert await env.run(acts.release_stock, "A") == 11  # what parcel 1 held goes back
     assert {(x.warehouse, x.sku): (x.on_hand, x.reserved) for x in await store.stock.stock_levels()} == {
         ("LDN-1", "MUG-RED"): (10, 0),

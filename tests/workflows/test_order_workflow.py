@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from common.inventory.contracts import ShipmentRef
+from common.inventory.contracts import ParcelRef
 from common.models import (
     MOVED_TRACKING_STATUSES,
     ORDER_WORKFLOW_VERSION,
@@ -37,6 +37,7 @@ from common.models import (
     OrderStatus,
     OrderView,
     OrderWorkflowInput,
+    ParcelAllocation,
     ParcelRefundRequest,
     PartialShipment,
     PaymentRefund,
@@ -45,7 +46,6 @@ from common.models import (
     ReserveRequest,
     ReserveResult,
     ResolveDeliveryRequest,
-    ShipmentAllocation,
     TrackingPollRequest,
     TrackingStatus,
     TrackingUpdate,
@@ -73,7 +73,7 @@ class FakeWorld:
     messages: list[tuple[str, str]] = field(default_factory=list)  # (event, channel)
     ops_alerts: list[str] = field(default_factory=list)
     labels_bought: int = 0
-    shipments: dict[int, ShipmentAllocation] = field(default_factory=dict)
+    shipments: dict[int, ParcelAllocation] = field(default_factory=dict)
     gave_up: bool = False
     short_picks: list[str] = field(default_factory=list)
     bought_at: datetime | None = None
@@ -119,7 +119,7 @@ class FakeWorld:
             for n, line in enumerate(request.lines, start=request.first_shipment):
                 self.available[line.sku] -= line.quantity
                 self.reserved[line.sku] = self.reserved.get(line.sku, 0) + line.quantity
-                self.shipments[n] = ShipmentAllocation(shipment_no=n, warehouse=f"WH-{n}", lines=[line])
+                self.shipments[n] = ParcelAllocation(shipment_no=n, warehouse=f"WH-{n}", lines=[line])
                 parcels.append(self.shipments[n])
             return ReserveResult(reserved=True, warehouse="WH-1", shipments=parcels)
         take = {li.sku: min(li.quantity, self.available.get(li.sku, 0)) for li in request.lines}
@@ -131,7 +131,7 @@ class FakeWorld:
                 self.available[sku] -= qty
                 self.reserved[sku] = self.reserved.get(sku, 0) + qty
         lines = [OrderLine(sku=sku, quantity=qty) for sku, qty in take.items() if qty]
-        shipment = ShipmentAllocation(shipment_no=request.first_shipment, warehouse="LDN-1", lines=lines)
+        shipment = ParcelAllocation(shipment_no=request.first_shipment, warehouse="LDN-1", lines=lines)
         self.shipments[request.first_shipment] = shipment
         return ReserveResult(reserved=not short, warehouse="LDN-1", short=short, shipments=[shipment])
 
@@ -145,7 +145,7 @@ class FakeWorld:
         return units
 
     @activity.defn(name="commit_shipment")
-    async def commit_shipment(self, ref: ShipmentRef) -> int:
+    async def commit_shipment(self, ref: ParcelRef) -> int:
         await self._gate("commit_shipment")
         for line in self.shipments[ref.shipment_no].lines:
             self.committed[line.sku] = self.committed.get(line.sku, 0) + line.quantity
@@ -155,7 +155,7 @@ class FakeWorld:
         return sum(line.quantity for line in self.shipments[ref.shipment_no].lines)
 
     @activity.defn(name="release_shipment")
-    async def release_shipment(self, ref: ShipmentRef) -> int:
+    async def release_shipment(self, ref: ParcelRef) -> int:
         await self._gate("release_shipment")
         units = 0
         for line in self.shipments[ref.shipment_no].lines:
@@ -179,7 +179,7 @@ class FakeWorld:
     @activity.defn(name="create_pick_task")
     async def create_pick_task(self, request: PickTaskRequest) -> str:
         await self._gate("create_pick_task")
-        return f"PICK-{request.order_id}-{request.attempt}"
+        return f"PICK-{request.order_id}-{request.parcel_no}"
 
     @activity.defn(name="confirm_short_pick")
     async def confirm_short_pick(self, shortage: PickShortage) -> dict[str, int]:
@@ -238,7 +238,7 @@ class FakeWorld:
         return TrackingUpdate(status=await self._status_now(n), message="fake carrier")
 
     @activity.defn(name="void_label_if_unshipped")
-    async def void_label_if_unshipped(self, ref: ShipmentRef) -> LabelUndoResult:
+    async def void_label_if_unshipped(self, ref: ParcelRef) -> LabelUndoResult:
         await self._gate("void_label_if_unshipped")
         if ref.shipment_no not in self.bought:
             return LabelUndoResult(outcome=LabelUndo.NOTHING_BOUGHT)

@@ -23,10 +23,10 @@ with workflow.unsafe.imports_passed_through():
         NotificationEvent,
         OrderLine,
         OrderStatus,
+        ParcelAllocation,
         PartialShipment,
         ReserveRequest,
         ReserveResult,
-        ShipmentAllocation,
     )
 
 
@@ -159,7 +159,7 @@ class Allocator:
         fulfilment.unallocated, fulfilment.waiting_since = [], None
         fulfilment.view.backordered = []
 
-    def _start_parcels(self, allocations: Sequence[ShipmentAllocation]) -> None:
+    def _start_parcels(self, allocations: Sequence[ParcelAllocation]) -> None:
         """Each reserved shipment becomes a parcel with its own pick, label and tracking, running concurrently."""
         fulfilment = self._fulfilment
         parcels = [Parcel(allocation, fulfilment) for allocation in allocations]

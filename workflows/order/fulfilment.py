@@ -36,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
         OrderStatus,
         OrderView,
         OrderWorkflowInput,
-        ShipmentView,
+        ParcelView,
         order_key,
     )
 
@@ -119,7 +119,7 @@ class Fulfilment:
         """A parcel is still on its way (not undone, refunded or reshipped)."""
         return any(p.outcome is None for p in self.view.shipments)
 
-    def delivered_parcels(self) -> list[ShipmentView]:
+    def delivered_parcels(self) -> list[ParcelView]:
         return [p for p in self.view.shipments if p.status == OrderStatus.DELIVERED and p.outcome is None]
 
     def handed_to_carrier(self) -> bool:
@@ -159,7 +159,7 @@ class Fulfilment:
 
     def advance(
         self,
-        parcel: ShipmentView,
+        parcel: ParcelView,
         status: OrderStatus,
         note: str,
         *,

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
     from activities.shipping import ShippingActivities
     from activities.warehouse import WarehouseActivities
-    from common.inventory.contracts import ShipmentRef
+    from common.inventory.contracts import ParcelRef
     from common.models import (
         Label,
         LabelRequest,
@@ -30,11 +30,11 @@ with workflow.unsafe.imports_passed_through():
         NotificationEvent,
         OrderLine,
         OrderStatus,
+        ParcelAllocation,
+        ParcelView,
         PickShortage,
         PickTaskRequest,
         ResolveDeliveryRequest,
-        ShipmentAllocation,
-        ShipmentView,
         TrackingStatus,
         TrackingUpdate,
     )
@@ -45,8 +45,8 @@ with workflow.unsafe.imports_passed_through():
 class Parcel:
     """A parcel's state (`view` is what ops see of it) and its way from the shelf to the customer."""
 
-    def __init__(self, allocation: ShipmentAllocation, fulfilment: Fulfilment) -> None:
-        self.view = ShipmentView(
+    def __init__(self, allocation: ParcelAllocation, fulfilment: Fulfilment) -> None:
+        self.view = ParcelView(
             shipment_no=allocation.shipment_no, warehouse=allocation.warehouse, lines=list(allocation.lines)
         )
         self._fulfilment = fulfilment
@@ -348,7 +348,7 @@ class Parcel:
         """Undo what the parcel did, newest first, each step retried until done: its label (only if the carrier
         does not have the parcel: False then, and nothing else is undone), its pick task, its reservation."""
         fulfilment = self._fulfilment
-        ref = ShipmentRef(order_id=fulfilment.key, shipment_no=self.view.shipment_no)
+        ref = ParcelRef(order_id=fulfilment.key, shipment_no=self.view.shipment_no)
         prefix = fulfilment.timeline.parcel_prefix(self.view)
         if self.label_attempted:
             undo = await fulfilment.step(ShippingActivities.void_label_if_unshipped, ref, CARRIER, "void label")

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
         OrderStatus,
         OrderUpdateResult,
         OrderView,
-        ShipmentView,
+        ParcelView,
         TimelineEntry,
         TrackingStatus,
     )
@@ -92,7 +92,7 @@ class Timeline:
         """Search attributes that change without a transition (with the next batch)."""
         self.visibility.stage(updates)
 
-    def move(self, parcel: ShipmentView, status: OrderStatus) -> None:
+    def move(self, parcel: ParcelView, status: OrderStatus) -> None:
         """A parcel moved: its status, and the order's fields that show the latest parcel."""
         parcel.status = status
         view = self.view
@@ -101,7 +101,7 @@ class Timeline:
             view.carrier, view.service = parcel.carrier, parcel.service
             view.tracking_number, view.tracking_url = parcel.tracking_number, parcel.tracking_url
 
-    def parcel_prefix(self, parcel: ShipmentView) -> str:
+    def parcel_prefix(self, parcel: ParcelView) -> str:
         """Notes about one parcel name it once the order has more than one."""
         return f"shipment {parcel.shipment_no}: " if len(self.view.shipments) > 1 else ""
 

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
     from activities.returns import ReturnActivities
     from activities.shipping import ShippingActivities
-    from common.inventory.contracts import ShipmentRef
+    from common.inventory.contracts import ParcelRef
     from common.models import (
         MOVED_TRACKING_STATUSES,
         SHIPPED_STATUSES,
@@ -182,7 +182,7 @@ class ParcelTracking:
         parcel.committed = True
         await fulfilment.step(
             InventoryActivities.commit_shipment,
-            ShipmentRef(order_id=fulfilment.key, shipment_no=parcel.view.shipment_no),
+            ParcelRef(order_id=fulfilment.key, shipment_no=parcel.view.shipment_no),
             DATABASE,
             "commit stock",
         )

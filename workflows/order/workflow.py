@@ -49,11 +49,11 @@ with workflow.unsafe.imports_passed_through():
         OrderUpdateResult,
         OrderView,
         OrderWorkflowInput,
+        ParcelView,
         PickShortage,
         ReservationReleased,
         ResolveDeliveryRequest,
         RetryRequest,
-        ShipmentView,
         TrackingPollRequest,
         TrackingStatus,
     )
@@ -396,7 +396,7 @@ class OrderWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
         return self._view
 
-    def _summary(self, delivered: list[ShipmentView]) -> str:
+    def _summary(self, delivered: list[ParcelView]) -> str:
         parcels = self._view.shipments
         given_up = self._allocation.given_up
         gone = [f"{describe(given_up)} cancelled (not restocked in time)"] if given_up else []

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from common.db.errors import StoreError
 
 
-class ShipmentRef(BaseModel):
+class ParcelRef(BaseModel):
     order_id: str
     shipment_no: int = Field(ge=1)
 
