@@ -34,10 +34,6 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_BEGIN_OPTION = "fulfill_sqlite_begin"
 
 
-def is_sqlite(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def sqlite_path(url: str | URL) -> Path | None:
     """The database file of a SQLite URL, or None for in-memory databases."""
     u = make_url(url)
