@@ -10,7 +10,7 @@ of a text/plain and a text/html MIMEText, utf-8, quoted-printable so 7-bit clean
 header text RFC 2047-encoded by `email.header`) and flattened to bytes with a compat32 policy and CRLF line
 ends. Not `EmailMessage` with the default policy: its header registry parses every field into objects, several
 times the CPU of compat32, which keeps header strings as given and folds them on output (docs/performance.md).
-tests/unit/test_integrations_adapters.py checks that the result parses (default policy) to what was given.
+tests/unit/integrations/test_integrations_adapters.py checks that the result parses (default policy) to what was given.
 """
 
 from __future__ import annotations

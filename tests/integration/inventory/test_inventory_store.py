@@ -495,7 +495,7 @@ async def test_ledger_kinds_cover_every_stock_change(store: Store) -> None:
         ("adjustment", None, "damaged"),
         ("count", None, "count: annual count"),
     ]
-    # "writeoff" rows come from inspecting a returned parcel (tests/integration/test_returns.py checks them).
+    # "writeoff" rows come from inspecting a returned parcel (tests/integration/returns/test_returns.py checks them).
     assert set(t.LEDGER_KINDS) - {"writeoff"} == {kind for kind, _, _ in rows}
     await _assert_ledger_explains_stock(store)
 

@@ -19,7 +19,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-import tests.workflows.test_order_workflow as base
+import tests.workflows.orders.test_order_workflow as base
 from common.models import (
     Address,
     CancelRequest,

@@ -1,6 +1,6 @@
 """The failure-handling review's findings on the real stack: the dev server, the real worker, the sandbox
 servers put into outages (as `fulfill dev outage` does), the database, and the sweeper. The workflow-level
-scenarios of each finding are in tests/workflows/test_findings.py; these are the ones a user meets end to end.
+scenarios of each finding are in tests/workflows/orders/test_findings.py; these are the ones a user meets end to end.
 """
 
 from __future__ import annotations

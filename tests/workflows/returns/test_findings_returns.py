@@ -11,8 +11,8 @@ from typing import Any
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-import tests.workflows.test_order_workflow as base
-import tests.workflows.test_returns_workflow as rw
+import tests.workflows.orders.test_order_workflow as base
+import tests.workflows.returns.test_returns_workflow as rw
 from common.models import OrderStatus, OrderView, ResolveDeliveryRequest, TrackingStatus, workflow_id_for
 from common.returns import RmaStatus
 from tests.orders import sample_order

@@ -2,7 +2,7 @@
 
 The order's outside world is the in-memory stand-in of test_order_workflow (registered under the real activity
 names), extended with the return activities: return labels whose parcel moves (or never does), inspection,
-and a refunds ledger with a failure switch. tests/integration/test_returns.py runs the same path on the real
+and a refunds ledger with a failure switch. tests/integration/returns/test_returns.py runs the same path on the real
 activities, database and sandbox servers.
 """
 
@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-import tests.workflows.test_order_workflow as base
+import tests.workflows.orders.test_order_workflow as base
 from common.models import (
     OrderPolicy,
     OrderStatus,
