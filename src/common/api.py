@@ -57,7 +57,7 @@ from common.models import (
 from common.order_signals import DeliveryReport, deliver_order_signals, wake_backordered_orders
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.store import Store
-from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect
+from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect, execute_update
 from common.warehouse.contracts import PickTask, PickTaskClosed, ShipmentReleased
 from common.warehouse.short_picks import shortage_problem
 from workflows.order import OrderWorkflow
@@ -272,7 +272,7 @@ class FulfillmentApi:
         handle = self._handle(order_id)
         try:
             args = [] if arg is None else [arg]
-            await handle.execute_update(update, args=args)
+            await execute_update(handle, update, args)
             return await self.order_status(order_id)
         except WorkflowUpdateFailedError as err:
             raise InvalidRequest(f"order {order_id}: {_cause(err)}") from None
@@ -443,7 +443,7 @@ class FulfillmentApi:
     async def _rma_update(self, rma_id: str, update: UpdateMethodMultiParam[..., Any], arg: Any) -> RmaView:
         handle = self.client.get_workflow_handle(return_workflow_id(rma_id), result_type=RmaView)
         try:
-            return RmaView.model_validate(await handle.execute_update(update, args=[arg]))
+            return RmaView.model_validate(await execute_update(handle, update, [arg]))
         except WorkflowUpdateFailedError as err:
             raise InvalidRequest(f"RMA {rma_id}: {_cause(err)}") from None
         except RPCError as err:

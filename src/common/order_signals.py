@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from common.models import workflow_id_for
 from common.outbox.contracts import OrderSignal
 from common.store import Store
+from common.temporal import execute_update
 
 # The order workflow's signal for a restocked SKU (OrderWorkflow.stock_received). A name, not a typed reference:
 # this module sits under the workflows (activities send it), so it cannot import them; a test ties the two.
@@ -107,7 +108,7 @@ async def _deliver(client: Client, row: OrderSignal) -> str | None:
         if row.kind == "update":
             # A fixed update id: a repeat of a delivered row is one update to the server.
             await asyncio.wait_for(
-                handle.execute_update(row.name, row.payload, id=f"order-signal-{row.id}"), RPC_TIMEOUT_S
+                execute_update(handle, row.name, [row.payload], id=f"order-signal-{row.id}"), RPC_TIMEOUT_S
             )
         else:
             await asyncio.wait_for(handle.signal(row.name, row.payload), RPC_TIMEOUT_S)

@@ -5,6 +5,8 @@ One place for the data converter and the custom search attributes, so every proc
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from functools import lru_cache
 from typing import Any
 
@@ -12,7 +14,7 @@ import temporalio.api.common.v1
 from pydantic import TypeAdapter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
@@ -129,3 +131,27 @@ def task_pollers(settings: Settings) -> PollerBehavior:
     if pollers == "autoscale":
         return PollerBehaviorAutoscaling()
     return PollerBehaviorSimpleMaximum(maximum=pollers)
+
+
+# An Update that lands in a workflow task the server must fail for a reason of its own (UnhandledCommand: an
+# event came in while the worker completed a task that also completes the workflow) is aborted unapplied, with
+# FAILED_PRECONDITION and this text. Sent again under the same Update id, it is applied once.
+_UPDATE_ABORTED = "unexpected workflow task failure"
+UPDATE_ATTEMPTS = 10
+
+
+async def execute_update(
+    handle: WorkflowHandle[Any, Any], update: Any, args: list[Any], *, id: str | None = None
+) -> Any:
+    """`handle.execute_update`, sent again when the server aborted it in a race with other events; any other
+    error, and the last abort, are raised. `update` is a typed reference (`OrderWorkflow.cancel`) or a name."""
+    update_id = id or str(uuid.uuid4())
+    for attempt in range(UPDATE_ATTEMPTS):
+        try:
+            return await handle.execute_update(update, args=args, id=update_id)
+        except RPCError as err:
+            aborted = err.status == RPCStatusCode.FAILED_PRECONDITION and _UPDATE_ABORTED in err.message
+            if not aborted or attempt == UPDATE_ATTEMPTS - 1:
+                raise
+        await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")

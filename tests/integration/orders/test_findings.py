@@ -286,9 +286,9 @@ async def test_finding_3_resolve_refund_pays_the_parcel_back_through_the_payment
     await wait_for(api, order_id, OrderStatus.DELIVERY_EXCEPTION)
 
     result = await asyncio.to_thread(cli, "order", "resolve", order_id, "--action", "refund", "--note", "lost")
+    assert result.returncode == 0, (result.stdout, result.stderr)
     view = await wait_for(api, order_id, OrderStatus.COMPLETED)
 
-    assert result.returncode == 0, result.stderr
     [refund] = sandbox.refunds(order["payment"]["reference"])
     assert refund["amount"] == 2 * 1250 and refund["status"] == "succeeded"  # the price paid, 2 x 12.50
     assert any(refund["id"] in e.note for e in view.timeline)
