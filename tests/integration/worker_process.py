@@ -23,6 +23,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from common.config import Settings
 from common.temporal import DATA_CONVERTER, dev_server_search_attribute_args
@@ -142,13 +143,19 @@ class WorkerProcess(_Process):
         async def polling() -> bool:
             self._check_alive()
             for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
-                described = await client.workflow_service.describe_task_queue(
-                    DescribeTaskQueueRequest(
-                        namespace=client.namespace,
-                        task_queue=TaskQueue(name=self.settings.task_queue),
-                        task_queue_type=kind,
+                try:
+                    described = await client.workflow_service.describe_task_queue(
+                        DescribeTaskQueueRequest(
+                            namespace=client.namespace,
+                            task_queue=TaskQueue(name=self.settings.task_queue),
+                            task_queue_type=kind,
+                        )
                     )
-                )
+                except RPCError as err:
+                    # A readiness probe: a call dropped on the way (seen once as CANCELLED) means ask again
+                    if err.status in (RPCStatusCode.CANCELLED, RPCStatusCode.UNAVAILABLE):
+                        return False
+                    raise
                 if not any(p.identity.startswith(identity) for p in described.pollers):
                     return False
             return True
