@@ -142,21 +142,6 @@ def replacement_order_id(order_id: str, n: int, placement: int = 1) -> str:
     return f"{order_id}-R{n}" if placement <= 1 else f"{order_id}-P{placement}R{n}"
 
 
-class ReturnSummary(BaseModel):
-    """One RMA as the order's view shows it."""
-
-    rma_id: str
-    status: RmaStatus
-    reason: ReturnReason
-    lines: list[ReturnLine]
-    requested_at: datetime
-    exchange: bool = False
-    replacement_order_id: str | None = None
-    tracking_number: str | None = None
-    refund_cents: int | None = None
-    note: str | None = None
-
-
 class RmaView(BaseModel):
     """What the return workflow's `status` query returns."""
 
