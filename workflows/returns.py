@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from temporalio import workflow
@@ -315,16 +315,21 @@ class ReturnWorkflow:
     async def _follow_tracking(self, label: ReturnLabel) -> bool:
         """True once the parcel moves (or the warehouse already has it); False if it never moved within the
         return transit timeout. Infrequent polling: retries of the poll activity are not history."""
-        policy = self._input.policy
-        poll_every = timedelta(seconds=policy.tracking_poll_interval_s)
+        return await self._poll_tracking(
+            label,
+            TrackingStatus.PRE_TRANSIT,
+            workflow.now() + timedelta(seconds=self._input.policy.return_transit_timeout_s),
+        )
+
+    async def _poll_tracking(self, label: ReturnLabel, last_status: TrackingStatus, deadline: datetime) -> bool:
+        """One poll of `_follow_tracking`: waits for a status other than `last_status`, until `deadline`."""
+        poll_every = timedelta(seconds=self._input.policy.tracking_poll_interval_s)
         poll = workflow.start_activity_method(
             ShippingActivities.await_tracking_change,
-            TrackingPollRequest(
-                tracking_number=label.tracking_number, carrier=label.carrier, last_status=TrackingStatus.PRE_TRANSIT
-            ),
+            TrackingPollRequest(tracking_number=label.tracking_number, carrier=label.carrier, last_status=last_status),
             summary="wait for the return parcel to move",
             start_to_close_timeout=timedelta(seconds=30),
-            schedule_to_close_timeout=timedelta(seconds=policy.return_transit_timeout_s),
+            schedule_to_close_timeout=max(deadline - workflow.now(), timedelta(seconds=1)),
             retry_policy=RetryPolicy(initial_interval=poll_every, backoff_coefficient=1.0, maximum_interval=poll_every),
         )
         await workflow.wait_condition(lambda: poll.done() or self._received is not None)
@@ -347,8 +352,9 @@ class ReturnWorkflow:
             raise
         if update.status not in MOVED_TRACKING_STATUSES:
             # "cancelled" or "error": the carrier does not have the parcel; it expires if it never moves.
+            # The next poll waits for another status, so a tracker stuck there is not polled back to back.
             self._note(f"return parcel {label.tracking_number}: carrier reports {update.status.value}")
-            return await self._follow_tracking(label)
+            return await self._poll_tracking(label, update.status, deadline)
         self._set(RmaStatus.IN_TRANSIT, waiting_for="the parcel to reach the warehouse")
         await self._set_db(RmaStatus.IN_TRANSIT, update.message)
         await self._progress(RmaStatus.IN_TRANSIT, f"return parcel {label.tracking_number}: {update.message}")

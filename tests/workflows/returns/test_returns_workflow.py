@@ -66,6 +66,8 @@ POLICY = OrderPolicy(
 class ReturnsWorld(base.FakeWorld):
     # Seconds after a return label's purchase at which its parcel is in transit (None: it never moves).
     return_moves_after: float | None = 2 * DAY
+    # What the carrier's tracker of a return label says from the start (None: as return_moves_after says).
+    return_tracker_status: TrackingStatus | None = None
     return_labels: dict[str, datetime] = field(default_factory=dict)  # tracking number -> bought at
     voided: list[str] = field(default_factory=list)
     rmas: dict[str, str] = field(default_factory=dict)  # rma -> status in the "DB"
@@ -81,6 +83,10 @@ class ReturnsWorld(base.FakeWorld):
         bought = self.return_labels.get(request.tracking_number)
         if bought is None:
             return await super().await_tracking_change(request)
+        if self.return_tracker_status is not None:  # the real poll's rule: return on a status other than these
+            if self.return_tracker_status in (request.last_status, TrackingStatus.UNKNOWN, TrackingStatus.PRE_TRANSIT):
+                raise ApplicationError("unchanged", type="TrackingUnchanged", category=ApplicationErrorCategory.BENIGN)
+            return TrackingUpdate(status=self.return_tracker_status, message="fake carrier: tracker says so")
         elapsed = (await self.env.get_current_time() - bought).total_seconds()
         if self.return_moves_after is None or elapsed < self.return_moves_after:
             raise ApplicationError("unchanged", type="TrackingUnchanged", category=ApplicationErrorCategory.BENIGN)
@@ -327,6 +333,24 @@ async def test_return_whose_parcel_never_moves_expires_with_a_message(env: Workf
     assert fake.messages.count(("return_expired", "email")) == 1
     assert order_view.returns[0].status == "EXPIRED"
     assert any("expired" in e.note for e in order_view.timeline if e.status == OrderStatus.DELIVERED)
+
+
+async def test_a_return_tracker_the_carrier_cancelled_is_polled_patiently_and_expires(env: WorkflowEnvironment) -> None:
+    fake = returns_world(env, {"MUG-RED": 2})
+    fake.return_tracker_status = TrackingStatus.CANCELLED
+    async with worker(env, fake):
+        handle, _ = await delivered_order(env, {"MUG-RED": 2})
+        rma = (await request(handle, MUG_RED=2)).returns[0].rma_id
+        expired = await rma_status(env, rma, RmaStatus.EXPIRED, step=DAY)
+        history = await rma_handle(env, rma).fetch_history()
+
+    polls = [
+        e
+        for e in history.events
+        if e.activity_task_scheduled_event_attributes.activity_type.name == "await_tracking_change"
+    ]
+    assert "10 days" in (expired.note or "")
+    assert len(polls) <= 3, f"{len(polls)} polls: the carrier's 'cancelled' must be waited on, not polled at once"
 
 
 async def test_exchange_places_a_replacement_order_linked_both_ways(env: WorkflowEnvironment) -> None:
