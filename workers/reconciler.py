@@ -30,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.shipping import label_key, undo_label
 from common.config import Settings
 from common.integrations.carrier import CarrierClient
+from common.logs import describe_error
 from common.models import LabelUndo, order_key, workflow_id_for
 from common.order_signals import DeliveryReport, deliver_order_signals
 from common.store import Store
@@ -92,16 +93,23 @@ class ClosedOrderSweeper:
         swept: list[str] = []
         try:
             closed = set(await self._closed_orders(self._since))
-            for key in await self._store.orders.holding_resources():
-                order_id = workflow_id_for(key).removeprefix("order-")  # an order placed again keys its rows
+            holding = await self._store.orders.holding_resources()
+        except Exception as err:
+            log.warning("sweep of closed orders stopped (%s); the next round goes on", describe_error(err))
+            return swept
+        left = False
+        for key in holding:
+            order_id = workflow_id_for(key).removeprefix("order-")  # an order placed again keys its rows
+            try:
                 if order_id not in closed or await self._owned_by_a_running_order(order_id, key):
                     continue
                 await sweep_order(self._store, self._carrier, key)
                 swept.append(key)
-        except Exception as err:
-            log.warning("sweep of closed orders stopped (%s); the next round goes on", type(err).__name__)
-            return swept
-        self._since = started - _VISIBILITY_MARGIN
+            except Exception as err:  # this order waits for the next round; the others go on now
+                log.warning("sweep of closed order %s left for the next round (%s)", key, describe_error(err))
+                left = True
+        if not left:  # else the next round looks as far back again, for the orders left
+            self._since = started - _VISIBILITY_MARGIN
         if swept:
             log.info("gave back what %d closed order(s) still held: %s", len(swept), ", ".join(swept))
         return swept

@@ -32,6 +32,7 @@ from tests.integration.conftest import Cli
 from tests.integration.db_fixtures import postgres_schema
 from tests.integration.worker_process import TcpGate
 from tests.orders import order_dict
+from workers import reconciler
 from workers.reconciler import ClosedOrderSweeper
 from workers.worker import running_worker
 
@@ -334,6 +335,41 @@ async def test_finding_10_what_terminated_orders_hold_is_given_back_by_the_sweep
     assert [r.status for r in await store.labels.for_order(shipped)] == ["purchased"]
     assert waiting not in await store.backorders.backordered_orders()
     assert await store.orders.holding_resources([picking, labelled, shipped, waiting]) == []
+
+
+async def test_finding_10_an_order_the_sweeper_cannot_give_back_now_does_not_hold_up_the_others(
+    api: FulfillmentApi, store: Store, stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sku = await new_sku(store, units=4)
+    stuck, other = sorted([new_id(), new_id()])  # the stuck one comes first in the sweeper's order
+    for order_id in (stuck, other):
+        await api.place_order(order_dict(order_id, {sku: 1}))
+        await wait_for(api, order_id, OrderStatus.PICKING)
+        await api.client.get_workflow_handle(workflow_id_for(order_id)).terminate("ops terminated it")
+
+    real_sweep = reconciler.sweep_order
+    fault = {"on": True}
+
+    async def sweep_order(store: Store, carrier: CarrierClient, key: str) -> None:
+        if key == stuck and fault["on"]:
+            raise ConnectionResetError("database connection lost")  # this order's sweep fails, for now
+        await real_sweep(store, carrier, key)
+
+    monkeypatch.setattr(reconciler, "sweep_order", sweep_order)
+    carrier = CarrierClient(stack_settings)
+    try:
+        sweeper = ClosedOrderSweeper(api.client, store, carrier, lookback_s=3600)
+        for _ in range(50):  # visibility lists the closed runs a moment later
+            await sweeper.round()
+            if not await store.orders.holding_resources([other]):
+                break
+            await asyncio.sleep(0.2)
+        assert await store.orders.holding_resources([stuck, other]) == [stuck]  # the other went on
+        fault["on"] = False
+        assert await sweeper.round() == [stuck]  # and the stuck one is given back once it can be
+    finally:
+        await carrier.close()
+    assert held(await store.stock.stock_levels(sku), "LDN-1") == (4, 0)
 
 
 # ---------------------------------------------------------------------------------- new-user finding 9
