@@ -30,7 +30,8 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 class EngineLogFilter(logging.Filter):
-    """On the output handlers: failed activity attempts in one line, contact details masked."""
+    """On the output handlers: failed activity attempts in one line, contact details masked (in the message,
+    the traceback and the stack)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == ACTIVITY_LOGGER and record.exc_info and record.levelno >= logging.WARNING:
@@ -38,6 +39,11 @@ class EngineLogFilter(logging.Filter):
         message = mask_contacts(record.getMessage())
         if message != record.getMessage():
             record.msg, record.args = message, None
+        if record.exc_info and not record.exc_text:
+            # Formatted here, masked, so the handler's formatter prints this text instead of the raw one.
+            record.exc_text = mask_contacts(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = mask_contacts(record.stack_info)
         return True
 
 

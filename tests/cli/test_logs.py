@@ -64,3 +64,12 @@ def test_contact_details_are_masked(log_output: io.StringIO) -> None:
     logging.getLogger(ACTIVITY_LOGGER).setLevel(logging.INFO)
     logging.getLogger(ACTIVITY_LOGGER).warning("email to ada.lovelace@example.com and SMS to +44 7700 900123 failed")
     assert log_output.getvalue().strip().endswith("email to <email> and SMS to <phone> failed")
+
+
+def test_contact_details_are_masked_in_tracebacks_too(log_output: io.StringIO) -> None:
+    try:
+        raise RuntimeError("550 mailbox ada.lovelace@example.com unavailable")
+    except RuntimeError:
+        logging.getLogger(f"{ACTIVITY_LOGGER}.smtp").exception("sending failed")  # keeps its traceback
+    assert "Traceback" in log_output.getvalue()
+    assert "ada.lovelace@example.com" not in log_output.getvalue() and "<email>" in log_output.getvalue()
