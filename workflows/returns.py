@@ -13,7 +13,6 @@ Deterministic code only; every side effect is an activity with a business idempo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -24,10 +23,21 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.steps import CARRIER, DATABASE, PAYMENTS, Messenger, StepRunner, innermost, on_channels
+from workflows.steps import (
+    CARRIER,
+    DATABASE,
+    PAYMENTS,
+    Messenger,
+    StepRunner,
+    describe,
+    innermost,
+    on_channels,
+    settle,
+    timed_out,
+)
 
 with workflow.unsafe.imports_passed_through():
     import email_validator  # noqa: F401  (see workflows/order/workflow.py)
@@ -54,7 +64,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from common.returns import (
         RETURN_WORKFLOW_TYPE,
-        InspectionLine,
         InspectRequest,
         InspectResult,
         ReceiveReturnRequest,
@@ -64,7 +73,6 @@ with workflow.unsafe.imports_passed_through():
         RetryRefundRequest,
         ReturnLabel,
         ReturnLabelRequest,
-        ReturnLine,
         ReturnProgress,
         ReturnWorkflowInput,
         RmaStatus,
@@ -300,7 +308,7 @@ class ReturnWorkflow:
                 "tracking_number": label.tracking_number,
                 "tracking_url": label.tracking_url,
                 "label_url": label.label_url,
-                "items": _lines_text(i.lines),
+                "items": describe(i.lines),
             },
         )
         self._set(RmaStatus.REQUESTED, waiting_for="the customer to send the parcel")
@@ -335,17 +343,13 @@ class ReturnWorkflow:
         await workflow.wait_condition(lambda: poll.done() or self._received is not None)
         if not poll.done():  # the warehouse has it before the carrier said so
             poll.cancel()
-            try:
-                await poll
-            except (ActivityError, asyncio.CancelledError):
-                pass  # cancelled: its outcome no longer matters
+            await settle(poll)
             return True
         try:
             update = await poll
         except ActivityError as err:
             # Out of time: a schedule-to-close timeout, or retries stopped by it (the last poll's "unchanged").
-            timed_out = isinstance(err.cause, TimeoutError) or err.retry_state == RetryState.TIMEOUT
-            if timed_out and self._received is None:
+            if timed_out(err) and self._received is None:
                 return False
             if self._received is not None:
                 return True
@@ -497,7 +501,7 @@ class ReturnWorkflow:
             rows.append(f"Return label: {v.carrier} [{v.tracking_number}]({v.tracking_url})")
         if v.replacement_order_id:
             rows.append(f"Replacement order: {v.replacement_order_id}")
-        rows.append("Lines: " + _lines_text(v.lines))
+        rows.append("Lines: " + describe(v.lines))
         if self._last_note:
             rows.append(f"Latest: {self._last_note}")
         workflow.set_current_details("\n\n".join(rows))
@@ -580,10 +584,6 @@ class ReturnWorkflow:
 
 def _from_cents(cents: int | None) -> Decimal | None:
     return None if cents is None else Decimal(cents) / 100
-
-
-def _lines_text(lines: Sequence[ReturnLine | InspectionLine]) -> str:
-    return ", ".join(f"{li.sku} x{li.quantity}" for li in lines)
 
 
 def _inspected_text(request: ReceiveReturnRequest) -> str:

@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from common.models import Channel, NotifyRequest, ProviderWait
@@ -293,3 +293,28 @@ def _failed_lanes(err: BaseException) -> list[str]:
 def on_channels(request: NotifyRequest, lanes: list[str]) -> NotifyRequest:
     """A customer notice narrowed to some of its channels (the Messenger's lanes)."""
     return request.model_copy(update={"channels": [Channel(lane) for lane in lanes]})
+
+
+class _Line(Protocol):
+    @property
+    def sku(self) -> str: ...
+    @property
+    def quantity(self) -> int: ...
+
+
+def describe(lines: Sequence[_Line]) -> str:
+    """Lines as the timelines and the customer's messages show them: "MUG-RED x1, TEE-M x2"."""
+    return ", ".join(f"{line.sku} x{line.quantity}" for line in lines)
+
+
+async def settle(task: Awaitable[object]) -> None:
+    """Wait for a cancelled activity or part to finish cancelling (its outcome no longer matters)."""
+    try:
+        await task
+    except (ActivityError, asyncio.CancelledError):
+        pass
+
+
+def timed_out(err: ActivityError) -> bool:
+    """A poll that ran out of time (schedule-to-close), whether by a timeout or a last "unchanged"."""
+    return isinstance(err.cause, TimeoutError) or err.retry_state == RetryState.TIMEOUT

@@ -14,8 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.order.fulfilment import Fulfilment, OrderCancelled, merge, problem_of
 from workflows.order.parcel import Parcel
-from workflows.order.timeline import describe
-from workflows.steps import DATABASE
+from workflows.steps import DATABASE, describe
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities

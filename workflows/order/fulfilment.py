@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
-from temporalio.exceptions import ActivityError
 
 from workflows.order.patches import LABELLED_PARCELS_ASK_THE_CARRIER, PARK_FAILURES
 from workflows.order.timeline import Timeline
@@ -343,14 +342,6 @@ def error_type(err: BaseException) -> str | None:
     """The type of an activity's ApplicationError (see workflows/steps.py application_error)."""
     cause = application_error(err)
     return cause.type if cause is not None else None
-
-
-async def settle(task: Awaitable[object]) -> None:
-    """Wait for a cancelled activity or part to finish cancelling (its outcome no longer matters)."""
-    try:
-        await task
-    except (ActivityError, asyncio.CancelledError):
-        pass
 
 
 def merge(lines: Sequence[OrderLine], more: Sequence[OrderLine]) -> list[OrderLine]:

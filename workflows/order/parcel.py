@@ -14,9 +14,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.order.fulfilment import Fulfilment, OrderCancelled, ParcelReleased, error_type, merge, problem_of
-from workflows.order.timeline import describe
 from workflows.order.tracking import ParcelTracking
-from workflows.steps import CARRIER, DATABASE, innermost
+from workflows.steps import CARRIER, DATABASE, describe, innermost
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities

@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
 from workflows.order.fulfilment import Fulfilment
+from workflows.steps import describe
 
 with workflow.unsafe.imports_passed_through():
     from common.models import (
@@ -89,7 +90,7 @@ class ReturnsDesk:
                 note=request.note,
             )
         )
-        what = ", ".join(f"{li.sku} x{li.quantity}" for li in lines)
+        what = describe(lines)
         self._timeline.record(
             OrderStatus.RETURN_REQUESTED,
             f"{rma_id}: return of {what} accepted ({request.reason.value}"
@@ -111,7 +112,7 @@ class ReturnsDesk:
         self, request: ReturnRequest, n: int, rma_id: str, replacement: str | None, shipped_from: dict[str, str]
     ) -> ChildWorkflowHandle[Any, RmaView]:
         order = self._fulfilment.order
-        what = ", ".join(f"{li.sku} x{li.quantity}" for li in request.lines)
+        what = describe(request.lines)
         # By type name: importing workflows.returns here would re-run it in the sandbox for every order.
         return await workflow.start_child_workflow(
             RETURN_WORKFLOW_TYPE,

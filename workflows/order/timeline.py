@@ -12,12 +12,11 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 
-from workflows.steps import Messenger, StepRunner
+from workflows.steps import Messenger, StepRunner, describe
 from workflows.visibility import SearchAttributeBatch
 
 with workflow.unsafe.imports_passed_through():
     from common.models import (
-        OrderLine,
         OrderStatus,
         OrderUpdateResult,
         OrderView,
@@ -185,8 +184,3 @@ class Timeline:
         if v.tracking_number:
             rows.append(f"Tracking: {v.carrier} [{v.tracking_number}]({v.tracking_url})")
         return rows
-
-
-def describe(lines: Sequence[OrderLine]) -> str:
-    """Lines as the timeline and the customer's messages show them: "MUG-RED x1, TEE-M x2"."""
-    return ", ".join(f"{line.sku} x{line.quantity}" for line in lines)

@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, RetryState
-from temporalio.exceptions import TimeoutError as TemporalTimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.order.fulfilment import Fulfilment, merge, settle
+from workflows.order.fulfilment import Fulfilment, merge
 from workflows.order.patches import PARK_FAILURES, REFUND_THROUGH_GATEWAY
-from workflows.order.timeline import FORWARD, TRACKING_TO_ORDER, describe
-from workflows.steps import DATABASE, PAYMENTS
+from workflows.order.timeline import FORWARD, TRACKING_TO_ORDER
+from workflows.steps import DATABASE, PAYMENTS, describe, settle, timed_out
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
@@ -90,7 +89,7 @@ class ParcelTracking:
         try:
             update = await poll
         except ActivityError as err:
-            if not _timed_out(err) or not workflow.patched(PARK_FAILURES):
+            if not timed_out(err) or not workflow.patched(PARK_FAILURES):
                 raise
             await self._went_silent()
             return
@@ -334,8 +333,3 @@ class _Alarm:
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         self._timer, self._at = None, None
-
-
-def _timed_out(err: ActivityError) -> bool:
-    """A tracking poll that ran out of time (schedule-to-close), whether by a timeout or a last "unchanged"."""
-    return isinstance(err.cause, TemporalTimeoutError) or err.retry_state == RetryState.TIMEOUT

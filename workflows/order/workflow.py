@@ -25,12 +25,11 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.order.allocation import Allocator
-from workflows.order.fulfilment import Fulfilment, OrderCancelled, settle
+from workflows.order.fulfilment import Fulfilment, OrderCancelled
 from workflows.order.parcel import Parcel
 from workflows.order.patches import LEAN_FOR_EVERY_ORDER, LEAN_HISTORY, TEMPORAL_CANCEL_COMPENSATES, UNDO_PER_PARCEL
 from workflows.order.returns_desk import ReturnsDesk
-from workflows.order.timeline import describe
-from workflows.steps import CARRIER, innermost
+from workflows.steps import CARRIER, describe, innermost, settle
 
 with workflow.unsafe.imports_passed_through():
     # pydantic imports email_validator lazily when it validates an EmailStr: pass it through, or the
