@@ -32,7 +32,7 @@ from common.config import Settings
 from common.integrations.carrier import CarrierClient
 from common.logs import describe_error
 from common.models import LabelUndo, order_key, workflow_id_for
-from common.order_signals import DeliveryReport, deliver_order_signals
+from common.order_signals import OUTBOX_ERROR_CHARS, DeliveryReport, deliver_order_signals
 from common.store import Store
 
 log = logging.getLogger("fulfill.reconciler")
@@ -54,7 +54,7 @@ class OrderSignalRelay:
         try:
             report = await deliver_order_signals(self._client, self._store, limit=BATCH)
         except Exception as err:  # the database unreachable: the rows wait for the next round
-            report = DeliveryReport(error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            report = DeliveryReport(error=describe_error(err, limit=OUTBOX_ERROR_CHARS))
         self.rounds += 1
         if not report.ok:
             # Row ids and the error's kind only: no payloads, no customer data, no traceback.

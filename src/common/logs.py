@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 
+from temporalio.service import RPCError
+
 # Libraries that log every request at INFO: useful when debugging them, noise in the stack's output.
 _QUIET = ("twilio.http_client", "twilio.async_http_client", "alembic", "aiosmtpd", "mail.log", "aiohttp.access")
 ACTIVITY_LOGGER = "temporalio.activity"
@@ -58,14 +60,16 @@ def _one_line(record: logging.LogRecord) -> None:
         record.exc_info, record.exc_text = None, None
 
 
-def describe_error(error: BaseException | None) -> str:
-    """The error's type and the first line of its message, briefly."""
+def describe_error(error: BaseException | None, limit: int = _MAX_ERROR) -> str:
+    """The error's type (a Temporal RPC error's status too) and the first line of its message, cut to
+    `limit` characters."""
     if error is None:
         return "unknown error"
+    kind = f"RPCError {error.status.name}" if isinstance(error, RPCError) else type(error).__name__
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if len(text) > _MAX_ERROR:
-        text = text[: _MAX_ERROR - 3] + "..."
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{kind}: {text}" if text else kind
 
 
 def mask_contacts(text: str) -> str:

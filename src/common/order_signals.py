@@ -22,6 +22,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
+from common.logs import describe_error
 from common.models import workflow_id_for
 from common.outbox.contracts import OrderSignal
 from common.store import Store
@@ -36,6 +37,8 @@ STOCK_RECEIVED = "stock_received"
 CLAIM_LEASE_S = 60.0
 # One call to Temporal; an update waits for the workflow to run its handler, which needs a worker.
 RPC_TIMEOUT_S = 10.0
+# How much of a delivery error a row and the relay's log keep: enough for a connection error's cause.
+OUTBOX_ERROR_CHARS = 300
 # Workflows delivered to at once (each workflow's rows go one after another, in order).
 CONCURRENT_WORKFLOWS = 8
 
@@ -85,7 +88,7 @@ async def deliver_order_signals(
                 try:
                     note = await _deliver(client, row)
                 except Exception as err:  # the engine unreachable, a timeout, ...: the relay tries again
-                    error = _brief(err)
+                    error = describe_error(err, limit=OUTBOX_ERROR_CHARS)
                     report.failed.append(row.id)
                     report.error = report.error or error
                     await store.signals.mark_order_signal_failed(row.id, claim, error)
@@ -136,14 +139,6 @@ async def wake_backordered_orders(client: Client, store: Store, skus: list[str])
                 raise
             woken.append(order_id)
     return woken
-
-
-def _brief(err: BaseException) -> str:
-    """The error's kind and first line, for the row and the log: Temporal's errors carry no payloads."""
-    if isinstance(err, RPCError):
-        return f"RPCError {err.status.name}: {err.message}"[:300]
-    text = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}: {text}"[:300] if text else type(err).__name__
 
 
 def _cause(err: BaseException) -> str:
