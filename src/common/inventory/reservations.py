@@ -248,6 +248,18 @@ async def _held_outcome(conn: AsyncConnection, existing: Sequence[Any]) -> Reser
     return ReservationOutcome(True, existing[0].warehouse, [(r.sku, r.quantity) for r in existing], {}, waiting)
 
 
+async def _reserve_shipment(
+    conn: AsyncConnection, order_id: str, shipment_no: int, warehouse: str, items: list[tuple[str, int]], now: datetime
+) -> ReservationOutcome:
+    """Hold `items` in `warehouse` as shipment `shipment_no` of the order, which then waits for nothing more;
+    the caller checked they are available, under the order's lock and the stock rows' locks."""
+    await _hold(conn, order_id, shipment_no, warehouse, items, now)
+    await resolve_backorder(conn, order_id, now)
+    pending: set[str] = set()
+    await track_low_stock(conn, [(sku, warehouse) for sku, _ in items], now, pending)
+    return ReservationOutcome(True, warehouse, items, {}, sorted(pending))
+
+
 class ReservationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -289,11 +301,7 @@ class ReservationStore:
             chosen = choose_warehouse(sites, available, items, prefer_country, prefer_region)
             if chosen is None:
                 return await _backorder_whole(conn, order_id, items, sites, available, now)
-            await _hold(conn, order_id, 1, chosen, items, now)
-            await resolve_backorder(conn, order_id, now)
-            pending: set[str] = set()
-            await track_low_stock(conn, [(sku, chosen) for sku in skus], now, pending)
-            return ReservationOutcome(True, chosen, items, {}, sorted(pending))
+            return await _reserve_shipment(conn, order_id, 1, chosen, items, now)
 
         return await self._db.write(op, f"reserve order {order_id}")
 
@@ -343,12 +351,7 @@ class ReservationStore:
             short = missing(available.get(warehouse, {}), items)
             if short:
                 return ReservationOutcome(False, warehouse, items, short)
-            now = utc_now()
-            await _hold(conn, order_id, shipment_no, warehouse, items, now)
-            await resolve_backorder(conn, order_id, now)
-            pending: set[str] = set()
-            await track_low_stock(conn, [(sku, warehouse) for sku in skus], now, pending)
-            return ReservationOutcome(True, warehouse, items, {}, sorted(pending))
+            return await _reserve_shipment(conn, order_id, shipment_no, warehouse, items, utc_now())
 
         return await self._db.write(op, f"reserve shipment {shipment_no} of order {order_id}")
 
