@@ -14,6 +14,7 @@ from typing import Any, Self
 from pydantic import ValidationError
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -135,13 +136,15 @@ class FulfillmentApi:
         try:
             handle = await self._start(order, placement=1)
         except WorkflowAlreadyStartedError:
-            placement = await self._next_placement(order.order_id)
+            last_run = await self._last_run(order.order_id)
+            placement = await _next_placement(last_run)
             if placement is None:
-                raise OrderAlreadyExists(await self._already_placed(order.order_id)) from None
+                raise OrderAlreadyExists(_already_placed(order.order_id, last_run)) from None
             try:
                 handle = await self._start(order, placement=placement)
             except WorkflowAlreadyStartedError:  # placed again by someone else just now
-                raise OrderAlreadyExists(await self._already_placed(order.order_id)) from None
+                last_run = await self._last_run(order.order_id)
+                raise OrderAlreadyExists(_already_placed(order.order_id, last_run)) from None
         return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
 
     async def _start(self, order: Order, *, placement: int) -> WorkflowHandle[Any, OrderView]:
@@ -171,26 +174,15 @@ class FulfillmentApi:
             f"{order.shipping_speed.value} to {order.ship_to.country}",
         )
 
-    async def _next_placement(self, order_id: str) -> int | None:
-        """The placement number for placing `order_id` again, if its last run ended for good without being
-        fulfilled; None if it runs or ended otherwise (completed, cancelled): then it cannot be."""
+    async def _last_run(self, order_id: str) -> WorkflowExecutionDescription | None:
+        """The order's last run, None if there is none; any other error of Temporal's is raised (nothing was
+        started, so placing it again later is safe)."""
         try:
-            description = await self._handle(order_id).describe()
-        except RPCError:
-            return None
-        if description.status not in _PLACEABLE_AGAIN:
-            return None
-        return int(await description.memo_value("placement", default=1)) + 1
-
-    async def _already_placed(self, order_id: str) -> str:
-        message = f"order {order_id} already exists (workflow {workflow_id_for(order_id)}); nothing was started"
-        try:
-            status = (await self._handle(order_id).describe()).typed_search_attributes.get(ORDER_STATUS)
-        except RPCError:
-            return message
-        if status == OrderStatus.FAILED.value:
-            message += f". It is FAILED and waits for ops: `fulfill order retry {order_id}`, or cancel it"
-        return message
+            return await self._handle(order_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
 
     def _handle(self, order_id: str) -> WorkflowHandle[Any, OrderView]:
         return self.client.get_workflow_handle(workflow_id_for(order_id), result_type=OrderView)
@@ -491,3 +483,19 @@ def _cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return err.message if isinstance(err, FailureError) else str(err)
+
+
+async def _next_placement(last_run: WorkflowExecutionDescription | None) -> int | None:
+    """The placement number for placing the order again, if its last run ended for good without being
+    fulfilled; None if it runs or ended otherwise (completed, cancelled): then it cannot be."""
+    if last_run is None or last_run.status not in _PLACEABLE_AGAIN:
+        return None
+    return int(await last_run.memo_value("placement", default=1)) + 1
+
+
+def _already_placed(order_id: str, last_run: WorkflowExecutionDescription | None) -> str:
+    message = f"order {order_id} already exists (workflow {workflow_id_for(order_id)}); nothing was started"
+    status = last_run.typed_search_attributes.get(ORDER_STATUS) if last_run is not None else None
+    if status == OrderStatus.FAILED.value:
+        message += f". It is FAILED and waits for ops: `fulfill order retry {order_id}`, or cancel it"
+    return message
