@@ -1,4 +1,8 @@
-"""Refusals the engine reports to callers; each message says why, and nothing was changed."""
+"""Refusals the engine reports to callers; each message says why, and nothing was changed.
+
+Three families, which the HTTP API answers as 404, 409 and 422: `NotFound` (no such order, RMA or pick task),
+`Conflict` (the thing exists but its state refuses the request: the order was placed already, it shipped, the
+pick was cancelled) and the rest (the input itself is wrong)."""
 
 from __future__ import annotations
 
@@ -7,24 +11,44 @@ class FulfillmentError(Exception):
     """A request the engine refused; the message says why. Nothing was changed."""
 
 
+class NotFound(FulfillmentError):
+    """The order, RMA or pick task the request names does not exist."""
+
+
+class Conflict(FulfillmentError):
+    """What the request names exists, but its state refuses the request."""
+
+
 class InvalidOrder(FulfillmentError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid order: " + "; ".join(problems))
 
 
-class OrderAlreadyExists(FulfillmentError):
+class OrderAlreadyExists(Conflict):
     pass
 
 
-class OrderNotFound(FulfillmentError):
+class OrderNotFound(NotFound):
     pass
 
 
-class PickNotAllowed(FulfillmentError):
+class PickNotAllowed(Conflict):
+    pass
+
+
+class PickTaskNotFound(NotFound, PickNotAllowed):
     pass
 
 
 class InvalidRequest(FulfillmentError):
-    """Ops asked for something the order's state or the input does not allow (e.g. release of an order that is
-    not on hold, cancel after shipping, a malformed address)."""
+    """Ops asked for something the input does not allow (e.g. a malformed address, an unknown return reason)."""
+
+
+class RequestRefused(Conflict, InvalidRequest):
+    """The order's or RMA's state refuses the request (release of an order that is not on hold, cancel after
+    shipping, any change to a closed order)."""
+
+
+class RmaNotFound(NotFound, InvalidRequest):
+    pass

@@ -303,20 +303,37 @@ SHIPPED_STATUSES = frozenset(
 )
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+# Who asked for an ops action (an API key's name, `cli:<user>`): the `by` of every ops Update's request, kept in
+# the order's timeline. Optional: requests sent before it existed have none.
+Actor = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
 
 
 class CancelRequest(_Strict):
     reason: Reason
+    by: Actor | None = None
 
 
 class RetryRequest(_Strict):
     """Ops retry what failed (the order is FAILED and waits for them), e.g. {"note": "carrier account fixed"}."""
 
     note: Reason | None = None
+    by: Actor | None = None
 
 
 class HoldRequest(_Strict):
     reason: Reason
+    by: Actor | None = None
+
+
+class ReleaseRequest(_Strict):
+    by: Actor | None = None
+
+
+class AddressChange(_Strict):
+    """What `update_address` takes: the new ship-to address and who asked (an Address alone is also taken)."""
+
+    address: Address
+    by: Actor | None = None
 
 
 # How OrderWorkflow runs an order, fixed when the order starts (see workflows/order/patches.py, LEAN_HISTORY).
@@ -400,6 +417,7 @@ class ResolveDeliveryRequest(_Strict):
     note: Reason | None = None
     # Which parcel (shipment no) when several are in exception; default: the first
     shipment: int | None = Field(default=None, ge=1)
+    by: Actor | None = None
 
 
 class ParcelRefundRequest(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Self
 
+from common.access.store import ApiKeyStore
 from common.catalog.store import CatalogStore
 from common.db.database import Database
 from common.inventory.backorders import BackorderStore
@@ -12,6 +13,7 @@ from common.inventory.purchasing import PurchaseOrderStore
 from common.inventory.reservations import ReservationStore
 from common.inventory.stock import StockStore
 from common.notifications.store import NotificationStore
+from common.orders.intake_keys import IntakeKeyStore
 from common.orders.store import OrderStore
 from common.outbox.store import OrderSignalStore
 from common.returns.store import ReturnsStore
@@ -38,6 +40,8 @@ class Store:
         self.signals = OrderSignalStore(db)  # the order-signal outbox
         self.orders = OrderStore(db)  # what orders still hold
         self.returns = ReturnsStore(db)  # RMAs, inspections, refunds
+        self.api_keys = ApiKeyStore(db)  # who may call the HTTP API
+        self.intake_keys = IntakeKeyStore(db)  # Idempotency-Key headers of order intake
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Self:
@@ -47,6 +51,10 @@ class Store:
 
     async def close(self) -> None:
         await self.db.close()
+
+    async def ping(self) -> None:
+        """Raises if the database does not answer a trivial query."""
+        await self.db.ping()
 
     async def __aenter__(self) -> Self:
         return self

@@ -191,7 +191,7 @@ class StandInApi:
     async def order_status(self, order_id: str) -> OrderView:
         return self.view
 
-    async def cancel_order(self, order_id: str, reason: str) -> OrderView:
+    async def cancel_order(self, order_id: str, reason: str, *, by: str | None = None) -> OrderView:
         return self.view
 
     async def request_return(self, order_id: str, lines: Any, reason: str, **kwargs: Any) -> OrderView:

@@ -12,7 +12,7 @@ from common.order_signals import STOCK_RECEIVED
 from workflows.order import OrderWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENTS = [ROOT / "src/common/api.py", *sorted((ROOT / "src/common/cli").glob("*.py"))]
+CLIENTS = [path for area in ("api", "cli", "http") for path in sorted((ROOT / "src/common" / area).glob("*.py"))]
 STRING_CALL = re.compile(r"\.(signal|query|execute_update|start_update|start_workflow)\(\s*[\"']")
 
 

@@ -39,7 +39,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.shipping import ShippingActivities
     from common.models import (
         MOVED_TRACKING_STATUSES,
+        Actor,
         Address,
+        AddressChange,
         CancelRequest,
         HoldRequest,
         NotificationEvent,
@@ -50,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         OrderWorkflowInput,
         ParcelView,
         PickShortage,
+        ReleaseRequest,
         ReservationReleased,
         ResolveDeliveryRequest,
         RetryRequest,
@@ -162,6 +165,7 @@ class OrderWorkflow:
         "asked first)."
     )
     async def cancel(self, request: CancelRequest) -> OrderUpdateResult:
+        self._audit(f"cancel requested: {request.reason}", request.by)
         refusal = await self._request_cancel(request.reason)
         if refusal is not None:
             raise ApplicationError(refusal, type="CancelRefused", non_retryable=True)
@@ -179,6 +183,7 @@ class OrderWorkflow:
         "the reason until released. Refused once shipped (the carrier is asked first)."
     )
     async def hold(self, request: HoldRequest) -> OrderUpdateResult:
+        self._audit(f"hold requested: {request.reason}", request.by)
         refusal = await self._request_hold(request.reason)
         if refusal is not None:
             raise ApplicationError(refusal, type="HoldRefused", non_retryable=True)
@@ -198,7 +203,8 @@ class OrderWorkflow:
             raise ValueError(f"a cancellation is under way ({fulfilment.cancel_reason})")
 
     @workflow.update(description="Release an order on hold: it resumes where it stopped.")
-    async def release(self) -> OrderUpdateResult:
+    async def release(self, request: ReleaseRequest | None = None) -> OrderUpdateResult:
+        self._audit("release requested", request.by if request else None)
         self._fulfilment.hold_reason = None
         if self._hold_recorded_by_request and self._view.status == OrderStatus.ON_HOLD:
             # Only labelled parcels were moving: no step of the order will record the release.
@@ -208,7 +214,7 @@ class OrderWorkflow:
         return self._timeline.result()
 
     @release.validator
-    def _validate_release(self) -> None:
+    def _validate_release(self, request: ReleaseRequest | None = None) -> None:
         if self._fulfilment.hold_reason is None:
             raise ValueError(f"order {self._order.order_id} is not on hold (it is {self._view.status.value})")
 
@@ -216,15 +222,17 @@ class OrderWorkflow:
         description="Correct the ship-to address (an Address object: name, line1, line2, city, region, "
         "postal_code, country). Allowed until a label is bought, and while a parcel is ADDRESS_INVALID."
     )
-    async def update_address(self, address: Address) -> OrderUpdateResult:
+    async def update_address(self, change: Address | AddressChange) -> OrderUpdateResult:
+        # An Address alone: sent before AddressChange (who asked) existed, and still accepted
+        address, by = (change.address, change.by) if isinstance(change, AddressChange) else (change, None)
         fulfilment = self._fulfilment
         fulfilment.order = fulfilment.order.model_copy(update={"ship_to": address})
         fulfilment.address_updates += 1
-        self._timeline.note("ship-to address updated by ops")
+        self._timeline.note(f"ship-to address updated by {by or 'ops'}")
         return self._timeline.result()
 
     @update_address.validator
-    def _validate_update_address(self, address: Address) -> None:
+    def _validate_update_address(self, change: Address | AddressChange) -> None:
         if self._fulfilment.buying_labels:
             raise ValueError(
                 f"a label is being bought for order {self._order.order_id} right now, for the address it has; "
@@ -242,6 +250,7 @@ class OrderWorkflow:
         "the first in exception). Only while the order is in DELIVERY_EXCEPTION."
     )
     async def resolve_delivery_exception(self, request: ResolveDeliveryRequest) -> OrderUpdateResult:
+        self._audit(f"delivery exception: {request.action.value} requested", request.by)
         parcel = self._exception_parcel(request.shipment)
         assert parcel is not None  # the validator checked
         parcel.resolution = request
@@ -266,6 +275,7 @@ class OrderWorkflow:
         'fixed"}: the step that failed runs again where it stopped.'
     )
     async def retry(self, request: RetryRequest) -> OrderUpdateResult:
+        self._audit("retry requested" + (f": {request.note}" if request.note else ""), request.by)
         fulfilment = self._fulfilment
         this_round = fulfilment.retry_round
         fulfilment.retry_round += 1
@@ -289,6 +299,7 @@ class OrderWorkflow:
         "wrong_item. Creates an RMA, buys a return label and sends it to the customer."
     )
     async def request_return(self, request: ReturnRequest) -> OrderUpdateResult:
+        self._audit(f"return requested ({request.reason.value})", request.by)
         return await self._returns.request_return(request)
 
     @request_return.validator
@@ -301,6 +312,11 @@ class OrderWorkflow:
     )
     def return_progress(self, progress: ReturnProgress) -> None:
         self._returns.apply(progress)
+
+    def _audit(self, what: str, by: Actor | None) -> None:
+        """Who asked for an ops action, in the timeline (callers that name nobody leave no entry)."""
+        if by is not None:
+            self._timeline.note(f"{what} (by {by})")
 
     def _exception_parcel(self, shipment_no: int | None) -> Parcel | None:
         for parcel in self._fulfilment.parcels:

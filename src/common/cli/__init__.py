@@ -5,6 +5,7 @@ The `fulfill` script is workers/cli.py: this app, plus the developer's commands 
 from __future__ import annotations
 
 from common.cli._help import CliApp
+from common.cli.access import api_key_app
 from common.cli.catalog import catalog_app
 from common.cli.inventory import inventory_app
 from common.cli.orders import order_app
@@ -21,6 +22,7 @@ app.add_typer(order_app, name="order")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(warehouse_app, name="warehouse")
+app.add_typer(api_key_app, name="api-key")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ the CLI would otherwise read and write one database while the stack's worker use
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import re
@@ -126,6 +127,14 @@ def _prepare_settings() -> None:
 
 def connect_api() -> Awaitable[FulfillmentApi]:
     return FulfillmentApi.connect(get_settings())
+
+
+def cli_actor() -> str:
+    """Who an ops action from this shell is by, in the order's timeline."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        return f"cli:uid-{os.getuid()}"
 
 
 def print_json(data: Any) -> None:

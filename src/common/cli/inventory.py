@@ -71,10 +71,7 @@ def _cover(days: float | None) -> str:
 async def _alert_ops(store: Store, crossings: list[LowStockCrossing]) -> None:
     """Tell the user about new low-stock crossings and email ops about them now (best effort: a crossing
     whose email fails stays pending and is sent by the next alert run)."""
-    if not crossings:
-        return
-    from common.integrations.email import EmailSender
-    from common.inventory.alerts import send_low_stock_alerts
+    from common.inventory.alerts import alert_ops_now
 
     for c in crossings:
         err.print(
@@ -82,18 +79,13 @@ async def _alert_ops(store: Store, crossings: list[LowStockCrossing]) -> None:
             highlight=False,
         )
     settings = get_settings()
-    email = EmailSender(settings)
-    try:
-        sent = await send_low_stock_alerts(store, email, settings.ops_email, {c.sku for c in crossings})
-    except Exception as e:  # the stock change is done; the alert waits for the next run
+    sent, problem = await alert_ops_now(store, settings, crossings)
+    if problem is not None:
         err.print(
-            f"[yellow]warning:[/] could not email ops ({escape(str(e))}); the low-stock alert stays pending",
+            f"[yellow]warning:[/] could not email ops ({escape(problem)}); the low-stock alert stays pending",
             highlight=False,
         )
-        return
-    finally:
-        await email.close()
-    if sent:
+    elif sent:
         err.print(f"ops alerted at {settings.ops_email}", markup=False, highlight=False)
 
 

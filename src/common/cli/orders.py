@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from common.cli._base import connect_api, next_step, out, print_json, run_async
+from common.cli._base import cli_actor, connect_api, next_step, out, print_json, run_async
 from common.cli._help import CliApp
 from common.cli._output import key, stamp, table, time_column
-from common.errors import InvalidOrder, InvalidRequest
+from common.errors import InvalidOrder, InvalidRequest, OrderAlreadyExists
 from common.intake import parse_order
 from common.models import DeliveryResolution, OrderStatus, OrderView
 
@@ -42,6 +42,11 @@ async def order_place(
     parse_order(text)  # fail on bad input before connecting to anything
     async with await connect_api() as api:
         placed = await api.place_order(text)
+    if not placed.created:
+        raise OrderAlreadyExists(
+            f"order {placed.order_id} already exists (workflow {placed.workflow_id}), placed before with this same "
+            "content; nothing new was started"
+        )
     out.print(f"placed order [bold]{escape(placed.order_id)}[/] (workflow {escape(placed.workflow_id)})")
     next_step(f"fulfill order status {placed.order_id}")
 
@@ -157,7 +162,7 @@ async def order_cancel(
 ) -> None:
     """Cancel an order: releases stock, cancels the pick, voids the label. Refused once shipped."""
     async with await connect_api() as api:
-        _print_outcome(await api.cancel_order(order_id, reason))
+        _print_outcome(await api.cancel_order(order_id, reason, by=cli_actor()))
 
 
 @order_app.command("retry")
@@ -168,7 +173,7 @@ async def order_retry(
 ) -> None:
     """Retry what failed and waits for ops (the order is FAILED): the step runs again where it stopped."""
     async with await connect_api() as api:
-        _print_outcome(await api.retry_order(order_id, note))
+        _print_outcome(await api.retry_order(order_id, note, by=cli_actor()))
 
 
 @order_app.command("hold")
@@ -179,7 +184,7 @@ async def order_hold(
 ) -> None:
     """Stop an order at its next step until `fulfill order release`."""
     async with await connect_api() as api:
-        _print_outcome(await api.hold_order(order_id, reason))
+        _print_outcome(await api.hold_order(order_id, reason, by=cli_actor()))
 
 
 @order_app.command("release")
@@ -187,7 +192,7 @@ async def order_hold(
 async def order_release(order_id: str) -> None:
     """Release an order on hold: it resumes where it stopped."""
     async with await connect_api() as api:
-        _print_outcome(await api.release_order(order_id))
+        _print_outcome(await api.release_order(order_id, by=cli_actor()))
 
 
 @order_app.command("update-address")
@@ -203,7 +208,7 @@ async def order_update_address(
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     async with await connect_api() as api:
-        _print_outcome(await api.update_address(order_id, address))
+        _print_outcome(await api.update_address(order_id, address, by=cli_actor()))
 
 
 @order_app.command("resolve")
@@ -218,7 +223,9 @@ async def order_resolve(
 ) -> None:
     """Decide an order in DELIVERY_EXCEPTION: reship the parcel's goods as a new parcel, or refund it."""
     async with await connect_api() as api:
-        _print_outcome(await api.resolve_delivery_exception(order_id, action.value, note, shipment=shipment))
+        _print_outcome(
+            await api.resolve_delivery_exception(order_id, action.value, note, shipment=shipment, by=cli_actor())
+        )
 
 
 # ------------------------------------------------------------------------------------------ returns
@@ -251,7 +258,7 @@ async def order_return(
     """Request a return (RMA) of delivered units, inside the return window: a return label goes to the customer."""
     lines = _parse_return_lines(line)
     async with await connect_api() as api:
-        view = await api.request_return(order_id, lines, reason, exchange=exchange, note=note)
+        view = await api.request_return(order_id, lines, reason, exchange=exchange, note=note, by=cli_actor())
     rma = view.returns[-1]
     out.print(f"[bold]{escape(rma.rma_id)}[/] accepted for order {escape(view.order_id)} ({view.status.value})")
     if rma.replacement_order_id:

@@ -168,6 +168,10 @@ class Database:
         async with self._engine.connect() as conn:
             return (await conn.execute(stmt)).all()
 
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
     def connect(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """A read connection, for several queries that belong together (`async with db.connect() as conn`)."""
         return self._engine.connect()

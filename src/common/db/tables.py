@@ -348,3 +348,27 @@ refunds = Table(
     CheckConstraint(_in("status", REFUND_STATUSES), name="status"),
     Index("ix_refunds_order_id", "order_id"),
 )
+
+# HTTP API (0006). API keys: the secret is kept only as its SHA-256; scopes comma-separated, sorted.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(16), primary_key=True),  # the public part of the key, for lookup
+    Column("name", String(100), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("scopes", String(100), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Index("ix_api_keys_name", "name"),
+)
+
+# Idempotency-Key headers of order intake, per API key name: the order they placed and the digest of its body.
+intake_keys = Table(
+    "intake_keys",
+    metadata,
+    Column("client", String(100), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_digest", String(64), nullable=False),
+    Column("order_id", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

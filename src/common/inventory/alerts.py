@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
+from common.config import Settings
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.inventory.contracts import LowStockCrossing
 from common.inventory.stock import StockStore
@@ -107,3 +108,20 @@ async def send_low_stock_alerts(
     if failure is not None:
         raise failure
     return sent
+
+
+async def alert_ops_now(
+    store: Stores, settings: Settings, crossings: list[LowStockCrossing]
+) -> tuple[list[LowStockCrossing], str | None]:
+    """After a stock change by hand (count, adjustment, forecast): email ops about its new crossings now.
+    Returns those sent and, if the email failed, why; the change stands and a failed alert stays pending for
+    the next alert run."""
+    if not crossings:
+        return [], None
+    email = EmailSender(settings)
+    try:
+        return await send_low_stock_alerts(store, email, settings.ops_email, {c.sku for c in crossings}), None
+    except Exception as e:  # the stock change is done; the alert waits for the next run
+        return [], f"{type(e).__name__}: {e}"[:300]
+    finally:
+        await email.close()

@@ -18,7 +18,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from common.db.errors import StoreError
-from common.models import Address, Customer, OrderPolicy, OrderStatus, Sku
+from common.models import Actor, Address, Customer, OrderPolicy, OrderStatus, Sku
 
 
 class _Strict(BaseModel):
@@ -60,6 +60,7 @@ class ReturnRequest(_Strict):
     reason: ReturnReason
     exchange: bool = False  # ask for a replacement instead of a refund (damaged or wrong_item only)
     note: Text | None = None
+    by: Actor | None = None  # who asked (ops, an API key), for the order's timeline
 
     @model_validator(mode="after")
     def _check(self) -> Self:

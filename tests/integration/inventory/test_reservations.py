@@ -103,7 +103,7 @@ async def test_migrated_schema_matches_table_definitions(stores: list[Store]) ->
 
     async with stores[0].db.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
-        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0005"]
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all() == ["0006"]
 
 
 async def test_concurrent_opens_migrate_once(db_url: str) -> None:

@@ -6,9 +6,9 @@ async with await FulfillmentApi.connect(get_settings()) as api:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal
+import base64
+import binascii
+from datetime import timedelta
 from typing import Any, Self
 
 from pydantic import ValidationError
@@ -16,7 +16,6 @@ from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
-    WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
@@ -26,10 +25,22 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.workflow import UpdateMethodMultiParam
 
+from common.api._helpers import (
+    already_placed,
+    failed_view,
+    innermost_message,
+    next_placement,
+    order_digest,
+    order_summary,
+    orders_query,
+    request_model,
+    with_prices,
+)
+from common.api.results import OrderPage, OrderSummary, PlacedOrder, StockUpdate
 from common.config import Settings
 from common.errors import (
     FulfillmentError,
@@ -38,12 +49,18 @@ from common.errors import (
     OrderAlreadyExists,
     OrderNotFound,
     PickNotAllowed,
+    PickTaskNotFound,
+    RequestRefused,
+    RmaNotFound,
 )
 from common.intake import describe_error, parse_order
-from common.inventory.contracts import StockChange, StockLevel
+from common.inventory.alerts import alert_ops_now
+from common.inventory.contracts import LedgerEntry, StockChange, StockLevel
+from common.inventory.planning import StockForecast, stock_forecasts
 from common.models import (
     ORDER_WORKFLOW_VERSION,
     Address,
+    AddressChange,
     CancelRequest,
     HoldRequest,
     Order,
@@ -51,11 +68,13 @@ from common.models import (
     OrderStatus,
     OrderView,
     OrderWorkflowInput,
+    ReleaseRequest,
     ResolveDeliveryRequest,
     RetryRequest,
     workflow_id_for,
 )
 from common.order_signals import DeliveryReport, deliver_order_signals, wake_backordered_orders
+from common.orders.intake_keys import IdempotencyKeyReused
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.store import Store
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect, execute_update
@@ -64,27 +83,7 @@ from common.warehouse.short_picks import shortage_problem
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
-WORKFLOW_TYPE = "OrderWorkflow"
-# How an order's last run ended for it to be placed again under its id
-_PLACEABLE_AGAIN = frozenset(
-    {WorkflowExecutionStatus.FAILED, WorkflowExecutionStatus.TERMINATED, WorkflowExecutionStatus.TIMED_OUT}
-)
-
-
-@dataclass(frozen=True)
-class PlacedOrder:
-    order_id: str
-    workflow_id: str
-    run_id: str
-
-
-@dataclass(frozen=True)
-class OrderSummary:
-    order_id: str
-    status: str
-    customer_id: str
-    started_at: datetime | None
-    closed_at: datetime | None
+__all__ = ["FulfillmentApi", "OrderPage", "OrderSummary", "PlacedOrder", "StockUpdate", "with_prices"]
 
 
 class FulfillmentApi:
@@ -126,28 +125,45 @@ class FulfillmentApi:
             return_receive_timeout_s=s.return_receive_timeout,
         )
 
-    async def place_order(self, data: str | bytes | dict[str, Any] | Order) -> PlacedOrder:
+    async def place_order(
+        self, data: str | bytes | dict[str, Any] | Order, *, idempotency_key: str | None = None, client: str = ""
+    ) -> PlacedOrder:
+        """Start the order's workflow. The same order placed again (same content: a retry) starts nothing and
+        answers with its run (`created` False); other content under a placed order id is OrderAlreadyExists. An
+        order whose last run ended unfulfilled (FAILED, terminated) is placed again, unless `idempotency_key`
+        (with the `client` it belongs to) says this is a retry of a placement already answered."""
         order = parse_order(data)
+        digest = order_digest(order)
+        retry_of_key = False
+        if idempotency_key is not None:
+            try:
+                retry_of_key = not await self.store.intake_keys.claim(client, idempotency_key, digest, order.order_id)
+            except IdempotencyKeyReused as err:
+                raise OrderAlreadyExists(str(err)) from None
         prices = await self.store.catalog.prices([line.sku for line in order.lines])
         unknown = [line.sku for line in order.lines if line.sku not in prices]
         if unknown:
             raise InvalidOrder([f"lines: unknown sku {sku!r} (not in the catalogue)" for sku in unknown])
         order = with_prices(order, prices)
         try:
-            handle = await self._start(order, placement=1)
+            handle = await self._start(order, placement=1, digest=digest)
         except WorkflowAlreadyStartedError:
             last_run = await self._last_run(order.order_id)
-            placement = await _next_placement(last_run)
+            same = last_run is not None and await last_run.memo_value("digest", default=None) == digest
+            placement = None if retry_of_key else await next_placement(last_run)
+            if same and placement is None:
+                assert last_run is not None
+                return PlacedOrder(order.order_id, last_run.id, last_run.run_id or "", created=False)
             if placement is None:
-                raise OrderAlreadyExists(_already_placed(order.order_id, last_run)) from None
+                raise OrderAlreadyExists(already_placed(order.order_id, last_run)) from None
             try:
-                handle = await self._start(order, placement=placement)
+                handle = await self._start(order, placement=placement, digest=digest)
             except WorkflowAlreadyStartedError:  # placed again by someone else just now
                 last_run = await self._last_run(order.order_id)
-                raise OrderAlreadyExists(_already_placed(order.order_id, last_run)) from None
+                raise OrderAlreadyExists(already_placed(order.order_id, last_run)) from None
         return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
 
-    async def _start(self, order: Order, *, placement: int) -> WorkflowHandle[Any, OrderView]:
+    async def _start(self, order: Order, *, placement: int, digest: str) -> WorkflowHandle[Any, OrderView]:
         return await self.client.start_workflow(
             OrderWorkflow.run,
             OrderWorkflowInput(
@@ -156,7 +172,7 @@ class FulfillmentApi:
             id=order.workflow_id,
             task_queue=self.settings.task_queue,
             # An order id is placed once: a second placement starts nothing, unless the order ended for good
-            # without being fulfilled (FAILED, or terminated): then it may be placed again (_next_placement).
+            # without being fulfilled (FAILED, or terminated): then it may be placed again (next_placement).
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
             if placement == 1
             else WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
@@ -169,7 +185,7 @@ class FulfillmentApi:
                     SearchAttributePair(PICK_OVERDUE, False),  # so that `PickOverdue=false` lists it
                 ]
             ),
-            memo={"placement": placement},
+            memo={"placement": placement, "digest": digest},
             static_summary=f"Order {order.order_id}: {sum(li.quantity for li in order.lines)} units, "
             f"{order.shipping_speed.value} to {order.ship_to.country}",
         )
@@ -194,7 +210,7 @@ class FulfillmentApi:
             if description.status == WorkflowExecutionStatus.COMPLETED:
                 return await handle.result()  # the final view, readable without a worker
             if description.status == WorkflowExecutionStatus.FAILED:
-                final = await _failed_view(handle)
+                final = await failed_view(handle)
                 if final is not None:
                     return final
             return await handle.query(OrderWorkflow.status, rpc_timeout=timedelta(seconds=10))
@@ -204,70 +220,88 @@ class FulfillmentApi:
             raise
 
     async def list_orders(self, status: OrderStatus | None = None, limit: int = 200) -> list[OrderSummary]:
-        query = f'WorkflowType = "{WORKFLOW_TYPE}"'
-        if status is not None:
-            query += f' AND OrderStatus = "{status.value}"'
-        orders = []
-        async for wf in self.client.list_workflows(query, limit=limit):
-            attrs = wf.typed_search_attributes
-            orders.append(
-                OrderSummary(
-                    order_id=wf.id.removeprefix("order-"),
-                    status=attrs.get(ORDER_STATUS) or "?",
-                    customer_id=attrs.get(CUSTOMER_ID) or "?",
-                    started_at=wf.start_time,
-                    closed_at=wf.close_time,
-                )
-            )
-        return orders
+        query = orders_query(status, None, None)
+        return [order_summary(wf) async for wf in self.client.list_workflows(query, limit=limit)]
 
-    async def cancel_order(self, order_id: str, reason: str) -> OrderView:
+    async def orders_page(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        customer_id: str | None = None,
+        sku: str | None = None,
+        page_size: int = 50,
+        cursor: str | None = None,
+    ) -> OrderPage:
+        """One page of orders, newest first, from Temporal visibility (eventually consistent: an order placed a
+        moment ago may show a moment later)."""
+        try:
+            token = (
+                base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True) if cursor else None
+            )
+        except (binascii.Error, ValueError):
+            token = b""
+        if token == b"":
+            raise InvalidRequest("cursor: not a cursor this API gave out")
+        listing = self.client.list_workflows(
+            orders_query(status, customer_id, sku), page_size=page_size, next_page_token=token
+        )
+        try:
+            await listing.fetch_next_page()
+        except RPCError as err:
+            if err.status == RPCStatusCode.INVALID_ARGUMENT:
+                raise InvalidRequest("cursor: not a cursor this API gave out, or it expired") from None
+            raise
+        orders = [order_summary(wf) for wf in listing.current_page or []]
+        following = listing.next_page_token
+        return OrderPage(orders, base64.urlsafe_b64encode(following).decode().rstrip("=") if following else None)
+
+    # Every ops action takes `by`: who asks (an API key's name, `cli:<user>`), kept in the order's timeline
+    # (the `by` of the Update's request).
+
+    async def cancel_order(self, order_id: str, reason: str, *, by: str | None = None) -> OrderView:
         """Cancel with compensation; returns once the order is CANCELLED. Refused once shipped (the carrier is
         asked)."""
-        return await self._update(order_id, OrderWorkflow.cancel, CancelRequest(reason=reason))
+        return await self._update(order_id, OrderWorkflow.cancel, request_model(CancelRequest, reason=reason, by=by))
 
-    async def retry_order(self, order_id: str, note: str | None = None) -> OrderView:
+    async def retry_order(self, order_id: str, note: str | None = None, *, by: str | None = None) -> OrderView:
         """Retry what failed and waits for ops (the order is FAILED); refused if nothing failed."""
-        try:
-            request = RetryRequest(note=note)
-        except ValidationError as err:
-            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
-        return await self._update(order_id, OrderWorkflow.retry, request)
+        return await self._update(order_id, OrderWorkflow.retry, request_model(RetryRequest, note=note, by=by))
 
-    async def hold_order(self, order_id: str, reason: str) -> OrderView:
-        return await self._update(order_id, OrderWorkflow.hold, HoldRequest(reason=reason))
+    async def hold_order(self, order_id: str, reason: str, *, by: str | None = None) -> OrderView:
+        return await self._update(order_id, OrderWorkflow.hold, request_model(HoldRequest, reason=reason, by=by))
 
-    async def release_order(self, order_id: str) -> OrderView:
-        return await self._update(order_id, OrderWorkflow.release, None)
+    async def release_order(self, order_id: str, *, by: str | None = None) -> OrderView:
+        request = None if by is None else request_model(ReleaseRequest, by=by)
+        return await self._update(order_id, OrderWorkflow.release, request)
 
     async def resolve_delivery_exception(
-        self, order_id: str, action: str, note: str | None = None, *, shipment: int | None = None
+        self, order_id: str, action: str, note: str | None = None, *, shipment: int | None = None, by: str | None = None
     ) -> OrderView:
-        try:
-            request = ResolveDeliveryRequest(action=action, note=note, shipment=shipment)  # type: ignore[arg-type]
-        except ValidationError as err:
-            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
+        request = request_model(ResolveDeliveryRequest, action=action, note=note, shipment=shipment, by=by)
         return await self._update(order_id, OrderWorkflow.resolve_delivery_exception, request)
 
-    async def update_address(self, order_id: str, address: Address | dict[str, Any]) -> OrderView:
+    async def update_address(
+        self, order_id: str, address: Address | dict[str, Any], *, by: str | None = None
+    ) -> OrderView:
         try:
             parsed = Address.model_validate(address)
         except ValidationError as err:
             raise InvalidRequest(
                 "invalid address: " + "; ".join(describe_error(e, prefix="ship_to") for e in err.errors())
             ) from None
-        return await self._update(order_id, OrderWorkflow.update_address, parsed)
+        change = parsed if by is None else request_model(AddressChange, address=parsed, by=by)
+        return await self._update(order_id, OrderWorkflow.update_address, change)
 
     async def _update(self, order_id: str, update: UpdateMethodMultiParam[..., Any], arg: Any) -> OrderView:
         """Run a validated Update (`OrderWorkflow.cancel`, ...); a refusal (by its validator, or by the carrier it
-        asked) comes back as InvalidRequest, order unchanged. Returns the order as it stands after it."""
+        asked) comes back as RequestRefused, order unchanged. Returns the order as it stands after it."""
         handle = self._handle(order_id)
         try:
             args = [] if arg is None else [arg]
             await execute_update(handle, update, args)
             return await self.order_status(order_id)
         except WorkflowUpdateFailedError as err:
-            raise InvalidRequest(f"order {order_id}: {_cause(err)}") from None
+            raise RequestRefused(f"order {order_id}: {innermost_message(err)}") from None
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 # Also what the server says for an Update to a closed workflow: tell the two apart.
@@ -277,13 +311,15 @@ class FulfillmentApi:
     async def _not_running(self, order_id: str) -> FulfillmentError:
         try:
             description = await self._handle(order_id).describe()
-        except RPCError:
-            return OrderNotFound(f"no order {order_id!r}")
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return OrderNotFound(f"no order {order_id!r}")
+            raise
         # The order's own status (CANCELLED, COMPLETED...), not the workflow's ("completed" for a cancelled order)
         status = description.typed_search_attributes.get(ORDER_STATUS)
         if status is None:
             status = description.status.name.lower() if description.status else "closed"
-        return InvalidRequest(f"order {order_id} is closed ({status}); nothing can change it now")
+        return RequestRefused(f"order {order_id} is closed ({status}); nothing can change it now")
 
     # ------------------------------------------------------------------------------------------ warehouse
 
@@ -300,7 +336,7 @@ class FulfillmentApi:
         whose stock a count released, or that was cancelled, is refused (PickNotAllowed)."""
         task = await self.store.picks.get(task_id)
         if task is None:
-            raise PickNotAllowed(f"no pick task {task_id!r}")
+            raise PickTaskNotFound(f"no pick task {task_id!r}")
         if short:
             problem = shortage_problem(task_id, dict(task.lines), short)
             if problem is not None:
@@ -341,6 +377,14 @@ class FulfillmentApi:
     async def stock(self, sku: str | None = None, warehouse: str | None = None) -> list[StockLevel]:
         return await self.store.stock.stock_levels(sku, warehouse)
 
+    async def stock_history(self, sku: str, warehouse: str | None = None, *, limit: int = 50) -> list[LedgerEntry]:
+        """The latest `limit` ledger rows of `sku` (at `warehouse`), newest first."""
+        return await self.store.stock.stock_history(sku, warehouse, limit=limit)
+
+    async def stock_forecasts(self, sku: str | None = None, warehouse: str | None = None) -> list[StockForecast]:
+        """Demand forecast and reorder plan per SKU and warehouse (the defaults of `fulfill inventory forecast`)."""
+        return await stock_forecasts(self.store, sku=sku, warehouse=warehouse)
+
     async def receive_stock(
         self, sku: str, quantity: int, warehouse: str | None = None, *, po: str | None = None
     ) -> StockLevel:
@@ -350,17 +394,21 @@ class FulfillmentApi:
         await wake_backordered_orders(self.client, self.store, [sku])
         return level
 
-    async def count_stock(self, sku: str, warehouse: str, counted: int, *, reason: str | None = None) -> StockChange:
+    async def count_stock(self, sku: str, warehouse: str, counted: int, *, reason: str | None = None) -> StockUpdate:
         """A physical count. Orders whose unpicked reservations it released (newest first) are told, so they
-        re-reserve elsewhere or wait for stock; a count above the books wakes backorders."""
-        change = await self.store.counts.count_stock(sku, warehouse, counted, reason=reason)
-        await self.after_stock_change(change)
-        return change
+        re-reserve elsewhere or wait for stock; a count above the books wakes backorders; ops are emailed of a
+        fall below the reorder point."""
+        return await self._after_by_hand(await self.store.counts.count_stock(sku, warehouse, counted, reason=reason))
 
-    async def adjust_stock(self, sku: str, warehouse: str, delta: int, *, reason: str) -> StockChange:
-        change = await self.store.counts.adjust_stock(sku, warehouse, delta, reason=reason)
-        await self.after_stock_change(change)
-        return change
+    async def adjust_stock(self, sku: str, warehouse: str, delta: int, *, reason: str) -> StockUpdate:
+        return await self._after_by_hand(await self.store.counts.adjust_stock(sku, warehouse, delta, reason=reason))
+
+    async def _after_by_hand(self, change: StockChange) -> StockUpdate:
+        crossings = await self.store.stock.low_stock_crossings([change.sku], pending_only=True)
+        crossings = [c for c in crossings if c.warehouse == change.warehouse]
+        sent, problem = await alert_ops_now(self.store, self.settings, crossings)
+        report = await self.after_stock_change(change)
+        return StockUpdate(change, report, crossings, ops_alerted=bool(sent), alert_error=problem)
 
     async def after_stock_change(self, change: StockChange) -> DeliveryReport:
         """Tell the orders a count or adjustment affected: those it released get the `reservation_released`
@@ -382,6 +430,7 @@ class FulfillmentApi:
         *,
         exchange: bool = False,
         note: str | None = None,
+        by: str | None = None,
     ) -> OrderView:
         """Ask for a return (RMA) of delivered units; refused (InvalidRequest, nothing changed) outside the
         return window, for units not delivered or already returned, or for an unknown reason."""
@@ -393,6 +442,7 @@ class FulfillmentApi:
                     "reason": reason,
                     "exchange": exchange,
                     "note": note,
+                    "by": by,
                 }
             )
         except ValidationError as err:
@@ -408,7 +458,7 @@ class FulfillmentApi:
             return await handle.query(ReturnWorkflow.status, rpc_timeout=timedelta(seconds=10))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                raise InvalidRequest(f"no RMA {rma_id!r}") from None
+                raise RmaNotFound(f"no RMA {rma_id!r}") from None
             raise
 
     async def receive_return(self, rma_id: str, lines: list[tuple[str, int, str]], note: str | None = None) -> RmaView:
@@ -426,10 +476,7 @@ class FulfillmentApi:
 
     async def retry_refund(self, rma_id: str, description: str) -> RmaView:
         """Ops retry a refund that failed (the RMA is REFUND_FAILED)."""
-        try:
-            request = RetryRefundRequest(description=description)
-        except ValidationError as err:
-            raise InvalidRequest("; ".join(describe_error(e) for e in err.errors())) from None
+        request = request_model(RetryRefundRequest, description=description)
         return await self._rma_update(rma_id, ReturnWorkflow.retry_refund, request)
 
     async def _rma_update(self, rma_id: str, update: UpdateMethodMultiParam[..., Any], arg: Any) -> RmaView:
@@ -437,65 +484,13 @@ class FulfillmentApi:
         try:
             return RmaView.model_validate(await execute_update(handle, update, [arg]))
         except WorkflowUpdateFailedError as err:
-            raise InvalidRequest(f"RMA {rma_id}: {_cause(err)}") from None
+            raise RequestRefused(f"RMA {rma_id}: {innermost_message(err)}") from None
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 try:
                     description = await handle.describe()
                 except RPCError:
-                    raise InvalidRequest(f"no RMA {rma_id!r}") from None
+                    raise RmaNotFound(f"no RMA {rma_id!r}") from None
                 status = description.status.name.lower() if description.status else "closed"
-                raise InvalidRequest(f"RMA {rma_id} is closed ({status}); nothing can change it now") from None
+                raise RequestRefused(f"RMA {rma_id} is closed ({status}); nothing can change it now") from None
             raise
-
-
-async def _failed_view(handle: WorkflowHandle[Any, OrderView]) -> OrderView | None:
-    """The final view a FAILED order closed with (the details of its failure), readable without a worker."""
-    try:
-        await handle.result()
-    except WorkflowFailureError as err:
-        cause = err.cause
-        if isinstance(cause, ApplicationError) and cause.details:
-            detail = cause.details[0]
-            try:
-                return OrderView.model_validate(detail)
-            except ValidationError:
-                return None
-    return None
-
-
-def with_prices(order: Order, catalogue_cents: dict[str, int]) -> Order:
-    """The order with a unit_price on every line: the price paid when the storefront gave one, else the catalogue
-    price now, at placement (kept with the order, so a later price change does not change its refunds)."""
-    if all(line.unit_price is not None for line in order.lines):
-        return order
-    lines = [
-        line
-        if line.unit_price is not None
-        else line.model_copy(update={"unit_price": Decimal(catalogue_cents[line.sku]) / 100})
-        for line in order.lines
-    ]
-    return order.model_copy(update={"lines": lines})
-
-
-def _cause(err: BaseException) -> str:
-    """The innermost message, e.g. the text a workflow's Update validator raised."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err.message if isinstance(err, FailureError) else str(err)
-
-
-async def _next_placement(last_run: WorkflowExecutionDescription | None) -> int | None:
-    """The placement number for placing the order again, if its last run ended for good without being
-    fulfilled; None if it runs or ended otherwise (completed, cancelled): then it cannot be."""
-    if last_run is None or last_run.status not in _PLACEABLE_AGAIN:
-        return None
-    return int(await last_run.memo_value("placement", default=1)) + 1
-
-
-def _already_placed(order_id: str, last_run: WorkflowExecutionDescription | None) -> str:
-    message = f"order {order_id} already exists (workflow {workflow_id_for(order_id)}); nothing was started"
-    status = last_run.typed_search_attributes.get(ORDER_STATUS) if last_run is not None else None
-    if status == OrderStatus.FAILED.value:
-        message += f". It is FAILED and waits for ops: `fulfill order retry {order_id}`, or cancel it"
-    return message

@@ -1,0 +1,1 @@
+"""Who may call the HTTP API: API keys with scopes, kept hashed."""
