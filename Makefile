@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench bench-http clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/orders.py
+
+# POST /v1/orders through `python -m workers.api`: steady and burst intake latency, then exactly-once in visibility
+bench-http: $(STAMP)
+	$(BIN)/python bench/http_intake.py
 
 clean:
 	rm -rf var

@@ -1,5 +1,5 @@
 """The embedded stack behind `make run`: Temporal dev server (with Web UI), sandbox SMTP/SMS/carrier/payments,
-one worker and the simulated picker, all on 127.0.0.1 with their data under var/. Ctrl-C stops everything.
+one worker, the HTTP API and the simulated picker, all on 127.0.0.1 with their data under var/. Ctrl-C stops everything.
 
 While it runs, `<var_dir>/stack.json` holds the settings it runs with, and the `fulfill` CLI follows them
 (common/cli/_base.py): a shell without FULFILL_DATABASE_URL still reads the stack's database.
@@ -117,10 +117,12 @@ def _banner(settings: Settings) -> str:
     ui = f"http://localhost:{settings.temporal_ui_port}"
     picker = f"confirms picks after {settings.picker_delay:g}s" if settings.picker_enabled else "off"
     host = _client_host(settings.sandbox_host)
+    api = f"http://{_client_host(settings.api_host)}:{settings.api_port}"
     return f"""
   Fulfillment engine is up.
     Temporal Web UI   {ui}/namespaces/{settings.temporal_namespace}/workflows
     Temporal gRPC     {settings.temporal_address}
+    HTTP API          {api}/v1  (reference: {api}/docs, schema: {api}/openapi.json)
     Sandbox SMTP      {host}:{settings.sandbox_smtp_port}
     Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
     Sandbox carrier   {settings.carrier_api_base}
@@ -133,6 +135,9 @@ def _banner(settings: Settings) -> str:
   Try, in another shell (source .venv/bin/activate first):
     fulfill order place examples/order.json
     fulfill order status ORD-1001
+    KEY=$(fulfill api-key create --name storefront --scope intake)
+    curl -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+         -d @examples/order.json {api}/v1/orders
     fulfill outbox --order ORD-1001
     fulfill dev outage carrier --for 60     # watch orders wait in the Web UI, then recover
   Ctrl-C stops everything; data stays in {settings.var_dir}/ for the next `make run`
@@ -152,6 +157,7 @@ def main() -> None:
         ("sandbox HTTP", settings.sandbox_http_port),
         ("sandbox carrier", settings.sandbox_carrier_port),
         ("sandbox payments", settings.sandbox_payments_port),
+        ("HTTP API", settings.api_port),
     ]:
         if _port_open(host or "127.0.0.1", p):
             raise SystemExit(f"port {p} ({what}) is already in use: is another `make run` up?")
@@ -176,6 +182,8 @@ def main() -> None:
         sandbox = start("sandbox", [sys.executable, "-m", "workers.sandbox"])
         wait_for_port(settings.sandbox_host, settings.sandbox_payments_port, "sandbox servers", sandbox)
         start("worker", [sys.executable, "-m", "workers.worker"])
+        api = start("api", [sys.executable, "-m", "workers.api"])
+        wait_for_port(_client_host(settings.api_host).strip("[]"), settings.api_port, "HTTP API", api)
         write_stack_file(settings)
         print(_banner(settings), flush=True)
         asyncio.run(_supervise(settings, procs))

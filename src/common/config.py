@@ -19,6 +19,11 @@ from common.models import PartialShipment
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FULFILL_", extra="ignore")
 
+    # HTTP API (workers/api.py, started by `make run`): bind address, and the largest request body it reads
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
     # Temporal
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"

@@ -40,25 +40,26 @@ def test_the_image_leaves_the_development_stack_out() -> None:
 def test_the_image_has_every_workers_module_the_worker_imports() -> None:
     graph = grimp.build_graph("workers", "common", "activities", "workflows", "sandbox")
     needed = {m for m in graph.find_upstream_modules("workers.worker") if m.startswith("workers.")}
-    needed |= {"workers.worker", "workers.cli"}
+    needed |= {"workers.worker", "workers.cli", "workers.api"}
     assert needed <= copied_workers_modules()
 
 
 def test_worker_and_fulfill_without_the_sandbox() -> None:
-    """As in the image: the dev-only modules cannot be imported. The worker imports, and `fulfill` has the
-    engine's commands but not the developer's."""
+    """As in the image: the dev-only modules cannot be imported. The worker and the HTTP API import, and
+    `fulfill` has the engine's commands but not the developer's."""
     script = textwrap.dedent(f"""
         import sys
         for name in {DEV_ONLY!r}:
             sys.modules[name] = None  # importing it raises ModuleNotFoundError, as where it is not installed
         import workers.worker
+        import workers.api
         from workers.cli import app
         names = [g.name for g in app.registered_groups] + [c.name for c in app.registered_commands]
         print(" ".join(sorted(names)))
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["catalog", "inventory", "order", "warehouse"]
+    assert result.stdout.split() == ["api-key", "catalog", "inventory", "order", "warehouse"]
 
 
 def test_fulfill_of_a_development_install_has_the_dev_commands() -> None:

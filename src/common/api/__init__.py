@@ -248,7 +248,8 @@ class FulfillmentApi:
         try:
             await listing.fetch_next_page()
         except RPCError as err:
-            if err.status == RPCStatusCode.INVALID_ARGUMENT:
+            unavailable = err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+            if token is not None and not unavailable:  # what else the server says of a token it cannot read
                 raise InvalidRequest("cursor: not a cursor this API gave out, or it expired") from None
             raise
         orders = [order_summary(wf) for wf in listing.current_page or []]

@@ -1,0 +1,52 @@
+"""The FastAPI application: routers, API-key auth, problem+json errors, the body limit, the OpenAPI schema."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from common.api import FulfillmentApi
+from common.config import Settings
+from common.http import health, inventory, orders, problems, warehouse
+from common.http.limits import BodyLimit
+
+DESCRIPTION = """\
+Place orders, follow them, act on them, and run the warehouse and the stock, over HTTP.
+
+Every endpoint but `/healthz` and `/readyz` needs an API key (`Authorization: Bearer <key>`) from
+`fulfill api-key create --name NAME --scope SCOPE`. Scopes: `intake` (place orders, read them), `ops` (act on
+orders, returns and stock; read everything), `warehouse` (pick tasks, returned parcels, receipts and counts),
+`read` (read everything). Errors are `application/problem+json` (RFC 9457); a refused request changed nothing.
+"""
+
+
+def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI:
+    """The app; with `api`, it uses that one (tests), else it connects at startup and closes at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if api is not None:
+            app.state.api = api
+            yield
+            return
+        async with await FulfillmentApi.connect(settings) as connected:
+            app.state.api = connected
+            yield
+
+    app = FastAPI(
+        title="Fulfillment engine",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=problems.COMMON_PROBLEMS,
+    )
+    if api is not None:
+        app.state.api = api  # also without the lifespan (an ASGI transport in tests runs none)
+    problems.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.include_router(health.router)
+    for router in (orders.router, warehouse.router, inventory.router):
+        app.include_router(router)
+    return app
