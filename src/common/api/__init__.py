@@ -52,6 +52,7 @@ from common.errors import (
     PickTaskNotFound,
     RequestRefused,
     RmaNotFound,
+    StillUnderWay,
 )
 from common.intake import describe_error, parse_order
 from common.inventory.alerts import alert_ops_now
@@ -77,7 +78,15 @@ from common.order_signals import DeliveryReport, deliver_order_signals, wake_bac
 from common.orders.intake_keys import IdempotencyKeyReused
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.store import Store
-from common.temporal import CUSTOMER_ID, ORDER_STATUS, PICK_OVERDUE, SKUS, connect, execute_update
+from common.temporal import (
+    CUSTOMER_ID,
+    ORDER_STATUS,
+    PICK_OVERDUE,
+    SKUS,
+    UpdateStillRunning,
+    connect,
+    execute_update,
+)
 from common.warehouse.contracts import PickTask, PickTaskClosed, ShipmentReleased
 from common.warehouse.short_picks import shortage_problem
 from workflows.order import OrderWorkflow
@@ -87,16 +96,25 @@ __all__ = ["FulfillmentApi", "OrderPage", "OrderSummary", "PlacedOrder", "StockU
 
 
 class FulfillmentApi:
-    def __init__(self, client: Client, store: Store, settings: Settings) -> None:
+    def __init__(self, client: Client, store: Store, settings: Settings, *, update_wait: float | None = None) -> None:
         self.client = client
         self.store = store
         self.settings = settings
+        # How long an ops action waits for the order to carry it out before StillUnderWay; None: until it has.
+        self.update_wait = update_wait
 
     @classmethod
-    async def connect(cls, settings: Settings, *, store: Store | None = None, client: Client | None = None) -> Self:
+    async def connect(
+        cls,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        client: Client | None = None,
+        update_wait: float | None = None,
+    ) -> Self:
         store = store or await Store.open(settings.database_url)
         client = client or await connect(settings)
-        return cls(client, store, settings)
+        return cls(client, store, settings, update_wait=update_wait)
 
     async def __aenter__(self) -> Self:
         return self
@@ -134,34 +152,37 @@ class FulfillmentApi:
         (with the `client` it belongs to) says this is a retry of a placement already answered."""
         order = parse_order(data)
         digest = order_digest(order)
-        retry_of_key = False
-        if idempotency_key is not None:
-            try:
-                retry_of_key = not await self.store.intake_keys.claim(client, idempotency_key, digest, order.order_id)
-            except IdempotencyKeyReused as err:
-                raise OrderAlreadyExists(str(err)) from None
         prices = await self.store.catalog.prices([line.sku for line in order.lines])
         unknown = [line.sku for line in order.lines if line.sku not in prices]
         if unknown:
             raise InvalidOrder([f"lines: unknown sku {sku!r} (not in the catalogue)" for sku in unknown])
+        # Only a valid order binds a key (a client fixes a refused body and retries under the same key)
+        retry_of_key = await self._claim(idempotency_key, client, digest, order.order_id)
         order = with_prices(order, prices)
-        try:
-            handle = await self._start(order, placement=1, digest=digest)
-        except WorkflowAlreadyStartedError:
-            last_run = await self._last_run(order.order_id)
-            same = last_run is not None and await last_run.memo_value("digest", default=None) == digest
-            placement = None if retry_of_key else await next_placement(last_run)
-            if same and placement is None:
-                assert last_run is not None
-                return PlacedOrder(order.order_id, last_run.id, last_run.run_id or "", created=False)
-            if placement is None:
-                raise OrderAlreadyExists(already_placed(order.order_id, last_run)) from None
+        placement = 1
+        while True:
             try:
                 handle = await self._start(order, placement=placement, digest=digest)
-            except WorkflowAlreadyStartedError:  # placed again by someone else just now
+                return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
+            except WorkflowAlreadyStartedError:
                 last_run = await self._last_run(order.order_id)
+                # Placed again once at most: losing that race to another placement ends here too
+                again = None if retry_of_key or placement > 1 else await next_placement(last_run)
+                if again is not None:
+                    placement = again
+                    continue
+                if last_run is not None and await last_run.memo_value("digest", default=None) == digest:
+                    return PlacedOrder(order.order_id, last_run.id, last_run.run_id or "", created=False)
                 raise OrderAlreadyExists(already_placed(order.order_id, last_run)) from None
-        return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
+
+    async def _claim(self, idempotency_key: str | None, client: str, digest: str, order_id: str) -> bool:
+        """Bind the key to this body; True if the key came before with it (a retry)."""
+        if idempotency_key is None:
+            return False
+        try:
+            return not await self.store.intake_keys.claim(client, idempotency_key, digest, order_id)
+        except IdempotencyKeyReused as err:
+            raise OrderAlreadyExists(str(err)) from None
 
     async def _start(self, order: Order, *, placement: int, digest: str) -> WorkflowHandle[Any, OrderView]:
         return await self.client.start_workflow(
@@ -295,12 +316,15 @@ class FulfillmentApi:
 
     async def _update(self, order_id: str, update: UpdateMethodMultiParam[..., Any], arg: Any) -> OrderView:
         """Run a validated Update (`OrderWorkflow.cancel`, ...); a refusal (by its validator, or by the carrier it
-        asked) comes back as RequestRefused, order unchanged. Returns the order as it stands after it."""
+        asked) comes back as RequestRefused, order unchanged. Returns the order as it stands after it, or, if it is
+        not carried out within `update_wait`, raises StillUnderWay (the order goes on with it)."""
         handle = self._handle(order_id)
         try:
             args = [] if arg is None else [arg]
-            await execute_update(handle, update, args)
+            await execute_update(handle, update, args, within=self.update_wait)
             return await self.order_status(order_id)
+        except UpdateStillRunning:
+            raise StillUnderWay(order_id) from None
         except WorkflowUpdateFailedError as err:
             raise RequestRefused(f"order {order_id}: {innermost_message(err)}") from None
         except RPCError as err:

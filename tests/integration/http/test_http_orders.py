@@ -105,6 +105,17 @@ async def test_an_idempotency_key_replays_and_refuses_another_body(
     assert await runs_of(api, order_id) == 1
 
 
+async def test_a_refused_body_does_not_use_up_its_idempotency_key(
+    http: httpx.AsyncClient, intake: dict[str, str]
+) -> None:
+    order_id = new_id()
+    headers = {**intake, "Idempotency-Key": f"checkout-{uuid.uuid4()}"}
+    refused = await http.post("/v1/orders", json=order_dict(order_id, {"NO-SUCH-SKU": 1}), headers=headers)
+    assert_problem(refused, 422)
+    fixed = await http.post("/v1/orders", json=order_dict(order_id), headers=headers)
+    assert fixed.status_code == 202, fixed.text
+
+
 async def test_racing_placements_of_one_order_start_it_once(
     http: httpx.AsyncClient, intake: dict[str, str], api: FulfillmentApi
 ) -> None:
