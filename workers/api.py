@@ -19,8 +19,8 @@ def main() -> None:
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
-        log_config=None,  # ours (configure_logging): no customer data in access lines, one format
-        access_log=False,
+        log_config=None,  # ours (configure_logging): one format, its masking filter
+        access_log=True,  # method, path, status: ids only, no customer data
         proxy_headers=True,
         timeout_graceful_shutdown=20,
     )

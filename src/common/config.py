@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # How long an ops action (cancel, hold...) waits for the order to carry it out before answering 202 (under way)
+    api_update_wait: float = Field(default=20.0, gt=0)
 
     # Temporal
     temporal_address: str = "127.0.0.1:7233"

@@ -52,3 +52,12 @@ class RequestRefused(Conflict, InvalidRequest):
 
 class RmaNotFound(NotFound, InvalidRequest):
     pass
+
+
+class StillUnderWay(Exception):
+    """Not a refusal: the order accepted the request and is carrying it out (a cancel waiting for the carrier to
+    void a label, say); it has not finished within the time the caller gave. Follow the order's status."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id}: accepted and under way; follow its status")
+        self.order_id = order_id

@@ -14,7 +14,7 @@ import temporalio.api.common.v1
 from pydantic import TypeAdapter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateStage
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
@@ -93,11 +93,14 @@ def dev_server_search_attribute_args() -> list[str]:
     return args
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+    """A client of the engine's namespace with the one data converter. `lazy`: connect at the first call (a
+    process that must start, and say it is not ready, while Temporal is away)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=DATA_CONVERTER,
+        lazy=lazy,
     )
 
 
@@ -141,17 +144,41 @@ UPDATE_ATTEMPTS = 10
 
 
 async def execute_update(
-    handle: WorkflowHandle[Any, Any], update: Any, args: list[Any], *, id: str | None = None
+    handle: WorkflowHandle[Any, Any],
+    update: Any,
+    args: list[Any],
+    *,
+    id: str | None = None,
+    within: float | None = None,
 ) -> Any:
     """`handle.execute_update`, sent again when the server aborted it in a race with other events; any other
-    error, and the last abort, are raised. `update` is a typed reference (`OrderWorkflow.cancel`) or a name."""
+    error, and the last abort, are raised. `update` is a typed reference (`OrderWorkflow.cancel`) or a name.
+
+    With `within` (seconds): once the workflow accepted the Update (its validator passed), wait that long for
+    its result, then raise UpdateStillRunning; the workflow carries it out all the same."""
     update_id = id or str(uuid.uuid4())
     for attempt in range(UPDATE_ATTEMPTS):
         try:
-            return await handle.execute_update(update, args=args, id=update_id)
+            if within is None:
+                return await handle.execute_update(update, args=args, id=update_id)
+            accepted = await handle.start_update(
+                update, args=args, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+            )
+            try:
+                return await asyncio.wait_for(asyncio.shield(accepted.result()), within)
+            except TimeoutError:
+                raise UpdateStillRunning(update_id) from None
         except RPCError as err:
             aborted = err.status == RPCStatusCode.FAILED_PRECONDITION and _UPDATE_ABORTED in err.message
             if not aborted or attempt == UPDATE_ATTEMPTS - 1:
                 raise
         await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
     raise AssertionError("unreachable")
+
+
+class UpdateStillRunning(Exception):
+    """The workflow accepted the Update and is still carrying it out (e.g. a cancel waiting for the carrier)."""
+
+    def __init__(self, update_id: str) -> None:
+        super().__init__(f"update {update_id} accepted and still under way")
+        self.update_id = update_id

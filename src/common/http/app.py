@@ -11,6 +11,7 @@ from common.api import FulfillmentApi
 from common.config import Settings
 from common.http import health, inventory, orders, problems, warehouse
 from common.http.limits import BodyLimit
+from common.temporal import connect
 
 DESCRIPTION = """\
 Place orders, follow them, act on them, and run the warehouse and the stock, over HTTP.
@@ -31,7 +32,11 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
             app.state.api = api
             yield
             return
-        async with await FulfillmentApi.connect(settings) as connected:
+        # A lazy client: the process starts while Temporal is away, and /readyz says so until it is back.
+        client = await connect(settings, lazy=True)
+        async with await FulfillmentApi.connect(
+            settings, client=client, update_wait=settings.api_update_wait
+        ) as connected:
             app.state.api = connected
             yield
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 
 from common.access.contracts import ApiKey
 from common.http.auth import INTAKE, OPS, READ_ALL, READ_ORDERS, api_of
@@ -50,7 +50,7 @@ def _url(order_id: str) -> str:
 
 @router.post(
     "",
-    status_code=status.HTTP_202_ACCEPTED,
+    status_code=202,
     response_model=PlacedOrderOut,
     responses=CONFLICT,
     summary="Place an order",
@@ -111,7 +111,12 @@ async def order_status(
     return await api_of(request).order_status(order_id)
 
 
-_ACTION = {**NOT_FOUND, **CONFLICT}
+# An action answers 200 once the order carried it out, 202 if it is still at it after FULFILL_API_UPDATE_WAIT.
+_ACTION: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    **CONFLICT,
+    202: {"model": OrderView, "description": "Accepted and still under way (the order as it stands); follow it"},
+}
 
 
 @router.post("/{order_id}/cancel", response_model=OrderView, responses=_ACTION, summary="Cancel an order")
@@ -147,7 +152,7 @@ async def resolve(
     request: Request, order_id: OrderIdPath, body: ResolveBody, key: Annotated[ApiKey, Depends(OPS)]
 ) -> OrderView:
     return await api_of(request).resolve_delivery_exception(
-        order_id, body.action, body.note, shipment=body.shipment, by=key.name
+        order_id, body.action.value, body.note, shipment=body.shipment, by=key.name
     )
 
 
@@ -160,7 +165,7 @@ async def update_address(
 
 @router.post(
     "/{order_id}/returns",
-    status_code=status.HTTP_201_CREATED,
+    status_code=201,
     response_model=OrderView,
     responses=_ACTION,
     summary="Request a return (RMA)",

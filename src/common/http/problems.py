@@ -19,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog.contracts import UnknownSkuError, UnknownWarehouseError
 from common.db.errors import StoreError
-from common.errors import Conflict, FulfillmentError, InvalidOrder, NotFound
+from common.errors import Conflict, FulfillmentError, InvalidOrder, NotFound, StillUnderWay
 from common.intake import describe_error
 from common.logs import describe_error as describe_exception
 
@@ -156,6 +156,14 @@ async def _refusal(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, 422, "invalid-request", "Invalid request", str(exc))
 
 
+async def _under_way(request: Request, exc: Exception) -> JSONResponse:
+    """Accepted, not finished within FULFILL_API_UPDATE_WAIT: 202 with the order as it stands now."""
+    assert isinstance(exc, StillUnderWay)
+    view = await request.app.state.api.order_status(exc.order_id)
+    location = {"Location": f"/v1/orders/{exc.order_id}"}
+    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=location)
+
+
 async def _bad_value(request: Request, exc: Exception) -> JSONResponse:
     """The stores refuse bad input with ValueError (and change nothing)."""
     return problem(request, 422, "invalid-request", "Invalid request", str(exc))
@@ -164,6 +172,8 @@ async def _bad_value(request: Request, exc: Exception) -> JSONResponse:
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     """Temporal or the database did not answer: the request may not have been carried out; retry it (every write
     here is idempotent or refused the second time)."""
+    if isinstance(exc, RuntimeError) and not str(exc).startswith(_CONNECT_FAILED):
+        return await _internal(request, exc)
     if isinstance(exc, RPCError) and exc.status not in (
         RPCStatusCode.UNAVAILABLE,
         RPCStatusCode.DEADLINE_EXCEEDED,
@@ -183,6 +193,10 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, 500, "internal", "Internal error", "the request failed inside the engine; see its log")
 
 
+# What a lazy Temporal client raises while it cannot connect
+_CONNECT_FAILED = "Failed client connect"
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
@@ -190,6 +204,15 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(FulfillmentError, _refusal)
     app.add_exception_handler(StoreError, _refusal)
     app.add_exception_handler(ValueError, _bad_value)
-    for unavailable in (RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError, DBAPIError, OSError):
+    app.add_exception_handler(StillUnderWay, _under_way)
+    unavailable_errors = (
+        RPCError,
+        RPCTimeoutOrCancelledError,
+        WorkflowQueryFailedError,
+        DBAPIError,
+        OSError,
+        RuntimeError,
+    )
+    for unavailable in unavailable_errors:
         app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(Exception, _internal)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from common.models import Address, Reason, Sku
-from common.returns import ReturnLine, ReturnReason
+from common.models import Address, DeliveryResolution, Reason, Sku
+from common.returns import Condition, ReturnLine, ReturnReason
 
 WarehouseCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")]
 Units = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -66,7 +66,7 @@ class ReturnBody(_Body):
 
 
 class ResolveBody(_Body):
-    action: str = Field(description="reship or refund", examples=["reship"])
+    action: DeliveryResolution = Field(examples=["reship"])
     note: Reason | None = None
     shipment: int | None = Field(default=None, ge=1)
 
@@ -98,7 +98,7 @@ class PickConfirmBody(_Body):
 class ReceivedLine(_Body):
     sku: Sku
     quantity: Units
-    condition: str = Field(description="resellable or damaged", examples=["resellable"])
+    condition: Condition = Field(examples=["resellable"])
 
 
 class ReceiveReturnBody(_Body):

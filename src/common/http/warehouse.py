@@ -52,7 +52,7 @@ async def rma_status(request: Request, rma_id: RmaId, _: Annotated[ApiKey, Depen
 async def receive_return(
     request: Request, rma_id: RmaId, body: ReceiveReturnBody, _: Annotated[ApiKey, Depends(WAREHOUSE)]
 ) -> RmaView:
-    lines = [(line.sku, line.quantity, line.condition) for line in body.lines]
+    lines = [(line.sku, line.quantity, line.condition.value) for line in body.lines]
     return await api_of(request).receive_return(rma_id, lines, body.note)
 
 
