@@ -126,6 +126,24 @@ async def held_then_released(stack: Stack, path: str) -> str:
     return order_id
 
 
+async def ops_actions_by_name(stack: Stack, path: str) -> str:
+    """Ops actions that say who asked (an API key's name): HoldRequest and ReleaseRequest with `by`, an
+    AddressChange instead of a bare Address."""
+    order_id = await stack.place(path, {"BOOK-ADA": 1})
+    await stack.wait_for(order_id, OrderStatus.PICKING)
+    await stack.api.hold_order(order_id, "fraud check", by="ops-console")
+    await stack.api.release_order(order_id, by="ops-console")
+    await stack.api.update_address(
+        order_id, dict(order_dict(order_id)["ship_to"], line1="2 Good Road"), by="ops-console"
+    )
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    notes = [e.note for e in view.timeline]
+    assert "hold requested: fraud check (by ops-console)" in notes, notes
+    assert "ship-to address updated by ops-console" in notes, notes
+    return order_id
+
+
 async def address_invalid_then_fixed(stack: Stack, path: str) -> str:
     order_id = f"REC-{path.replace('_', '-')}"
     data = order_dict(order_id, {"MUG-BLUE": 1})
@@ -400,6 +418,8 @@ SCENARIOS: dict[str, Scenario] = {
     "refunded_through_the_gateway": delivery_exception_refunded,
     "placed_by_an_old_starter": placed_by_an_old_starter,
     "return_failed_for_ops": return_failed_for_ops,
+    # Ops requests that name who asked (the HTTP API's keys, the CLI's user)
+    "ops_actions_by_name": ops_actions_by_name,
 }
 
 

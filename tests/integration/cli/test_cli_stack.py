@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
@@ -158,7 +159,7 @@ def free_port() -> int:
 def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
     """The real `make run` (workers/devstack.py) on a database of its own: a shell with no FULFILL_* at all, in
     the same directory, reaches its database and its Temporal; once it stops, the file is gone."""
-    ports = {name: free_port() for name in ("temporal", "ui", "smtp", "http", "carrier", "payments")}
+    ports = {name: free_port() for name in ("temporal", "ui", "smtp", "http", "carrier", "payments", "api")}
     database = f"sqlite+aiosqlite:///{tmp_path / 'stack-own.db'}"
     env = shell(
         FULFILL_DATABASE_URL=database,
@@ -173,6 +174,7 @@ def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
         FULFILL_SMS_STATUS_CALLBACK_URL=f"http://127.0.0.1:{ports['http']}/sms/status",
         FULFILL_CARRIER_API_BASE=f"http://127.0.0.1:{ports['carrier']}/v2",
         FULFILL_PICKER_ENABLED="false",
+        FULFILL_API_PORT=str(ports["api"]),
     )
     log = (tmp_path / "make-run.log").open("w")
     proc = subprocess.Popen(
@@ -193,6 +195,16 @@ def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         done = fulfill(bare, "order", "status", "ORD-STACK-1", "--json", cwd=tmp_path)
         assert done.returncode == 0 and json.loads(done.stdout)["order_id"] == "ORD-STACK-1", done.stderr
+        # The HTTP API is up too, on the stack's database: a key made with the CLI places an order over HTTP.
+        key = fulfill(bare, "api-key", "create", "--name", "storefront", "--scope", "intake", cwd=tmp_path)
+        assert key.returncode == 0, key.stderr
+        placed = httpx.post(
+            f"http://127.0.0.1:{ports['api']}/v1/orders",
+            json=order_dict("ORD-STACK-2", {"MUG-RED": 1}),
+            headers={"Authorization": f"Bearer {key.stdout.strip()}"},
+            timeout=30,
+        )
+        assert placed.status_code == 202, placed.text
         done = fulfill(bare, "dev", "outages", "--json", cwd=tmp_path)
         assert (done.returncode, json.loads(done.stdout or "null")) == (0, []), done.stderr
         assert not (tmp_path / "var" / "fulfill.db").exists()  # the default database was never opened
@@ -202,4 +214,5 @@ def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
         log.close()
     banner = (tmp_path / "make-run.log").read_text()
     assert database in banner and "the fulfill CLI follows this stack" in banner
+    assert f"HTTP API          http://127.0.0.1:{ports['api']}/v1" in banner
     assert not path.exists()
