@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from common.api import FulfillmentApi
+from common.cli._base import cli_actor
 from common.models import OrderStatus, OrderView
 from common.store import Store
 from sandbox import SandboxServers
@@ -165,8 +166,12 @@ async def test_hold_stops_the_order_and_release_resumes_it(api: FulfillmentApi, 
     released = await run_cli(cli, "order", "release", order_id)
     assert released.returncode == 0, released.stderr
     view = await wait_status(api, order_id, OrderStatus.COMPLETED)
-    statuses = [e.status.value for e in view.timeline]
+    entries = [e.status.value for e in view.timeline]
+    statuses = [s for i, s in enumerate(entries) if i == 0 or s != entries[i - 1]]  # its changes of status
     assert statuses[:6] == ["RECEIVED", "RESERVED", "PICKING", "ON_HOLD", "PICKING", "PACKED"]
+    notes = [e.note for e in view.timeline]
+    assert f"hold requested: fraud check (by {cli_actor()})" in notes  # who asked: the CLI's user
+    assert f"release requested (by {cli_actor()})" in notes
 
     not_held = await run_cli(cli, "order", "release", order_id)
     assert not_held.returncode == 2 and "is closed (COMPLETED)" in not_held.stderr

@@ -255,8 +255,9 @@ async def test_finding_5_m_the_api_tells_the_order_at_once_or_leaves_it_to_the_r
     c = _order_id()
     handle_c = await orders(c)
     released = await _picking(db, c, qty=1)
-    change = await up.count_stock("MUG-RED", "LDN-1", 0, reason="flood")  # only the packed parcels are left
-    assert change.released_shipments == {c: [1]}
+    counted = await up.count_stock("MUG-RED", "LDN-1", 0, reason="flood")  # only the packed parcels are left
+    assert counted.change.released_shipments == {c: [1]}
+    assert counted.orders_told.ok
     assert await handle_c.query(OrderStandIn.received) == [["reservation_released", "MUG-RED", [1], "count: flood"]]
     # Staff confirming the released parcel are told not to ship it.
     with pytest.raises(PickNotAllowed, match="its stock was released by a count: do not ship it"):
