@@ -34,8 +34,10 @@ class ShippingSpeed(StrEnum):
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 E164Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")]
-OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Sku = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,63}$")]
+ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SKU_PATTERN = r"^[A-Z0-9][A-Z0-9._-]{0,63}$"
+OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
+Sku = Annotated[str, StringConstraints(pattern=SKU_PATTERN)]
 
 
 class _Strict(BaseModel):

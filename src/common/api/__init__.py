@@ -162,7 +162,7 @@ class FulfillmentApi:
         placement = 1
         while True:
             try:
-                handle = await self._start(order, placement=placement, digest=digest)
+                handle = await self._start(order, placement=placement, digest=digest, placed_by=client)
                 return PlacedOrder(order.order_id, handle.id, handle.result_run_id or "")
             except WorkflowAlreadyStartedError:
                 last_run = await self._last_run(order.order_id)
@@ -184,7 +184,9 @@ class FulfillmentApi:
         except IdempotencyKeyReused as err:
             raise OrderAlreadyExists(str(err)) from None
 
-    async def _start(self, order: Order, *, placement: int, digest: str) -> WorkflowHandle[Any, OrderView]:
+    async def _start(
+        self, order: Order, *, placement: int, digest: str, placed_by: str
+    ) -> WorkflowHandle[Any, OrderView]:
         return await self.client.start_workflow(
             OrderWorkflow.run,
             OrderWorkflowInput(
@@ -206,7 +208,8 @@ class FulfillmentApi:
                     SearchAttributePair(PICK_OVERDUE, False),  # so that `PickOverdue=false` lists it
                 ]
             ),
-            memo={"placement": placement, "digest": digest},
+            # placed_by: the client (an API key's name) that placed it, who alone may read it with an intake key
+            memo={"placement": placement, "digest": digest, "placed_by": placed_by},
             static_summary=f"Order {order.order_id}: {sum(li.quantity for li in order.lines)} units, "
             f"{order.shipping_speed.value} to {order.ship_to.country}",
         )
@@ -224,10 +227,14 @@ class FulfillmentApi:
     def _handle(self, order_id: str) -> WorkflowHandle[Any, OrderView]:
         return self.client.get_workflow_handle(workflow_id_for(order_id), result_type=OrderView)
 
-    async def order_status(self, order_id: str) -> OrderView:
+    async def order_status(self, order_id: str, *, placed_by: str | None = None) -> OrderView:
+        """The order's view. With `placed_by`, only an order that client placed: any other is OrderNotFound (a
+        storefront sees its own orders, not another's)."""
         handle = self._handle(order_id)
         try:
             description = await handle.describe()
+            if placed_by is not None and await description.memo_value("placed_by", default=None) != placed_by:
+                raise OrderNotFound(f"no order {order_id!r}")
             if description.status == WorkflowExecutionStatus.COMPLETED:
                 return await handle.result()  # the final view, readable without a worker
             if description.status == WorkflowExecutionStatus.FAILED:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from common.api import FulfillmentApi
 from common.config import Settings
@@ -40,7 +41,8 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
             app.state.api = connected
             yield
 
-    app = FastAPI(
+    # /docs and /redoc from bundled assets: the reference works on a machine without internet access
+    app = FastAPIOffline(
         title="Fulfillment engine",
         version="1",
         description=DESCRIPTION,

@@ -52,11 +52,16 @@ def allowed(*scopes: Scope) -> Callable[..., Awaitable[ApiKey]]:
     return caller
 
 
+def own_orders_only(key: ApiKey) -> str | None:
+    """The client whose orders alone this key may read (an intake key's), None if it may read every order."""
+    return None if key.scopes & {Scope.READ, Scope.OPS} else key.name
+
+
 # Who may call what. Reading is open to every scope that works with what it reads.
 INTAKE = allowed(Scope.INTAKE)
 OPS = allowed(Scope.OPS)
 WAREHOUSE = allowed(Scope.WAREHOUSE)
 OPS_OR_WAREHOUSE = allowed(Scope.OPS, Scope.WAREHOUSE)
-READ_ORDERS = allowed(Scope.READ, Scope.OPS, Scope.INTAKE)  # a storefront follows the orders it placed
+READ_ORDERS = allowed(Scope.READ, Scope.OPS, Scope.INTAKE)  # an intake key: the orders it placed (own_orders_only)
 READ_ALL = allowed(Scope.READ, Scope.OPS)
 READ_WAREHOUSE = allowed(Scope.READ, Scope.OPS, Scope.WAREHOUSE)

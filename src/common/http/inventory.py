@@ -20,10 +20,11 @@ from common.http.schemas import (
     StockLevelOut,
     StockUpdateOut,
 )
+from common.models import SKU_PATTERN
 
 router = APIRouter(prefix="/v1/inventory", tags=["inventory"])
 
-SkuPath = Annotated[str, Path(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,63}$", examples=["MUG-RED"])]
+SkuPath = Annotated[str, Path(pattern=SKU_PATTERN, examples=["MUG-RED"])]
 WarehouseQuery = Annotated[str | None, Query(max_length=32, description="Only this warehouse")]
 
 

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 
 from common.access.contracts import ApiKey
-from common.http.auth import INTAKE, OPS, READ_ALL, READ_ORDERS, api_of
+from common.http.auth import INTAKE, OPS, READ_ALL, READ_ORDERS, api_of, own_orders_only
 from common.http.problems import CONFLICT, NOT_FOUND, ProblemError
 from common.http.schemas import (
     AddressBody,
@@ -22,11 +22,11 @@ from common.http.schemas import (
     RetryBody,
     ReturnBody,
 )
-from common.models import Order, OrderStatus, OrderView, ReturnSummary
+from common.models import ORDER_ID_PATTERN, Order, OrderStatus, OrderView, ReturnSummary
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
-OrderIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["ORD-1001"])]
+OrderIdPath = Annotated[str, Path(pattern=ORDER_ID_PATTERN, examples=["ORD-1001"])]
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 ORDER_EXAMPLE = {
@@ -106,12 +106,12 @@ async def list_orders(
 
 @router.get("/{order_id}", response_model=OrderView, responses=NOT_FOUND, summary="An order's status")
 async def order_status(
-    request: Request, order_id: OrderIdPath, _: Annotated[ApiKey, Depends(READ_ORDERS)]
+    request: Request, order_id: OrderIdPath, key: Annotated[ApiKey, Depends(READ_ORDERS)]
 ) -> OrderView:
-    return await api_of(request).order_status(order_id)
+    """With an intake key, only the orders that key's client placed (others are 404)."""
+    return await api_of(request).order_status(order_id, placed_by=own_orders_only(key))
 
 
-# An action answers 200 once the order carried it out, 202 if it is still at it after FULFILL_API_UPDATE_WAIT.
 _ACTION: dict[int | str, dict[str, Any]] = {
     **NOT_FOUND,
     **CONFLICT,
@@ -192,6 +192,6 @@ async def request_return(
     "/{order_id}/returns", response_model=list[ReturnSummary], responses=NOT_FOUND, summary="An order's returns"
 )
 async def order_returns(
-    request: Request, order_id: OrderIdPath, _: Annotated[ApiKey, Depends(READ_ORDERS)]
+    request: Request, order_id: OrderIdPath, key: Annotated[ApiKey, Depends(READ_ORDERS)]
 ) -> list[ReturnSummary]:
-    return (await api_of(request).order_status(order_id)).returns
+    return (await api_of(request).order_status(order_id, placed_by=own_orders_only(key))).returns

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from typing import Any
 
@@ -182,7 +183,9 @@ async def test_an_oversized_body_is_413_and_starts_nothing(
     assert not await started(api, order_id)
 
 
-async def test_keys_and_scopes(http: httpx.AsyncClient, store: Store, warehouse: dict[str, str]) -> None:
+async def test_keys_and_scopes(
+    http: httpx.AsyncClient, store: Store, warehouse: dict[str, str], intake: dict[str, str]
+) -> None:
     order_id = new_id()
     missing = await http.post("/v1/orders", json=order_dict(order_id))
     assert assert_problem(missing, 401) and missing.headers["www-authenticate"].startswith("Bearer")
@@ -191,6 +194,15 @@ async def test_keys_and_scopes(http: httpx.AsyncClient, store: Store, warehouse:
     assert_problem(await http.post("/v1/orders", json=order_dict(order_id), headers={"Authorization": "x"}), 401)
     assert_problem(await http.post("/v1/orders", json=order_dict(order_id), headers=warehouse), 403)
     assert_problem(await http.post(f"/v1/orders/{order_id}/cancel", json={"reason": "x"}, headers=warehouse), 403)
+
+    # A storefront reads the orders it placed, not another's; ops and read keys read them all.
+    mine = await http.post("/v1/orders", json=order_dict(new_id()), headers=intake)
+    assert mine.status_code == 202
+    other_storefront = await new_key(store, "intake", name=f"marketplace-{uuid.uuid4().hex[:6]}")
+    assert_problem(await http.get(mine.json()["url"], headers=other_storefront), 404)
+    assert_problem(await http.get(mine.json()["url"] + "/returns", headers=other_storefront), 404)
+    assert (await http.get(mine.json()["url"], headers=intake)).status_code == 200
+    assert (await http.get(mine.json()["url"], headers=await new_key(store, "read"))).status_code == 200
 
     name = f"short-lived-{uuid.uuid4().hex[:6]}"
     headers = await new_key(store, "intake", name=name)
@@ -297,3 +309,12 @@ async def test_health_and_readiness(http: httpx.AsyncClient) -> None:
     assert (await http.get("/healthz")).json() == {"status": "ok", "checks": {}}
     ready = await http.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"temporal": "ok", "database": "ok"}
+
+
+async def test_the_reference_pages_need_no_internet(http: httpx.AsyncClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = (await http.get(page)).text
+        assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+        assert assets and all(a.startswith("/") for a in assets), (page, assets)
+        for asset in assets:
+            assert (await http.get(asset)).status_code == 200, asset
