@@ -22,6 +22,7 @@ The tests are synchronous: hypothesis's state machine runs the async Store throu
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
@@ -46,8 +47,9 @@ CODES = tuple(code for code, _, _ in WAREHOUSES)
 ORDERS = tuple(f"ORD-{i}" for i in range(8))
 RETURNS = {"RMA-1": 2, "RMA-2": 1}  # units per line of each return: a repeat with the same ref adds nothing
 STORES = 3
-# Per database: about 60 s on the project machine.
-MAX_EXAMPLES = 150
+# Per database: 150 examples took 60 s on the project machine once, and 155-185 s on 2026-12-01's, a third of
+# the suite's 15 minutes; 50 keep it near a minute. FULFILL_TEST_INVARIANT_EXAMPLES searches deeper.
+MAX_EXAMPLES = int(os.environ.get("FULFILL_TEST_INVARIANT_EXAMPLES", "50"))
 STEPS = 40
 
 sku_st = st.sampled_from(SKUS)
