@@ -30,17 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +48,10 @@ from common.config import Settings
 from common.store import Store
 from orders import (
     bench_order,
+    bench_run,
     cpu_delta,
     cpu_snapshot,
     engine_settings,
-    engine_version,
-    machine_info,
     open_store,
     percentile,
     save,
@@ -68,13 +62,11 @@ from stack import (
     LOCALHOST,
     Process,
     StackError,
-    connect_when_up,
     free_port,
     settings_env,
     spawn,
     start_engine_worker,
     start_sandbox,
-    start_temporal,
 )
 
 console = Console(stderr=True)
@@ -487,35 +479,10 @@ def _request_row(s: Sent) -> dict[str, Any]:
 
 
 async def run(opts: Options) -> dict:
-    started = datetime.now(UTC)
-    run_id = started.strftime("%H%M%S") + f"{random.randrange(16**3):03x}"
-    work_dir = Path(tempfile.mkdtemp(prefix="fulfill-bench-http-"))
-    results: dict[str, Any] = {
-        "started_at": started.strftime("%Y%m%dT%H%M%SZ"),
-        "machine": machine_info(),
-        "engine_version": engine_version(),
-        "config": {k: v for k, v in vars(opts).items() if k not in ("save", "keep")},
-    }
-    server: Process | None = None
-    ok = False
-    try:
-        if opts.address is None:
-            server, address = start_temporal(work_dir)
-        else:
-            address = opts.address
-        client = await connect_when_up(address, opts.namespace, server)
-        results["temporal"] = {"address": address, "own_dev_server": server is not None}
-        results |= await http_phases(client, opts, work_dir, run_id, server)
-        results["machine"]["loadavg_after"] = os.getloadavg()
-        ok = results["exactly_once"]["ok"] and not results["api"]["log_errors"]
-        return results
-    finally:
-        if server is not None:
-            server.stop()
-        if ok and not opts.keep:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        else:
-            console.log(f"logs and data kept in {work_dir}")
+    async with bench_run(opts, "fulfill-bench-http-") as b:
+        b.results |= await http_phases(b.client, opts, b.work_dir, b.run_id, b.server)
+        b.ok = b.results["exactly_once"]["ok"] and not b.results["api"]["log_errors"]
+    return b.results
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:

@@ -799,10 +799,25 @@ def save(results: dict, kind: str) -> Path:
 # ------------------------------------------------------------------------------------------------ main
 
 
-async def run(opts: Options) -> dict:
+@dataclass
+class BenchRun:
+    """One run on one Temporal server: the phases write into `results`; `ok` lets the temporary data go."""
+
+    client: Client
+    work_dir: Path
+    run_id: str
+    server: Process | None
+    results: dict[str, Any]
+    ok: bool = False
+
+
+@contextlib.asynccontextmanager
+async def bench_run(opts: Any, prefix: str) -> AsyncIterator[BenchRun]:
+    """The results' header (time, machine, engine, options), the dev server (unless `opts.address` names one), and
+    at the end the server stopped and the data deleted, or kept (and said where) if the run did not end ok or
+    `opts.keep`."""
     started = datetime.now(UTC)
-    run_id = started.strftime("%H%M%S") + f"{random.randrange(16**3):03x}"
-    work_dir = Path(tempfile.mkdtemp(prefix="fulfill-bench-"))
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
     results: dict[str, Any] = {
         "started_at": started.strftime("%Y%m%dT%H%M%SZ"),
         "machine": machine_info(),
@@ -810,7 +825,7 @@ async def run(opts: Options) -> dict:
         "config": {k: v for k, v in vars(opts).items() if k not in ("save", "keep")},
     }
     server: Process | None = None
-    ok = False
+    bench: BenchRun | None = None
     try:
         if opts.address is None:
             server, address = start_temporal(work_dir)
@@ -818,23 +833,30 @@ async def run(opts: Options) -> dict:
             address = opts.address
         client = await connect_when_up(address, opts.namespace, server)
         results["temporal"] = {"address": address, "own_dev_server": server is not None}
-        if opts.scale:
-            results["scale"] = await scale_phase(client, opts, work_dir, run_id, server)
-        else:
-            if opts.floor:
-                results["floor"] = await floor_phase(client, opts, work_dir, run_id, server)
-            if opts.engine:
-                results["engine"] = await engine_phase(client, opts, work_dir, run_id, server)
+        run_id = started.strftime("%H%M%S") + f"{random.randrange(16**3):03x}"
+        bench = BenchRun(client, work_dir, run_id, server, results)
+        yield bench
         results["machine"]["loadavg_after"] = os.getloadavg()
-        ok = True
-        return results
     finally:
         if server is not None:
             server.stop()
-        if ok and not opts.keep:
+        if bench is not None and bench.ok and not opts.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
         else:
             console.log(f"logs and data kept in {work_dir}")
+
+
+async def run(opts: Options) -> dict:
+    async with bench_run(opts, "fulfill-bench-") as b:
+        if opts.scale:
+            b.results["scale"] = await scale_phase(b.client, opts, b.work_dir, b.run_id, b.server)
+        else:
+            if opts.floor:
+                b.results["floor"] = await floor_phase(b.client, opts, b.work_dir, b.run_id, b.server)
+            if opts.engine:
+                b.results["engine"] = await engine_phase(b.client, opts, b.work_dir, b.run_id, b.server)
+        b.ok = True
+    return b.results
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:

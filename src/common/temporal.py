@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -14,7 +15,7 @@ import temporalio.api.common.v1
 from pydantic import TypeAdapter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateStage
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError, WorkflowUpdateStage
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
@@ -164,9 +165,9 @@ async def execute_update(
             accepted = await handle.start_update(
                 update, args=args, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
             )
-            try:
-                return await asyncio.wait_for(asyncio.shield(accepted.result()), within)
-            except TimeoutError:
+            try:  # the poll of the result gives up after `within`; the Update goes on
+                return await accepted.result(rpc_timeout=timedelta(seconds=within))
+            except WorkflowUpdateRPCTimeoutOrCancelledError:
                 raise UpdateStillRunning(update_id) from None
         except RPCError as err:
             aborted = err.status == RPCStatusCode.FAILED_PRECONDITION and _UPDATE_ABORTED in err.message

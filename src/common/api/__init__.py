@@ -58,6 +58,7 @@ from common.intake import describe_error, parse_order
 from common.inventory.alerts import alert_ops_now
 from common.inventory.contracts import LedgerEntry, StockChange, StockLevel
 from common.inventory.planning import StockForecast, stock_forecasts
+from common.logs import describe_error as describe_exception
 from common.models import (
     ORDER_WORKFLOW_VERSION,
     Address,
@@ -402,7 +403,7 @@ class FulfillmentApi:
                 self.client, self.store, workflow_ids=[workflow_id_for(o) for o in order_ids]
             )
         except Exception as err:  # e.g. the database went away just after the change: the relay retries
-            return DeliveryReport(error=f"{type(err).__name__}: {err}"[:300])
+            return DeliveryReport(error=describe_exception(err, limit=300))
 
     # ------------------------------------------------------------------------------------------ stock
 

@@ -1,15 +1,10 @@
 """A cap on request bodies (`FULFILL_API_MAX_BODY_BYTES`), checked on Content-Length and on the bytes read,
-so a client cannot make the process buffer more than that."""
+so a client cannot make the process buffer more than that. The app's problem handler answers the 413."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from common.http.problems import PROBLEM_JSON
 
 
 def _too_large(max_bytes: int) -> HTTPException:
@@ -26,32 +21,19 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, send)
-            return
-        seen = 0
+        # A declared length over the cap is refused at the first read, before a byte of the body is taken
+        over = declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes)
+        seen = self.max_bytes + 1 if over else 0
 
         async def counting_receive() -> Message:
             nonlocal seen
+            if seen > self.max_bytes:
+                raise _too_large(self.max_bytes)  # answered 413 by the app's problem handler
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _too_large(self.max_bytes)  # answered 413 by the app's problem handler
+                    raise _too_large(self.max_bytes)
             return message
 
         await self.app(scope, counting_receive, send)
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        body: dict[str, Any] = {
-            "type": "/problems/body-too-large",
-            "title": "Body too large",
-            "status": 413,
-            "detail": f"the request body is larger than {self.max_bytes} bytes",
-            "instance": scope.get("path", ""),
-            "errors": [],
-        }
-        payload = json.dumps(body).encode()
-        headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 
@@ -96,9 +95,8 @@ async def list_orders(
     )
     following = None
     if page.next_cursor is not None:
-        query = {"status": status.value if status else None, "customer": customer, "sku": sku, "limit": limit}
-        kept = {k: v for k, v in query.items() if v is not None}
-        following = f"/v1/orders?{urlencode({**kept, 'cursor': page.next_cursor})}"
+        url = request.url.include_query_params(cursor=page.next_cursor)  # the same filters, the next page
+        following = f"{url.path}?{url.query}"
     return OrderPageOut(
         orders=[OrderSummaryOut.model_validate(o) for o in page.orders], next_cursor=page.next_cursor, next=following
     )

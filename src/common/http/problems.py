@@ -76,7 +76,13 @@ CONFLICT = _responses(409)
 
 
 def problem(
-    request: Request, status: int, slug: str, title: str, detail: str, errors: list[FieldProblem] | None = None
+    request: Request,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[FieldProblem] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = Problem(
         type=f"/problems/{slug}",
@@ -86,7 +92,7 @@ def problem(
         instance=request.url.path,
         errors=errors or [],
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=status, media_type=PROBLEM_JSON)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field_problems(errors: list[Any]) -> list[FieldProblem]:
@@ -115,12 +121,10 @@ async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}.get(exc.status_code, "http-error")
     title = {404: "Not found", 405: "Method not allowed", 413: "Body too large"}.get(exc.status_code, "HTTP error")
-    response = problem(request, exc.status_code, slug, title, str(exc.detail))
-    for name, value in (exc.headers or {}).items():
-        response.headers[name] = value
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        response.headers["Allow"] = ", ".join(_methods_of(request))
-    return response
+        headers["Allow"] = ", ".join(_methods_of(request))
+    return problem(request, exc.status_code, slug, title, str(exc.detail), headers=headers)
 
 
 def _methods_of(request: Request) -> list[str]:
@@ -135,14 +139,12 @@ def _methods_of(request: Request) -> list[str]:
 
 async def _raised_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
-    response = problem(request, exc.status, exc.slug, exc.title, exc.detail)
-    for name, value in (exc.headers or {}).items():
-        response.headers[name] = value
-    return response
+    return problem(request, exc.status, exc.slug, exc.title, exc.detail, headers=exc.headers)
 
 
 async def _refusal(request: Request, exc: Exception) -> JSONResponse:
-    """The engine refused: nothing changed. NotFound 404, Conflict 409, the rest 422."""
+    """The engine refused: nothing changed. NotFound 404, Conflict 409, the rest 422 (the stores refuse bad
+    input with StoreError or ValueError)."""
     if isinstance(exc, NotFound | UnknownSkuError | UnknownWarehouseError):
         return problem(request, 404, "not-found", "Not found", str(exc))
     if isinstance(exc, Conflict):
@@ -164,11 +166,6 @@ async def _under_way(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=location)
 
 
-async def _bad_value(request: Request, exc: Exception) -> JSONResponse:
-    """The stores refuse bad input with ValueError (and change nothing)."""
-    return problem(request, 422, "invalid-request", "Invalid request", str(exc))
-
-
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     """Temporal or the database did not answer: the request may not have been carried out; retry it (every write
     here is idempotent or refused the second time)."""
@@ -181,11 +178,8 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     ):
         return await _internal(request, exc)
     log.warning("%s %s: engine unavailable: %s", request.method, request.url.path, describe_exception(exc, limit=300))
-    response = problem(
-        request, 503, "unavailable", "Engine unavailable", "the engine did not answer in time; retry later"
-    )
-    response.headers["Retry-After"] = "5"
-    return response
+    detail = "the engine did not answer in time; retry later"
+    return problem(request, 503, "unavailable", "Engine unavailable", detail, headers={"Retry-After": "5"})
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
@@ -203,7 +197,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _raised_problem)
     app.add_exception_handler(FulfillmentError, _refusal)
     app.add_exception_handler(StoreError, _refusal)
-    app.add_exception_handler(ValueError, _bad_value)
+    app.add_exception_handler(ValueError, _refusal)
     app.add_exception_handler(StillUnderWay, _under_way)
     unavailable_errors = (
         RPCError,

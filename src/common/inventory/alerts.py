@@ -16,6 +16,7 @@ from common.config import Settings
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.inventory.contracts import LowStockCrossing
 from common.inventory.stock import StockStore
+from common.logs import describe_error
 from common.notifications.store import NotificationStore
 
 log = logging.getLogger("fulfill.inventory")
@@ -122,6 +123,6 @@ async def alert_ops_now(
     try:
         return await send_low_stock_alerts(store, email, settings.ops_email, {c.sku for c in crossings}), None
     except Exception as e:  # the stock change is done; the alert waits for the next run
-        return [], f"{type(e).__name__}: {e}"[:300]
+        return [], describe_error(e, limit=300)
     finally:
         await email.close()
