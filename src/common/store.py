@@ -20,6 +20,7 @@ from common.returns.store import ReturnsStore
 from common.shipping.store import LabelStore
 from common.warehouse.counts import StockCountStore
 from common.warehouse.store import PickTaskStore
+from common.webhooks.store import WebhookEventStore
 
 
 class Store:
@@ -42,6 +43,7 @@ class Store:
         self.returns = ReturnsStore(db)  # RMAs, inspections, refunds
         self.api_keys = ApiKeyStore(db)  # who may call the HTTP API
         self.intake_keys = IntakeKeyStore(db)  # Idempotency-Key headers of order intake
+        self.webhook_events = WebhookEventStore(db)  # provider webhook events seen (each acted on once)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Self:

@@ -231,8 +231,13 @@ notifications = Table(
     Column("attempts", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime, nullable=True),
+    # (0007) The provider's word after accepting it: Twilio's delivered/undelivered/failed, an email bounce
+    Column("delivery_status", String(16), nullable=True),
+    Column("delivery_error", Text, nullable=True),
+    Column("delivery_updated_at", UTCDateTime, nullable=True),
     CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
     Index("ix_notifications_order_id", "order_id"),
+    Index("ix_notifications_provider_message_id", "provider_message_id"),
 )
 
 # The order-signal outbox (0004): a signal or update for an order's workflow, written in the same transaction
@@ -371,4 +376,26 @@ intake_keys = Table(
     Column("request_digest", String(64), nullable=False),
     Column("order_id", String(64), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+# (0007) Numbers that texted STOP (opted_out true) or START again; checked before every SMS.
+sms_opt_outs = Table(
+    "sms_opt_outs",
+    metadata,
+    Column("phone", String(32), primary_key=True),
+    Column("opted_out", Boolean, nullable=False),
+    Column("keyword", String(16), nullable=False),  # the word that set it: STOP, START, UNSUBSCRIBE, ...
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# (0007) Every provider webhook event once: its id per source (easypost, twilio); a repeat is acknowledged
+# and changes nothing.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("source", String(32), primary_key=True),
+    Column("event_id", String(200), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("subject", String(200), nullable=True),  # what it is about: a tracking code, a message sid
+    Column("received_at", UTCDateTime, nullable=False),
 )

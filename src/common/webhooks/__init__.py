@@ -1,0 +1,1 @@
+"""Provider webhooks (carrier tracking events, SMS status callbacks, inbound SMS): each event acted on once."""
