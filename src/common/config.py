@@ -53,11 +53,29 @@ class Settings(BaseSettings):
     twilio_auth_token: str = "sandbox-token"
     twilio_from_number: str = "+15555550000"
     twilio_base_url: str | None = "http://127.0.0.1:8026"
-    sms_status_callback_url: str | None = "http://127.0.0.1:8026/sms/status"
+    # Twilio's status callbacks (delivered, undelivered, failed) come to the engine's HTTP API, signed with
+    # twilio_auth_token; unset, the engine never learns what became of an SMS.
+    sms_status_callback_url: str | None = "http://127.0.0.1:8080/v1/webhooks/twilio/status"
 
-    # Carrier (EasyPost-shaped API; the default is the sandbox carrier)
+    # Carrier through the `easypost` SDK (the default is the sandbox carrier, which speaks EasyPost's API)
     carrier_api_base: str = "http://127.0.0.1:8027/v2"
     carrier_api_key: str = "sandbox-key"
+    carrier_timeout: float = Field(default=15.0, gt=0)
+    # Rate shopping among the rates that deliver by the order's promised date: "cheapest", "fastest", or
+    # "preferred" (the cheapest of preferred_carriers that meets it, else the cheapest of all that do)
+    rate_strategy: Literal["cheapest", "fastest", "preferred"] = "cheapest"
+    preferred_carriers: str = ""  # comma-separated carrier names, e.g. "USPS,UPS"
+    # EasyPost tracker.updated webhooks are signed with this secret (the webhook's "webhook_secret"). Set, the
+    # carrier pushes tracking and polling slows to a safety net every tracking_safety_poll_interval seconds.
+    carrier_webhook_secret: str | None = "sandbox-webhook-secret"
+    tracking_safety_poll_interval: float = Field(default=6 * 3600, gt=0)
+
+    # The address providers call the HTTP API at (webhooks are signed over the URL as the provider called it),
+    # e.g. https://fulfill.example.com behind a proxy; unset, the URL of the request as it arrived.
+    api_public_url: str | None = None
+
+    # Email templates: a folder whose files replace the built-in templates of the same name
+    email_templates_dir: Path | None = None
 
     # Sandbox servers started by `make run` and the tests
     sandbox_host: str = "127.0.0.1"
@@ -68,6 +86,10 @@ class Settings(BaseSettings):
     sandbox_in_transit_after: float = 3.0
     sandbox_out_for_delivery_after: float = 6.0
     sandbox_delivered_after: float = 9.0
+    # Where the sandbox carrier posts its signed tracker.updated events, and the sandbox SMS server its inbound
+    # messages (STOP, START, HELP): the engine's HTTP API. Unset, they are not sent.
+    sandbox_carrier_webhook_url: str | None = "http://127.0.0.1:8080/v1/webhooks/easypost"
+    sandbox_sms_inbound_url: str | None = "http://127.0.0.1:8080/v1/webhooks/twilio/inbound"
 
     # Order timing policy, handed to each order workflow when it is placed (seconds)
     tracking_poll_interval: float = Field(default=2.0, gt=0)
