@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from temporalio import activity
@@ -23,7 +24,6 @@ from common.integrations.carrier import (
     CarrierNotFoundError,
     CarrierShipment,
     CarrierTransientError,
-    choose_rate,
 )
 from common.inventory.contracts import ParcelRef
 from common.models import (
@@ -37,6 +37,7 @@ from common.models import (
     TrackingUpdate,
 )
 from common.shipping.contracts import LabelRecord
+from common.shipping.rate_shopping import RateStrategy, choose
 from common.store import Store
 
 CATALOGUE_TTL_S = 60.0
@@ -47,9 +48,18 @@ def label_key(order_id: str, shipment_no: int) -> str:
 
 
 class ShippingActivities:
-    def __init__(self, store: Store, carrier: CarrierClient) -> None:
+    def __init__(
+        self,
+        store: Store,
+        carrier: CarrierClient,
+        *,
+        rate_strategy: RateStrategy = "cheapest",
+        preferred_carriers: Sequence[str] = (),
+    ) -> None:
         self._store = store
         self._carrier = carrier
+        self._rate_strategy: RateStrategy = rate_strategy
+        self._preferred = tuple(preferred_carriers)
         self._catalogue_cache: tuple[float, dict[str, Warehouse], dict[str, int]] | None = None
 
     def activities(self) -> list[Callable[..., Any]]:
@@ -83,14 +93,24 @@ class ShippingActivities:
                     shipment = created  # ours, just created with its rates: no need to fetch it again
             if shipment is None:  # a retry, or another attempt's shipment: it may have been bought meanwhile
                 shipment = await self._carrier.get_shipment(record.carrier_shipment_id)
+            choice = ""
             if shipment.tracking_code is None:
-                rate = choose_rate(shipment.rates, request.speed.max_delivery_days)
+                today = datetime.now(UTC).date()
+                promised = request.promised_delivery or today + timedelta(days=request.speed.max_delivery_days)
+                rate = choose(
+                    shipment.rates,
+                    promised=promised,
+                    label_day=today,
+                    strategy=self._rate_strategy,
+                    preferred=self._preferred,
+                )
+                choice = rate.note
                 try:
-                    shipment = await self._carrier.buy(shipment.id, rate.id)
+                    shipment = await self._carrier.buy(shipment.id, rate.rate.id)
                 except CarrierAlreadyPurchasedError:
                     shipment = await self._carrier.get_shipment(shipment.id)
             record = await self._record_label(key, shipment)
-            return _label(record)
+            return _label(record).model_copy(update={"choice": choice})
         except CarrierAddressError as err:
             raise ApplicationError(str(err), type="CarrierAddressError", non_retryable=True) from err
         except CarrierTransientError:

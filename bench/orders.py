@@ -321,6 +321,8 @@ def engine_settings(
         picker_enabled=False,
         worker_graceful_shutdown=2.0,
         return_window=0,  # the happy path ends at delivery: no 30-day wait for returns
+        # Tracking is polled at poll_interval: the benchmark's sandbox posts no webhooks to an API
+        carrier_webhook_secret=None,
     )
     return with_sandbox_ports(base)
 

@@ -45,7 +45,12 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         email = EmailSender(settings)
         inventory = InventoryActivities(store, email, settings)
         warehouse = WarehouseActivities(store)
-        shipping = ShippingActivities(store, carrier)
+        shipping = ShippingActivities(
+            store,
+            carrier,
+            rate_strategy=settings.rate_strategy,
+            preferred_carriers=[c for c in settings.preferred_carriers.split(",") if c.strip()],
+        )
         sms = SmsSender(settings)
         notifications = NotificationActivities(store, email, sms, settings)
         payments = payments_gateway(settings)

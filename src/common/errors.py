@@ -2,7 +2,7 @@
 
 Three families, which the HTTP API answers as 404, 409 and 422: `NotFound` (no such order, RMA or pick task),
 `Conflict` (the thing exists but its state refuses the request: the order was placed already, it shipped, the
-pick was cancelled) and the rest (the input itself is wrong)."""
+pick was cancelled) and the rest (the input itself is wrong). And WebhookRefused (401): not the provider's."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ class RequestRefused(Conflict, InvalidRequest):
 
 class RmaNotFound(NotFound, InvalidRequest):
     pass
+
+
+class WebhookRefused(FulfillmentError):
+    """A provider webhook that is not the provider's: a missing or wrong signature, or an event replayed (already
+    received, or too old). Answered 401; nothing was changed."""
 
 
 class StillUnderWay(Exception):

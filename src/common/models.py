@@ -6,7 +6,7 @@ rejected with the field that is wrong before any workflow starts.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Annotated, Self
@@ -30,6 +30,10 @@ class ShippingSpeed(StrEnum):
     @property
     def max_delivery_days(self) -> int:
         return {"standard": 7, "express": 3, "overnight": 1}[self.value]
+
+    def promised_by(self, placed_at: datetime) -> date:
+        """The delivery date promised to the customer for an order placed at `placed_at` (UTC calendar days)."""
+        return (placed_at + timedelta(days=self.max_delivery_days)).date()
 
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -101,6 +105,9 @@ class Order(_Strict):
     ship_to: Address
     lines: list[OrderLine] = Field(min_length=1, max_length=200)
     shipping_speed: ShippingSpeed = ShippingSpeed.STANDARD
+    # The delivery date promised to the customer: the storefront's own, or set at intake from shipping_speed.
+    # Labels are bought from the rates that arrive by it.
+    promised_delivery: date | None = None
     payment: Payment | None = None
 
     @model_validator(mode="after")
@@ -222,6 +229,7 @@ class OrderView(BaseModel):
     customer_id: str
     lines: list[OrderLine]
     shipping_speed: ShippingSpeed
+    promised_delivery: date | None = None
     waiting_for: str | None = None
     warehouse: str | None = None
     pick_task_id: str | None = None
@@ -265,6 +273,9 @@ class OrderPolicy(BaseModel):
     """Durations the workflow needs, fixed when the order is placed (seconds in the demo, hours in prod)."""
 
     tracking_poll_interval_s: float = 2.0
+    # Set when the carrier pushes tracking (webhooks): the order's parcels poll this seldom, as a safety net for
+    # a lost event. None: they poll every tracking_poll_interval_s (return parcels always do).
+    tracking_safety_poll_interval_s: float | None = None
     tracking_timeout_s: float = 30 * 24 * 3600
     backorder_recheck_interval_s: float = 3600
     # A backordered order still without stock after this long is cancelled (with a message).
@@ -504,6 +515,8 @@ class LabelRequest(BaseModel):
     ship_to: Address
     lines: list[OrderLine]
     speed: ShippingSpeed
+    # None (orders placed before promises): the speed's delivery days from the day the label is bought
+    promised_delivery: date | None = None
 
 
 class Label(BaseModel):
@@ -515,6 +528,8 @@ class Label(BaseModel):
     label_url: str
     tracking_url: str
     carrier_shipment_id: str
+    # Why this rate: the promise, the strategy, the alternatives passed over (for the order's timeline)
+    choice: str = ""
 
 
 class TrackingStatus(StrEnum):

@@ -475,6 +475,7 @@ async def run_scenarios(paths: list[str]) -> dict[str, str]:
                     tracking_poll_interval=0.5,
                     picker_enabled=False,
                     return_window=0,
+                    carrier_webhook_secret=None,  # tracking polled (no webhook receiver here)
                 )
             )
             store = await Store.open(settings.database_url)

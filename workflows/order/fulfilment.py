@@ -74,6 +74,7 @@ class Fulfilment:
             customer_id=input.order.customer.id,
             lines=list(input.order.lines),
             shipping_speed=input.order.shipping_speed,
+            promised_delivery=input.order.promised_delivery,
         )
         self.timeline = timeline = Timeline(self.view)
         self.steps = StepRunner(on_change=timeline.show_waits, around_local=timeline.visibility.local_step)

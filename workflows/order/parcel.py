@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         TrackingStatus,
         TrackingUpdate,
     )
+    from common.shipping.contracts import TrackingPush
     from common.temporal import CARRIER as CARRIER_ATTR
     from common.temporal import PICK_OVERDUE, TRACKING_NUMBER
 
@@ -63,8 +64,21 @@ class Parcel:
         self.released_in_the_db = False  # by the count's own transaction (its pick task is cancelled already)
         self.resolution: ResolveDeliveryRequest | None = None  # ops' decision on a delivery exception
         self.seen_by_check: TrackingUpdate | None = None  # a carrier check found the parcel moved
+        self.pushed: list[TrackingUpdate] = []  # tracking events the carrier pushed, not applied yet, in order
+        self.last_push_at: datetime | None = None  # when the carrier's tracker changed, as of the latest push
         self.kept_by_the_carrier = False  # a cancel found it with the carrier: it goes on
         self.task: asyncio.Task[None] | None = None
+
+    def push(self, event: TrackingPush) -> bool:
+        """A tracking event the carrier pushed; False (nothing changes) when it is older than one applied already:
+        webhooks come out of order."""
+        if self.last_push_at is not None and event.occurred_at < self.last_push_at:
+            return False
+        self.last_push_at = event.occurred_at
+        self.pushed.append(
+            TrackingUpdate(status=event.status, estimated_delivery=event.estimated_delivery, message=event.message)
+        )
+        return True
 
     def start(self) -> None:
         """The parcel goes its way in a task of its own; its failure is the order's (Fulfilment.guard)."""
@@ -260,6 +274,7 @@ class Parcel:
                 ship_to=order.ship_to,
                 lines=self.view.lines,
                 speed=order.shipping_speed,
+                promised_delivery=order.promised_delivery,
             )
             fulfilment.compensations.append((f"void label {self.view.shipment_no}", partial(_void_label, request)))
             self.label_attempted = True
@@ -298,6 +313,8 @@ class Parcel:
             f"{label.carrier} {label.service} label, tracking {label.tracking_number}",
             also=[CARRIER_ATTR.value_set(label.carrier), TRACKING_NUMBER.value_set(label.tracking_number)],
         )
+        if label.choice:
+            fulfilment.timeline.note(f"{fulfilment.timeline.parcel_prefix(view)}{label.choice}")
         if not fulfilment.labelled_parcels_ask_the_carrier():
             # Orders recorded before then told the customer "shipped" now, before the carrier had the parcel.
             await fulfilment.notify(NotificationEvent.SHIPPED, self.tracking_context(), occurrence=self.occurrence)

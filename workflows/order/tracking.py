@@ -62,6 +62,9 @@ class ParcelTracking:
         alarm = _Alarm()
         try:
             while parcel.view.status != OrderStatus.DELIVERED:
+                if self._poll is None and parcel.pushed:  # came while a poll's answer was handled
+                    await self._apply_pushed()
+                    continue
                 if self._poll is None:
                     self._poll = self._start_poll()
                 in_flight = self._poll
@@ -72,6 +75,7 @@ class ParcelTracking:
                         or alarm.rang
                         or self._interrupted()
                         or parcel.seen_by_check is not None
+                        or bool(parcel.pushed)
                     )
                 )
                 if in_flight.done():
@@ -104,8 +108,9 @@ class ParcelTracking:
         await self._notify_delivery_delay()
 
     async def _on_interruption(self, poll: workflow.ActivityHandle[TrackingUpdate]) -> bool:
-        """A carrier check found the parcel moved (that is the news), or ops: a cancel before shipping (a hold,
-        for older orders), a decision on a delivery exception (True: the parcel is done)."""
+        """A carrier check found the parcel moved (that is the news), the carrier pushed tracking events, or ops:
+        a cancel before shipping (a hold, for older orders), a decision on a delivery exception (True: the parcel
+        is done). The poll in flight asked about the status before the news: it starts again after it."""
         parcel = self._parcel
         seen = parcel.seen_by_check is not None
         poll.cancel()
@@ -116,11 +121,22 @@ class ParcelTracking:
             assert update is not None
             await self._on_update(update)
             return False
+        if parcel.pushed:
+            await self._apply_pushed()
+            return False
         if parcel.resolution is not None:
             await self._resolve(parcel.resolution)
             return True
         await self._fulfilment.checkpoint(parcel)
         return False
+
+    async def _apply_pushed(self) -> None:
+        parcel = self._parcel
+        pushed, parcel.pushed = parcel.pushed, []
+        for update in pushed:
+            if parcel.view.status == OrderStatus.DELIVERED or parcel.resolution is not None:
+                return  # what comes after delivery (or ops' decision) is not the order's news
+            await self._on_update(update)
 
     def _interrupted(self) -> bool:
         parcel, fulfilment = self._parcel, self._fulfilment
@@ -134,7 +150,8 @@ class ParcelTracking:
         parcel, policy = self._parcel, self._fulfilment.policy
         assert parcel.label is not None
         label = parcel.label
-        poll = timedelta(seconds=policy.tracking_poll_interval_s)
+        # With tracking pushed by the carrier, the poll is the safety net for an event that never came
+        poll = timedelta(seconds=policy.tracking_safety_poll_interval_s or policy.tracking_poll_interval_s)
         return workflow.start_activity_method(
             ShippingActivities.await_tracking_change,
             TrackingPollRequest(

@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         TrackingStatus,
     )
     from common.returns import ReturnProgress, ReturnRequest
+    from common.shipping.contracts import TrackingPush
     from common.warehouse.short_picks import shortage_problem
 
 
@@ -117,6 +118,16 @@ class OrderWorkflow:
         problem = shortage_problem(shortage.task_id, ordered, shortage.short)
         if problem is not None:
             raise ValueError(problem)
+
+    @workflow.signal(
+        description="A tracking event the carrier pushed for one of this order's parcels (an EasyPost "
+        "tracker.updated webhook the HTTP API verified): applied at once, as a poll's answer would be. An event "
+        "older than one already applied changes nothing."
+    )
+    def carrier_tracking(self, event: TrackingPush) -> None:
+        for parcel in self._fulfilment.parcels:
+            if parcel.label is not None and parcel.label.tracking_number == event.tracking_number:
+                parcel.push(event)
 
     @workflow.signal(
         description="Stock arrived for one of this order's SKUs: a backordered order retries its reservation."

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import timedelta
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 from pydantic import ValidationError
@@ -37,9 +39,11 @@ from common.api._helpers import (
     order_digest,
     order_summary,
     orders_query,
+    promise_for,
     request_model,
     with_prices,
 )
+from common.api.carrier_events import CarrierEventReceipt, receive_carrier_event
 from common.api.results import OrderPage, OrderSummary, PlacedOrder, StockUpdate
 from common.config import Settings
 from common.errors import (
@@ -93,6 +97,8 @@ from common.warehouse.short_picks import shortage_problem
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
+log = logging.getLogger("fulfill.api")
+
 __all__ = ["FulfillmentApi", "OrderPage", "OrderSummary", "PlacedOrder", "StockUpdate", "with_prices"]
 
 
@@ -129,6 +135,8 @@ class FulfillmentApi:
         s = self.settings
         return OrderPolicy(
             tracking_poll_interval_s=s.tracking_poll_interval,
+            # Pushed tracking (a webhook secret to check it with): polling is only the safety net
+            tracking_safety_poll_interval_s=s.tracking_safety_poll_interval if s.carrier_webhook_secret else None,
             tracking_timeout_s=s.tracking_timeout,
             backorder_recheck_interval_s=s.backorder_recheck_interval,
             backorder_max_wait_s=s.backorder_max_wait,
@@ -158,8 +166,9 @@ class FulfillmentApi:
         if unknown:
             raise InvalidOrder([f"lines: unknown sku {sku!r} (not in the catalogue)" for sku in unknown])
         # Only a valid order binds a key (a client fixes a refused body and retries under the same key)
+        promise = promise_for(order, datetime.now(UTC))  # InvalidOrder for a date already past
         retry_of_key = await self._claim(idempotency_key, client, digest, order.order_id)
-        order = with_prices(order, prices)
+        order = with_prices(order, prices).model_copy(update={"promised_delivery": promise})
         placement = 1
         while True:
             try:
@@ -404,6 +413,20 @@ class FulfillmentApi:
             )
         except Exception as err:  # e.g. the database went away just after the change: the relay retries
             return DeliveryReport(error=describe_exception(err, limit=300))
+
+    # ------------------------------------------------------------------------------------------ webhooks
+
+    async def carrier_event(self, body: bytes, headers: Mapping[str, str]) -> CarrierEventReceipt:
+        """An EasyPost webhook (tracker.updated): verified with the webhook secret, recorded once, and signalled to
+        the order whose parcel it tracks (now, or by the relay if the engine is away). WebhookRefused for a
+        forged or replayed event: nothing changes."""
+        receipt = await receive_carrier_event(self.store, self.settings.carrier_webhook_secret, body, headers)
+        if receipt.signal_id is not None:
+            try:
+                await deliver_order_signals(self.client, self.store, ids=[receipt.signal_id])
+            except Exception as err:  # recorded already: the relay delivers it
+                log.info("carrier event %s: told to the relay (%s)", receipt.event_id, describe_exception(err))
+        return receipt
 
     # ------------------------------------------------------------------------------------------ stock
 

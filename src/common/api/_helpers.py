@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +18,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, FailureError
 
 from common.api.results import OrderSummary
-from common.errors import InvalidRequest
+from common.errors import InvalidOrder, InvalidRequest
 from common.intake import describe_error
 from common.models import Order, OrderStatus, OrderView, workflow_id_for
 from common.temporal import CUSTOMER_ID, ORDER_STATUS, SKUS
@@ -46,6 +47,16 @@ async def failed_view(handle: WorkflowHandle[Any, OrderView]) -> OrderView | Non
             except ValidationError:
                 return None
     return None
+
+
+def promise_for(order: Order, now: datetime) -> date:
+    """The delivery date the order promises: the storefront's own, else what its shipping speed promises from
+    now. InvalidOrder for a promise already past (a day's grace for the storefront's time zone)."""
+    if order.promised_delivery is None:
+        return order.shipping_speed.promised_by(now)
+    if order.promised_delivery < (now - timedelta(days=1)).date():
+        raise InvalidOrder([f"promised_delivery: {order.promised_delivery} is in the past"])
+    return order.promised_delivery
 
 
 def with_prices(order: Order, catalogue_cents: dict[str, int]) -> Order:

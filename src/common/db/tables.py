@@ -213,6 +213,7 @@ shipments = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint(_in("status", SHIPMENT_STATUSES), name="status"),
     Index("ix_shipments_order_id", "order_id"),
+    Index("ix_shipments_tracking_number", "tracking_number"),  # (0007) a carrier's tracking event names it
 )
 
 notifications = Table(

@@ -10,7 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.http import health, inventory, orders, problems, warehouse
+from common.http import carrier_webhooks, health, inventory, orders, problems, warehouse
 from common.http.limits import BodyLimit
 from common.temporal import connect
 
@@ -54,6 +54,6 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.include_router(health.router)
-    for router in (orders.router, warehouse.router, inventory.router):
+    for router in (orders.router, warehouse.router, inventory.router, carrier_webhooks.router):
         app.include_router(router)
     return app

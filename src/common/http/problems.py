@@ -19,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog.contracts import UnknownSkuError, UnknownWarehouseError
 from common.db.errors import StoreError
-from common.errors import Conflict, FulfillmentError, InvalidOrder, NotFound, StillUnderWay
+from common.errors import Conflict, FulfillmentError, InvalidOrder, NotFound, StillUnderWay, WebhookRefused
 from common.intake import describe_error
 from common.logs import describe_error as describe_exception
 
@@ -55,10 +55,10 @@ class ProblemError(Exception):
         self.status, self.slug, self.title, self.detail, self.headers = status, slug, title, detail, headers
 
 
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {
         400: "Malformed request (e.g. the body is not JSON)",
-        401: "No API key, or not a valid one",
+        401: "No API key, or not a valid one (a webhook: not signed by the provider, or replayed)",
         403: "The API key lacks the scope this needs",
         404: "No such order, RMA, pick task or SKU",
         409: "The state of what the request names refuses it; the detail says why",
@@ -70,9 +70,9 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # The problems any authenticated endpoint may answer with, for the OpenAPI schema.
-COMMON_PROBLEMS = _responses(400, 401, 403, 413, 422, 503)
-NOT_FOUND = _responses(404)
-CONFLICT = _responses(409)
+COMMON_PROBLEMS = responses(400, 401, 403, 413, 422, 503)
+NOT_FOUND = responses(404)
+CONFLICT = responses(409)
 
 
 def problem(
@@ -143,8 +143,10 @@ async def _raised_problem(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _refusal(request: Request, exc: Exception) -> JSONResponse:
-    """The engine refused: nothing changed. NotFound 404, Conflict 409, the rest 422 (the stores refuse bad
-    input with StoreError or ValueError)."""
+    """The engine refused: nothing changed. NotFound 404, Conflict 409, WebhookRefused 401, the rest 422 (the
+    stores refuse bad input with StoreError or ValueError)."""
+    if isinstance(exc, WebhookRefused):
+        return problem(request, 401, "webhook-refused", "Webhook refused", str(exc))
     if isinstance(exc, NotFound | UnknownSkuError | UnknownWarehouseError):
         return problem(request, 404, "not-found", "Not found", str(exc))
     if isinstance(exc, Conflict):

@@ -83,6 +83,7 @@ class CarrierRate(BaseModel):
     rate_cents: int
     currency: str = "USD"
     delivery_days: int | None = None
+    delivery_date: datetime | None = None  # the carrier's own date, when it gives one
     shipment_id: str | None = None
 
 
@@ -285,8 +286,14 @@ def _rate(d: dict[str, Any]) -> CarrierRate:
         rate_cents=_cents(d["rate"]),
         currency=d.get("currency") or "USD",
         delivery_days=d.get("delivery_days"),
+        delivery_date=d.get("delivery_date"),
         shipment_id=d.get("shipment_id"),
     )
+
+
+def parse_tracker(d: dict[str, Any]) -> CarrierTracker:
+    """An EasyPost Tracker object (as JSON) as our view of it."""
+    return _tracker(d)
 
 
 def _tracker(d: dict[str, Any]) -> CarrierTracker:

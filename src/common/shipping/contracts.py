@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import BaseModel
+
 from common.db.errors import StoreError
+from common.models import TrackingStatus
 
 
 @dataclass(frozen=True)
@@ -30,3 +33,25 @@ class LabelNotFound(StoreError):
     def __init__(self, key: str) -> None:
         self.key = key
         super().__init__(f"no shipment recorded under {key!r}")
+
+
+@dataclass(frozen=True)
+class TrackingEventRecord:
+    """What recording a carrier's tracking event did (LabelStore.record_tracking_event)."""
+
+    first_time: bool  # False: the event id was received before; nothing was done this time
+    label: LabelRecord | None  # the parcel label it is about; None: not a label of ours (nothing to tell)
+    signal_id: int | None  # the order-signal outbox row that tells the order, to deliver now
+
+
+class TrackingPush(BaseModel):
+    """A carrier's tracking event about one of the order's parcels (an EasyPost tracker.updated webhook),
+    signalled to the order: `carrier_tracking`."""
+
+    event_id: str
+    tracking_number: str
+    status: TrackingStatus
+    estimated_delivery: datetime | None = None
+    message: str = ""
+    # When the carrier's tracker last changed: an event older than one already applied changes nothing
+    occurred_at: datetime

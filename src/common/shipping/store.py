@@ -1,18 +1,22 @@
 """The shipments table: one label record per label key. Each operation is one statement's row lock (no order
-lock): a void committed meanwhile is never overwritten by a purchase."""
+lock): a void committed meanwhile is never overwritten by a purchase. A carrier's tracking event is recorded
+with the signal that tells its order, in one transaction (record_tracking_event)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import tables as t
-from common.db.database import Database, insert, utc_now
+from common.db.database import Database, insert, lock_key, utc_now
 from common.db.errors import StoreError
 from common.db.inputs import require_int, require_text
-from common.shipping.contracts import LabelNotFound, LabelRecord
+from common.outbox.store import add_order_signal
+from common.shipping.contracts import LabelNotFound, LabelRecord, TrackingEventRecord
+from common.webhooks.store import record_event
 
 
 def _label(r: Row[Any]) -> LabelRecord:
@@ -129,3 +133,29 @@ class LabelStore:
             return _label(row)
 
         return await self._db.write(op, f"void shipment {key}")
+
+    async def record_tracking_event(
+        self, source: str, event_id: str, tracking_number: str, signal: Callable[[LabelRecord], dict[str, Any]]
+    ) -> TrackingEventRecord:
+        """Record a carrier's tracking event once (webhook_events) and, the first time, if a label of ours has
+        that tracking number, put `signal(label)` (the order's `carrier_tracking` signal) in the order-signal
+        outbox, in the same transaction: a crash or an engine away loses nothing, a repeat does nothing.
+        Locking: the event row, then the order's advisory lock (the outbox's rule)."""
+        require_text("tracking number", tracking_number)
+        sh = t.shipments
+
+        async def op(conn: AsyncConnection) -> TrackingEventRecord:
+            if not await record_event(conn, source, event_id, kind="tracker.updated", subject=tracking_number):
+                return TrackingEventRecord(first_time=False, label=None, signal_id=None)
+            stmt = select(sh).where(sh.c.tracking_number == tracking_number).order_by(sh.c.created_at).limit(1)
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return TrackingEventRecord(first_time=True, label=None, signal_id=None)
+            label = _label(row)
+            await lock_key(conn, f"order:{label.order_id}")
+            signal_id = await add_order_signal(
+                conn, label.order_id, "signal", "carrier_tracking", signal(label), utc_now()
+            )
+            return TrackingEventRecord(first_time=True, label=label, signal_id=signal_id)
+
+        return await self._db.write(op, f"record tracking event {event_id}")

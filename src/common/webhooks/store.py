@@ -10,6 +10,15 @@ from common.db.database import Database, insert, utc_now
 from common.db.inputs import require_text
 
 
+async def record_event(conn: Any, source: str, event_id: str, *, kind: str, subject: str | None) -> bool:
+    """Record the event in the caller's transaction; True the first time, False for a repeat."""
+    require_text("webhook event id", event_id)
+    w = t.webhook_events
+    row = {"source": source, "event_id": event_id, "kind": kind, "subject": subject, "received_at": utc_now()}
+    stmt = insert(conn, w).values(row).on_conflict_do_nothing(index_elements=[w.c.source, w.c.event_id])
+    return bool((await conn.execute(stmt)).rowcount == 1)
+
+
 class WebhookEventStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -17,13 +26,9 @@ class WebhookEventStore:
     async def first_time(self, source: str, event_id: str, *, kind: str, subject: str | None = None) -> bool:
         """Records the event; True the first time (act on it), False for a repeat (acknowledge, do nothing).
         Locking: the one row (one statement)."""
-        require_text("webhook event id", event_id)
-        w = t.webhook_events
-        row = {"source": source, "event_id": event_id, "kind": kind, "subject": subject, "received_at": utc_now()}
 
         async def op(conn: Any) -> bool:
-            stmt = insert(conn, w).values(row).on_conflict_do_nothing(index_elements=[w.c.source, w.c.event_id])
-            return bool((await conn.execute(stmt)).rowcount == 1)
+            return await record_event(conn, source, event_id, kind=kind, subject=subject)
 
         return await self._db.write(op, "record webhook event")
 

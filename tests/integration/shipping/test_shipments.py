@@ -245,7 +245,8 @@ async def test_two_attempts_at_one_label_buy_it_once_and_both_get_it(
     finally:
         await carrier.close()
 
-    assert first == second
+    # The same label (the note on why that rate is each attempt's own: one may have found it bought)
+    assert first.model_dump(exclude={"choice"}) == second.model_dump(exclude={"choice"})
     created = [s for s in sandbox.shipments() if s["reference"] == f"label:{order_id}:1"]
     assert len(created) == 2  # both attempts reached the carrier
     bought = [s for s in created if s["postage_label"]]

@@ -7,7 +7,8 @@ Create Date: 2026-12-01
 notifications gain the provider's own word on a message after it was accepted (Twilio's status callback:
 delivered, undelivered, failed with its error code; an email bounce), apart from `status`, which is ours
 (sending, sent, failed). sms_opt_outs: the numbers that texted STOP (and START again), checked before every
-SMS. webhook_events: each provider event id once (the dedup of every webhook: carrier, SMS).
+SMS. webhook_events: each provider event id once (the dedup of every webhook: carrier, SMS); shipments are
+found by tracking number (a carrier's tracking event names only that).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("delivery_error", sa.Text(), nullable=True))
         batch.add_column(_ts("delivery_updated_at", nullable=True))
     op.create_index("ix_notifications_provider_message_id", "notifications", ["provider_message_id"])
+    op.create_index("ix_shipments_tracking_number", "shipments", ["tracking_number"])
     op.create_table(
         "sms_opt_outs",
         sa.Column("phone", sa.String(32), nullable=False),
@@ -55,6 +57,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("webhook_events")
     op.drop_table("sms_opt_outs")
+    op.drop_index("ix_shipments_tracking_number", table_name="shipments")
     op.drop_index("ix_notifications_provider_message_id", table_name="notifications")
     with op.batch_alter_table("notifications") as batch:
         batch.drop_column("delivery_updated_at")
