@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
@@ -32,8 +33,9 @@ from common.config import Settings
 from common.demo import seed_demo
 from common.errors import InvalidRequest
 from common.intake import parse_order
-from common.models import OrderStatus, OrderView, OrderWorkflowInput, workflow_id_for
+from common.models import OrderStatus, OrderView, OrderWorkflowInput, TrackingStatus, workflow_id_for
 from common.returns import RmaStatus, return_workflow_id
+from common.shipping.contracts import TrackingPush
 from common.store import Store
 from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
 from sandbox import SandboxServers
@@ -41,6 +43,7 @@ from sandbox.carrier import Progression
 from tests.conftest import TEMPORAL_CLI
 from tests.orders import order_dict
 from workers.worker import running_worker
+from workflows.order import OrderWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 log = logging.getLogger("fulfill.record")
@@ -269,6 +272,37 @@ async def cancel_refused_by_the_carrier(stack: Stack, path: str) -> str:
     return order_id
 
 
+async def tracking_pushed(stack: Stack, path: str) -> str:
+    """The carrier pushes tracking (webhooks, as the HTTP API signals them) and polling is an hourly safety net:
+    in transit, out for delivery, a stale event that changes nothing, delivered."""
+    settings = stack.api.settings.model_copy(
+        update={"carrier_webhook_secret": "recorded", "tracking_safety_poll_interval": 3600.0}
+    )
+    pushing = FulfillmentApi(stack.api.client, stack.api.store, settings)
+    async with parcels_wait_at_the_carrier(stack):
+        order_id = f"REC-{path.replace('_', '-')}"
+        await pushing.place_order(order_dict(order_id, {"MUG-RED": 1}))
+        await stack.confirm_pick(order_id)
+        await stack.wait_for(order_id, OrderStatus.LABELED)
+        code = (await stack.api.order_status(order_id)).tracking_number or ""
+        t0 = datetime.now(UTC)
+        for i, status in enumerate(["in_transit", "out_for_delivery", "in_transit", "delivered"]):
+            at = t0 + timedelta(seconds=i if i != 2 else -10)  # the third is older than the second: stale
+            push = TrackingPush(
+                event_id=f"evt_{path}_{i}",
+                tracking_number=code,
+                status=TrackingStatus(status),
+                estimated_delivery=t0 + timedelta(days=2),
+                message=status.replace("_", " "),
+                occurred_at=at,
+            )
+            await stack.handle(order_id).signal(OrderWorkflow.carrier_tracking, push)
+            await asyncio.sleep(0.5)
+        view = await stack.finished(order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    return order_id
+
+
 async def cancelled_after_label(stack: Stack, path: str) -> str:
     async with parcels_wait_at_the_carrier(stack):
         order_id = await stack.place(path, {"MUG-BLUE": 1})
@@ -420,6 +454,8 @@ SCENARIOS: dict[str, Scenario] = {
     "return_failed_for_ops": return_failed_for_ops,
     # Ops requests that name who asked (the HTTP API's keys, the CLI's user)
     "ops_actions_by_name": ops_actions_by_name,
+    # Tracking pushed by the carrier (webhooks), polling as the safety net; rates chosen against the promise
+    "tracking_pushed": tracking_pushed,
 }
 
 

@@ -62,7 +62,7 @@ class ParcelTracking:
         alarm = _Alarm()
         try:
             while parcel.view.status != OrderStatus.DELIVERED:
-                if self._poll is None and parcel.pushed:  # came while a poll's answer was handled
+                if parcel.pushed:  # the poll in flight goes on: with pushes it is only the safety net
                     await self._apply_pushed()
                     continue
                 if self._poll is None:
@@ -84,8 +84,14 @@ class ParcelTracking:
                 elif alarm.rang:
                     alarm.clear()
                     await self._on_deadline()
+                elif parcel.pushed:
+                    continue
                 elif await self._on_interruption(in_flight):
                     return
+            if self._poll is not None:  # delivered by a push: the safety net is not needed any more
+                self._poll.cancel()
+                await settle(self._poll)
+                self._poll = None
         finally:
             alarm.clear()
 
@@ -108,9 +114,8 @@ class ParcelTracking:
         await self._notify_delivery_delay()
 
     async def _on_interruption(self, poll: workflow.ActivityHandle[TrackingUpdate]) -> bool:
-        """A carrier check found the parcel moved (that is the news), the carrier pushed tracking events, or ops:
-        a cancel before shipping (a hold, for older orders), a decision on a delivery exception (True: the parcel
-        is done). The poll in flight asked about the status before the news: it starts again after it."""
+        """A carrier check found the parcel moved (that is the news), or ops: a cancel before shipping (a hold,
+        for older orders), a decision on a delivery exception (True: the parcel is done)."""
         parcel = self._parcel
         seen = parcel.seen_by_check is not None
         poll.cancel()
@@ -120,9 +125,6 @@ class ParcelTracking:
             update, parcel.seen_by_check = parcel.seen_by_check, None
             assert update is not None
             await self._on_update(update)
-            return False
-        if parcel.pushed:
-            await self._apply_pushed()
             return False
         if parcel.resolution is not None:
             await self._resolve(parcel.resolution)
