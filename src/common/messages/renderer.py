@@ -3,7 +3,8 @@ subject, text part and HTML part (its CSS inlined), or into the SMS.
 
 Each event has two templates named after it (docs/operations.md, "Changing a message", says how to change them):
 
-- `<event>.txt` extends layout.txt and fills the blocks `subject` and `message` (one paragraph, also the SMS);
+- `<event>.txt` extends layout.txt and fills the blocks `subject` and `message` (one paragraph, also the SMS unless
+  the template has a block `sms`);
 - `<event>.html` extends layout.html (the brand's header and footer) and fills the block `content`.
 
 A value missing from the context shows as "-" and never fails a send. A folder of overrides
@@ -66,7 +67,8 @@ class Brand:
 
 
 class MessageTemplateError(ValueError):
-    """A template that cannot be used (syntax error, missing file or block); the message names the file."""
+    """A template that cannot be used (syntax error, missing file or block, fails when rendered); the message
+    names the file and line."""
 
 
 class _Missing(ChainableUndefined):
@@ -187,9 +189,10 @@ class MessageRenderer:
         templates: dict[str, Template], event: NotificationEvent, channel: Channel, context: dict[str, Any]
     ) -> RenderedMessage:
         text = templates[f"{event.value}.txt"]
-        message = _oneline(_block(text, "message", context))
         if channel == Channel.SMS:
-            return RenderedMessage(subject=None, text=message, html=None)
+            sms = _block(text, "sms" if "sms" in text.blocks else "message", context)
+            return RenderedMessage(subject=None, text=_oneline(sms), html=None)
+        message = _oneline(_block(text, "message", context))
         subject = _oneline(_block(text, "subject", context))
         parts = context | {"subject": subject, "preview": message}
         page = _INLINER.inline(templates[f"{event.value}.html"].render(parts))
@@ -222,7 +225,7 @@ class MessageRenderer:
         known = {p.name for p in TEMPLATES.iterdir()}
         for path in sorted(override.iterdir()):
             if path.is_file() and path.name not in known:
-                log.warning("%s replaces no built-in email template (known: %s)", path, ", ".join(sorted(known)))
+                log.warning("%s replaces no built-in email template (they are in %s)", path, TEMPLATES)
 
 
 def _block(template: Template, name: str, context: dict[str, Any]) -> str:
@@ -231,11 +234,12 @@ def _block(template: Template, name: str, context: dict[str, Any]) -> str:
 
 def _failed_at(err: Exception, event: NotificationEvent) -> str:
     """Where a template failed: the template frame nearest the error (Jinja puts templates in tracebacks)."""
-    if isinstance(err, TemplateError):
+    if isinstance(err, TemplateSyntaxError):
         return _where(err, f"{event.value}.*")
     frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename.endswith((".txt", ".html"))]
-    where = f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else f"{event.value}.*"
-    return f"{where}: {type(err).__name__}: {err}"
+    where = f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else f"of {event.value}"
+    what = f"template {err.name!r} not found" if isinstance(err, TemplateNotFound) else f"{type(err).__name__}: {err}"
+    return f"{where}: {what}"
 
 
 @lru_cache(maxsize=1)

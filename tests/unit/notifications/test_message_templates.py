@@ -208,6 +208,17 @@ def test_an_override_replaces_its_template_and_leaves_the_others(tmp_path: Path)
     assert renderer.render(delivered, Channel.EMAIL) == render(delivered, Channel.EMAIL)
 
 
+def test_an_sms_block_replaces_the_message_in_the_sms_only(tmp_path: Path) -> None:
+    built_in = (TEMPLATES / "return_label.txt").read_text()
+    (tmp_path / "return_label.txt").write_text(
+        built_in + "{% block sms %}Return {{ rma_id }}: {{ label_url }}{% endblock %}"
+    )
+    renderer = MessageRenderer(tmp_path)
+    req = request(NotificationEvent.RETURN_LABEL, **FULL_CONTEXT)
+    assert renderer.render(req, Channel.SMS).text == "Return RMA-ORD-1001-1: https://labels.example/RMA-1.pdf"
+    assert renderer.render(req, Channel.EMAIL) == render(req, Channel.EMAIL)
+
+
 def test_an_override_of_the_layout_rebrands_every_email(tmp_path: Path) -> None:
     layout = (TEMPLATES / "layout.html").read_text()
     (tmp_path / "layout.html").write_text(layout.replace("&mdash; The {{ brand.name }} team", "Cheers, Ops"))
