@@ -26,7 +26,7 @@ from temporalio.exceptions import ApplicationError
 from common.config import Settings
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.integrations.sms import SmsPermanentError, SmsSender
-from common.messages import RenderedMessage, render
+from common.messages import MessageRenderer, RenderedMessage
 from common.models import Channel, NotifyRequest, NotifyResult, OpsAlert
 from common.notifications.contracts import NotificationClaim
 from common.store import Store
@@ -47,6 +47,7 @@ class NotificationActivities:
         self._email = email
         self._sms = sms
         self._settings = settings
+        self._messages = MessageRenderer.from_settings(settings)  # a broken template override fails here
 
     def activities(self) -> list[Callable[..., Any]]:
         """The activities of this domain, bound to their clients: what a worker registers."""
@@ -67,7 +68,7 @@ class NotificationActivities:
             if recipient is None:
                 result.skipped[channel.value] = "no recipient for this channel"
                 continue
-            message = render(request, channel)
+            message = self._messages.render(request, channel)
             key = notification_key(
                 request.key or request.order_id, request.event.value, channel.value, request.occurrence
             )

@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     api_public_url: str | None = None
 
     # Email templates: a folder whose files replace the built-in templates of the same name
+    # (src/common/messages/templates), read when the worker starts
     email_templates_dir: Path | None = None
+    # The brand in the emails' header and footer: its name (unset: the display name of email_from) and colour
+    email_brand_name: str | None = None
+    email_brand_colour: str = Field(default="#1f4e79", pattern=r"^#[0-9a-fA-F]{6}$")
 
     # Sandbox servers started by `make run` and the tests
     sandbox_host: str = "127.0.0.1"
