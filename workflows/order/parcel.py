@@ -310,11 +310,10 @@ class Parcel:
         fulfilment.advance(
             view,
             OrderStatus.LABELED,
-            f"{label.carrier} {label.service} label, tracking {label.tracking_number}",
+            f"{label.carrier} {label.service} label, tracking {label.tracking_number}"
+            + (f"; {label.choice}" if label.choice else ""),
             also=[CARRIER_ATTR.value_set(label.carrier), TRACKING_NUMBER.value_set(label.tracking_number)],
         )
-        if label.choice:
-            fulfilment.timeline.note(f"{fulfilment.timeline.parcel_prefix(view)}{label.choice}")
         if not fulfilment.labelled_parcels_ask_the_carrier():
             # Orders recorded before then told the customer "shipped" now, before the carrier had the parcel.
             await fulfilment.notify(NotificationEvent.SHIPPED, self.tracking_context(), occurrence=self.occurrence)

@@ -37,7 +37,8 @@ async def test_express_promises_three_days_and_buys_the_cheapest_rate_that_keeps
     assert view.promised_delivery == today + timedelta(days=3)
     # Sandbox rates: Ground 5 days $5.10, Saver 3 days $7.90, Priority 2 days $9.80, Overnight 1 day $24.50
     assert (view.carrier, view.service) == ("QuickShip", "Saver")
-    note = next(e.note for e in view.timeline if e.note.startswith("rate "))
+    note = next(e.note for e in view.timeline if e.status.value == "LABELED")
+    assert note.startswith("QuickShip Saver label, tracking SBX")
     assert "cheapest that keeps the promise" in note and f"promised by {today + timedelta(days=3)}" in note
     assert "SandboxPost Ground $5.10" in note and "misses the promise" in note
 
