@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.httputil import basic_auth
+from sandbox.httputil import api_key
 from sandbox.outages import Outages
 from sandbox.store import SandboxStore
 
@@ -156,10 +156,12 @@ class CarrierSandbox:
                 return easypost_error(
                     503, "SERVICE.UNAVAILABLE", "The service is temporarily unavailable. Please try again later."
                 )
-            auth = basic_auth(request.headers.get("Authorization"))
-            if auth is None:
-                return easypost_error(401, "APIKEY.REQUIRED", "No API key provided (HTTP Basic auth, key as user).")
-            if auth[0] != self._api_key:
+            key = api_key(request.headers.get("Authorization"))
+            if key is None:
+                return easypost_error(
+                    401, "APIKEY.REQUIRED", "No API key provided (Authorization: Bearer <key>, or Basic, key as user)."
+                )
+            if key != self._api_key:
                 return easypost_error(401, "APIKEY.INACTIVE", "This API key is no longer active.")
         try:
             response: web.StreamResponse = await handler(request)

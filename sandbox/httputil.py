@@ -19,3 +19,14 @@ def basic_auth(header: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
+
+
+def api_key(header: str | None) -> str | None:
+    """The API key of `Authorization: Bearer <key>` or of HTTP Basic (key as user), as EasyPost accepts both."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return token.strip() or None
+    auth = basic_auth(header)
+    return auth[0] if auth is not None else None
