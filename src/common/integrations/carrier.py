@@ -5,7 +5,8 @@ typed against), so a second aggregator (Shippo, ShipEngine) is one adapter away:
 methods, mapping its objects onto the same views and its errors onto the same error classes.
 
 The SDK is synchronous (requests): each call runs on a small thread pool the client owns (closed by `close()`),
-under the client's timeout, both as the SDK's socket timeout and as a deadline for the whole call. The SDK's
+under the client's timeout, both as the SDK's socket timeout and as a deadline for the whole call (a slow
+answer is not read again inside the SDK: retrying is the caller's, after a CarrierTransientError). The SDK's
 errors become ours: 408, 429, 5xx, timeouts and connection errors are CarrierTransientError (retry),
 ADDRESS.VERIFY.FAILURE a CarrierAddressError naming our Address field, SHIPMENT.POSTAGE.EXISTS a
 CarrierAlreadyPurchasedError, 404 a CarrierNotFoundError, any other refusal a CarrierError. Messages name the
@@ -23,6 +24,8 @@ from typing import Any
 import easypost
 from easypost import errors as ep
 from easypost.easypost_object import EasyPostObject
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from common.config import Settings
 from common.integrations.carrier_api import (
@@ -174,6 +177,12 @@ class CarrierClient:
                 api_base=self._api_base,
                 timeout=self._timeout,  # type: ignore[arg-type]
             )
+            # The SDK's session retries failed connections (3 times), and also GETs whose answer is slow, each
+            # after a full timeout: a slow carrier held a thread for 4 timeouts and saw each read again. Slow
+            # answers are ours to retry (CarrierTransientError), connections still the session's.
+            prefix = self._api_base.split("/v2")[0]
+            adapter = HTTPAdapter(max_retries=Retry(total=3, read=False), pool_maxsize=POOL_THREADS)
+            self._sdk._requests_session.mount(prefix, adapter)
             self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="easypost")
         return self._sdk, self._pool
 
