@@ -83,7 +83,7 @@ class Fault:
 
 
 class _Reject(Exception):
-    """Short-circuits a handler with an EasyPost-shaped error response."""
+    """Short-circuits a handler with an EasyPost error response."""
 
     def __init__(self, response: web.Response) -> None:
         self.response = response

@@ -1,5 +1,6 @@
 """Outages of the sandbox services, driven through the engine's real adapters (aiosmtplib's pooled EmailSender,
-the twilio SDK, the carrier client, Stripe's SDK), the HTTP control and the real `fulfill dev` CLI."""
+the twilio SDK, the carrier adapter over the easypost SDK, Stripe's SDK), the HTTP control and the real
+`fulfill dev` CLI."""
 
 from __future__ import annotations
 
