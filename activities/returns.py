@@ -14,10 +14,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.shipping import parcel_of, undo_label, warehouse_address
-from common.integrations.carrier import (
+from common.integrations.carrier_api import (
+    Carrier,
     CarrierAddressError,
     CarrierAlreadyPurchasedError,
-    CarrierClient,
     CarrierError,
     CarrierTransientError,
     choose_rate,
@@ -47,7 +47,7 @@ RETURN_MAX_DELIVERY_DAYS = 7
 
 
 class ReturnActivities:
-    def __init__(self, store: Store, carrier: CarrierClient, payments: PaymentsGateway) -> None:
+    def __init__(self, store: Store, carrier: Carrier, payments: PaymentsGateway) -> None:
         self._store = store
         self._returns = store.returns
         self._carrier = carrier

@@ -16,10 +16,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from common.catalog.contracts import Warehouse
-from common.integrations.carrier import (
+from common.integrations.carrier_api import (
+    Carrier,
     CarrierAddressError,
     CarrierAlreadyPurchasedError,
-    CarrierClient,
     CarrierError,
     CarrierNotFoundError,
     CarrierShipment,
@@ -51,7 +51,7 @@ class ShippingActivities:
     def __init__(
         self,
         store: Store,
-        carrier: CarrierClient,
+        carrier: Carrier,
         *,
         rate_strategy: RateStrategy = "cheapest",
         preferred_carriers: Sequence[str] = (),
@@ -213,7 +213,7 @@ def _label(record: LabelRecord) -> Label:
     )
 
 
-async def undo_label(store: Store, carrier: CarrierClient, key: str) -> LabelUndoResult:
+async def undo_label(store: Store, carrier: Carrier, key: str) -> LabelUndoResult:
     """Undo the label bought under `key`, asking the carrier what happened first: a label is voided only when
     the carrier accepted its refund, never once the carrier has the parcel. A shipment that was created but
     not (yet) known to be bought in our records is looked up too: a purchase interrupted after the carrier

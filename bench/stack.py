@@ -196,6 +196,8 @@ def with_sandbox_ports(settings: Settings) -> Settings:
             "twilio_base_url": f"http://{LOCALHOST}:{http}",
             "sms_status_callback_url": f"http://{LOCALHOST}:{http}/sms/status",
             "carrier_api_base": f"http://{LOCALHOST}:{carrier}/v2",
+            # No engine HTTP API receives them in a benchmark: the carrier's tracker webhooks go nowhere.
+            "sandbox_carrier_webhook_url": None,
         }
     )
 

@@ -1,4 +1,4 @@
-"""Local servers that speak the real external APIs (SMTP, Twilio Messages, an EasyPost-shaped carrier, Stripe's
+"""Local servers that speak the real external APIs (SMTP, Twilio Messages, EasyPost's carrier API, Stripe's
 Refunds API), so the engine's real adapters run in the demo and the tests without reaching the internet."""
 
 from sandbox.app import SandboxServers

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from common.config import Settings
 from sandbox.carrier import CarrierSandbox, Progression
+from sandbox.carrier_webhooks import LOCAL_HOSTS, SentEvent, WebhookConfig
 from sandbox.outages import OutageControl, Outages
 from sandbox.payments import PaymentsSandbox
 from sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
@@ -41,6 +42,7 @@ class SandboxServers:
         out_for_delivery_after: float | None = None,
         delivered_after: float | None = None,
         sms_callback_delays: tuple[float, float] = (0.1, 0.3),
+        carrier_webhooks: bool = True,
     ) -> None:
         self.settings = settings
         self.db_path = db_path if db_path is not None else settings.var_dir / "sandbox.db"
@@ -55,6 +57,8 @@ class SandboxServers:
         self._outages = Outages()
         self._opted_out = opted_out
         self._sms_callback_delays = sms_callback_delays
+        # Tracker webhooks go to settings.sandbox_carrier_webhook_url (unset: nowhere); False: listed, not sent
+        self._carrier_webhooks = carrier_webhooks
         self.progression = Progression(
             in_transit_after=_pick(in_transit_after, settings.sandbox_in_transit_after),
             out_for_delivery_after=_pick(out_for_delivery_after, settings.sandbox_out_for_delivery_after),
@@ -109,7 +113,14 @@ class SandboxServers:
 
         carrier_app = web.Application()
         self._carrier = CarrierSandbox(
-            store, api_key=s.carrier_api_key, progression=self.progression, outages=self._outages
+            store,
+            api_key=s.carrier_api_key,
+            progression=self.progression,
+            outages=self._outages,
+            webhook_url=s.sandbox_carrier_webhook_url,
+            webhook_secret=s.carrier_webhook_secret,
+            webhooks_enabled=self._carrier_webhooks,
+            local_hosts=LOCAL_HOSTS | {self.host, self.client_host},
         )
         self._carrier.add_routes(carrier_app)
         carrier_app.router.add_get("/healthz", _healthz)
@@ -258,7 +269,8 @@ class SandboxServers:
         delay: float = 0.0,
     ) -> None:
         """The next `fail_next` calls of a carrier operation (create_shipment, get_shipment, buy, refund,
-        tracker) wait `delay` seconds, then fail with `status` (status None: answer normally after it)."""
+        tracker, create_tracker) wait `delay` seconds, then fail with `status` (status None: answer normally
+        after it)."""
         self.carrier.inject_fault(operation, fail_next, status, code, message, delay)
 
     def clear_faults(self) -> None:
@@ -269,6 +281,16 @@ class SandboxServers:
     ) -> dict[str, Any]:
         """Hold a tracker at `status` (e.g. "failure"); None or "auto" resumes the automatic progression."""
         return self.carrier.force_tracker_status(tracking_code, status, message)
+
+    def carrier_webhooks(self, **changes: Any) -> WebhookConfig:
+        """The carrier's webhook settings, after `changes`: enabled (bool), url, secret, drop_next and
+        duplicate_next (counts of the next events to drop or send twice), retry_delays (seconds)."""
+        return self.carrier.webhooks.configure(**changes)
+
+    def carrier_events(self, tracking_code: str | None = None) -> list[SentEvent]:
+        """Every tracker Event the carrier made (optionally of one tracking code), oldest first, with how its
+        delivery went."""
+        return self.carrier.webhooks.events(tracking_code)
 
     async def _outbox_handler(self, request: web.Request) -> web.Response:
         messages = self.outbox(request.query.get("order_id"))

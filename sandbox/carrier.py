@@ -1,10 +1,18 @@
-"""Sandbox carrier: an EasyPost-shaped API (`/v2`) for rates, labels, refunds and tracking.
+"""Sandbox carrier: EasyPost's API (`/v2`), so the unmodified `easypost` SDK runs against it.
 
-Tracker status is computed from wall-clock time since purchase and the progression stored with the shipment
-at purchase (pre_transit -> in_transit -> out_for_delivery -> delivered), so a restarted sandbox tells the
-same story. Test controls under `/v2/_sandbox` (no auth): fault injection per operation, forced tracker
-statuses ("holds" that pause the automatic progression until released with status "auto"), and a listing
-of all shipments. During an outage (outages.py) every `/v2` API call answers 503 with EasyPost's error body.
+Shipments with rates (`POST /v2/shipments`, `GET /v2/shipments/{id}`), label purchase (`POST .../buy` with
+`{"rate": {"id"}}`), refunds (`POST .../refund`), trackers (`POST /v2/trackers`, `GET /v2/trackers/{id}`,
+`GET /v2/trackers` by tracking code(s), newest first, `has_more`), and Events (`GET /v2/events`). Auth as
+EasyPost: `Authorization: Bearer <key>` (what the SDK sends) or HTTP Basic with the key as user. Objects carry
+EasyPost's `object`, `mode`, id prefixes (`shp_`, `rate_`, `trk_`, `adr_`, `evt_`...) and `created_at`, which
+the SDK needs to make them into its classes (`shipment.lowest_rate()`); errors are EasyPost's
+`{"error": {"code", "message", "errors": [{field, message}]}}`.
+
+Tracker statuses follow wall-clock time since purchase (carrier_trackers.py); every change is an Event, POSTed
+signed to the webhook URL (carrier_webhooks.py). Test controls under `/v2/_sandbox` (no auth): fault injection
+per operation, forced tracker statuses ("holds" that pause the automatic progression until released with
+status "auto"), a listing of all shipments, the webhooks and the events sent. During an outage (outages.py)
+every `/v2` API call answers 503 with EasyPost's error body.
 """
 
 from __future__ import annotations
@@ -14,66 +22,41 @@ import base64
 import html
 import json
 import logging
-import math
 import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from sandbox.httputil import basic_auth
+from sandbox.carrier_trackers import (
+    MESSAGES,
+    TRACKER_STATUSES,
+    Progression,
+    iso,
+    new_tracker,
+    render_tracker,
+    sandbox_state,
+    started,
+)
+from sandbox.carrier_webhooks import LOCAL_HOSTS, CarrierWebhooks, Key, WebhookRoutes
+from sandbox.httputil import api_key, easypost_error
 from sandbox.outages import Outages
 from sandbox.store import SandboxStore
 
+__all__ = ["CarrierSandbox", "Progression", "easypost_error"]
+
 log = logging.getLogger("fulfill.sandbox.carrier")
 
-# (carrier, service, delivery_days, rate)
-RATES: list[tuple[str, str, int, str]] = [
-    ("SandboxPost", "Ground", 5, "5.10"),
-    ("SandboxPost", "Priority", 2, "9.80"),
-    ("QuickShip", "Saver", 3, "7.90"),
-    ("QuickShip", "Overnight", 1, "24.50"),
+# (carrier, service, delivery_days, rate, delivery date guaranteed)
+RATES: list[tuple[str, str, int, str, bool]] = [
+    ("SandboxPost", "Ground", 5, "5.10", False),
+    ("SandboxPost", "Priority", 2, "9.80", False),
+    ("QuickShip", "Saver", 3, "7.90", False),
+    ("QuickShip", "Overnight", 1, "24.50", True),
 ]
-OPERATIONS = frozenset({"create_shipment", "get_shipment", "buy", "refund", "tracker"})
-TRACKER_STATUSES = frozenset(
-    {
-        "unknown",
-        "pre_transit",
-        "in_transit",
-        "out_for_delivery",
-        "available_for_pickup",
-        "delivered",
-        "return_to_sender",
-        "failure",
-        "cancelled",
-        "error",
-    }
-)
-STATUS_DETAIL = {
-    "pre_transit": "label_created",
-    "in_transit": "arrived_at_facility",
-    "out_for_delivery": "out_for_delivery",
-    "delivered": "arrived_at_destination",
-    "failure": "delivery_exception",
-    "return_to_sender": "return",
-    "cancelled": "cancelled",
-    "available_for_pickup": "available_for_pickup",
-}
-MESSAGES = {
-    "pre_transit": "Shipping label created",
-    "in_transit": "Arrived at carrier facility",
-    "out_for_delivery": "Out for delivery",
-    "delivered": "Delivered",
-    "available_for_pickup": "Available for pickup",
-    "return_to_sender": "Returning to sender",
-    "failure": "Delivery attempt failed",
-    "cancelled": "Label voided; shipment cancelled",
-    "error": "Carrier error",
-    "unknown": "Status unknown",
-}
+OPERATIONS = frozenset({"create_shipment", "get_shipment", "buy", "refund", "tracker", "create_tracker"})
 DEFAULT_FAULT_CODES = {
     429: "RATE_LIMITED",
     500: "INTERNAL_SERVER_ERROR",
@@ -81,20 +64,13 @@ DEFAULT_FAULT_CODES = {
     503: "SERVICE.UNAVAILABLE",
     504: "GATEWAY_TIMEOUT",
 }
+NOT_FOUND = "The requested resource could not be found."
 COUNTRY = re.compile(r"^[A-Za-z]{2}$")
+DAY = 86400.0
 # A 1x1 PNG: labels only need to be fetchable
 LABEL_PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
 )
-
-
-@dataclass(frozen=True)
-class Progression:
-    """Seconds after purchase at which the tracker reaches each status."""
-
-    in_transit_after: float
-    out_for_delivery_after: float
-    delivered_after: float
 
 
 @dataclass
@@ -106,24 +82,28 @@ class Fault:
     delay: float = 0.0
 
 
-def easypost_error(status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, "errors": errors or []}}, status=status)
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class _Reject(Exception):
-    """Short-circuits a handler with an EasyPost-shaped error response."""
+    """Short-circuits a handler with an EasyPost error response."""
 
     def __init__(self, response: web.Response) -> None:
         self.response = response
 
 
 class CarrierSandbox:
+    """`webhook_url`/`webhook_secret`: where tracker events go and what signs them (None: nowhere, unsigned);
+    `webhooks_enabled` False keeps them listed but undelivered until switched on."""
+
     def __init__(
-        self, store: SandboxStore, *, api_key: str, progression: Progression, outages: Outages | None = None
+        self,
+        store: SandboxStore,
+        *,
+        api_key: str,
+        progression: Progression,
+        outages: Outages | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhooks_enabled: bool = True,
+        local_hosts: frozenset[str] = LOCAL_HOSTS,
     ) -> None:
         self._store = store
         self._outages = outages if outages is not None else Outages()
@@ -131,6 +111,16 @@ class CarrierSandbox:
         self.progression = progression
         self.faults: dict[str, Fault] = {}
         self.public_base = "http://127.0.0.1"  # set once the port is bound (label and tracking URLs)
+        self.webhooks = CarrierWebhooks(
+            load=self._load_key,
+            save=self._save,
+            keys=self._tracker_keys,
+            public_base=lambda: self.public_base,
+            url=webhook_url,
+            secret=webhook_secret,
+            enabled=webhooks_enabled,
+            local_hosts=local_hosts,
+        )
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -138,6 +128,7 @@ class CarrierSandbox:
         r.add_get("/v2/shipments/{id}", self.get_shipment)
         r.add_post("/v2/shipments/{id}/buy", self.buy)
         r.add_post("/v2/shipments/{id}/refund", self.refund)
+        r.add_post("/v2/trackers", self.create_tracker)
         r.add_get("/v2/trackers", self.list_trackers)
         r.add_get("/v2/trackers/{id}", self.get_tracker)
         r.add_post("/v2/_sandbox/faults", self.set_fault)
@@ -146,6 +137,7 @@ class CarrierSandbox:
         r.add_get("/v2/_sandbox/shipments", self.list_shipments)
         r.add_get("/labels/{file}", self.label)
         r.add_get("/track/{tracking_code}", self.track_page)
+        WebhookRoutes(self.webhooks).add_routes(app)
         app.middlewares.append(self._middleware)
 
     @web.middleware
@@ -156,10 +148,12 @@ class CarrierSandbox:
                 return easypost_error(
                     503, "SERVICE.UNAVAILABLE", "The service is temporarily unavailable. Please try again later."
                 )
-            auth = basic_auth(request.headers.get("Authorization"))
-            if auth is None:
-                return easypost_error(401, "APIKEY.REQUIRED", "No API key provided (HTTP Basic auth, key as user).")
-            if auth[0] != self._api_key:
+            key = api_key(request.headers.get("Authorization"))
+            if key is None:
+                return easypost_error(
+                    401, "APIKEY.REQUIRED", "No API key provided (Authorization: Bearer <key>, or Basic, key as user)."
+                )
+            if key != self._api_key:
                 return easypost_error(401, "APIKEY.INACTIVE", "This API key is no longer active.")
         try:
             response: web.StreamResponse = await handler(request)
@@ -197,7 +191,7 @@ class CarrierSandbox:
         self, tracking_code: str, status: str | None, message: str | None = None
     ) -> dict[str, Any]:
         """Hold the tracker at `status` (automatic progression paused); None or "auto" releases the hold."""
-        doc = self._store.shipment_by_tracking_code(tracking_code)
+        doc = self._tracked(tracking_code)
         if doc is None:
             raise KeyError(tracking_code)
         if status not in TRACKER_STATUSES and status not in (None, "auto"):
@@ -208,7 +202,8 @@ class CarrierSandbox:
             holds[-1][1] = now
         if status not in (None, "auto"):
             holds.append([now, None, status, message or MESSAGES.get(status, status)])
-        self._store.update_shipment(doc)
+        self._save(doc)
+        self.webhooks.watch(_key(doc))
         return self._tracker(doc, now)
 
     async def _fault(self, operation: str) -> None:
@@ -293,7 +288,7 @@ class CarrierSandbox:
         body = await _json(request)
         await self._fault("buy")
         doc = self._load(request.match_info["id"])
-        if doc["_sandbox"]["purchased_at"] is not None:
+        if started(doc):
             return easypost_error(422, "SHIPMENT.POSTAGE.EXISTS", "Postage already exists for this shipment.")
         rate_id = body["rate"].get("id") if isinstance(body.get("rate"), dict) else None
         rate = next((r for r in doc["rates"] if r["id"] == rate_id), None)
@@ -306,38 +301,34 @@ class CarrierSandbox:
             )
         now = time.time()
         tracking_code = self._new_tracking_code()
-        p = self.progression
-        doc["_sandbox"].update(
-            purchased_at=now, progression=[p.in_transit_after, p.out_for_delivery_after, p.delivered_after]
-        )
+        doc["_sandbox"].update(sandbox_state(now, self.progression))
         doc.update(
             selected_rate=rate,
             tracking_code=tracking_code,
             status="purchased",
             updated_at=iso(now),
+            insurance=str(body["insurance"]) if body.get("insurance") is not None else doc.get("insurance"),
             postage_label={
                 "id": "pl_" + secrets.token_hex(16),
                 "object": "PostageLabel",
+                "mode": "test",
                 "label_file_type": "image/png",
                 "label_date": iso(now),
+                "created_at": iso(now),
+                "updated_at": iso(now),
             },
             tracker={"id": "trk_" + secrets.token_hex(16)},
         )
         self._store.update_shipment(doc)
-        log.info(
-            "label bought for %s: %s %s, tracking %s",
-            doc["id"],
-            rate["carrier"],
-            rate["service"],
-            tracking_code,
-        )
+        self.webhooks.watch(_key(doc))
+        log.info("label bought for %s: %s %s, tracking %s", doc["id"], rate["carrier"], rate["service"], tracking_code)
         return web.json_response(self._shipment(doc, now))
 
     async def refund(self, request: web.Request) -> web.Response:
         await self._fault("refund")
         doc = self._load(request.match_info["id"])
         now = time.time()
-        if doc["_sandbox"]["purchased_at"] is None:
+        if not started(doc):
             shown = self._shipment(doc, now)
             shown["refund_status"] = "not_applicable"
             return web.json_response(shown)
@@ -351,6 +342,7 @@ class CarrierSandbox:
         doc["refund_status"] = "refunded"  # what later reads see
         doc["updated_at"] = iso(now)
         self._store.update_shipment(doc)
+        self.webhooks.watch(_key(doc))
         shown = self._shipment(doc, now)
         shown["refund_status"] = "submitted"
         log.info("label of %s refunded", doc["id"])
@@ -358,33 +350,73 @@ class CarrierSandbox:
 
     # -- trackers ------------------------------------------------------------------------------------------
 
+    async def create_tracker(self, request: web.Request) -> web.Response:
+        """The tracker of a tracking code: a sandbox label's own, one created before, else a new standalone
+        one that progresses by time from now."""
+        body = await _json(request)
+        await self._fault("create_tracker")
+        data = body.get("tracker")
+        code = data.get("tracking_code") if isinstance(data, dict) else None
+        carrier = data.get("carrier") if isinstance(data, dict) else None
+        if not isinstance(code, str) or not code.strip():
+            return _missing("tracker.tracking_code")
+        if carrier is not None and not isinstance(carrier, str):
+            return easypost_error(
+                422, "PARAMETER.INVALID", "Invalid carrier.", [{"field": "tracker.carrier", "message": "invalid"}]
+            )
+        now = time.time()
+        doc = self._tracked(code.strip())
+        if doc is not None:
+            return web.json_response(self._tracker(doc, now))
+        doc = new_tracker(code.strip(), carrier, now, self.progression)
+        self._store.insert_tracker(doc)
+        self.webhooks.watch(_key(doc))
+        log.info("standalone tracker %s created for %s", doc["id"], doc["tracking_code"])
+        return web.json_response(self._tracker(doc, now), status=201)
+
     async def get_tracker(self, request: web.Request) -> web.Response:
         await self._fault("tracker")
-        doc = self._store.shipment_by_tracker_id(request.match_info["id"])
+        tracker_id = request.match_info["id"]
+        doc = self._store.shipment_by_tracker_id(tracker_id) or self._store.tracker(tracker_id)
         if doc is None:
-            return easypost_error(404, "NOT_FOUND", "The requested resource could not be found.")
+            return easypost_error(404, "NOT_FOUND", NOT_FOUND)
         return web.json_response(self._tracker(doc, time.time()))
 
     async def list_trackers(self, request: web.Request) -> web.Response:
+        """EasyPost's tracker list: newest first, filtered by `tracking_code`, `tracking_codes[]` and `carrier`,
+        `page_size` (default 20, at most 100) at a time, older ones with `before_id`."""
         await self._fault("tracker")
-        now = time.time()
-        code = request.query.get("tracking_code")
-        if code is not None:
-            doc = self._store.shipment_by_tracking_code(code)
-            docs = [doc] if doc is not None else []
+        q = request.query
+        codes = {*q.getall("tracking_codes[]", []), *q.getall("tracking_codes", [])}
+        if "tracking_code" in q:
+            codes.add(q["tracking_code"])
+        if codes:
+            found = (self._tracked(code) for code in codes)
+            docs = [d for d in found if d is not None]
         else:
-            docs = [d for d in self._store.shipments() if d.get("tracking_code")]
-        return web.json_response({"trackers": [self._tracker(d, now) for d in docs], "has_more": False})
+            docs = [d for d in self._store.shipments() if started(d)] + self._store.trackers()
+        carrier = (q.get("carrier") or "").lower()
+        now = time.time()
+        docs.sort(key=lambda d: d["_sandbox"]["purchased_at"], reverse=True)
+        trackers = [t for t in (self._tracker(d, now) for d in docs) if carrier in ("", t["carrier"].lower())]
+        if "before_id" in q:
+            ids = [t["id"] for t in trackers]
+            trackers = trackers[ids.index(q["before_id"]) + 1 :] if q["before_id"] in ids else []
+        try:
+            size = min(max(int(q.get("page_size", "20")), 1), 100)
+        except ValueError:
+            return easypost_error(400, "BAD_REQUEST", "page_size must be a number.")
+        return web.json_response({"trackers": trackers[:size], "has_more": len(trackers) > size})
 
     async def label(self, request: web.Request) -> web.Response:
         shipment_id = request.match_info["file"].removesuffix(".png")
         doc = self._store.shipment(shipment_id)
-        if doc is None or doc["_sandbox"]["purchased_at"] is None:
+        if doc is None or not started(doc):
             raise web.HTTPNotFound()
         return web.Response(body=LABEL_PNG, content_type="image/png")
 
     async def track_page(self, request: web.Request) -> web.Response:
-        doc = self._store.shipment_by_tracking_code(request.match_info["tracking_code"])
+        doc = self._tracked(request.match_info["tracking_code"])
         if doc is None:
             raise web.HTTPNotFound(text="unknown tracking code")
         tracker = self._tracker(doc, time.time())
@@ -401,13 +433,33 @@ class CarrierSandbox:
         )
         return web.Response(text=page, content_type="text/html")
 
-    # -- rendering -----------------------------------------------------------------------------------------
+    # -- documents -----------------------------------------------------------------------------------------
 
     def _load(self, shipment_id: str) -> dict[str, Any]:
         doc = self._store.shipment(shipment_id)
         if doc is None:
-            raise _Reject(easypost_error(404, "NOT_FOUND", "The requested resource could not be found."))
+            raise _Reject(easypost_error(404, "NOT_FOUND", NOT_FOUND))
         return doc
+
+    def _tracked(self, tracking_code: str) -> dict[str, Any] | None:
+        """The bought shipment or the standalone tracker with this tracking code."""
+        return self._store.shipment_by_tracking_code(tracking_code) or self._store.tracker_by_tracking_code(
+            tracking_code
+        )
+
+    def _load_key(self, key: Key) -> dict[str, Any] | None:
+        kind, doc_id = key
+        return self._store.shipment(doc_id) if kind == "shipment" else self._store.tracker(doc_id)
+
+    def _save(self, doc: dict[str, Any]) -> None:
+        if doc.get("object") == "Shipment":
+            self._store.update_shipment(doc)
+        else:
+            self._store.update_tracker(doc)
+
+    def _tracker_keys(self) -> list[Key]:
+        shipments = [_key(d) for d in self._store.shipments() if started(d)]
+        return shipments + [_key(d) for d in self._store.trackers()]
 
     def _new_tracking_code(self) -> str:
         while True:
@@ -417,7 +469,7 @@ class CarrierSandbox:
 
     def _shipment(self, doc: dict[str, Any], now: float) -> dict[str, Any]:
         shown = {k: v for k, v in doc.items() if k != "_sandbox"}
-        if doc["_sandbox"]["purchased_at"] is None:
+        if not started(doc):
             shown["tracker"] = None
             return shown
         shown["postage_label"] = {
@@ -428,73 +480,11 @@ class CarrierSandbox:
         return shown
 
     def _tracker(self, doc: dict[str, Any], now: float) -> dict[str, Any]:
-        sb = doc["_sandbox"]
-        t0: float = sb["purchased_at"]
-        steps = [0.0, *sb["progression"]]
-        holds = sorted(sb["holds"], key=lambda h: h[0])
-        cancelled_at: float | None = sb["cancelled_at"]
-        until = now if cancelled_at is None else min(now, cancelled_at)
-        to_loc, from_loc = _location(doc["to_address"]), _location(doc["from_address"])
-
-        # (wall time, order, status, message, location); automatic steps are pushed back by holds
-        events: list[tuple[float, int, str, str, dict[str, Any]]] = []
-        for i, (after, status) in enumerate(
-            zip(steps, ("pre_transit", "in_transit", "out_for_delivery", "delivered"), strict=True)
-        ):
-            at = _shifted(t0 + after, holds, open_end=math.inf)
-            if at <= until:
-                events.append((at, i, status, MESSAGES[status], from_loc if i < 2 else to_loc))
-        for start, end, status, message in holds:
-            if start <= until:
-                events.append((start, 10, status, message, to_loc))
-            if end is not None and end <= until:
-                # Back to the automatic progression: record where it stands
-                reached = [e for e in events if e[1] < 10 and e[0] <= end]
-                current = max(reached, key=lambda e: (e[0], e[1])) if reached else None
-                if current is not None:
-                    # Order 9: a hold that starts at the same instant (a forced status replacing another) wins.
-                    events.append((end, 9, current[2], f"Resumed: {current[3]}", current[4]))
-        if cancelled_at is not None and cancelled_at <= now:
-            events.append((cancelled_at, 20, "cancelled", MESSAGES["cancelled"], from_loc))
-        events.sort(key=lambda e: (e[0], e[1]))
-        status = events[-1][2] if events else "pre_transit"
-        est = _shifted(t0 + steps[-1], holds, open_end=now)
-        carrier = doc["selected_rate"]["carrier"]
-        code = doc["tracking_code"]
-        return {
-            "id": doc["tracker"]["id"],
-            "object": "Tracker",
-            "mode": "test",
-            "tracking_code": code,
-            "carrier": carrier,
-            "shipment_id": doc["id"],
-            "status": status,
-            "status_detail": STATUS_DETAIL.get(status, "unknown"),
-            "est_delivery_date": iso(est) if status not in ("cancelled",) else None,
-            "public_url": f"{self.public_base}/track/{code}",
-            "created_at": iso(t0),
-            "updated_at": iso(events[-1][0]) if events else iso(t0),
-            "tracking_details": [
-                {
-                    "object": "TrackingDetail",
-                    "status": s,
-                    "status_detail": STATUS_DETAIL.get(s, "unknown"),
-                    "message": m,
-                    "datetime": iso(at),
-                    "source": carrier,
-                    "tracking_location": loc,
-                }
-                for at, _, s, m, loc in events
-            ],
-        }
+        return render_tracker(doc, now, self.public_base)
 
 
-def _shifted(t: float, holds: list[list[Any]], *, open_end: float) -> float:
-    """Wall time at which an automatic step planned for `t` happens, once the holds have paused the clock."""
-    for start, end, _status, _message in holds:
-        if start <= t:
-            t += (end if end is not None else max(open_end, start)) - start
-    return t
+def _key(doc: dict[str, Any]) -> Key:
+    return ("shipment" if doc.get("object") == "Shipment" else "tracker", doc["id"])
 
 
 def _verify_address(address: Any) -> list[dict[str, str]]:
@@ -513,18 +503,9 @@ def _verify_address(address: Any) -> list[dict[str, str]]:
     return errors
 
 
-def _address(address: dict[str, Any]) -> dict[str, Any]:
-    return {"id": "adr_" + secrets.token_hex(16), "object": "Address", **address}
-
-
-def _location(address: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "object": "TrackingLocation",
-        "city": address.get("city"),
-        "state": address.get("state"),
-        "country": address.get("country"),
-        "zip": address.get("zip"),
-    }
+def _address(address: dict[str, Any], now: float) -> dict[str, Any]:
+    stamp = {"mode": "test", "created_at": iso(now), "updated_at": iso(now)}
+    return {**address, "id": "adr_" + secrets.token_hex(16), "object": "Address", **stamp}
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -561,36 +542,44 @@ def _shipment_problem(data: object) -> web.Response | None:
 def _new_shipment(data: dict[str, Any], now: float) -> dict[str, Any]:
     """A stored shipment as EasyPost creates it: rated, not yet bought."""
     shipment_id = "shp_" + secrets.token_hex(16)
+    stamp = {"mode": "test", "created_at": iso(now), "updated_at": iso(now)}
     return {
         "id": shipment_id,
         "object": "Shipment",
-        "mode": "test",
+        **stamp,
         "reference": data.get("reference"),
-        "created_at": iso(now),
-        "updated_at": iso(now),
-        "to_address": _address(data["to_address"]),
-        "from_address": _address(data["from_address"]),
-        "parcel": {"id": "prcl_" + secrets.token_hex(16), "object": "Parcel", **(data.get("parcel") or {})},
+        "to_address": _address(data["to_address"], now),
+        "from_address": _address(data["from_address"], now),
+        "parcel": {**(data.get("parcel") or {}), "id": "prcl_" + secrets.token_hex(16), "object": "Parcel", **stamp},
         "is_return": bool(data.get("is_return", False)),
         "options": data.get("options") or {},
         "rates": [
             {
                 "id": "rate_" + secrets.token_hex(16),
                 "object": "Rate",
+                **stamp,
                 "carrier": carrier,
+                "carrier_account_id": "ca_sandbox_" + carrier.lower(),
                 "service": service,
                 "rate": rate,
                 "currency": "USD",
+                "list_rate": rate,
+                "list_currency": "USD",
+                "retail_rate": rate,
+                "retail_currency": "USD",
                 "delivery_days": days,
                 "est_delivery_days": days,
+                "delivery_date": iso(now + days * DAY),
+                "delivery_date_guaranteed": guaranteed,
                 "shipment_id": shipment_id,
             }
-            for carrier, service, days, rate in RATES
+            for carrier, service, days, rate, guaranteed in RATES
         ],
         "selected_rate": None,
         "postage_label": None,
         "tracking_code": None,
         "refund_status": None,
+        "insurance": None,
         "status": "unknown",
         "messages": [],
         "_sandbox": {"purchased_at": None, "progression": None, "holds": [], "cancelled_at": None},

@@ -1,4 +1,4 @@
-"""SQLite storage of the sandbox: outbox messages, carrier shipments and payment refunds, in one file.
+"""SQLite storage of the sandbox: outbox messages, carrier shipments and trackers, payment refunds, in one file.
 
 stdlib sqlite3 on the event loop thread: every call is a single small statement on a local file, faster
 than a thread hop, and running read-modify-write without an `await` in between keeps it atomic.
@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS shipments (
     id TEXT NOT NULL UNIQUE,
     tracking_code TEXT UNIQUE,
     tracker_id TEXT UNIQUE,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trackers (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    tracking_code TEXT NOT NULL UNIQUE,
     doc TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS refunds (
@@ -165,7 +171,10 @@ class SandboxStore:
         )
 
     def tracking_code_taken(self, tracking_code: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM shipments WHERE tracking_code = ?", (tracking_code,)).fetchone()
+        row = self._db.execute(
+            "SELECT 1 FROM shipments WHERE tracking_code = ? UNION ALL SELECT 1 FROM trackers WHERE tracking_code = ?",
+            (tracking_code, tracking_code),
+        ).fetchone()
         return row is not None
 
     def shipment(self, shipment_id: str) -> dict[str, Any] | None:
@@ -179,6 +188,26 @@ class SandboxStore:
 
     def shipments(self) -> list[dict[str, Any]]:
         return [json.loads(row["doc"]) for row in self._db.execute("SELECT doc FROM shipments ORDER BY seq")]
+
+    # -- standalone carrier trackers (POST /v2/trackers for a code no sandbox label has) ----------------------
+
+    def insert_tracker(self, doc: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO trackers (id, tracking_code, doc) VALUES (?, ?, ?)",
+            (doc["id"], doc["tracking_code"], json.dumps(doc)),
+        )
+
+    def update_tracker(self, doc: dict[str, Any]) -> None:
+        self._db.execute("UPDATE trackers SET doc = ? WHERE id = ?", (json.dumps(doc), doc["id"]))
+
+    def tracker(self, tracker_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT doc FROM trackers WHERE id = ?", tracker_id)
+
+    def tracker_by_tracking_code(self, tracking_code: str) -> dict[str, Any] | None:
+        return self._one("SELECT doc FROM trackers WHERE tracking_code = ?", tracking_code)
+
+    def trackers(self) -> list[dict[str, Any]]:
+        return [json.loads(row["doc"]) for row in self._db.execute("SELECT doc FROM trackers ORDER BY seq")]
 
     # -- payment refunds (a Stripe refund object each) and the idempotency keys that made them ------------
 

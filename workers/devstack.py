@@ -108,6 +108,18 @@ def with_sandbox_payments(settings: Settings, environ: dict[str, str]) -> tuple[
     return settings.model_copy(update=payments), env
 
 
+def with_sandbox_webhooks(settings: Settings, environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
+    """The sandbox carrier's tracker webhooks to this stack's HTTP API (FULFILL_API_HOST/PORT), unless the
+    environment names a URL itself (empty: none)."""
+    if any(k.upper() == "FULFILL_SANDBOX_CARRIER_WEBHOOK_URL" for k in environ):
+        return settings, environ
+    url = f"http://{_client_host(settings.api_host)}:{settings.api_port}/v1/webhooks/easypost"
+    return settings.model_copy(update={"sandbox_carrier_webhook_url": url}), {
+        **environ,
+        "FULFILL_SANDBOX_CARRIER_WEBHOOK_URL": url,
+    }
+
+
 def _client_host(host: str) -> str:
     host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     return f"[{host}]" if ":" in host else host
@@ -118,6 +130,7 @@ def _banner(settings: Settings) -> str:
     picker = f"confirms picks after {settings.picker_delay:g}s" if settings.picker_enabled else "off"
     host = _client_host(settings.sandbox_host)
     api = f"http://{_client_host(settings.api_host)}:{settings.api_port}"
+    hooks = settings.sandbox_carrier_webhook_url or "nowhere"
     return f"""
   Fulfillment engine is up.
     Temporal Web UI   {ui}/namespaces/{settings.temporal_namespace}/workflows
@@ -125,7 +138,7 @@ def _banner(settings: Settings) -> str:
     HTTP API          {api}/v1  (reference: {api}/docs, schema: {api}/openapi.json)
     Sandbox SMTP      {host}:{settings.sandbox_smtp_port}
     Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
-    Sandbox carrier   {settings.carrier_api_base}
+    Sandbox carrier   {settings.carrier_api_base} (EasyPost's API; tracker webhooks to {hooks})
     Sandbox payments  {settings.stripe_api_base or "real Stripe"} (refunds via Stripe's SDK)
     Database          {hide_password(settings.database_url)}
                       the fulfill CLI follows this stack ({stack_file(settings.var_dir)}): it uses this database
@@ -166,6 +179,7 @@ def main() -> None:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Children ignore the terminal's Ctrl-C (own session); we stop them in order: worker first.
     settings, env = with_sandbox_payments(settings, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    settings, env = with_sandbox_webhooks(settings, env)
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)

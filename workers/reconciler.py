@@ -29,7 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.shipping import label_key, undo_label
 from common.config import Settings
-from common.integrations.carrier import CarrierClient
+from common.integrations.carrier_api import Carrier
 from common.logs import describe_error
 from common.models import LabelUndo, order_key, workflow_id_for
 from common.order_signals import OUTBOX_ERROR_CHARS, DeliveryReport, deliver_order_signals
@@ -80,7 +80,7 @@ _VISIBILITY_MARGIN = timedelta(minutes=10)
 
 
 class ClosedOrderSweeper:
-    def __init__(self, client: Client, store: Store, carrier: CarrierClient, *, lookback_s: float) -> None:
+    def __init__(self, client: Client, store: Store, carrier: Carrier, *, lookback_s: float) -> None:
         self._client = client
         self._store = store
         self._carrier = carrier
@@ -135,7 +135,7 @@ class ClosedOrderSweeper:
         return order_key(order_id, int(await description.memo_value("placement", default=1))) == key
 
 
-async def sweep_order(store: Store, carrier: CarrierClient, order_id: str) -> None:
+async def sweep_order(store: Store, carrier: Carrier, order_id: str) -> None:
     """Give back what a closed order holds (`order_id`: the key of its rows), as a cancel would: each shipment
     whose stock is still held gets its label undone unless the carrier has the parcel (then that stock is
     committed: it left), then open pick tasks are cancelled and the rest is released (which also ends its
@@ -174,7 +174,7 @@ async def running_relay(client: Client, store: Store, settings: Settings) -> Asy
 
 @asynccontextmanager
 async def running_sweeper(
-    client: Client, store: Store, carrier: CarrierClient, settings: Settings
+    client: Client, store: Store, carrier: Carrier, settings: Settings
 ) -> AsyncIterator[ClosedOrderSweeper | None]:
     """The sweeper running in the background for the duration (None if the setting disables it)."""
     if settings.sweep_interval <= 0:

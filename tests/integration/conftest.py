@@ -58,6 +58,8 @@ async def sandbox(var_dir: Path) -> AsyncIterator[SandboxServers]:
         sandbox_in_transit_after=1.0,
         sandbox_out_for_delivery_after=2.0,
         sandbox_delivered_after=3.0,
+        # No carrier webhooks until the engine has its receiver here: tracking is polled.
+        sandbox_carrier_webhook_url=None,
     )
     async with SandboxServers(base, db_path=var_dir / "sandbox.db") as servers:
         yield servers

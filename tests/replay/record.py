@@ -498,6 +498,7 @@ async def run_scenarios(paths: list[str]) -> dict[str, str]:
                     sandbox_in_transit_after=1.0,
                     sandbox_out_for_delivery_after=2.0,
                     sandbox_delivered_after=3.0,
+                    sandbox_carrier_webhook_url=None,
                 ),
                 db_path=var / "sandbox.db",
             ) as sandbox,

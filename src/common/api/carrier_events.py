@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.errors import InvalidRequest, NotFound, WebhookRefused
-from common.integrations.carrier_webhooks import TRACKER_UPDATED, WebhookSignatureError, verify_event
+from common.integrations.carrier_webhooks import TRACKER_EVENTS, WebhookSignatureError, verify_event
 from common.shipping.contracts import LabelRecord, TrackingPush
 from common.store import Store
 
@@ -44,7 +44,7 @@ async def receive_carrier_event(
     now = now or datetime.now(UTC)
     if event.created_at is not None and now - event.created_at > MAX_EVENT_AGE:
         raise WebhookRefused(f"carrier event {event.event_id} is from {event.created_at:%Y-%m-%d}: a replay")
-    if event.description != TRACKER_UPDATED or event.tracker is None:
+    if event.description not in TRACKER_EVENTS or event.tracker is None:
         return CarrierEventReceipt(event.event_id, False, None, f"ignored: {event.description or 'no description'}")
     tracker = event.tracker
 
@@ -59,7 +59,9 @@ async def receive_carrier_event(
         )
         return push.model_dump(mode="json")
 
-    recorded = await store.labels.record_tracking_event(SOURCE, event.event_id, tracker.tracking_code, signal)
+    recorded = await store.labels.record_tracking_event(
+        SOURCE, event.event_id, tracker.tracking_code, signal, kind=event.description
+    )
     if not recorded.first_time:
         raise WebhookRefused(f"carrier event {event.event_id} was received before: a replay; nothing changed")
     if recorded.label is None:

@@ -1,24 +1,69 @@
-"""Carrier adapter for an EasyPost-shaped API (default: the sandbox carrier): labels, refunds, tracking.
+"""The carrier through EasyPost's official SDK (`easypost` 10): labels, refunds, tracking.
 
-A small aiohttp client rather than the `easypost` SDK (not a dependency): one session per CarrierClient,
-created lazily in the running loop, with a total timeout per request. Errors say whether retrying helps.
+`CarrierClient` implements the provider-neutral `Carrier` protocol of carrier_api.py (which the activities are
+typed against), so a second aggregator (Shippo, ShipEngine) is one adapter away: another class with the same
+methods, mapping its objects onto the same views and its errors onto the same error classes.
+
+The SDK is synchronous (requests): each call runs on a small thread pool the client owns (closed by `close()`),
+under the client's timeout, both as the SDK's socket timeout and as a deadline for the whole call (a slow
+answer is not read again inside the SDK: retrying is the caller's, after a CarrierTransientError). The SDK's
+errors become ours: 408, 429, 5xx, timeouts and connection errors are CarrierTransientError (retry),
+ADDRESS.VERIFY.FAILURE a CarrierAddressError naming our Address field, SHIPMENT.POSTAGE.EXISTS a
+CarrierAlreadyPurchasedError, 404 a CarrierNotFoundError, any other refusal a CarrierError. Messages name the
+call by shipment id, reference or tracking code and the carrier's code and fields, never names or addresses.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from datetime import datetime
+import asyncio
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import aiohttp
-from pydantic import BaseModel, Field, field_validator
+import easypost
+from easypost import errors as ep
+from easypost.easypost_object import EasyPostObject
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from common.config import Settings
-from common.models import Address, TrackingStatus
+from common.integrations.carrier_api import (
+    Carrier,
+    CarrierAddressError,
+    CarrierAlreadyPurchasedError,
+    CarrierError,
+    CarrierNotFoundError,
+    CarrierRate,
+    CarrierShipment,
+    CarrierTracker,
+    CarrierTrackingDetail,
+    CarrierTransientError,
+    choose_rate,
+)
+from common.models import Address
 
-# Carrier address fields -> our Address fields, so an address error names the field ops must fix
+__all__ = [
+    "ADDRESS_FIELDS",
+    "Carrier",
+    "CarrierAddressError",
+    "CarrierAlreadyPurchasedError",
+    "CarrierClient",
+    "CarrierError",
+    "CarrierNotFoundError",
+    "CarrierRate",
+    "CarrierShipment",
+    "CarrierTracker",
+    "CarrierTrackingDetail",
+    "CarrierTransientError",
+    "carrier_error",
+    "choose_rate",
+    "parse_shipment",
+    "parse_tracker",
+    "to_carrier_address",
+]
+
+# EasyPost's address fields -> our Address fields, so an address error names the field ops must fix
 ADDRESS_FIELDS = {
     "name": "name",
     "street1": "line1",
@@ -29,128 +74,8 @@ ADDRESS_FIELDS = {
     "country": "country",
     "to_address": "ship_to",
 }
-
-
-class CarrierError(Exception):
-    """The carrier refused the request; retrying the same request will not help."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-
-
-class CarrierTransientError(CarrierError):
-    """5xx, 429, timeouts, connection errors: try again later."""
-
-    retryable = True
-
-
-class CarrierAddressError(CarrierError):
-    """ADDRESS.VERIFY.FAILURE: the ship-to address needs fixing; `field` is the Address field (e.g. line1)."""
-
-    def __init__(
-        self,
-        message: str,
-        field: str | None = None,
-        *,
-        status: int | None = 422,
-        code: str | None = "ADDRESS.VERIFY.FAILURE",
-    ) -> None:
-        super().__init__(message, status=status, code=code)
-        self.field = field
-
-
-class CarrierAlreadyPurchasedError(CarrierError):
-    """SHIPMENT.POSTAGE.EXISTS: the shipment already has a label (fetch it instead of buying another)."""
-
-
-class CarrierNotFoundError(CarrierError):
-    """No such shipment or tracker."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Typed views of the carrier's objects
-
-
-class CarrierRate(BaseModel):
-    id: str
-    carrier: str
-    service: str
-    rate_cents: int
-    currency: str = "USD"
-    delivery_days: int | None = None
-    delivery_date: datetime | None = None  # the carrier's own date, when it gives one
-    shipment_id: str | None = None
-
-
-class CarrierTrackingDetail(BaseModel):
-    status: TrackingStatus
-    message: str = ""
-    at: datetime | None = None
-    city: str | None = None
-    state: str | None = None
-    country: str | None = None
-    zip: str | None = None
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _known_status(cls, value: Any) -> Any:
-        return _status(value)
-
-
-class CarrierTracker(BaseModel):
-    id: str
-    tracking_code: str
-    carrier: str
-    status: TrackingStatus
-    status_detail: str | None = None
-    est_delivery_date: datetime | None = None
-    public_url: str | None = None
-    # Message of the latest tracking detail ("Out for delivery", ...)
-    message: str | None = None
-    tracking_details: list[CarrierTrackingDetail] = Field(default_factory=list)
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _known_status(cls, value: Any) -> Any:
-        return _status(value)
-
-
-class CarrierShipment(BaseModel):
-    id: str
-    reference: str | None = None
-    is_return: bool = False
-    status: str = "unknown"
-    rates: list[CarrierRate] = Field(default_factory=list)
-    selected_rate: CarrierRate | None = None
-    label_url: str | None = None
-    tracking_code: str | None = None
-    tracking_url: str | None = None
-    tracker: CarrierTracker | None = None
-    # None, submitted, refunded, rejected or not_applicable
-    refund_status: str | None = None
-
-
-def choose_rate(rates: Sequence[CarrierRate], max_delivery_days: int) -> CarrierRate:
-    """Cheapest rate delivering within `max_delivery_days`; if none does, the fastest one."""
-    if not rates:
-        raise CarrierError("the carrier offered no rates")
-    meeting = [r for r in rates if r.delivery_days is not None and r.delivery_days <= max_delivery_days]
-    if meeting:
-        return min(meeting, key=lambda r: (r.rate_cents, r.delivery_days or 0, r.carrier, r.service))
-    return min(
-        rates,
-        key=lambda r: (
-            r.delivery_days if r.delivery_days is not None else 10**6,
-            r.rate_cents,
-            r.carrier,
-            r.service,
-        ),
-    )
+# Threads per client: concurrent carrier calls of one worker (requests keeps 10 connections per host).
+POOL_THREADS = 8
 
 
 def to_carrier_address(address: Address) -> dict[str, str]:
@@ -166,137 +91,190 @@ def to_carrier_address(address: Address) -> dict[str, str]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-# ---------------------------------------------------------------------------------------------------------
-
-
 class CarrierClient:
+    """EasyPost's SDK behind the async `Carrier` methods. Usable again after `close()` (a new pool)."""
+
     choose_rate = staticmethod(choose_rate)
 
-    def __init__(self, settings: Settings, *, timeout: float = 15.0) -> None:
-        self._base = settings.carrier_api_base.rstrip("/")
-        self._headers = {"Authorization": aiohttp.encode_basic_auth(settings.carrier_api_key, "")}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
+        self._api_key = settings.carrier_api_key
+        self._api_base = settings.carrier_api_base.rstrip("/")
+        self._timeout = timeout if timeout is not None else settings.carrier_timeout
+        self._sdk: easypost.EasyPostClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        pool, sdk = self._pool, self._sdk
+        self._pool = self._sdk = None
+        if pool is not None:
+            # In-flight calls end within the SDK's own timeout; queued ones are dropped.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        if sdk is not None:
+            sdk._requests_session.close()  # its pooled connections
 
     async def create_shipment(
         self,
         *,
         reference: str,
         to_address: Address,
-        from_address: dict[str, Any],
-        parcel: dict[str, Any],
+        from_address: Mapping[str, Any],
+        parcel: Mapping[str, Any],
         is_return: bool = False,
-        options: dict[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> CarrierShipment:
-        body = {
-            "shipment": {
-                "reference": reference,
-                "to_address": to_carrier_address(to_address),
-                "from_address": from_address,
-                "parcel": parcel,
-                "is_return": is_return,
-                "options": options or {},
-            }
+        params = {
+            "reference": reference,
+            "to_address": to_carrier_address(to_address),
+            "from_address": dict(from_address),
+            "parcel": dict(parcel),
+            "is_return": is_return,
+            "options": dict(options or {}),
         }
-        return _shipment(await self._request("POST", "/shipments", json_body=body))
+        data = await self._call(f"create shipment {reference}", lambda c: c.shipment.create(**params))
+        return parse_shipment(data)
 
     async def get_shipment(self, shipment_id: str) -> CarrierShipment:
-        return _shipment(await self._request("GET", f"/shipments/{shipment_id}"))
+        return parse_shipment(
+            await self._call(f"get shipment {shipment_id}", lambda c: c.shipment.retrieve(shipment_id))
+        )
 
     async def buy(self, shipment_id: str, rate_id: str) -> CarrierShipment:
-        body = {"rate": {"id": rate_id}}
-        return _shipment(await self._request("POST", f"/shipments/{shipment_id}/buy", json_body=body))
+        data = await self._call(
+            f"buy shipment {shipment_id}", lambda c: c.shipment.buy(shipment_id, rate={"id": rate_id})
+        )
+        return parse_shipment(data)
 
     async def refund(self, shipment_id: str) -> CarrierShipment:
-        return _shipment(await self._request("POST", f"/shipments/{shipment_id}/refund", json_body={}))
+        return parse_shipment(
+            await self._call(f"refund shipment {shipment_id}", lambda c: c.shipment.refund(shipment_id))
+        )
 
     async def get_tracker(self, tracking_code: str) -> CarrierTracker:
-        data = await self._request("GET", "/trackers", params={"tracking_code": tracking_code})
+        what = f"get tracker {tracking_code}"
+        data = await self._call(what, lambda c: c.tracker.all(tracking_code=tracking_code, page_size=1))
         trackers = data.get("trackers") or []
         if not trackers:
-            raise CarrierNotFoundError(f"no tracker for tracking code {tracking_code}", status=404, code="NOT_FOUND")
-        return _tracker(trackers[0])
+            raise CarrierNotFoundError(
+                f"carrier {what}: no tracker for this tracking code", status=404, code="NOT_FOUND"
+            )
+        return parse_tracker(trackers[0])
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
-        url = self._base + path
-        try:
-            async with self._session.request(method, url, json=json_body, params=params) as resp:
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise CarrierTransientError(f"carrier {method} {path} failed: {err!r}") from err
-        try:
-            data = json.loads(text) if text else {}
-        except json.JSONDecodeError:
-            data = {}
-        if 200 <= status < 300:
+    async def get_tracker_by_id(self, tracker_id: str) -> CarrierTracker:
+        return parse_tracker(await self._call(f"get tracker {tracker_id}", lambda c: c.tracker.retrieve(tracker_id)))
+
+    async def create_tracker(self, tracking_code: str, carrier: str) -> CarrierTracker:
+        what = f"create tracker {tracking_code}"
+        data = await self._call(what, lambda c: c.tracker.create(tracking_code=tracking_code, carrier=carrier))
+        return parse_tracker(data)
+
+    # -- the SDK on the pool ---------------------------------------------------------------------------------
+
+    def _clients(self) -> tuple[easypost.EasyPostClient, ThreadPoolExecutor]:
+        if self._sdk is None or self._pool is None:
+            # The SDK's hint says int; requests takes float seconds, as the tests' sub-second timeouts need.
+            self._sdk = easypost.EasyPostClient(
+                self._api_key,
+                api_base=self._api_base,
+                timeout=self._timeout,  # type: ignore[arg-type]
+            )
+            # The SDK's session retries failed connections (3 times), and also GETs whose answer is slow, each
+            # after a full timeout: a slow carrier held a thread for 4 timeouts and saw each read again. Slow
+            # answers are ours to retry (CarrierTransientError), connections still the session's.
+            prefix = self._api_base.split("/v2")[0]
+            adapter = HTTPAdapter(max_retries=Retry(total=3, read=False), pool_maxsize=POOL_THREADS)
+            self._sdk._requests_session.mount(prefix, adapter)
+            self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="easypost")
+        return self._sdk, self._pool
+
+    async def _call(self, what: str, call: Callable[[easypost.EasyPostClient], Any]) -> dict[str, Any]:
+        """Run one SDK call on the pool; its answer as plain JSON data, its errors as ours."""
+        sdk, pool = self._clients()
+
+        def run() -> dict[str, Any]:
+            answer = call(sdk)
+            data = answer.to_dict() if isinstance(answer, EasyPostObject) else answer
             if not isinstance(data, dict):
-                raise CarrierTransientError(f"carrier {method} {path}: unreadable answer", status=status)
+                raise ep.JsonError(f"unexpected answer of type {type(data).__name__}")
             return data
-        raise _error(method, path, status, data if isinstance(data, dict) else {})
+
+        try:
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(pool, run), self._timeout)
+        except TimeoutError as err:  # our deadline (the SDK's own timeout is ep.TimeoutError)
+            raise CarrierTransientError(
+                f"carrier {what}: no answer within {self._timeout:g} s", code="TIMEOUT"
+            ) from err
+        except ep.EasyPostError as err:
+            raise carrier_error(what, err) from err
 
 
-def _error(method: str, path: str, status: int, data: dict[str, Any]) -> CarrierError:
-    err = data.get("error") if isinstance(data.get("error"), dict) else {}
-    assert isinstance(err, dict)
-    code = err.get("code")
-    message = str(err.get("message") or f"HTTP {status}")
-    details: list[dict[str, Any]] = [e for e in err.get("errors") or [] if isinstance(e, dict)]
-    if details:
-        message += " (" + "; ".join(f"{d.get('field', '?')}: {d.get('message', '')}" for d in details) + ")"
-    if status == 429 or status >= 500:
-        return CarrierTransientError(f"carrier {method} {path}: {message}", status=status, code=code)
+# ---------------------------------------------------------------------------------------------------------
+# The SDK's errors as ours
+
+# Statuses the SDK raises a class of its own for, and 502 (UnknownApiError) worth retrying
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_CLASSES: tuple[type[ep.EasyPostError], ...] = (
+    ep.TimeoutError,
+    ep.HttpError,  # connection refused, reset, DNS: the request may not have reached the carrier
+    ep.RateLimitError,
+    ep.InternalServerError,
+    ep.ServiceUnavailableError,
+    ep.GatewayTimeoutError,
+    ep.JsonError,  # an answer that is not EasyPost's JSON: a proxy's error page, a cut-off body
+)
+
+
+def carrier_error(what: str, err: ep.EasyPostError) -> CarrierError:
+    """The CarrierError for an SDK error of call `what`."""
+    status = getattr(err, "http_status", None)
+    code = getattr(err, "code", None)
+    details = [d for d in getattr(err, "errors", None) or [] if isinstance(d, dict)]
+    message = _message(what, status, code, err.message, details)
+    if isinstance(err, TRANSIENT_CLASSES) or (status is not None and (status in RETRYABLE_STATUSES or status >= 500)):
+        return CarrierTransientError(message, status=status, code=code)
     if code == "ADDRESS.VERIFY.FAILURE":
         field = details[0].get("field") if details else None
         return CarrierAddressError(message, ADDRESS_FIELDS.get(str(field), field), status=status, code=code)
     if code == "SHIPMENT.POSTAGE.EXISTS":
         return CarrierAlreadyPurchasedError(message, status=status, code=code)
-    if status == 404:
-        return CarrierNotFoundError(f"carrier {method} {path}: {message}", status=status, code=code)
-    return CarrierError(f"carrier {method} {path}: {message}", status=status, code=code)
+    if isinstance(err, ep.NotFoundError) or status == 404:
+        return CarrierNotFoundError(message, status=status, code=code)
+    return CarrierError(message, status=status, code=code)
 
 
-def _status(value: Any) -> TrackingStatus:
-    return TrackingStatus(value) if value in TrackingStatus._value2member_map_ else TrackingStatus.UNKNOWN
+def _message(what: str, status: int | None, code: str | None, text: Any, details: list[dict[str, Any]]) -> str:
+    """The carrier's words, field names and codes; EasyPost's messages name fields, not their values."""
+    head = " ".join(str(p) for p in (status, code) if p)
+    message = f"carrier {what}: {head + ': ' if head else ''}{text or 'failed'}"
+    if details:
+        message += " (" + "; ".join(f"{d.get('field', '?')}: {d.get('message', '')}" for d in details) + ")"
+    return message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EasyPost's objects (as JSON data) as our views
 
 
 def _cents(amount: Any) -> int:
     return int((Decimal(str(amount)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def _rate(d: dict[str, Any]) -> CarrierRate:
+def _rate(d: Mapping[str, Any]) -> CarrierRate:
+    days = d.get("delivery_days")
     return CarrierRate(
         id=d["id"],
         carrier=d["carrier"],
         service=d["service"],
         rate_cents=_cents(d["rate"]),
         currency=d.get("currency") or "USD",
-        delivery_days=d.get("delivery_days"),
-        delivery_date=d.get("delivery_date"),
+        delivery_days=days if days is not None else d.get("est_delivery_days"),
+        delivery_date=d.get("delivery_date") or None,
+        delivery_date_guaranteed=bool(d.get("delivery_date_guaranteed")),
         shipment_id=d.get("shipment_id"),
     )
 
 
-def parse_tracker(d: dict[str, Any]) -> CarrierTracker:
-    """An EasyPost Tracker object (as JSON) as our view of it."""
-    return _tracker(d)
-
-
-def _tracker(d: dict[str, Any]) -> CarrierTracker:
+def parse_tracker(d: Mapping[str, Any]) -> CarrierTracker:
+    """An EasyPost Tracker (API answer, or an Event's `result`) as our view."""
     details = []
     for item in d.get("tracking_details") or []:
         loc = item.get("tracking_location") or {}
@@ -319,13 +297,16 @@ def _tracker(d: dict[str, Any]) -> CarrierTracker:
         status_detail=d.get("status_detail"),
         est_delivery_date=d.get("est_delivery_date"),
         public_url=d.get("public_url"),
+        shipment_id=d.get("shipment_id"),
+        updated_at=d.get("updated_at"),
         message=details[-1].message if details else None,
         tracking_details=details,
     )
 
 
-def _shipment(d: dict[str, Any]) -> CarrierShipment:
-    tracker = _tracker(d["tracker"]) if d.get("tracker") else None
+def parse_shipment(d: Mapping[str, Any]) -> CarrierShipment:
+    """An EasyPost Shipment as our view."""
+    tracker = parse_tracker(d["tracker"]) if d.get("tracker") else None
     label = d.get("postage_label") or {}
     return CarrierShipment(
         id=d["id"],

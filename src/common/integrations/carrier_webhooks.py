@@ -1,6 +1,7 @@
 """EasyPost's webhooks: an Event (`{"object": "Event", "id": "evt_...", "description": "tracker.updated",
 "result": {<Tracker>}, ...}`) signed with the webhook's secret (`X-Hmac-Signature: hmac-sha256-hex=<HMAC-SHA256
-of the body>`), checked with the SDK's own `easypost.validate_webhook`. Only `tracker.updated` matters here."""
+of the body>`), checked with the SDK's own `easypost.validate_webhook`. Only tracker events matter here:
+`tracker.created` (its first detail) and `tracker.updated` (each change after)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import easypost
 from easypost.errors import SignatureVerificationError
 from pydantic import ValidationError
 
-from common.integrations.carrier import CarrierTracker, parse_tracker
+from common.integrations.carrier import parse_tracker
+from common.integrations.carrier_api import CarrierTracker
 
 SIGNATURE_HEADER = "X-Hmac-Signature"
-TRACKER_UPDATED = "tracker.updated"
+TRACKER_EVENTS = frozenset({"tracker.created", "tracker.updated"})
 
 
 class WebhookSignatureError(Exception):
@@ -29,7 +31,7 @@ class CarrierEvent:
     event_id: str
     description: str  # "tracker.updated", "batch.created", ...
     created_at: datetime | None
-    tracker: CarrierTracker | None  # for tracker.updated
+    tracker: CarrierTracker | None  # for a tracker event
     # When the tracker last changed (its updated_at), else the event's own time
     occurred_at: datetime | None
 
@@ -49,9 +51,9 @@ def verify_event(body: bytes, headers: Mapping[str, str], secret: str) -> Carrie
     description = str(data.get("description") or "")
     result = data.get("result")
     tracker = None
-    if description == TRACKER_UPDATED:
+    if description in TRACKER_EVENTS:
         if not isinstance(result, dict):
-            raise ValueError("a tracker.updated event without its tracker (result)")
+            raise ValueError(f"a {description} event without its tracker (result)")
         try:
             tracker = parse_tracker(result)
         except (KeyError, TypeError, ValidationError) as err:

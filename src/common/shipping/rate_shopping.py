@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Literal
 
-from common.integrations.carrier import CarrierError, CarrierRate
+from common.integrations.carrier_api import CarrierError, CarrierRate
 
 RateStrategy = Literal["cheapest", "fastest", "preferred"]
 _FAR = date.max

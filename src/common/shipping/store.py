@@ -135,7 +135,13 @@ class LabelStore:
         return await self._db.write(op, f"void shipment {key}")
 
     async def record_tracking_event(
-        self, source: str, event_id: str, tracking_number: str, signal: Callable[[LabelRecord], dict[str, Any]]
+        self,
+        source: str,
+        event_id: str,
+        tracking_number: str,
+        signal: Callable[[LabelRecord], dict[str, Any]],
+        *,
+        kind: str = "tracker.updated",
     ) -> TrackingEventRecord:
         """Record a carrier's tracking event once (webhook_events) and, the first time, if a label of ours has
         that tracking number, put `signal(label)` (the order's `carrier_tracking` signal) in the order-signal
@@ -145,7 +151,7 @@ class LabelStore:
         sh = t.shipments
 
         async def op(conn: AsyncConnection) -> TrackingEventRecord:
-            if not await record_event(conn, source, event_id, kind="tracker.updated", subject=tracking_number):
+            if not await record_event(conn, source, event_id, kind=kind, subject=tracking_number):
                 return TrackingEventRecord(first_time=False, label=None, signal_id=None)
             stmt = select(sh).where(sh.c.tracking_number == tracking_number).order_by(sh.c.created_at).limit(1)
             row = (await conn.execute(stmt)).first()

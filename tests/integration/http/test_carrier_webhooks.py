@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+import uvicorn
 
 from common.api import FulfillmentApi
 from common.config import Settings
@@ -236,3 +237,47 @@ async def test_the_webhook_needs_no_api_key_but_is_off_without_a_secret(http: ht
         "/v1/webhooks/easypost", content=body, headers={**sign(body), **await new_key(store, "ops")}
     )
     assert response.status_code == 404 and "not enabled" in response.json()["detail"]
+
+
+@pytest.fixture
+async def served(push_api: FulfillmentApi, push_settings: Settings, sandbox: SandboxServers) -> AsyncIterator[str]:
+    """The engine's HTTP API on a real port, and the sandbox carrier posting its signed webhooks to it (as
+    EasyPost does to a configured webhook URL); back to no webhooks afterwards."""
+    config = uvicorn.Config(create_app(push_settings, push_api), host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):  # uvicorn sets `started` once it listens; it has no event to wait on
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/webhooks/easypost"
+    sandbox.carrier_webhooks(enabled=True, url=url, secret=SECRET)
+    try:
+        yield url
+    finally:
+        sandbox.carrier_webhooks(enabled=False, url=None)
+        server.should_exit = True
+        await task
+
+
+async def test_the_sandbox_carriers_own_webhooks_deliver_an_order_that_polls_hourly(
+    served: str, push_api: FulfillmentApi, sandbox: SandboxServers, store: Store
+) -> None:
+    """End to end: the carrier moves the parcel (1, 2, 3 s after the label) and tells the engine by webhook
+    only; the order's one poll is an hour away."""
+    order_id = f"ORD-W{uuid.uuid4().hex[:8]}"
+    await push_api.place_order(order_dict(order_id))
+    picking = await wait_for(push_api, order_id, "PICKING")
+    assert picking.pick_task_id
+    sandbox.carrier_webhooks(duplicate_next=1)  # EasyPost delivers at least once: the engine acts once
+    await push_api.confirm_pick(picking.pick_task_id)
+    view = await wait_for(push_api, order_id, "DELIVERED", "COMPLETED", within=30)
+    code = view.tracking_number or ""
+    events = sandbox.carrier_events(code)
+    assert [e.event["result"]["status"] for e in events][-3:] == ["in_transit", "out_for_delivery", "delivered"]
+    assert all(e.deliveries >= 1 for e in events), [(e.delivery, e.attempts, e.last_error) for e in events]
+    rows = [r for r in await store.signals.order_signals(f"order-{order_id}") if r.name == "carrier_tracking"]
+    assert len(rows) == len({e.event["id"] for e in events})  # each event once, the duplicate refused
+    statuses = [e.status.value for e in view.timeline]
+    assert statuses.count("IN_TRANSIT") == statuses.count("OUT_FOR_DELIVERY") == 1

@@ -31,7 +31,12 @@ OPTED_OUT = "+15005550004"  # the sandbox refuses it for good, as Twilio does an
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxServers]:
     settings = Settings(
-        var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+        var_dir=tmp_path,
+        sandbox_smtp_port=0,
+        sandbox_http_port=0,
+        sandbox_carrier_port=0,
+        sandbox_payments_port=0,
+        sandbox_carrier_webhook_url=None,
     )
     async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.01, 0.02)) as sb:
         yield sb

@@ -37,7 +37,12 @@ REFUND: dict[str, Any] = {
 
 def sandbox(tmp_path: Path) -> SandboxServers:
     settings = Settings(
-        var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+        var_dir=tmp_path,
+        sandbox_smtp_port=0,
+        sandbox_http_port=0,
+        sandbox_carrier_port=0,
+        sandbox_payments_port=0,
+        sandbox_carrier_webhook_url=None,
     )
     return SandboxServers(settings, db_path=tmp_path / "sb.db")
 

@@ -46,7 +46,12 @@ PARCEL = {"weight": 16.0}
 
 def sandbox_settings(tmp_path: Path) -> Settings:
     return Settings(
-        var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+        var_dir=tmp_path,
+        sandbox_smtp_port=0,
+        sandbox_http_port=0,
+        sandbox_carrier_port=0,
+        sandbox_payments_port=0,
+        sandbox_carrier_webhook_url=None,  # no receiver here: the carrier's webhooks go nowhere
     )
 
 

@@ -1,5 +1,6 @@
 """Outages of the sandbox services, driven through the engine's real adapters (aiosmtplib's pooled EmailSender,
-the twilio SDK, the carrier client, Stripe's SDK), the HTTP control and the real `fulfill dev` CLI."""
+the twilio SDK, the carrier adapter over the easypost SDK, Stripe's SDK), the HTTP control and the real
+`fulfill dev` CLI."""
 
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ FROM = {"name": "Main warehouse", "street1": "5 Depot Rd", "city": "Leeds", "zip
 @pytest.fixture
 async def sb(tmp_path: Path) -> AsyncIterator[SandboxServers]:
     settings = Settings(
-        var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+        var_dir=tmp_path,
+        sandbox_smtp_port=0,
+        sandbox_http_port=0,
+        sandbox_carrier_port=0,
+        sandbox_payments_port=0,
+        sandbox_carrier_webhook_url=None,
     )
     async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.01, 0.02)) as sb:
         yield sb
@@ -272,7 +278,12 @@ async def test_cli_refuses_bad_input_and_changes_nothing(sb: SandboxServers) -> 
 async def test_cli_says_when_the_sandbox_is_not_running(tmp_path: Path) -> None:
     async with SandboxServers(
         Settings(
-            var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
+            var_dir=tmp_path,
+            sandbox_smtp_port=0,
+            sandbox_http_port=0,
+            sandbox_carrier_port=0,
+            sandbox_payments_port=0,
+            sandbox_carrier_webhook_url=None,
         ),
         db_path=":memory:",
     ) as gone:

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from common.integrations.carrier import CarrierError, CarrierRate
+from common.integrations.carrier_api import CarrierError, CarrierRate
 from common.shipping.rate_shopping import arrives, choose
 
 TODAY = date(2026, 12, 1)
