@@ -451,6 +451,21 @@ class NotifyResult(BaseModel):
     skipped: dict[str, str] = Field(default_factory=dict)  # channel -> why (e.g. permanent opt-out)
 
 
+class SmsFallbackRequest(BaseModel):
+    """The email that stands in for a customer SMS the network did not deliver (workflow `sms-fallback:<key>`)."""
+
+    sms_key: str  # the SMS's key in the delivery log
+    order_id: str
+
+
+class SmsFallbackResult(BaseModel):
+    # sent | not-needed (the notice's email went out) | no-email | refused (the relay refused the address) |
+    # unknown (no such SMS in the log)
+    outcome: str
+    email_key: str | None = None  # the fallback email's key in the delivery log, when one was sent
+    detail: str = ""
+
+
 class ReserveRequest(BaseModel):
     order_id: str
     lines: list[OrderLine]
