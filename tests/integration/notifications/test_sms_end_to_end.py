@@ -24,6 +24,7 @@ from sandbox import SandboxServers, text_from
 from tests.integration.conftest import Cli
 from tests.integration.http.conftest import new_key
 from tests.orders import order_dict
+from workers.devstack import with_engine_webhooks
 
 pytestmark = pytest.mark.usefixtures("worker", "engine_http")
 
@@ -213,3 +214,29 @@ async def test_an_orders_messages_over_http(
         assert (await http.get("/v1/orders/ORD-NOPE-1/notifications", headers=reader)).status_code == 404
         assert (await http.get(f"/v1/orders/{order_id}/notifications")).status_code == 401
     await api.cancel_order(order_id, "test over")
+
+
+async def test_fulfill_dev_text_is_a_customer_texting(
+    cli: Cli, store: Store, stack_settings: Settings, engine_http: str
+) -> None:
+    phone = new_phone()
+    helped = await asyncio.to_thread(cli, "dev", "text", phone, "HELP")
+    assert helped.returncode == 0, helped.stderr
+    assert "the number gets SMS" in helped.stdout
+    assert stack_settings.sms_help_reply and stack_settings.sms_help_reply[:40] in " ".join(helped.stdout.split())
+    stopped = await asyncio.to_thread(cli, "dev", "text", phone, "stop")
+    assert "opted out of SMS" in stopped.stdout and "successfully been unsubscribed" in stopped.stdout
+    assert await store.sms_opt_outs.is_opted_out(phone)
+    bad = await asyncio.to_thread(cli, "dev", "text", "555-0100", "STOP")
+    assert bad.returncode == 2 and "E.164" in bad.stderr
+
+
+def test_make_run_points_twilios_webhooks_at_its_own_api() -> None:
+    settings = Settings(api_host="0.0.0.0", api_port=9090)
+    moved, env = with_engine_webhooks(settings, {})
+    assert moved.sms_status_callback_url == "http://127.0.0.1:9090/v1/webhooks/twilio/status"
+    assert env["FULFILL_SANDBOX_SMS_INBOUND_URL"] == "http://127.0.0.1:9090/v1/webhooks/twilio/inbound"
+    chosen = {"FULFILL_SMS_STATUS_CALLBACK_URL": "https://fulfill.example.com/v1/webhooks/twilio/status"}
+    kept, env = with_engine_webhooks(settings, chosen)
+    assert kept.sms_status_callback_url == Settings().sms_status_callback_url  # the shell's choice stays
+    assert env["FULFILL_SMS_STATUS_CALLBACK_URL"] == chosen["FULFILL_SMS_STATUS_CALLBACK_URL"]
