@@ -10,10 +10,11 @@ FulfillmentApi (common/api/sms.py), which acts on it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import APIKeyHeader
 from twilio.request_validator import RequestValidator
 
 from common.api.sms import InboundSmsResult, StatusCallbackResult
@@ -24,6 +25,16 @@ router = APIRouter(prefix="/v1/webhooks/twilio", tags=["webhooks"])
 
 FORM = "application/x-www-form-urlencoded"
 SIGNATURE_HEADER = "X-Twilio-Signature"
+
+# Documents the signature as the webhooks' security scheme (the check itself is `signed_form`'s)
+twilio_signature = APIKeyHeader(
+    name=SIGNATURE_HEADER,
+    scheme_name="TwilioSignature",
+    auto_error=False,
+    description="Twilio's request signature: HMAC-SHA1 of the URL Twilio called and the form's fields, keyed with the "
+    "account's auth token (FULFILL_TWILIO_AUTH_TOKEN), base64.",
+)
+Signature = Annotated[str | None, Depends(twilio_signature)]
 
 
 class _Form(dict[str, str]):
@@ -52,8 +63,8 @@ def signed_url(request: Request, public_url: str | None) -> str:
     return f"{request.url.scheme}://{request.url.netloc}{tail}"
 
 
-async def signed_form(request: Request) -> _Form:
-    """The form Twilio posted, once its signature is checked."""
+async def signed_form(request: Request, signature: str | None) -> _Form:
+    """The form Twilio posted, once its `signature` is checked."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM:
         raise ProblemError(
@@ -63,7 +74,6 @@ async def signed_form(request: Request) -> _Form:
         form = _Form(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
     except UnicodeDecodeError:
         raise ProblemError(400, "malformed-form", "Malformed form", "the form is not UTF-8") from None
-    signature = request.headers.get(SIGNATURE_HEADER)
     if not signature:
         raise ProblemError(
             401, "unsigned", "No signature", f"a Twilio webhook is signed: the {SIGNATURE_HEADER} header is missing"
@@ -124,8 +134,8 @@ _STATUS = _form_body(
     "Answers 200 with what it did.",
     **_STATUS,
 )
-async def status_callback(request: Request) -> dict[str, Any]:
-    form = await signed_form(request)
+async def status_callback(request: Request, signature: Signature) -> dict[str, Any]:
+    form = await signed_form(request, signature)
     result: StatusCallbackResult = await api_of(request).sms_status_callback(form, key=request.query_params.get("key"))
     return {"outcome": result.outcome, "key": result.key, "status": result.status, "fallback": result.fallback}
 
@@ -154,7 +164,7 @@ _INBOUND = _form_body(
     responses={200: {"content": {"text/xml": {}}, "description": "TwiML"}, **_INBOUND["responses"]},
     openapi_extra=_INBOUND["openapi_extra"],
 )
-async def inbound(request: Request) -> Response:
-    form = await signed_form(request)
+async def inbound(request: Request, signature: Signature) -> Response:
+    form = await signed_form(request, signature)
     result: InboundSmsResult = await api_of(request).sms_inbound(form)
     return Response(result.twiml, media_type="text/xml")
