@@ -11,6 +11,12 @@ within milliseconds of each other, so a notification costs one write transaction
 per channel, and a crash in that window stays rare; a slow or hung channel never holds back the
 others' mark longer than MARK_GRACE. Emails carry a deterministic Message-ID so relays and mail clients can
 drop that rare copy.
+
+A number that opted out (texted STOP: common.notifications.opt_outs) gets no SMS: the message is logged as not
+sent ("opted-out") and the notice's email goes on. Twilio refusing a number as unsubscribed (21610) records the
+opt-out too. An email the relay refuses for good (SMTP 5xx) is logged "bounced". An SMS the network did not
+deliver (Twilio's status callback, common/api/sms.py) is sent again by email, once (`send_sms_fallback`, run by
+workflows/sms_fallback.py).
 """
 
 from __future__ import annotations
@@ -26,15 +32,30 @@ from temporalio.exceptions import ApplicationError
 from common.config import Settings
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.integrations.sms import SmsPermanentError, SmsSender
+from common.logs import mask_contacts
 from common.messages import MessageRenderer, RenderedMessage
 from common.models import Channel, NotifyRequest, NotifyResult, OpsAlert
-from common.notifications.contracts import NotificationClaim
+from common.notifications.contracts import (
+    FALLBACK_DONE,
+    FALLBACK_NO_EMAIL,
+    FALLBACK_NOT_NEEDED,
+    FALLBACK_REFUSED,
+    FALLBACK_SENT,
+    NotificationClaim,
+    SmsFallbackRequest,
+    SmsFallbackResult,
+)
+from common.notifications.delivery import fallback_html, fallback_key, fallback_text, sibling_email_key
+from common.notifications.opt_outs import UNSUBSCRIBED_CODE
 from common.store import Store
 
 # How long the channels of a notification that went out wait for the others before they are marked sent anyway:
 # together they cost one transaction; a slow channel holds back the others' mark (the window in which a crash
 # sends a message again) for this long at most.
 MARK_GRACE = 0.25
+
+OPTED_OUT = "opted-out"
+NOT_SENT_OPTED_OUT = "not sent: the number opted out of SMS (texted STOP); the other channels go on"
 
 
 def notification_key(order_id: str, event: str, channel: str, occurrence: str | None = None) -> str:
@@ -47,38 +68,28 @@ class NotificationActivities:
         self._email = email
         self._sms = sms
         self._settings = settings
-        self._messages = MessageRenderer.from_settings(settings)  # a broken template override fails here
+        self._renderer = MessageRenderer.from_settings(settings)  # a broken template override fails here
 
     def activities(self) -> list[Callable[..., Any]]:
         """The activities of this domain, bound to their clients: what a worker registers."""
         return [
             self.notify_customer,
             self.alert_ops,
+            self.send_sms_fallback,
         ]
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, request: NotifyRequest) -> NotifyResult:
         """Every channel's message is claimed in one transaction, then the channels are sent at once and the ones
         sent are marked in the log together (see _send_and_mark). A channel that fails for good is skipped; a
-        transient failure is raised after the other channels are done, so the retry sends only what is missing."""
+        transient failure is raised after the other channels are done, so the retry sends only what is missing.
+        An SMS to a number that opted out is not sent (logged "opted-out", named in `skipped`)."""
         result = NotifyResult()
-        pending: list[tuple[Channel, NotificationClaim, RenderedMessage]] = []
-        for channel in request.channels:
-            recipient = request.customer.email if channel == Channel.EMAIL else request.customer.phone
-            if recipient is None:
-                result.skipped[channel.value] = "no recipient for this channel"
-                continue
-            message = self._messages.render(request, channel)
-            key = notification_key(
-                request.key or request.order_id, request.event.value, channel.value, request.occurrence
-            )
-            claim = NotificationClaim(
-                key, request.order_id, request.event.value, channel.value, recipient, message.subject, message.text
-            )
-            pending.append((channel, claim, message))
+        pending = self._messages(request, result)
         claimed = await self._store.notifications.claim_notifications([claim for _, claim, _ in pending])
         sending = [p for p in pending if p[1].key in claimed]
         result.already_sent.extend(channel for channel, claim, _ in pending if claim.key not in claimed)
+        sending = await self._without_opted_out(sending, result)
         outcomes = await self._send_and_mark(sending)
         failure: BaseException | None = None
         failed: list[str] = []
@@ -98,6 +109,54 @@ class NotificationActivities:
                 raise ApplicationError(failure.message, failed, type=failure.type) from failure
             raise ApplicationError(str(failure), failed) from failure
         return result
+
+    def _messages(
+        self, request: NotifyRequest, result: NotifyResult
+    ) -> list[tuple[Channel, NotificationClaim, RenderedMessage]]:
+        """Each channel's message and its claim; a channel without a recipient is skipped in `result`."""
+        pending = []
+        for channel in request.channels:
+            recipient = request.customer.email if channel == Channel.EMAIL else request.customer.phone
+            if recipient is None:
+                result.skipped[channel.value] = "no recipient for this channel"
+                continue
+            message = self._renderer.render(request, channel)
+            key = notification_key(
+                request.key or request.order_id, request.event.value, channel.value, request.occurrence
+            )
+            subject, fallback_to = message.subject, None
+            if channel == Channel.SMS:
+                # What an email fallback needs, should the network not deliver it: the address, and the subject the
+                # notice's email has (the order may be long closed by then)
+                subject, fallback_to = self._renderer.render(request, Channel.EMAIL).subject, request.customer.email
+            claim = NotificationClaim(
+                key,
+                request.order_id,
+                request.event.value,
+                channel.value,
+                recipient,
+                subject,
+                message.text,
+                fallback_recipient=fallback_to,
+            )
+            pending.append((channel, claim, message))
+        return pending
+
+    async def _without_opted_out(
+        self, sending: list[tuple[Channel, NotificationClaim, RenderedMessage]], result: NotifyResult
+    ) -> list[tuple[Channel, NotificationClaim, RenderedMessage]]:
+        """The claimed messages but an SMS to a number that opted out: that one is logged as not sent."""
+        kept = []
+        for channel, claim, message in sending:
+            if channel == Channel.SMS and await self._store.sms_opt_outs.is_opted_out(claim.recipient):
+                await self._store.notifications.mark_notification_failed(
+                    claim.key, NOT_SENT_OPTED_OUT, delivery_status=OPTED_OUT, delivery_error="texted STOP"
+                )
+                activity.logger.info("%s not sent: the number opted out of SMS", claim.key)
+                result.skipped[channel.value] = NOT_SENT_OPTED_OUT
+                continue
+            kept.append((channel, claim, message))
+        return kept
 
     async def _send_and_mark(
         self, sending: list[tuple[Channel, NotificationClaim, RenderedMessage]]
@@ -148,6 +207,47 @@ class NotificationActivities:
             message=message,
         )
 
+    @activity.defn(name="send_sms_fallback")
+    async def send_sms_fallback(self, request: SmsFallbackRequest) -> SmsFallbackResult:
+        """The email that stands in for a customer SMS the network did not deliver, sent once: not needed when the
+        notice's own email went to the customer (most notices go by both), else the SMS's text to the address
+        kept with it, through the delivery log (`<sms key>:email-fallback`, claimed before sending like every
+        message). What became of it is kept with the SMS (its fallback status). A transient failure is raised
+        (retried); a relay refusing the address for good is the end of it."""
+        sms = await self._store.notifications.get(request.sms_key)
+        if sms is None:
+            return SmsFallbackResult(outcome="unknown", detail=f"no SMS {request.sms_key} in the delivery log")
+        email_key = fallback_key(sms.key)
+        if sms.fallback_status in FALLBACK_DONE:  # an earlier attempt decided it
+            return SmsFallbackResult(outcome=sms.fallback_status or "", email_key=email_key)
+        sibling = sibling_email_key(sms.key)
+        own_email = await self._store.notifications.get(sibling) if sibling else None
+        if own_email is not None:
+            # The order sends (or sent) the notice's email itself: the customer has the message
+            await self._store.notifications.set_fallback_status(sms.key, FALLBACK_NOT_NEEDED)
+            return SmsFallbackResult(
+                outcome=FALLBACK_NOT_NEEDED, detail=f"the notice's email {own_email.key} is {own_email.status}"
+            )
+        if not sms.fallback_recipient:
+            await self._store.notifications.set_fallback_status(sms.key, FALLBACK_NO_EMAIL)
+            return SmsFallbackResult(outcome=FALLBACK_NO_EMAIL, detail="no email address for the customer")
+        subject = sms.subject or f"Order {sms.order_id}: a message we could not text you"
+        message = RenderedMessage(subject=subject, text=fallback_text(sms.body), html=fallback_html(sms.body))
+        try:
+            await self._deliver_once(
+                email_key,
+                order_id=sms.order_id,
+                event=sms.event,
+                channel=Channel.EMAIL,
+                recipient=sms.fallback_recipient,
+                message=message,
+            )
+        except EmailPermanentError as err:
+            await self._store.notifications.set_fallback_status(sms.key, FALLBACK_REFUSED)
+            return SmsFallbackResult(outcome=FALLBACK_REFUSED, email_key=email_key, detail=mask_contacts(str(err)))
+        await self._store.notifications.set_fallback_status(sms.key, FALLBACK_SENT)
+        return SmsFallbackResult(outcome=FALLBACK_SENT, email_key=email_key)
+
     async def _deliver_once(
         self, key: str, *, order_id: str, event: str, channel: Channel, recipient: str, message: RenderedMessage
     ) -> bool:
@@ -165,8 +265,20 @@ class NotificationActivities:
         key, order_id = claim.key, claim.order_id
         try:
             provider_id = await self._send(key, order_id, channel, claim.recipient, message)
-        except (EmailPermanentError, SmsPermanentError) as err:
-            await self._store.notifications.mark_notification_failed(key, str(err))
+        except EmailPermanentError as err:
+            await self._store.notifications.mark_notification_failed(
+                key, str(err), delivery_status="bounced", delivery_error=_smtp_error(err)
+            )
+            raise
+        except SmsPermanentError as err:
+            if err.code == UNSUBSCRIBED_CODE:
+                # Twilio knows the number opted out (texted STOP, maybe before the engine listened): so do we now
+                await self._store.sms_opt_outs.record(claim.recipient, opted_out=True, keyword=str(UNSUBSCRIBED_CODE))
+                await self._store.notifications.mark_notification_failed(
+                    key, str(err), delivery_status=OPTED_OUT, delivery_error=f"{err.code}: {err.message}"
+                )
+            else:
+                await self._store.notifications.mark_notification_failed(key, str(err))
             raise
         except Exception as err:
             await self._store.notifications.mark_notification_failed(key, str(err))
@@ -187,3 +299,8 @@ class NotificationActivities:
             )
         callback = self._sms.status_callback_url(order_id, key=key)
         return await self._sms.send(to=recipient, body=message.text, status_callback=callback)
+
+
+def _smtp_error(err: EmailPermanentError) -> str:
+    text = str(err)
+    return text if err.code is None or str(err.code) in text else f"SMTP {err.code}: {text}"

@@ -12,6 +12,7 @@ from sandbox.client import (
     fetch_outbox,
     list_outages,
     start_outage,
+    text_from,
 )
 from sandbox.outages import SERVICES
 from sandbox.store import OutboxMessage
@@ -29,4 +30,5 @@ __all__ = [
     "fetch_outbox",
     "list_outages",
     "start_outage",
+    "text_from",
 ]

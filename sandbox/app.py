@@ -22,6 +22,10 @@ from sandbox.store import OutboxMessage, SandboxStore
 log = logging.getLogger("fulfill.sandbox")
 
 WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+# The engine's Twilio webhooks (common/http/sms_webhooks.py), the sandbox speaking to it as Twilio would
+SMS_STATUS_PATH = "/v1/webhooks/twilio/status"
+SMS_INBOUND_PATH = "/v1/webhooks/twilio/inbound"
+CARRIER_WEBHOOK_PATH = "/v1/webhooks/easypost"
 
 
 class SandboxServers:
@@ -104,6 +108,8 @@ class SandboxServers:
             opted_out=self._opted_out,
             callback_delays=self._sms_callback_delays,
             outages=self._outages,
+            number=s.twilio_from_number,
+            inbound_url=s.sandbox_sms_inbound_url,
         )
         self._twilio.add_routes(http_app)
         OutageControl(self._outages).add_routes(http_app)
@@ -181,9 +187,13 @@ class SandboxServers:
         """Base URL of the Stripe-shaped server (the SDK's api base: it adds /v1/...)."""
         return f"http://{self._url_host}:{self.payments_port}"
 
-    def settings_for_clients(self, base: Settings | None = None) -> Settings:
-        """A copy of `base` (default: the sandbox's settings) whose adapters talk to this running sandbox."""
+    def settings_for_clients(self, base: Settings | None = None, *, engine_url: str | None = None) -> Settings:
+        """A copy of `base` (default: the sandbox's settings) whose adapters talk to this running sandbox. SMS
+        status callbacks go to the engine's HTTP API at `engine_url` (e.g. http://127.0.0.1:8080) when one runs
+        there, else to the sandbox's own sink (/sms/status), never to a default address where some other
+        engine may listen."""
         base = base if base is not None else self.settings
+        callbacks = f"{engine_url.rstrip('/')}{SMS_STATUS_PATH}" if engine_url else f"{self.http_url}/sms/status"
         return base.model_copy(
             update={
                 "smtp_host": self.client_host,
@@ -191,7 +201,7 @@ class SandboxServers:
                 "smtp_starttls": False,
                 "smtp_use_tls": False,
                 "twilio_base_url": self.http_url,
-                "sms_status_callback_url": f"{self.http_url}/sms/status",
+                "sms_status_callback_url": callbacks,
                 "carrier_api_base": self.carrier_api_base,
                 # The real Stripe adapter, pointed at this sandbox
                 "payments_provider": "stripe",
@@ -250,6 +260,16 @@ class SandboxServers:
     def outages(self) -> dict[str, float | None]:
         """The active outages: service -> wall-clock end (time.time() scale; None: until ended)."""
         return self._outages.snapshot()
+
+    @property
+    def twilio(self) -> TwilioSandbox:
+        if self._twilio is None:
+            raise RuntimeError("sandbox not started")
+        return self._twilio
+
+    def point_inbound_at(self, url: str | None) -> None:
+        """Where customers' texts are posted from now on (the engine's inbound webhook); None: nowhere."""
+        self.twilio.inbound_url = url
 
     def outbox(self, order_id: str | None = None) -> list[OutboxMessage]:
         """Every email and SMS received (optionally for one order), oldest first."""

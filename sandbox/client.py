@@ -41,6 +41,15 @@ async def fetch_outbox(base_url: str, order_id: str | None = None, *, timeout_s:
     return [OutboxMessage.model_validate(m) for m in data["messages"]]
 
 
+async def text_from(base_url: str, sender: str, body: str, to: str | None = None) -> dict[str, Any]:
+    """A customer at `sender` texts `body` (STOP, START, HELP...) to the sandbox Twilio: the sandbox records an
+    opt-out or opt-in and posts the message to the engine's inbound webhook. Returns the sandbox's answer: "sid",
+    "opted_out", "replies" (what the customer got back) and "engine" (its HTTP status and TwiML)."""
+    message = {"from": sender, "body": body, **({"to": to} if to is not None else {})}
+    answer: dict[str, Any] = await _call(base_url, "POST", "/sms/_sandbox/inbound", message)
+    return answer
+
+
 async def start_outage(base_url: str, service: str, seconds: float | None = None) -> list[OutageInfo]:
     """Start an outage of `service` (None seconds: until ended); returns the active outages."""
     body: dict[str, Any] = {"service": service}

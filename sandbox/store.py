@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS refunds (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refunds_payment_intent ON refunds (payment_intent);
+CREATE TABLE IF NOT EXISTS sms_opt_outs (
+    phone TEXT PRIMARY KEY,
+    keyword TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -157,6 +162,21 @@ class SandboxStore:
     def set_message_status(self, provider_id: str, status: str) -> bool:
         cur = self._db.execute("UPDATE messages SET status = ? WHERE provider_id = ?", (status, provider_id))
         return cur.rowcount > 0
+
+    # -- numbers that texted STOP (Twilio's blocklist: a message to one is refused with 21610) -------------
+
+    def set_opted_out(self, phone: str, opted_out: bool, keyword: str) -> None:
+        if opted_out:
+            self._db.execute(
+                "INSERT INTO sms_opt_outs (phone, keyword, at) VALUES (?, ?, ?) ON CONFLICT (phone) DO UPDATE"
+                " SET keyword = excluded.keyword, at = excluded.at",
+                (phone, keyword, utcnow().isoformat()),
+            )
+        else:
+            self._db.execute("DELETE FROM sms_opt_outs WHERE phone = ?", (phone,))
+
+    def is_opted_out(self, phone: str) -> bool:
+        return self._db.execute("SELECT 1 FROM sms_opt_outs WHERE phone = ?", (phone,)).fetchone() is not None
 
     # -- shipments (a JSON document each; tracking code and tracker id indexed for lookups) -----------------
 

@@ -24,6 +24,7 @@ from common.demo import seed_demo
 from common.logs import configure_logging
 from common.store import Store
 from common.temporal import connect, dev_server_search_attribute_args, register_search_attributes
+from sandbox.app import CARRIER_WEBHOOK_PATH, SMS_INBOUND_PATH, SMS_STATUS_PATH
 from workers.picker import run_picker
 
 log = logging.getLogger("fulfill.dev")
@@ -108,16 +109,20 @@ def with_sandbox_payments(settings: Settings, environ: dict[str, str]) -> tuple[
     return settings.model_copy(update=payments), env
 
 
-def with_sandbox_webhooks(settings: Settings, environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
-    """The sandbox carrier's tracker webhooks to this stack's HTTP API (FULFILL_API_HOST/PORT), unless the
-    environment names a URL itself (empty: none)."""
-    if any(k.upper() == "FULFILL_SANDBOX_CARRIER_WEBHOOK_URL" for k in environ):
-        return settings, environ
-    url = f"http://{_client_host(settings.api_host)}:{settings.api_port}/v1/webhooks/easypost"
-    return settings.model_copy(update={"sandbox_carrier_webhook_url": url}), {
-        **environ,
-        "FULFILL_SANDBOX_CARRIER_WEBHOOK_URL": url,
+def with_engine_webhooks(settings: Settings, environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
+    """The providers' webhooks, as the sandbox posts them (the carrier's tracker events, Twilio's status callbacks
+    and customers' texts), to this stack's HTTP API on whatever host and port it listens, unless the environment
+    chose other URLs (empty: none)."""
+    api = f"http://{_client_host(settings.api_host)}:{settings.api_port}"
+    chosen = {k.upper() for k in environ}
+    urls = {
+        "sandbox_carrier_webhook_url": api + CARRIER_WEBHOOK_PATH,
+        "sms_status_callback_url": api + SMS_STATUS_PATH,
+        "sandbox_sms_inbound_url": api + SMS_INBOUND_PATH,
     }
+    update = {name: url for name, url in urls.items() if f"FULFILL_{name.upper()}" not in chosen}
+    env = {**environ, **{f"FULFILL_{name.upper()}": url for name, url in update.items()}}
+    return settings.model_copy(update=update), env
 
 
 def _client_host(host: str) -> str:
@@ -136,6 +141,7 @@ def _banner(settings: Settings) -> str:
     Temporal Web UI   {ui}/namespaces/{settings.temporal_namespace}/workflows
     Temporal gRPC     {settings.temporal_address}
     HTTP API          {api}/v1  (reference: {api}/docs, schema: {api}/openapi.json)
+    Twilio webhooks   {settings.sms_status_callback_url or "off"} (the sandbox's callbacks)
     Sandbox SMTP      {host}:{settings.sandbox_smtp_port}
     Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
     Sandbox carrier   {settings.carrier_api_base} (EasyPost's API; tracker webhooks to {hooks})
@@ -152,6 +158,8 @@ def _banner(settings: Settings) -> str:
     curl -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
          -d @examples/order.json {api}/v1/orders
     fulfill outbox --order ORD-1001
+    fulfill notifications --order ORD-1001  # each message's delivery, as Twilio reported it
+    fulfill dev text +15555550100 STOP      # the customer texts STOP: no more SMS, email goes on
     fulfill dev outage carrier --for 60     # watch orders wait in the Web UI, then recover
   Ctrl-C stops everything; data stays in {settings.var_dir}/ for the next `make run`
   (switching databases: stop the stack and `make clean` first).
@@ -179,7 +187,7 @@ def main() -> None:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Children ignore the terminal's Ctrl-C (own session); we stop them in order: worker first.
     settings, env = with_sandbox_payments(settings, {**os.environ, "PYTHONUNBUFFERED": "1"})
-    settings, env = with_sandbox_webhooks(settings, env)
+    settings, env = with_engine_webhooks(settings, env)
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)

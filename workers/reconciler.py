@@ -7,6 +7,11 @@ processes each run one: rows are claimed with a lease (OrderSignalStore.claim_or
 deliver the same row while both are alive, and one workflow's rows still go in order. After a relay dies
 mid-delivery its rows are delivered again, which is harmless (see common/order_signals.py).
 
+The fallback relay starts the email fallbacks of undelivered SMS still pending (common/api/sms.py): the HTTP API
+starts each one when Twilio's status callback comes, and marks it pending first in the same statement that
+records the failure, so one it could not start (Temporal away, the API stopped) is started here, on the order-
+signal relay's interval. Starting one twice is harmless: its workflow id is never reused.
+
 The sweeper gives back what orders closed without compensating still hold (a workflow terminated in the Web
 UI or with `temporal workflow terminate` runs no code of its own): every `FULFILL_SWEEP_INTERVAL` seconds it
 lists the order workflows closed since its last round and, for each whose current run is closed and that
@@ -28,6 +33,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.shipping import label_key, undo_label
+from common.api.sms import start_pending_fallbacks
 from common.config import Settings
 from common.integrations.carrier_api import Carrier
 from common.logs import describe_error
@@ -73,6 +79,29 @@ class OrderSignalRelay:
             if report.ok and len(report.delivered) >= BATCH:
                 continue  # a backlog: go on at once
             await asyncio.sleep(self._interval_s)
+
+
+class FallbackRelay:
+    def __init__(self, client: Client, store: Store, settings: Settings) -> None:
+        self._client = client
+        self._store = store
+        self._settings = settings
+
+    async def round(self) -> list[str]:
+        """Start the pending fallbacks; the SMS keys of those started. Never raises (but for cancellation)."""
+        try:
+            started = await start_pending_fallbacks(self._client, self._store, self._settings, limit=BATCH)
+        except Exception as err:  # the database unreachable: the next round
+            log.warning("email fallbacks of undelivered SMS: %s; next try later", describe_error(err))
+            return []
+        if started:
+            log.info("started the email fallback of %d undelivered SMS", len(started))
+        return started
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            if len(await self.round()) < BATCH:
+                await asyncio.sleep(interval_s)
 
 
 # Visibility is eventually consistent: each round looks back this much further than the last one started.
@@ -164,6 +193,24 @@ async def running_relay(client: Client, store: Store, settings: Settings) -> Asy
         return
     relay = OrderSignalRelay(client, store, settings.order_signal_relay_interval)
     task = asyncio.create_task(relay.run(), name="order-signal-relay")
+    try:
+        yield relay
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@asynccontextmanager
+async def running_fallback_relay(
+    client: Client, store: Store, settings: Settings
+) -> AsyncIterator[FallbackRelay | None]:
+    """The fallback relay, on the order-signal relay's interval (None if that setting disables relays)."""
+    if settings.order_signal_relay_interval <= 0:
+        yield None
+        return
+    relay = FallbackRelay(client, store, settings)
+    task = asyncio.create_task(relay.run(settings.order_signal_relay_interval), name="sms-fallback-relay")
     try:
         yield relay
     finally:

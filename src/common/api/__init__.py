@@ -45,6 +45,7 @@ from common.api._helpers import (
 )
 from common.api.carrier_events import CarrierEventReceipt, receive_carrier_event
 from common.api.results import OrderPage, OrderSummary, PlacedOrder, StockUpdate
+from common.api.sms import InboundSmsResult, StatusCallbackResult, receive_sms, record_sms_status
 from common.config import Settings
 from common.errors import (
     FulfillmentError,
@@ -79,6 +80,7 @@ from common.models import (
     RetryRequest,
     workflow_id_for,
 )
+from common.notifications.delivery import NotificationView, notification_view
 from common.order_signals import DeliveryReport, deliver_order_signals, wake_backordered_orders
 from common.orders.intake_keys import IdempotencyKeyReused
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
@@ -362,6 +364,44 @@ class FulfillmentApi:
         if status is None:
             status = description.status.name.lower() if description.status else "closed"
         return RequestRefused(f"order {order_id} is closed ({status}); nothing can change it now")
+
+    async def _require_order(self, order_id: str, placed_by: str | None) -> None:
+        """OrderNotFound unless the order exists (and, with `placed_by`, that client placed it)."""
+        try:
+            description = await self._handle(order_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise OrderNotFound(f"no order {order_id!r}") from None
+            raise
+        if placed_by is not None and await description.memo_value("placed_by", default=None) != placed_by:
+            raise OrderNotFound(f"no order {order_id!r}")
+
+    # ------------------------------------------------------------------------------------------ notifications
+
+    async def notifications(
+        self, order_id: str | None = None, *, placed_by: str | None = None, limit: int | None = None
+    ) -> list[NotificationView]:
+        """The delivery log (of one order), oldest first, recipients masked: each message's own status and the
+        provider's word on it (delivered, undelivered with its error, bounced, opted-out) and its email fallback.
+        With `placed_by`, only the customer's messages of an order that client placed (OrderNotFound otherwise);
+        an order without messages is OrderNotFound unless it exists."""
+        if order_id is not None and placed_by is not None:
+            await self._require_order(order_id, placed_by)
+        records = await self.store.notifications.notifications(order_id, limit=limit)
+        if order_id is not None and not records and placed_by is None:
+            await self._require_order(order_id, None)
+        if placed_by is not None:
+            records = [r for r in records if r.key.startswith("notify:")]  # not the ops alerts about it
+        return [notification_view(r) for r in records]
+
+    async def sms_status_callback(self, params: dict[str, str], *, key: str | None = None) -> StatusCallbackResult:
+        """A Twilio status callback's form (its signature checked by the caller): see common/api/sms.py."""
+        return await record_sms_status(self.client, self.store, self.settings, params, key=key)
+
+    async def sms_inbound(self, params: dict[str, str]) -> InboundSmsResult:
+        """A customer's text, from Twilio's inbound webhook (its signature checked by the caller): STOP, START,
+        HELP; returns the TwiML answer."""
+        return await receive_sms(self.store, self.settings, params)
 
     # ------------------------------------------------------------------------------------------ warehouse
 

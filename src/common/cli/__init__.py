@@ -8,6 +8,7 @@ from common.cli._help import CliApp
 from common.cli.access import api_key_app
 from common.cli.catalog import catalog_app
 from common.cli.inventory import inventory_app
+from common.cli.notifications import notifications
 from common.cli.orders import order_app
 from common.cli.warehouse import warehouse_app
 
@@ -23,6 +24,7 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(api_key_app, name="api-key")
+app.command("notifications")(notifications)
 
 
 if __name__ == "__main__":

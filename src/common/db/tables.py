@@ -236,9 +236,14 @@ notifications = Table(
     Column("delivery_status", String(16), nullable=True),
     Column("delivery_error", Text, nullable=True),
     Column("delivery_updated_at", UTCDateTime, nullable=True),
+    # (0008) A customer SMS: where its email fallback goes (the customer's email) and what became of it
+    # (pending, started, sent, not-needed, no-email, refused), once a status callback said it was not delivered
+    Column("fallback_recipient", String(320), nullable=True),
+    Column("fallback_status", String(16), nullable=True),
     CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
     Index("ix_notifications_order_id", "order_id"),
     Index("ix_notifications_provider_message_id", "provider_message_id"),
+    Index("ix_notifications_fallback_status", "fallback_status"),
 )
 
 # The order-signal outbox (0004): a signal or update for an order's workflow, written in the same transaction

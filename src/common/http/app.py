@@ -10,14 +10,15 @@ from fastapi_offline import FastAPIOffline
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.http import carrier_webhooks, health, inventory, orders, problems, warehouse
+from common.http import carrier_webhooks, health, inventory, orders, problems, sms_webhooks, warehouse
 from common.http.limits import BodyLimit
 from common.temporal import connect
 
 DESCRIPTION = """\
 Place orders, follow them, act on them, and run the warehouse and the stock, over HTTP.
 
-Every endpoint but `/healthz` and `/readyz` needs an API key (`Authorization: Bearer <key>`) from
+Every endpoint but `/healthz`, `/readyz` and the providers' webhooks (`/v1/webhooks/...`, signed by the provider
+instead) needs an API key (`Authorization: Bearer <key>`) from
 `fulfill api-key create --name NAME --scope SCOPE`. Scopes: `intake` (place orders, read them), `ops` (act on
 orders, returns and stock; read everything), `warehouse` (pick tasks, returned parcels, receipts and counts),
 `read` (read everything). Errors are `application/problem+json` (RFC 9457); a refused request changed nothing.
@@ -54,6 +55,6 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.include_router(health.router)
-    for router in (orders.router, warehouse.router, inventory.router, carrier_webhooks.router):
+    for router in (orders.router, warehouse.router, inventory.router, carrier_webhooks.router, sms_webhooks.router):
         app.include_router(router)
     return app

@@ -1,4 +1,4 @@
-"""/v1/orders: intake (POST, idempotent), status, listing, ops actions and returns."""
+"""/v1/orders: intake (POST, idempotent), status, listing, ops actions, returns and the messages sent."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from common.http.schemas import (
     ReturnBody,
 )
 from common.models import ORDER_ID_PATTERN, Order, OrderStatus, OrderView, ReturnSummary
+from common.notifications.delivery import NotificationView
 
 router = APIRouter(prefix="/v1/orders", tags=["orders"])
 
@@ -193,3 +194,19 @@ async def order_returns(
     request: Request, order_id: OrderIdPath, key: Annotated[ApiKey, Depends(READ_ORDERS)]
 ) -> list[ReturnSummary]:
     return (await api_of(request).order_status(order_id, placed_by=own_orders_only(key))).returns
+
+
+@router.get(
+    "/{order_id}/notifications",
+    response_model=list[NotificationView],
+    responses=NOT_FOUND,
+    summary="An order's messages and their delivery",
+)
+async def order_notifications(
+    request: Request, order_id: OrderIdPath, key: Annotated[ApiKey, Depends(READ_ORDERS)]
+) -> list[NotificationView]:
+    """Every email and SMS about the order, oldest first: when, which event, the channel, the recipient (masked),
+    our status (sent, failed) and the provider's delivery status with its error (delivered, undelivered `30003:
+    Unreachable destination handset`, bounced, opted-out), and what became of an undelivered SMS's email
+    fallback. With an intake key, only the customer's messages of the orders that key's client placed."""
+    return await api_of(request).notifications(order_id, placed_by=own_orders_only(key))

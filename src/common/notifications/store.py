@@ -1,5 +1,6 @@
-"""The notifications table: claims, and marks of sent or failed. Each operation is one statement over the
-rows it names (no other lock)."""
+"""The notifications table: claims, marks of sent or failed, the providers' delivery reports (forward only) and
+the email fallbacks of undelivered SMS. Each operation is one statement over the rows it names (no other lock),
+or two in one transaction where it says so."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, case, func, select, update
+from sqlalchemy import Row, and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import tables as t
 from common.db.database import Database, insert, utc_now
 from common.db.inputs import require_text
-from common.notifications.contracts import NotificationClaim, NotificationNotFound, NotificationRecord
+from common.notifications.contracts import (
+    DELIVERY_FAILURES,
+    DELIVERY_RANK,
+    FALLBACK_PENDING,
+    DeliveryUpdate,
+    NotificationClaim,
+    NotificationNotFound,
+    NotificationRecord,
+)
 
 
 class _KnownNotification(Exception):
@@ -35,6 +44,11 @@ def _notification(r: Row[Any]) -> NotificationRecord:
         r.attempts,
         r.created_at,
         r.sent_at,
+        r.delivery_status,
+        r.delivery_error,
+        r.delivery_updated_at,
+        r.fallback_recipient,
+        r.fallback_status,
     )
 
 
@@ -51,6 +65,7 @@ def _claim_rows(claims: Sequence[NotificationClaim], now: datetime) -> list[dict
             "status": "sending",
             "attempts": 1,
             "created_at": now,
+            "fallback_recipient": c.fallback_recipient,
         }
         for c in claims
     ]
@@ -81,6 +96,11 @@ async def _reclaim(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str
             "recipient": ins.excluded.recipient,
             "subject": ins.excluded.subject,
             "body": ins.excluded.body,
+            "fallback_recipient": ins.excluded.fallback_recipient,
+            # A new attempt: what the provider said of the last one (e.g. opted out) is not this one's
+            "delivery_status": None,
+            "delivery_error": None,
+            "delivery_updated_at": None,
         },
         where=n.c.status != "sent",
     ).returning(n.c.key)
@@ -162,23 +182,106 @@ class NotificationStore:
         if missing:
             raise NotificationNotFound(missing[0])
 
-    async def mark_notification_failed(self, key: str, error: str) -> None:
-        """Record why sending failed; a later claim may try again. Never downgrades a "sent" message.
-        Locking: the row (its UPDATE)."""
+    async def mark_notification_failed(
+        self, key: str, error: str, *, delivery_status: str | None = None, delivery_error: str | None = None
+    ) -> None:
+        """Record why sending failed; a later claim may try again. Never downgrades a "sent" message. With
+        `delivery_status`, also the provider's word on it (an email bounce: "bounced"; an SMS to a number that
+        opted out: "opted-out"). Locking: the row (its UPDATE)."""
         n = t.notifications
+        values: dict[str, Any] = {"status": "failed", "error": error}
+        if delivery_status is not None:
+            _check_delivery_status(delivery_status)
+            values |= {
+                "delivery_status": delivery_status,
+                "delivery_error": delivery_error,
+                "delivery_updated_at": utc_now(),
+            }
 
         async def op(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(n).where(n.c.key == key, n.c.status != "sent").values(status="failed", error=error)
-            )
+            await conn.execute(update(n).where(n.c.key == key, n.c.status != "sent").values(**values))
             exists = (await conn.execute(select(func.count()).select_from(n).where(n.c.key == key))).scalar_one()
             if not exists:
                 raise NotificationNotFound(key)
 
         await self._db.write(op, f"mark notification {key} failed")
 
-    async def notifications(self, order_id: str | None = None) -> list[NotificationRecord]:
-        stmt = select(t.notifications).order_by(t.notifications.c.created_at, t.notifications.c.key)
-        if order_id is not None:
-            stmt = stmt.where(t.notifications.c.order_id == order_id)
+    async def record_delivery(
+        self, provider_message_id: str, status: str, error: str | None = None, *, key: str | None = None
+    ) -> DeliveryUpdate:
+        """The provider's report on a message it accepted (a Twilio status callback): the message is the one
+        with this provider id, or, with `key`, the one under that key whose id is not recorded yet (the
+        callback can come before the sender marked it sent). The status only moves forward (DELIVERY_RANK): a
+        late "sent" after "delivered" changes nothing. A customer SMS reported undelivered or failed gets its
+        email fallback pending, in the same statement (once: a fallback already decided is kept).
+        Locking: the row (one UPDATE, then a read of it, in one transaction)."""
+        require_text("provider message id", provider_message_id)
+        rank = _check_delivery_status(status)
+        n = t.notifications
+        match = n.c.provider_message_id == provider_message_id
+        if key is not None:
+            match = or_(match, and_(n.c.key == key, n.c.provider_message_id.is_(None)))
+        behind = [s for s, r in DELIVERY_RANK.items() if r < rank]
+        values: dict[str, Any] = {"delivery_status": status, "delivery_error": error, "delivery_updated_at": utc_now()}
+        if status in DELIVERY_FAILURES:
+            customer_sms = and_(n.c.channel == "sms", n.c.key.like("notify:%"), n.c.fallback_status.is_(None))
+            values["fallback_status"] = case((customer_sms, FALLBACK_PENDING), else_=n.c.fallback_status)
+
+        async def op(conn: AsyncConnection) -> DeliveryUpdate:
+            moved = await conn.execute(
+                update(n)
+                .where(match, or_(n.c.delivery_status.is_(None), n.c.delivery_status.in_(behind)))
+                .values(**values)
+                .returning(n.c.key)
+            )
+            changed = bool(moved.scalars().all())
+            rows = (await conn.execute(select(n).where(match).order_by(n.c.created_at).limit(1))).all()
+            return DeliveryUpdate(_notification(rows[0]) if rows else None, changed)
+
+        return await self._db.write(op, f"record delivery of {provider_message_id}")
+
+    async def get(self, key: str) -> NotificationRecord | None:
+        rows = await self._db.read(select(t.notifications).where(t.notifications.c.key == key))
+        return _notification(rows[0]) if rows else None
+
+    async def set_fallback_status(self, key: str, status: str, *, only_from: str | None = None) -> bool:
+        """What became of an SMS's email fallback (FALLBACK_*); with `only_from`, only if it is that now (the
+        relay marks "started" only what is still pending). False if nothing changed. Locking: the row."""
+        n = t.notifications
+        where = [n.c.key == key]
+        if only_from is not None:
+            where.append(n.c.fallback_status == only_from)
+
+        async def op(conn: AsyncConnection) -> bool:
+            return bool((await conn.execute(update(n).where(*where).values(fallback_status=status))).rowcount)
+
+        return await self._db.write(op, f"set email fallback of {key} {status}")
+
+    async def pending_fallbacks(self, limit: int = 100) -> list[NotificationRecord]:
+        """SMS whose email fallback is to start, oldest report first (no lock)."""
+        n = t.notifications
+        stmt = (
+            select(n)
+            .where(n.c.fallback_status == FALLBACK_PENDING)
+            .order_by(n.c.delivery_updated_at, n.c.key)
+            .limit(limit)
+        )
         return [_notification(r) for r in await self._db.read(stmt)]
+
+    async def notifications(self, order_id: str | None = None, *, limit: int | None = None) -> list[NotificationRecord]:
+        """The log (of one order), oldest first; with `limit`, only the latest `limit` messages."""
+        n = t.notifications
+        stmt = select(n)
+        if order_id is not None:
+            stmt = stmt.where(n.c.order_id == order_id)
+        if limit is None:
+            stmt = stmt.order_by(n.c.created_at, n.c.key)
+            return [_notification(r) for r in await self._db.read(stmt)]
+        latest = await self._db.read(stmt.order_by(n.c.created_at.desc(), n.c.key.desc()).limit(limit))
+        return [_notification(r) for r in reversed(latest)]
+
+
+def _check_delivery_status(status: str) -> int:
+    if status not in DELIVERY_RANK:
+        raise ValueError(f"unknown delivery status {status!r}: one of {', '.join(DELIVERY_RANK)}")
+    return DELIVERY_RANK[status]

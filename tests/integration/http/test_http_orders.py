@@ -300,8 +300,13 @@ async def test_the_schema_documents_every_endpoint_its_key_and_its_problems(http
         if path in ("/healthz", "/readyz"):
             assert "security" not in op
             continue
-        if path.startswith("/v1/webhooks/"):  # the provider's signature is the authentication
-            assert "security" not in op and "401" in problems, (method, path, problems)
+        if path.startswith("/v1/webhooks/twilio/"):  # signed by the provider, not an API key
+            assert op.get("security") == [{"TwilioSignature": []}], (method, path)
+            assert {"401", "403", "415"} <= problems, (method, path, problems)
+            continue
+        if path.startswith("/v1/webhooks/"):
+            assert op.get("security") == [{"EasyPostSignature": []}], (method, path)
+            assert {"401", "422"} <= problems, (method, path, problems)
             continue
         assert op.get("security") == [{"ApiKey": []}], (method, path)
         assert {"401", "403", "422"} <= problems, (method, path, problems)

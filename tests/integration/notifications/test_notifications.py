@@ -20,6 +20,7 @@ from common.config import Settings
 from common.integrations.email import EmailSender
 from common.integrations.sms import SmsSender
 from common.models import Channel, Customer, NotificationEvent, NotifyRequest, OpsAlert
+from common.notifications.contracts import SmsFallbackRequest
 from common.store import Store
 from sandbox import SandboxServers
 
@@ -227,3 +228,119 @@ async def test_ops_alerts_are_sent_once(store: Store, sandbox: SandboxServers) -
         email.provider_id,
     )
     assert email.subject == "[ops] Pick overdue"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Opt-outs, Twilio's 21610, email bounces, and the email fallback of an undelivered SMS
+
+
+async def test_an_opted_out_number_gets_no_sms_and_the_email_goes_on(store: Store, sandbox: SandboxServers) -> None:
+    await store.sms_opt_outs.record("+15555550100", opted_out=True, keyword="STOP")
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        result = await ActivityEnvironment().run(
+            senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS)
+        )
+    finally:
+        await senders.close()
+    assert result.sent == [Channel.EMAIL]
+    assert "opted out of SMS" in result.skipped["sms"]
+    assert [m.channel for m in sandbox.outbox("ORD-1")] == ["email"]
+    assert sandbox.twilio.attempts["+15555550100"] == 0  # Twilio was not even asked
+    sms = await store.notifications.get(SMS_KEY)
+    assert sms is not None and (sms.status, sms.delivery_status) == ("failed", "opted-out")
+    assert sms.error is not None and "opted out" in sms.error
+
+
+async def test_twilio_21610_is_not_retried_and_records_the_opt_out(store: Store, sandbox: SandboxServers) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        # Returns (no error for Temporal to retry), the SMS skipped for good
+        result = await ActivityEnvironment().run(
+            senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS, phone=OPTED_OUT)
+        )
+        assert result.sent == [Channel.EMAIL] and "21610" in result.skipped["sms"]
+        assert sandbox.twilio.attempts[OPTED_OUT] == 1
+        assert await store.sms_opt_outs.is_opted_out(OPTED_OUT)
+        sms = await store.notifications.get(SMS_KEY)
+        assert sms is not None and (sms.status, sms.attempts, sms.delivery_status) == ("failed", 1, "opted-out")
+        assert sms.delivery_error is not None and sms.delivery_error.startswith("21610")
+
+        # The order's next notice: the engine knows now, and does not ask Twilio again
+        later = request(Channel.EMAIL, Channel.SMS, phone=OPTED_OUT).model_copy(
+            update={"event": NotificationEvent.SHIPPED}
+        )
+        again = await ActivityEnvironment().run(senders.activities.notify_customer, later)
+        assert again.sent == [Channel.EMAIL] and "opted out" in again.skipped["sms"]
+        assert sandbox.twilio.attempts[OPTED_OUT] == 1
+    finally:
+        await senders.close()
+
+
+async def test_an_email_the_relay_refuses_for_good_is_logged_bounced(store: Store, sandbox: SandboxServers) -> None:
+    # .invalid (RFC 2606) is refused by the sandbox relay with 550; a customer can't be built with it, hence construct
+    customer = Customer.model_construct(id="C-1", name="Ada", email="ada@mail.invalid", phone=None, channels=[])
+    bouncing = NotifyRequest.model_construct(
+        order_id="ORD-1",
+        event=NotificationEvent.ORDER_CONFIRMED,
+        customer=customer,
+        channels=[Channel.EMAIL],
+        context={},
+        occurrence=None,
+        key=None,
+    )
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        result = await ActivityEnvironment().run(senders.activities.notify_customer, bouncing)
+    finally:
+        await senders.close()
+    assert result.sent == [] and "550" in result.skipped["email"]
+    email = await store.notifications.get(EMAIL_KEY)
+    assert email is not None and (email.status, email.delivery_status) == ("failed", "bounced")
+    assert email.delivery_error is not None and "550" in email.delivery_error
+
+
+async def undelivered(store: Store, senders: Senders, *channels: Channel) -> None:
+    """The notice sent on `channels` (always SMS among them), then Twilio reporting the SMS undelivered."""
+    result = await ActivityEnvironment().run(senders.activities.notify_customer, request(*channels))
+    assert Channel.SMS in result.sent
+    sms = await store.notifications.get(SMS_KEY)
+    assert sms is not None and sms.provider_message_id is not None
+    update = await store.notifications.record_delivery(sms.provider_message_id, "undelivered", "30003: Unreachable")
+    assert update.fallback_pending
+
+
+async def test_the_fallback_of_an_sms_only_notice_is_one_email(store: Store, sandbox: SandboxServers) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        await undelivered(store, senders, Channel.SMS)
+        fallback = SmsFallbackRequest(sms_key=SMS_KEY, order_id="ORD-1")
+        first = await ActivityEnvironment().run(senders.activities.send_sms_fallback, fallback)
+        second = await ActivityEnvironment().run(senders.activities.send_sms_fallback, fallback)
+    finally:
+        await senders.close()
+    assert (first.outcome, first.email_key) == ("sent", SMS_KEY + ":email-fallback")
+    assert second.outcome == "sent"
+    [email] = [m for m in sandbox.outbox("ORD-1") if m.channel == "email"]
+    assert email.recipient == "ada@example.com"
+    assert email.subject == "Order ORD-1 confirmed"  # the notice's own email subject, kept with the SMS
+    sms_text = (await store.notifications.get(SMS_KEY)).body  # type: ignore[union-attr]
+    assert sms_text in email.body and "could not deliver this text message" in email.body
+    logged = await store.notifications.get(SMS_KEY + ":email-fallback")
+    assert logged is not None and (logged.channel, logged.status) == ("email", "sent")
+    assert (await store.notifications.get(SMS_KEY)).fallback_status == "sent"  # type: ignore[union-attr]
+
+
+async def test_no_fallback_when_the_notices_email_went_out(store: Store, sandbox: SandboxServers) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        await undelivered(store, senders, Channel.EMAIL, Channel.SMS)
+        result = await ActivityEnvironment().run(
+            senders.activities.send_sms_fallback, SmsFallbackRequest(sms_key=SMS_KEY, order_id="ORD-1")
+        )
+    finally:
+        await senders.close()
+    assert result.outcome == "not-needed" and EMAIL_KEY in result.detail
+    assert len([m for m in sandbox.outbox("ORD-1") if m.channel == "email"]) == 1  # the notice's own
+    assert await store.notifications.get(SMS_KEY + ":email-fallback") is None
+    assert (await store.notifications.get(SMS_KEY)).fallback_status == "not-needed"  # type: ignore[union-attr]

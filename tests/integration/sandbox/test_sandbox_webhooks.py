@@ -23,7 +23,7 @@ from common.integrations.carrier import CarrierClient, CarrierShipment, parse_tr
 from common.models import TrackingStatus
 from sandbox import Progression, SandboxServers
 from tests.integration.sandbox.test_sandbox import STEP, create, eventually
-from workers.devstack import with_sandbox_webhooks
+from workers.devstack import with_engine_webhooks
 
 SECRET = "s\u00e9cret-\u2167"  # not ASCII, with a compatibility character: NFKD normalisation matters
 SIGNATURE = re.compile(r"^hmac-sha256-hex=[0-9a-f]{64}$")
@@ -342,10 +342,12 @@ async def test_no_url_means_no_webhooks(tmp_path: Path, receiver: Receiver) -> N
 
 def test_make_run_points_the_webhooks_at_its_own_api() -> None:
     stack = Settings(api_host="0.0.0.0", api_port=9090)
-    settings, env = with_sandbox_webhooks(stack, {"PATH": "/usr/bin"})
+    settings, env = with_engine_webhooks(stack, {"PATH": "/usr/bin"})
     url = "http://127.0.0.1:9090/v1/webhooks/easypost"
     assert settings.sandbox_carrier_webhook_url == url
-    assert env == {"PATH": "/usr/bin", "FULFILL_SANDBOX_CARRIER_WEBHOOK_URL": url}
+    assert env["PATH"] == "/usr/bin" and env["FULFILL_SANDBOX_CARRIER_WEBHOOK_URL"] == url
     # A shell that chose (even none: empty) keeps its choice
     for chosen in ({"FULFILL_SANDBOX_CARRIER_WEBHOOK_URL": ""}, {"fulfill_sandbox_carrier_webhook_url": "http://x"}):
-        assert with_sandbox_webhooks(stack, chosen) == (stack, chosen)
+        kept, env = with_engine_webhooks(stack, chosen)
+        assert kept.sandbox_carrier_webhook_url == stack.sandbox_carrier_webhook_url
+        assert "FULFILL_SANDBOX_CARRIER_WEBHOOK_URL" not in env or env == {**env, **chosen}

@@ -28,7 +28,7 @@ async def test_open_runs_migrations_and_sets_up_sqlite(tmp_path: Path) -> None:
     assert path.exists()
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert set(metadata.tables) | {"alembic_version"} <= tables
 
