@@ -96,8 +96,9 @@ class NotificationActivities:
         for (channel, claim, _), outcome in zip(sending, outcomes, strict=True):
             if isinstance(outcome, EmailPermanentError | SmsPermanentError):
                 # Retrying cannot fix an invalid or opted-out recipient: go on without this message.
-                activity.logger.warning("%s not sent: %s", claim.key, outcome)
-                result.skipped[channel.value] = str(outcome)
+                # The provider's words may name the recipient: the log and the order's history get them masked
+                activity.logger.warning("%s not sent: %s", claim.key, mask_contacts(str(outcome)))
+                result.skipped[channel.value] = mask_contacts(str(outcome))
             elif isinstance(outcome, BaseException):
                 failure = failure or outcome
                 failed.append(channel.value)

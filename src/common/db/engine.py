@@ -182,6 +182,15 @@ def alembic_config() -> Any:
     return config
 
 
+def head_revision() -> str:
+    """The newest migration's revision: what a database opened with `migrate` is at."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
 # Alembic keeps the running migration context in module globals (`alembic.context`), so two migrations
 # interleaving on one event loop (e.g. two Database.open awaited together) would corrupt each other.
 _migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()

@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.db.engine import head_revision
 from common.db.tables import metadata, products
 from common.store import Store
 from tests.unit.conftest import level_of, sqlite_url
@@ -28,7 +29,7 @@ async def test_open_runs_migrations_and_sets_up_sqlite(tmp_path: Path) -> None:
     assert path.exists()
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert set(metadata.tables) | {"alembic_version"} <= tables
 
