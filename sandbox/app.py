@@ -28,6 +28,20 @@ SMS_INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 CARRIER_WEBHOOK_PATH = "/v1/webhooks/easypost"
 
 
+def free_port_settings(**changes: Any) -> Settings:
+    """Settings for sandbox servers on ports the system picks, posting no webhooks unless `changes` say where:
+    for sandboxes that run beside others (tests, benchmarks, recording histories)."""
+    quiet: dict[str, Any] = {
+        "sandbox_smtp_port": 0,
+        "sandbox_http_port": 0,
+        "sandbox_carrier_port": 0,
+        "sandbox_payments_port": 0,
+        "sandbox_carrier_webhook_url": None,
+        "sandbox_sms_inbound_url": None,
+    }
+    return Settings(**{**quiet, **changes})
+
+
 class SandboxServers:
     """Local stand-ins for the SMTP relay, Twilio, the carrier and Stripe, sharing one SQLite file.
 

@@ -28,7 +28,7 @@ from common.demo import seed_demo
 from common.http.app import create_app
 from common.store import Store
 from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
-from sandbox import SandboxServers
+from sandbox import SandboxServers, free_port_settings
 from sandbox.app import SMS_INBOUND_PATH
 from tests.conftest import TEMPORAL_CLI
 from workers.worker import running_worker
@@ -74,16 +74,11 @@ def engine_url(engine_socket: socket.socket) -> str:
 
 @pytest.fixture(scope="session")
 async def sandbox(var_dir: Path, engine_url: str) -> AsyncIterator[SandboxServers]:
-    base = Settings(
-        sandbox_smtp_port=0,
-        sandbox_http_port=0,
-        sandbox_carrier_port=0,
-        sandbox_payments_port=0,
+    # Tracking is polled here (no carrier webhooks): the webhook tests point the sandbox at an API of their own
+    base = free_port_settings(
         sandbox_in_transit_after=1.0,
         sandbox_out_for_delivery_after=2.0,
         sandbox_delivered_after=3.0,
-        # Tracking is polled here: the carrier webhook tests point the sandbox at an API of their own
-        sandbox_carrier_webhook_url=None,
         sandbox_sms_inbound_url=f"{engine_url}{SMS_INBOUND_PATH}",
     )
     async with SandboxServers(base, db_path=var_dir / "sandbox.db") as servers:

@@ -38,7 +38,7 @@ from common.returns import RmaStatus, return_workflow_id
 from common.shipping.contracts import TrackingPush
 from common.store import Store
 from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
-from sandbox import SandboxServers
+from sandbox import SandboxServers, free_port_settings
 from sandbox.carrier import Progression
 from tests.conftest import TEMPORAL_CLI
 from tests.orders import order_dict
@@ -490,15 +490,10 @@ async def run_scenarios(paths: list[str]) -> dict[str, str]:
                 dev_server_log_level="error",
             ) as env,
             SandboxServers(
-                Settings(
-                    sandbox_smtp_port=0,
-                    sandbox_http_port=0,
-                    sandbox_carrier_port=0,
-                    sandbox_payments_port=0,
+                free_port_settings(
                     sandbox_in_transit_after=1.0,
                     sandbox_out_for_delivery_after=2.0,
                     sandbox_delivered_after=3.0,
-                    sandbox_carrier_webhook_url=None,
                 ),
                 db_path=var / "sandbox.db",
             ) as sandbox,

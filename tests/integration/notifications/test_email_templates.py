@@ -18,7 +18,7 @@ from common.integrations.sms import SmsSender
 from common.messages import MessageTemplateError
 from common.models import Channel, Customer, NotificationEvent, NotifyRequest
 from common.store import Store
-from sandbox import SandboxServers
+from sandbox import SandboxServers, free_port_settings
 
 OVERRIDE = """{% extends "layout.txt" %}
 {% block subject %}{{ brand.name }}: order {{ order_id }} is on the road{{ parcel }}{% endblock %}
@@ -28,9 +28,7 @@ OVERRIDE = """{% extends "layout.txt" %}
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxServers]:
-    settings = Settings(
-        var_dir=tmp_path, sandbox_smtp_port=0, sandbox_http_port=0, sandbox_carrier_port=0, sandbox_payments_port=0
-    )
+    settings = free_port_settings(var_dir=tmp_path)
     async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.01, 0.02)) as sb:
         yield sb
 

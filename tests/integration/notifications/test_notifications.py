@@ -22,7 +22,7 @@ from common.integrations.sms import SmsSender
 from common.models import Channel, Customer, NotificationEvent, NotifyRequest, OpsAlert
 from common.notifications.contracts import SmsFallbackRequest
 from common.store import Store
-from sandbox import SandboxServers
+from sandbox import SandboxServers, free_port_settings
 
 EMAIL_KEY = "notify:ORD-1:order_confirmed:email"
 SMS_KEY = "notify:ORD-1:order_confirmed:sms"
@@ -31,13 +31,8 @@ OPTED_OUT = "+15005550004"  # the sandbox refuses it for good, as Twilio does an
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxServers]:
-    settings = Settings(
+    settings = free_port_settings(
         var_dir=tmp_path,
-        sandbox_smtp_port=0,
-        sandbox_http_port=0,
-        sandbox_carrier_port=0,
-        sandbox_payments_port=0,
-        sandbox_carrier_webhook_url=None,
     )
     async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.01, 0.02)) as sb:
         yield sb

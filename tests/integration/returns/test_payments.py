@@ -22,7 +22,7 @@ from common.integrations.payments import (
     payments_gateway,
 )
 from common.integrations.stripe_payments import StripePayments
-from sandbox import SandboxServers
+from sandbox import SandboxServers, free_port_settings
 from workers.devstack import with_sandbox_payments
 
 REFUND: dict[str, Any] = {
@@ -36,13 +36,8 @@ REFUND: dict[str, Any] = {
 
 
 def sandbox(tmp_path: Path) -> SandboxServers:
-    settings = Settings(
+    settings = free_port_settings(
         var_dir=tmp_path,
-        sandbox_smtp_port=0,
-        sandbox_http_port=0,
-        sandbox_carrier_port=0,
-        sandbox_payments_port=0,
-        sandbox_carrier_webhook_url=None,
     )
     return SandboxServers(settings, db_path=tmp_path / "sb.db")
 

@@ -27,7 +27,7 @@ from common.integrations.carrier import (
 from common.integrations.email import EmailPermanentError, EmailSender, EmailTransientError
 from common.integrations.sms import SmsPermanentError, SmsSender, SmsTransientError
 from common.models import Address, ShippingSpeed, TrackingStatus
-from sandbox import SandboxServers, fetch_outbox
+from sandbox import SandboxServers, fetch_outbox, free_port_settings
 from sandbox.smtp import OutboxHandler
 from sandbox.store import SandboxStore
 
@@ -45,13 +45,9 @@ PARCEL = {"weight": 16.0}
 
 
 def sandbox_settings(tmp_path: Path) -> Settings:
-    return Settings(
+    return free_port_settings(
         var_dir=tmp_path,
-        sandbox_smtp_port=0,
-        sandbox_http_port=0,
-        sandbox_carrier_port=0,
-        sandbox_payments_port=0,
-        sandbox_carrier_webhook_url=None,  # no receiver here: the carrier's webhooks go nowhere
+        sandbox_carrier_webhook_url=None,  # no receiver here: the carrier's webhooks go nowhere,
     )
 
 

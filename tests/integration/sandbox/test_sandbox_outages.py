@@ -19,7 +19,7 @@ from common.integrations.email import EmailSender, EmailTransientError
 from common.integrations.payments import PaymentUnavailable, payments_gateway
 from common.integrations.sms import SmsSender, SmsTransientError
 from common.models import Address
-from sandbox import SandboxServers
+from sandbox import SandboxServers, free_port_settings
 from tests.integration.conftest import Cli
 
 SHIP_TO = Address(name="A", line1="1 Analytical Way", city="London", region="LDN", postal_code="N1 9GU", country="GB")
@@ -28,13 +28,8 @@ FROM = {"name": "Main warehouse", "street1": "5 Depot Rd", "city": "Leeds", "zip
 
 @pytest.fixture
 async def sb(tmp_path: Path) -> AsyncIterator[SandboxServers]:
-    settings = Settings(
+    settings = free_port_settings(
         var_dir=tmp_path,
-        sandbox_smtp_port=0,
-        sandbox_http_port=0,
-        sandbox_carrier_port=0,
-        sandbox_payments_port=0,
-        sandbox_carrier_webhook_url=None,
     )
     async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.01, 0.02)) as sb:
         yield sb
@@ -277,13 +272,8 @@ async def test_cli_refuses_bad_input_and_changes_nothing(sb: SandboxServers) -> 
 
 async def test_cli_says_when_the_sandbox_is_not_running(tmp_path: Path) -> None:
     async with SandboxServers(
-        Settings(
+        free_port_settings(
             var_dir=tmp_path,
-            sandbox_smtp_port=0,
-            sandbox_http_port=0,
-            sandbox_carrier_port=0,
-            sandbox_payments_port=0,
-            sandbox_carrier_webhook_url=None,
         ),
         db_path=":memory:",
     ) as gone:

@@ -15,9 +15,8 @@ import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from common.config import Settings
 from common.integrations.sms import SmsPermanentError, SmsSender
-from sandbox import SandboxRefused, SandboxServers, text_from
+from sandbox import SandboxRefused, SandboxServers, free_port_settings, text_from
 
 TOKEN = "sandbox-token"
 
@@ -59,12 +58,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def sb(tmp_path: Path, receiver: Receiver) -> AsyncIterator[SandboxServers]:
-    settings = Settings(
+    settings = free_port_settings(
         var_dir=tmp_path,
-        sandbox_smtp_port=0,
-        sandbox_http_port=0,
-        sandbox_carrier_port=0,
-        sandbox_payments_port=0,
         sandbox_sms_inbound_url=f"{receiver.url}/v1/webhooks/twilio/inbound",
     )
     async with SandboxServers(settings, db_path=tmp_path / "sb.db", sms_callback_delays=(0.02, 0.05)) as servers:

@@ -21,7 +21,7 @@ from easypost.errors import SignatureVerificationError
 from common.config import Settings
 from common.integrations.carrier import CarrierClient, CarrierShipment, parse_tracker
 from common.models import TrackingStatus
-from sandbox import Progression, SandboxServers
+from sandbox import Progression, SandboxServers, free_port_settings
 from tests.integration.sandbox.test_sandbox import STEP, create, eventually
 from workers.devstack import with_engine_webhooks
 
@@ -84,12 +84,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def webhook_sandbox(tmp_path: Path, url: str | None, **settings: Any) -> SandboxServers:
-    base = Settings(
+    base = free_port_settings(
         var_dir=tmp_path,
-        sandbox_smtp_port=0,
-        sandbox_http_port=0,
-        sandbox_carrier_port=0,
-        sandbox_payments_port=0,
         sandbox_carrier_webhook_url=url,
         carrier_webhook_secret=SECRET,
         **settings,
