@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -23,20 +21,7 @@ from common.integrations.carrier import (
 )
 from common.models import TrackingStatus
 from sandbox import SandboxServers
-from tests.integration.sandbox.test_sandbox import SHIP_TO, STEP, create, eventually, free_port, start_sandbox
-
-
-@pytest.fixture
-async def sb(tmp_path: Path) -> AsyncIterator[SandboxServers]:
-    async with start_sandbox(tmp_path) as sb:
-        yield sb
-
-
-@pytest.fixture
-async def carrier(sb: SandboxServers) -> AsyncIterator[CarrierClient]:
-    client = CarrierClient(sb.settings_for_clients())
-    yield client
-    await client.close()
+from tests.integration.sandbox.test_sandbox import SHIP_TO, STEP, create, eventually, free_port
 
 
 @pytest.mark.parametrize(

@@ -45,10 +45,7 @@ PARCEL = {"weight": 16.0}
 
 
 def sandbox_settings(tmp_path: Path) -> Settings:
-    return free_port_settings(
-        var_dir=tmp_path,
-        sandbox_carrier_webhook_url=None,  # no receiver here: the carrier's webhooks go nowhere,
-    )
+    return free_port_settings(var_dir=tmp_path)  # no webhook receiver here: they go nowhere
 
 
 def start_sandbox(tmp_path: Path) -> SandboxServers:
@@ -60,19 +57,6 @@ def start_sandbox(tmp_path: Path) -> SandboxServers:
         delivered_after=3 * STEP,
         sms_callback_delays=(0.02, 0.05),
     )
-
-
-@pytest.fixture
-async def sb(tmp_path: Path) -> AsyncIterator[SandboxServers]:
-    async with start_sandbox(tmp_path) as sb:
-        yield sb
-
-
-@pytest.fixture
-async def carrier(sb: SandboxServers) -> AsyncIterator[CarrierClient]:
-    client = CarrierClient(sb.settings_for_clients())
-    yield client
-    await client.close()
 
 
 def free_port() -> int:
