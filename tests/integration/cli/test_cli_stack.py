@@ -156,6 +156,17 @@ def free_port() -> int:
     return port
 
 
+def until_status(env: dict[str, str], cwd: Path, order_id: str, wanted: set[str], within: float = 60) -> dict:
+    deadline = time.monotonic() + within
+    while True:
+        done = fulfill(env, "order", "status", order_id, "--json", cwd=cwd)
+        view = json.loads(done.stdout) if done.returncode == 0 else {}
+        if view.get("status") in wanted:
+            return view
+        assert time.monotonic() < deadline, f"{order_id} never reached {wanted}: {view.get('status')}"
+        time.sleep(0.5)
+
+
 def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
     """The real `make run` (workers/devstack.py) on a database of its own: a shell with no FULFILL_* at all, in
     the same directory, reaches its database and its Temporal; once it stops, the file is gone."""
@@ -171,7 +182,6 @@ def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
         FULFILL_SANDBOX_PAYMENTS_PORT=str(ports["payments"]),
         FULFILL_SMTP_PORT=str(ports["smtp"]),
         FULFILL_TWILIO_BASE_URL=f"http://127.0.0.1:{ports['http']}",
-        FULFILL_SMS_STATUS_CALLBACK_URL=f"http://127.0.0.1:{ports['http']}/sms/status",
         FULFILL_CARRIER_API_BASE=f"http://127.0.0.1:{ports['carrier']}/v2",
         FULFILL_PICKER_ENABLED="false",
         FULFILL_API_PORT=str(ports["api"]),
@@ -205,6 +215,16 @@ def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
             timeout=30,
         )
         assert placed.status_code == 202, placed.text
+        # Tracking comes by push: the sandbox carrier's signed webhooks reach make run's own API (the order's
+        # safety-net poll is hours away), and so do Twilio's status callbacks.
+        view = until_status(bare, tmp_path, "ORD-STACK-2", {"PICKING"})
+        confirmed = fulfill(bare, "warehouse", "confirm", view["shipments"][0]["pick_task_id"], cwd=tmp_path)
+        assert confirmed.returncode == 0, confirmed.stderr
+        until_status(bare, tmp_path, "ORD-STACK-2", {"DELIVERED"})
+        log_of = fulfill(bare, "notifications", "--order", "ORD-STACK-2", "--json", cwd=tmp_path)
+        assert log_of.returncode == 0, log_of.stderr
+        delivered_sms = [n for n in json.loads(log_of.stdout) if n["channel"] == "sms"]
+        assert delivered_sms and all(n["delivery_status"] == "delivered" for n in delivered_sms), delivered_sms
         done = fulfill(bare, "dev", "outages", "--json", cwd=tmp_path)
         assert (done.returncode, json.loads(done.stdout or "null")) == (0, []), done.stderr
         assert not (tmp_path / "var" / "fulfill.db").exists()  # the default database was never opened
