@@ -29,11 +29,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi, with_prices
+from common.api.sms import start_sms_fallback
 from common.config import Settings
 from common.demo import seed_demo
 from common.errors import InvalidRequest
 from common.intake import parse_order
 from common.models import OrderStatus, OrderView, OrderWorkflowInput, TrackingStatus, workflow_id_for
+from common.notifications.delivery import fallback_workflow_id
 from common.returns import RmaStatus, return_workflow_id
 from common.shipping.contracts import TrackingPush
 from common.store import Store
@@ -303,6 +305,26 @@ async def tracking_pushed(stack: Stack, path: str) -> str:
     return order_id
 
 
+async def sms_undelivered_falls_back(stack: Stack, path: str) -> str:
+    """A customer whose phone the network cannot reach (the sandbox's +15555530003): the confirmation SMS ends
+    undelivered and its email fallback workflow runs (as the HTTP API starts it on Twilio's callback)."""
+    order_id = f"REC-{path.replace('_', '-')}"
+    order = order_dict(order_id, {"MUG-RED": 1})
+    order["customer"] = {**order["customer"], "phone": "+15555530003", "channels": ["sms"]}  # no email of its own
+    await stack.api.place_order(order)
+    await stack.confirm_pick(order_id)
+    view = await stack.finished(order_id)
+    assert view.status == OrderStatus.COMPLETED, view.timeline
+    key = f"notify:{order_id}:order_confirmed:sms"
+    record = await stack.api.store.notifications.get(key)
+    assert record is not None and record.provider_message_id, record
+    await start_sms_fallback(stack.client, stack.api.store, stack.api.settings, record)
+    fallback = stack.client.get_workflow_handle(fallback_workflow_id(key))
+    await asyncio.wait_for(fallback.result(), 60)
+    stack.children.append(("sms_fallback", fallback.id))
+    return order_id
+
+
 async def cancelled_after_label(stack: Stack, path: str) -> str:
     async with parcels_wait_at_the_carrier(stack):
         order_id = await stack.place(path, {"MUG-BLUE": 1})
@@ -456,6 +478,8 @@ SCENARIOS: dict[str, Scenario] = {
     "ops_actions_by_name": ops_actions_by_name,
     # Tracking pushed by the carrier (webhooks), polling as the safety net; rates chosen against the promise
     "tracking_pushed": tracking_pushed,
+    # An SMS the network did not deliver, and its email fallback (histories/sms_fallback/)
+    "sms_undelivered_falls_back": sms_undelivered_falls_back,
 }
 
 

@@ -22,6 +22,7 @@ from tests.replay.changed_workflows import ReservesBeforeConfirming, ReservesBef
 from workflows import order, returns, steps
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
+from workflows.sms_fallback import SmsFallbackWorkflow
 
 # pydantic imports email_validator's submodules (and idna) lazily, on the first EmailStr it validates: when
 # that first one is inside the workflow sandbox (this module run alone), the SDK warns that a passed-through
@@ -32,6 +33,7 @@ HISTORIES = Path(__file__).resolve().parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
 # Return workflows (one per RMA) recorded beside the order path that ran them
 RETURN_FILES = sorted((HISTORIES / "returns").glob("*.json"))
+SMS_FALLBACK_FILES = sorted((HISTORIES / "sms_fallback").glob("*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -61,6 +63,15 @@ async def test_recorded_history_replays_against_todays_workflow(path: Path) -> N
 @pytest.mark.parametrize("path", RETURN_FILES, ids=[p.stem for p in RETURN_FILES])
 async def test_recorded_return_history_replays_against_todays_return_workflow(path: Path) -> None:
     await replay(load(path), ReturnWorkflow)
+
+
+@pytest.mark.parametrize("path", SMS_FALLBACK_FILES, ids=[p.stem for p in SMS_FALLBACK_FILES])
+async def test_recorded_sms_fallback_history_replays_against_todays_fallback_workflow(path: Path) -> None:
+    await replay(load(path), SmsFallbackWorkflow)
+
+
+def test_the_sms_fallback_has_a_recorded_history() -> None:
+    assert SMS_FALLBACK_FILES, "record one: python -m tests.replay.record sms_undelivered_falls_back"
 
 
 # Each failure-handling patch (workflows/steps.py, order/patches.py, returns.py) has a recorded history.
