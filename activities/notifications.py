@@ -45,7 +45,7 @@ from common.notifications.contracts import (
     SmsFallbackRequest,
     SmsFallbackResult,
 )
-from common.notifications.delivery import fallback_html, fallback_key, fallback_text, sibling_email_key
+from common.notifications.delivery import fallback_key, sibling_email_key
 from common.notifications.opt_outs import UNSUBSCRIBED_CODE
 from common.store import Store
 
@@ -233,7 +233,7 @@ class NotificationActivities:
             await self._store.notifications.set_fallback_status(sms.key, FALLBACK_NO_EMAIL)
             return SmsFallbackResult(outcome=FALLBACK_NO_EMAIL, detail="no email address for the customer")
         subject = sms.subject or f"Order {sms.order_id}: a message we could not text you"
-        message = RenderedMessage(subject=subject, text=fallback_text(sms.body), html=fallback_html(sms.body))
+        message = self._renderer.render_sms_fallback(order_id=sms.order_id, notice_subject=subject, sms_text=sms.body)
         try:
             await self._deliver_once(
                 email_key,

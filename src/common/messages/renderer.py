@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 # What each event's .txt template must define (the .html one fills layout.html's `content`)
 TEXT_BLOCKS = ("subject", "message")
+# The email that stands in for an SMS the network did not deliver (not a NotificationEvent: it carries another
+# message's text): sms_fallback.txt and .html, with `sms` (the text) and `notice_subject`
+SMS_FALLBACK = "sms_fallback"
 
 
 @dataclass(frozen=True)
@@ -173,37 +176,54 @@ class MessageRenderer:
     def render(self, request: NotifyRequest, channel: Channel) -> RenderedMessage:
         """An override that fails while rendering (it compiled, at start) is logged and the built-in
         templates send the message instead: a customer message is never held up by a template."""
-        context = self.context(request)
+        return self._render_or_builtin(request.event.value, channel, self.context(request))
+
+    def render_sms_fallback(self, *, order_id: str, notice_subject: str, sms_text: str) -> RenderedMessage:
+        """The email that carries an undelivered SMS's text (the log keeps no name: the greeting has none)."""
+        context = {
+            "order_id": order_id,
+            "customer_name": "",
+            "name": "",
+            "event": SMS_FALLBACK,
+            "parcel": "",
+            "brand": self.brand,
+            "sms": sms_text,
+            "notice_subject": notice_subject,
+        }
+        return self._render_or_builtin(SMS_FALLBACK, Channel.EMAIL, context)
+
+    def _render_or_builtin(self, name: str, channel: Channel, context: dict[str, Any]) -> RenderedMessage:
         try:
-            return self._render(self._templates, request.event, channel, context)
+            return self._render(self._templates, name, channel, context)
         except Exception:
             if self._templates is self._builtin:
                 raise
-            log.exception("email template override for %s failed; sending the built-in one", request.event.value)
-            return self._render(self._builtin, request.event, channel, context)
+            log.exception("email template override for %s failed; sending the built-in one", name)
+            return self._render(self._builtin, name, channel, context)
 
     # -----------------------------------------------------------------------------------------------------
 
     @staticmethod
     def _render(
-        templates: dict[str, Template], event: NotificationEvent, channel: Channel, context: dict[str, Any]
+        templates: dict[str, Template], name: str, channel: Channel, context: dict[str, Any]
     ) -> RenderedMessage:
-        text = templates[f"{event.value}.txt"]
+        text = templates[f"{name}.txt"]
         if channel == Channel.SMS:
             sms = _block(text, "sms" if "sms" in text.blocks else "message", context)
             return RenderedMessage(subject=None, text=_oneline(sms), html=None)
         message = _oneline(_block(text, "message", context))
         subject = _oneline(_block(text, "subject", context))
         parts = context | {"subject": subject, "preview": message}
-        page = _INLINER.inline(templates[f"{event.value}.html"].render(parts))
+        page = _INLINER.inline(templates[f"{name}.html"].render(parts))
         return RenderedMessage(subject=subject, text=text.render(parts), html=page)
 
     def _compile(self, env: Environment) -> dict[str, Template]:
         """Every event's templates, compiled, then rendered once with a context of placeholders: a syntax error
         or a template that fails (in it or in the layout it extends) is raised now, naming its file."""
         templates: dict[str, Template] = {}
-        for event in NotificationEvent:
-            for name in (f"{event.value}.txt", f"{event.value}.html"):
+        kinds = [event.value for event in NotificationEvent] + [SMS_FALLBACK]
+        for kind in kinds:
+            for name in (f"{kind}.txt", f"{kind}.html"):
                 try:
                     templates[name] = template = env.get_template(name)
                 except TemplateError as err:
@@ -212,12 +232,12 @@ class MessageRenderer:
                 if missing:
                     raise MessageTemplateError(f"email template {template.filename} has no block {missing[0]!r}")
         sample = {"order_id": "ORD-0", "name": "Ada", "customer_name": "Ada Lovelace", "brand": self.brand}
-        for event in NotificationEvent:
-            for channel in Channel:
+        for kind in kinds:
+            for channel in Channel if kind != SMS_FALLBACK else [Channel.EMAIL]:
                 try:
-                    self._render(templates, event, channel, sample | {"event": event.value, "parcel": ""})
+                    self._render(templates, kind, channel, sample | {"event": kind, "parcel": ""})
                 except Exception as err:
-                    raise MessageTemplateError(f"email template {_failed_at(err, event)}") from err
+                    raise MessageTemplateError(f"email template {_failed_at(err, kind)}") from err
         return templates
 
     @staticmethod
@@ -232,12 +252,12 @@ def _block(template: Template, name: str, context: dict[str, Any]) -> str:
     return "".join(template.blocks[name](template.new_context(context)))
 
 
-def _failed_at(err: Exception, event: NotificationEvent) -> str:
+def _failed_at(err: Exception, kind: str) -> str:
     """Where a template failed: the template frame nearest the error (Jinja puts templates in tracebacks)."""
     if isinstance(err, TemplateSyntaxError):
-        return _where(err, f"{event.value}.*")
+        return _where(err, f"{kind}.*")
     frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename.endswith((".txt", ".html"))]
-    where = f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else f"of {event.value}"
+    where = f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else f"of {kind}"
     what = f"template {err.name!r} not found" if isinstance(err, TemplateNotFound) else f"{type(err).__name__}: {err}"
     return f"{where}: {what}"
 

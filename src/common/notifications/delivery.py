@@ -68,20 +68,6 @@ def sibling_email_key(sms_key: str) -> str | None:
     return ":".join(parts)
 
 
-def fallback_text(sms_text: str) -> str:
-    return (
-        "Hello,\n\nWe could not deliver this text message to your phone, so here it is by email:\n\n"
-        f"{sms_text}\n\n-- The fulfillment team\n"
-    )
-
-
-def fallback_html(sms_text: str) -> str:
-    return (
-        "<html><body><p>Hello,</p><p>We could not deliver this text message to your phone, so here it is by "
-        f"email:</p><blockquote>{escape(sms_text)}</blockquote><p>&mdash; The fulfillment team</p></body></html>"
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The delivery log as people see it
 

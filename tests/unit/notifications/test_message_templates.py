@@ -299,5 +299,18 @@ def test_every_template_is_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = config["tool"]["setuptools"]["package-data"]["common"]
     files = [p.relative_to(ROOT / "src" / "common").as_posix() for p in TEMPLATES.rglob("*") if p.is_file()]
-    assert len(files) == 2 * len(NotificationEvent) + 2  # two per event and the two layouts
+    # two per event, the two layouts, and the SMS fallback's two
+    assert len(files) == 2 * len(NotificationEvent) + 4
     assert [f for f in files if not any(fnmatch(f, pattern) for pattern in patterns)] == []
+
+
+def test_an_undelivered_sms_comes_by_email_in_the_brands_layout() -> None:
+    renderer = MessageRenderer(brand=Brand(name="Acme & Co", colour="#aa3300"))
+    sms = "Order ORD-7 is out for delivery today with QuickShip. Track it: https://t.example/1?a=1&b=<2>"
+    message = renderer.render_sms_fallback(order_id="ORD-7", notice_subject="Order ORD-7 is out", sms_text=sms)
+    assert message.subject == "Order ORD-7 is out"
+    assert message.text.startswith("Hello,\n")  # the log keeps no name: no "Hello -,"
+    assert sms in message.text and message.text.rstrip().endswith("-- The Acme & Co team")
+    assert message.html is not None
+    assert "Acme &amp; Co" in message.html and "b=&lt;2&gt;" in message.html and "<style" not in message.html
+    assert "border-left:4px solid #aa3300" in message.html.replace(": ", ":")
