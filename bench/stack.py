@@ -107,8 +107,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FULFILL_")}
     env["PYTHONUNBUFFERED"] = "1"
     for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"FULFILL_{name.upper()}"] = str(value)
+        # None as an empty value ("not set"): left out, the child would take the default instead (e.g. the
+        # carrier's webhooks to :8080, where a `make run` on this machine would receive them)
+        env[f"FULFILL_{name.upper()}"] = "" if value is None else str(value)
     return env
 
 
