@@ -42,8 +42,9 @@ MAX_EVENTS = 10_000  # kept in memory, oldest forgotten first
 
 def signing_key(secret: str) -> bytes:
     """The key of a `whsec_<base64>` secret; ValueError if it is not one."""
+    encoded = secret.removeprefix("whsec_")
     try:
-        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)  # padded or not
     except (binascii.Error, ValueError) as err:
         raise ValueError("the webhook secret must be whsec_ followed by base64") from err
     if not key:
