@@ -17,12 +17,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from common.config import Settings
 from common.integrations.shipbob import ShipBobClient
 from common.integrations.threepl_api import ThreePLDetail, ThreePLStatus, ThreePLWebhookRefused
 from sandbox import SandboxServers
 from tests.integration.sandbox.conftest import threepl_sandbox
 from tests.integration.sandbox.test_sandbox import eventually
 from tests.integration.sandbox.test_threepl_adapter import INVALID, submit
+from workers.devstack import with_engine_webhooks
 
 SECRET = "whsec_" + "dGhlLXRlc3RzLW93bi13ZWJob29rLXNlY3JldC1rZXk="  # "the-tests-own-webhook-secret-key"
 
@@ -273,3 +275,13 @@ async def test_off_nowhere_and_off_the_machine_are_listed_not_sent(
     await wait_for(receiver, 1)
     assert receiver.topics() == ["order.shipment.exception"]
     assert [e.delivery for e in sb.threepl_events()] == ["disabled", "refused", "delivered"]
+
+
+def test_make_run_points_the_3pl_webhooks_at_its_own_api() -> None:
+    stack = Settings(api_host="0.0.0.0", api_port=9090)
+    settings, env = with_engine_webhooks(stack, {})
+    url = "http://127.0.0.1:9090/v1/webhooks/3pl/sandbox"
+    assert settings.sandbox_threepl_webhook_url == url and env["FULFILL_SANDBOX_THREEPL_WEBHOOK_URL"] == url
+    kept, env = with_engine_webhooks(stack, {"FULFILL_SANDBOX_THREEPL_WEBHOOK_URL": ""})  # the shell chose none
+    assert kept.sandbox_threepl_webhook_url == stack.sandbox_threepl_webhook_url
+    assert env["FULFILL_SANDBOX_THREEPL_WEBHOOK_URL"] == ""
