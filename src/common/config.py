@@ -196,7 +196,7 @@ class Settings(BaseSettings):
 
 
 def parse_stock_levels(text: str) -> dict[str, int]:
-    """"MUG-RED=40, MUG-BLUE=5" as {"MUG-RED": 40, "MUG-BLUE": 5}; ValueError for a pair that is not SKU=units."""
+    """The levels of "MUG-RED=40, MUG-BLUE=5": {"MUG-RED": 40, "MUG-BLUE": 5}; ValueError for a pair not SKU=units."""
     levels: dict[str, int] = {}
     for pair in filter(None, (p.strip() for p in text.split(","))):
         sku, sep, units = (part.strip() for part in pair.partition("="))

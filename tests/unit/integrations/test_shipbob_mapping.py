@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from common.config import Settings, parse_stock_levels
 from common.integrations.shipbob import threepl_error
 from common.integrations.shipbob_views import UNREADABLE, order_body, parse_order, parse_stock, private_values
 from common.integrations.threepl_api import (
@@ -238,3 +240,14 @@ def test_refusals_name_the_field_and_never_the_recipient() -> None:
     for private in ("Zebedee", "Quartermaine", "Xylophone", "Wolverhampton", "WV1 1AA", "zebedee@example.com"):
         assert private not in message and private not in err.reason
     assert threepl_error("x", 429, {}, retry_after="30").message.endswith("(retry after 30 s)")
+
+
+def test_the_sandbox_stock_setting_is_sku_units_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_stock_levels(" MUG-RED=40, TEE-L = 0 ,") == {"MUG-RED": 40, "TEE-L": 0}
+    assert parse_stock_levels("") == {}
+    monkeypatch.setenv("FULFILL_SANDBOX_THREEPL_STOCK", "MUG-RED=4")
+    assert parse_stock_levels(Settings().sandbox_threepl_stock) == {"MUG-RED": 4}
+    for bad in ("MUG-RED", "MUG-RED=-1", "=4", "MUG-RED=four"):
+        monkeypatch.setenv("FULFILL_SANDBOX_THREEPL_STOCK", bad)
+        with pytest.raises(ValidationError, match="is not SKU=units"):
+            Settings()
