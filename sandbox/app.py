@@ -166,7 +166,10 @@ class SandboxServers:
         self._payments.add_routes(payments_app)
         payments_app.router.add_get("/healthz", _healthz)
         self.payments_port = await self._serve(payments_app, self.payments_port)
+        await self._start_threepl(store)
 
+    async def _start_threepl(self, store: SandboxStore) -> None:
+        s = self.settings
         threepl_app = web.Application()
         self._threepl = ThreePLSandbox(
             store,
