@@ -333,8 +333,9 @@ async def test_changes_since_finds_what_changed(
     await asyncio.sleep(0.01)
     since = datetime.now(UTC)
     assert await shipbob.changes_since(since) == []
-    threepl_sb.threepl.act("3pl:ORD-4:1", "ship")
-    threepl_sb.threepl.act("3pl:ORD-2:1", "ship")
+    for ref in ("3pl:ORD-4:1", "3pl:ORD-2:1"):
+        threepl_sb.threepl.act(ref, "ship")
+        await asyncio.sleep(0.01)  # the 3PL's times are to the millisecond: one change per millisecond here
     await shipbob.request_cancel("3pl:ORD-5:1")
     monkeypatch.setattr(shipbob_module, "PAGE_SIZE", 2)  # several pages, read to the end
     changed = await shipbob.changes_since(since)
