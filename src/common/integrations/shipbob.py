@@ -130,6 +130,8 @@ class ShipBobClient:
         if order is None:
             raise ThreePLNotFound(f"3pl {what}: the 3PL has no order with this reference", status=404)
         data, _ = await self._call("POST", f"/order/{order.provider_id}/cancel", what)
+        if not isinstance(data, dict):
+            raise ThreePLTransientError(f"3pl {what}: the answer is not a cancel result", code="BAD_ANSWER")
         results = [r for r in (data.get("canceled_shipment_results") or []) if isinstance(r, Mapping)]
         accepted = str(data.get("status") or "").lower() == "success" and all(r.get("is_success") for r in results)
         reasons = [str(r.get("reason")) for r in results if not r.get("is_success") and r.get("reason")]
