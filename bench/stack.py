@@ -179,7 +179,7 @@ async def wait_for_pollers(client: Client, task_queue: str, worker: Process, wit
 
 def with_sandbox_ports(settings: Settings) -> Settings:
     """`settings` with ephemeral sandbox ports and the engine's adapters pointed at them."""
-    smtp, http, carrier, payments = free_port(), free_port(), free_port(), free_port()
+    smtp, http, carrier, payments, threepl = free_port(), free_port(), free_port(), free_port(), free_port()
     return settings.model_copy(
         update={
             "sandbox_host": LOCALHOST,
@@ -187,6 +187,8 @@ def with_sandbox_ports(settings: Settings) -> Settings:
             "sandbox_http_port": http,
             "sandbox_carrier_port": carrier,
             "sandbox_payments_port": payments,
+            "sandbox_threepl_port": threepl,
+            "threepl_api_base": f"http://{LOCALHOST}:{threepl}/2.0",
             "payments_provider": "stripe",
             "stripe_api_key": settings.sandbox_payments_api_key,
             "stripe_api_base": f"http://{LOCALHOST}:{payments}",
@@ -197,8 +199,9 @@ def with_sandbox_ports(settings: Settings) -> Settings:
             "twilio_base_url": f"http://{LOCALHOST}:{http}",
             "sms_status_callback_url": f"http://{LOCALHOST}:{http}/sms/status",
             "carrier_api_base": f"http://{LOCALHOST}:{carrier}/v2",
-            # No engine HTTP API receives them in a benchmark: the carrier's tracker webhooks go nowhere.
+            # No engine HTTP API receives them in a benchmark: the carrier's and the 3PL's webhooks go nowhere.
             "sandbox_carrier_webhook_url": None,
+            "sandbox_threepl_webhook_url": None,
         }
     )
 
@@ -213,6 +216,7 @@ async def start_sandbox(settings: Settings, log_dir: Path, within_s: float = 30)
         settings.sandbox_http_port,
         settings.sandbox_carrier_port,
         settings.sandbox_payments_port,
+        settings.sandbox_threepl_port,
     )
     while not all(port_open(p) for p in ports):
         proc.check_alive()

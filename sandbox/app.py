@@ -1,4 +1,5 @@
-"""`SandboxServers`: the SMTP server, the Twilio-shaped HTTP server, the carrier and payments, in the current loop."""
+"""`SandboxServers`: the SMTP server, the Twilio-shaped HTTP server, the carrier, payments and the 3PL, in the
+current loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from common.config import Settings
+from common.config import Settings, parse_stock_levels
 from sandbox.carrier import CarrierSandbox, Progression
 from sandbox.carrier_webhooks import LOCAL_HOSTS, SentEvent, WebhookConfig
 from sandbox.outages import OutageControl, Outages
@@ -18,6 +19,10 @@ from sandbox.payments import PaymentsSandbox
 from sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
 from sandbox.smtp import SandboxSmtpServer
 from sandbox.store import OutboxMessage, SandboxStore
+from sandbox.threepl import ThreePLSandbox
+from sandbox.threepl_orders import Pace
+from sandbox.threepl_webhooks import SentEvent as ThreePLSentEvent
+from sandbox.threepl_webhooks import WebhookConfig as ThreePLWebhookConfig
 
 log = logging.getLogger("fulfill.sandbox")
 
@@ -26,6 +31,10 @@ WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 SMS_STATUS_PATH = "/v1/webhooks/twilio/status"
 SMS_INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 CARRIER_WEBHOOK_PATH = "/v1/webhooks/easypost"
+# Where the engine will receive the sandbox 3PL's webhooks (the endpoint is the 3PL warehouse work's, issue 16)
+THREEPL_WEBHOOK_PATH = "/v1/webhooks/3pl/sandbox"
+# The ShipBob API version the sandbox 3PL is addressed with (it answers any)
+THREEPL_API_VERSION = "2.0"
 
 
 def free_port_settings(**changes: Any) -> Settings:
@@ -36,18 +45,21 @@ def free_port_settings(**changes: Any) -> Settings:
         "sandbox_http_port": 0,
         "sandbox_carrier_port": 0,
         "sandbox_payments_port": 0,
+        "sandbox_threepl_port": 0,
         "sandbox_carrier_webhook_url": None,
         "sandbox_sms_inbound_url": None,
+        "sandbox_threepl_webhook_url": None,
     }
     return Settings(**{**quiet, **changes})
 
 
 class SandboxServers:
-    """Local stand-ins for the SMTP relay, Twilio, the carrier and Stripe, sharing one SQLite file.
+    """Local stand-ins for the SMTP relay, Twilio, the carrier, Stripe and a 3PL, sharing one SQLite file.
 
     Ports of 0 in the settings bind ephemeral ports; the bound ones are `smtp_port`, `http_port`,
-    `carrier_port` and `payments_port` once started, and `settings_for_clients()` points the engine's adapters
-    at them. Each service can be put into an outage and back (`start_outage`, also over HTTP: outages.py).
+    `carrier_port`, `payments_port` and `threepl_port` once started, and `settings_for_clients()` points the
+    engine's adapters at them. Each service can be put into an outage and back (`start_outage`, also over HTTP:
+    outages.py).
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class SandboxServers:
         self.http_port = settings.sandbox_http_port
         self.carrier_port = settings.sandbox_carrier_port
         self.payments_port = settings.sandbox_payments_port
+        self.threepl_port = settings.sandbox_threepl_port
         self._outages = Outages()
         self._opted_out = opted_out
         self._sms_callback_delays = sms_callback_delays
@@ -87,6 +100,7 @@ class SandboxServers:
         self._twilio: TwilioSandbox | None = None
         self._carrier: CarrierSandbox | None = None
         self._payments: PaymentsSandbox | None = None
+        self._threepl: ThreePLSandbox | None = None
         self._runners: list[web.AppRunner] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -152,6 +166,26 @@ class SandboxServers:
         self._payments.add_routes(payments_app)
         payments_app.router.add_get("/healthz", _healthz)
         self.payments_port = await self._serve(payments_app, self.payments_port)
+        await self._start_threepl(store)
+
+    async def _start_threepl(self, store: SandboxStore) -> None:
+        s = self.settings
+        threepl_app = web.Application()
+        self._threepl = ThreePLSandbox(
+            store,
+            token=s.threepl_api_token,
+            channel_id=s.threepl_channel_id,
+            pace=Pace(ship_after=s.sandbox_threepl_ship_after, deliver_after=s.sandbox_threepl_deliver_after),
+            outages=self._outages,
+            webhook_url=s.sandbox_threepl_webhook_url,
+            webhook_secret=s.threepl_webhook_secret,
+            stock=parse_stock_levels(s.sandbox_threepl_stock),
+            local_hosts=LOCAL_HOSTS | {self.host, self.client_host},
+        )
+        self._threepl.add_routes(threepl_app)
+        threepl_app.router.add_get("/healthz", _healthz)
+        self.threepl_port = await self._serve(threepl_app, self.threepl_port)
+        self._threepl.public_base = self.threepl_url
 
     async def _serve(self, app: web.Application, port: int) -> int:
         runner = web.AppRunner(app, access_log=None)
@@ -201,6 +235,15 @@ class SandboxServers:
         """Base URL of the Stripe-shaped server (the SDK's api base: it adds /v1/...)."""
         return f"http://{self._url_host}:{self.payments_port}"
 
+    @property
+    def threepl_url(self) -> str:
+        return f"http://{self._url_host}:{self.threepl_port}"
+
+    @property
+    def threepl_api_base(self) -> str:
+        """What the ShipBob adapter is pointed at (`threepl_api_base`: the URL with the API version)."""
+        return f"{self.threepl_url}/{THREEPL_API_VERSION}"
+
     def settings_for_clients(self, base: Settings | None = None, *, engine_url: str | None = None) -> Settings:
         """A copy of `base` (default: the sandbox's settings) whose adapters talk to this running sandbox. SMS
         status callbacks go to the engine's HTTP API at `engine_url` (e.g. http://127.0.0.1:8080) when one runs
@@ -217,6 +260,7 @@ class SandboxServers:
                 "twilio_base_url": self.http_url,
                 "sms_status_callback_url": callbacks,
                 "carrier_api_base": self.carrier_api_base,
+                "threepl_api_base": self.threepl_api_base,
                 # The real Stripe adapter, pointed at this sandbox
                 "payments_provider": "stripe",
                 "stripe_api_key": self.settings.sandbox_payments_api_key,
@@ -227,6 +271,7 @@ class SandboxServers:
                 "sandbox_http_port": self.http_port,
                 "sandbox_carrier_port": self.carrier_port,
                 "sandbox_payments_port": self.payments_port,
+                "sandbox_threepl_port": self.threepl_port,
             }
         )
 
@@ -234,6 +279,7 @@ class SandboxServers:
         return (
             f"smtp={self.client_host}:{self.smtp_port} twilio={self.http_url} "
             f"outbox={self.http_url}/outbox carrier={self.carrier_api_base} payments={self.payments_url} "
+            f"3pl={self.threepl_api_base} "
             f"outages={self.http_url}/_sandbox/outages db={self.db_path}"
         )
 
@@ -257,13 +303,37 @@ class SandboxServers:
             raise RuntimeError("sandbox not started")
         return self._payments
 
+    @property
+    def threepl(self) -> ThreePLSandbox:
+        """The sandbox 3PL and its test controls (inject_fault, set_stock, refuse_next, hold_next, act, configure,
+        orders, webhooks)."""
+        if self._threepl is None:
+            raise RuntimeError("sandbox not started")
+        return self._threepl
+
+    def threepl_stock(self, levels: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """The 3PL's inventory levels (as its API shows them), after setting `levels` (SKU -> units on hand) if
+        given: stock in, a recount, drift; no order involved."""
+        if levels is None:
+            return self.threepl.warehouse.inventory()
+        return self.threepl.set_stock(levels)
+
+    def threepl_webhooks(self, **changes: Any) -> ThreePLWebhookConfig:
+        """The 3PL's webhook settings, after `changes`: enabled, url, secret, drop_next, duplicate_next,
+        reorder_next (counts of the next events to drop, send twice, hold and send in reverse), retry_delays."""
+        return self.threepl.webhooks.configure(**changes)
+
+    def threepl_events(self, reference_id: str | None = None) -> list[ThreePLSentEvent]:
+        """Every webhook event the 3PL made (optionally of one order), oldest first, with its delivery."""
+        return self.threepl.webhooks.events(reference_id)
+
     def refunds(self, payment_intent: str | None = None) -> list[dict[str, Any]]:
         """Every refund the payments sandbox made (optionally for one PaymentIntent), as Stripe shows it,
         oldest first."""
         return self.payments.refunds(payment_intent)
 
     def start_outage(self, service: str, seconds: float | None = None) -> None:
-        """Put `service` (smtp, sms, carrier, payments) into an outage for `seconds` (None: until ended).
+        """Put `service` (smtp, sms, carrier, payments, 3pl) into an outage for `seconds` (None: until ended).
         ValueError for an unknown service or a duration that is not a positive number."""
         self._outages.start(service, seconds)
 

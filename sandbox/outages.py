@@ -1,9 +1,10 @@
 """Outages of the sandbox services, switched on and off while the stack runs.
 
-During an outage a service fails the way its real provider fails transiently (SMTP 421, Twilio and EasyPost 503,
-Stripe 503 `api_error`), so the engine's adapters raise their transient errors and orders wait; when it ends (by
-hand, or its time is up) the same clients succeed again. Control: `SandboxServers.start_outage` / `end_outage` /
-`outages` in process, and `/_sandbox/outages` on the sandbox HTTP server (what `fulfill dev outage` calls).
+During an outage a service fails the way its real provider fails transiently (SMTP 421, Twilio, EasyPost and the
+3PL 503, Stripe 503 `api_error`), so the engine's adapters raise their transient errors and orders wait; when it
+ends (by hand, or its time is up) the same clients succeed again. Control: `SandboxServers.start_outage` /
+`end_outage` / `outages` in process, and `/_sandbox/outages` on the sandbox HTTP server (what `fulfill dev outage`
+calls).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiohttp import web
 
 log = logging.getLogger("fulfill.sandbox.outages")
 
-SERVICES = ("smtp", "sms", "carrier", "payments")
+SERVICES = ("smtp", "sms", "carrier", "payments", "3pl")
 PROBLEM_JSON = "application/problem+json"
 EXAMPLE = '{"service": "smtp", "seconds": 600}'
 

@@ -1,4 +1,5 @@
-"""SQLite storage of the sandbox: outbox messages, carrier shipments and trackers, payment refunds, in one file.
+"""SQLite storage of the sandbox: outbox messages, carrier shipments and trackers, payment refunds, the 3PL's
+orders and stock, in one file.
 
 stdlib sqlite3 on the event loop thread: every call is a single small statement on a local file, faster
 than a thread hop, and running read-modify-write without an `await` in between keeps it atomic.
@@ -54,6 +55,20 @@ CREATE TABLE IF NOT EXISTS sms_opt_outs (
     phone TEXT PRIMARY KEY,
     keyword TEXT NOT NULL,
     at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS threepl_orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER UNIQUE,
+    reference_id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS threepl_orders_status ON threepl_orders (status);
+CREATE INDEX IF NOT EXISTS threepl_orders_updated ON threepl_orders (updated_ms);
+CREATE TABLE IF NOT EXISTS threepl_stock (
+    sku TEXT PRIMARY KEY,
+    on_hand INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
@@ -265,9 +280,73 @@ class SandboxStore:
             ).fetchall()
         return [json.loads(row["doc"]) for row in rows]
 
+    # -- the 3PL's orders (a ShipBob Order each; its shipment's status and last change indexed) and stock --------
+
+    def insert_threepl_order(self, doc: dict[str, Any], *, first_id: int = 100001) -> int:
+        """Store a new order; its id (first_id, first_id + 1, ... in the order they came) is set in `doc`."""
+        with self._db:
+            self._db.execute("BEGIN")
+            cur = self._db.execute(
+                "INSERT INTO threepl_orders (reference_id, status, updated_ms, doc) VALUES (?, ?, ?, '{}')",
+                (doc["reference_id"], _threepl_status(doc), doc["_sandbox"]["updated_ms"]),
+            )
+            assert cur.lastrowid is not None
+            doc["id"] = first_id - 1 + cur.lastrowid
+            self._db.execute(
+                "UPDATE threepl_orders SET id = ?, doc = ? WHERE seq = ?", (doc["id"], json.dumps(doc), cur.lastrowid)
+            )
+        return int(doc["id"])
+
+    def update_threepl_order(self, doc: dict[str, Any]) -> None:
+        self._db.execute(
+            "UPDATE threepl_orders SET status = ?, updated_ms = ?, doc = ? WHERE id = ?",
+            (_threepl_status(doc), doc["_sandbox"]["updated_ms"], json.dumps(doc), doc["id"]),
+        )
+
+    def threepl_order(self, order_id: int) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT doc FROM threepl_orders WHERE id = ?", (order_id,)).fetchone()
+        return json.loads(row["doc"]) if row is not None else None
+
+    def threepl_order_by_reference(self, reference_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT doc FROM threepl_orders WHERE reference_id = ?", reference_id)
+
+    def threepl_orders(
+        self, *, statuses: list[str] | None = None, updated_since_ms: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Oldest first; only those whose shipment has one of `statuses`, changed at or after `updated_since_ms`."""
+        where: list[str] = ["1 = 1"]
+        args: list[str | int] = []
+        if statuses is not None:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        if updated_since_ms is not None:
+            where.append("updated_ms >= ?")
+            args.append(updated_since_ms)
+        sql = f"SELECT doc FROM threepl_orders WHERE {' AND '.join(where)} ORDER BY seq"
+        return [json.loads(row["doc"]) for row in self._db.execute(sql, args)]
+
+    def threepl_stock(self) -> dict[str, int]:
+        """SKU -> units on hand, by SKU."""
+        rows = self._db.execute("SELECT sku, on_hand FROM threepl_stock ORDER BY sku")
+        return {row["sku"]: row["on_hand"] for row in rows}
+
+    def set_threepl_stock(self, levels: dict[str, int], *, only_new: bool = False) -> None:
+        """Set SKUs' units on hand (`only_new`: only of SKUs that have no level yet)."""
+        conflict = "DO NOTHING" if only_new else "DO UPDATE SET on_hand = excluded.on_hand"
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                f"INSERT INTO threepl_stock (sku, on_hand) VALUES (?, ?) ON CONFLICT (sku) {conflict}",
+                list(levels.items()),
+            )
+
     def _one(self, sql: str, arg: str) -> dict[str, Any] | None:
         row = self._db.execute(sql, (arg,)).fetchone()
         return json.loads(row["doc"]) if row is not None else None
+
+
+def _threepl_status(doc: dict[str, Any]) -> str:
+    return str(doc["shipments"][0]["status"])
 
 
 def _message(row: sqlite3.Row) -> OutboxMessage:

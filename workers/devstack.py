@@ -1,4 +1,4 @@
-"""The embedded stack behind `make run`: Temporal dev server (with Web UI), sandbox SMTP/SMS/carrier/payments,
+"""The embedded stack behind `make run`: Temporal dev server (with Web UI), sandbox SMTP/SMS/carrier/payments/3PL,
 one worker, the HTTP API and the simulated picker, all on 127.0.0.1 with their data under var/. Ctrl-C stops everything.
 
 While it runs, `<var_dir>/stack.json` holds the settings it runs with, and the `fulfill` CLI follows them
@@ -24,7 +24,13 @@ from common.demo import seed_demo
 from common.logs import configure_logging
 from common.store import Store
 from common.temporal import connect, dev_server_search_attribute_args, register_search_attributes
-from sandbox.app import CARRIER_WEBHOOK_PATH, SMS_INBOUND_PATH, SMS_STATUS_PATH
+from sandbox.app import (
+    CARRIER_WEBHOOK_PATH,
+    SMS_INBOUND_PATH,
+    SMS_STATUS_PATH,
+    THREEPL_API_VERSION,
+    THREEPL_WEBHOOK_PATH,
+)
 from workers.picker import run_picker
 
 log = logging.getLogger("fulfill.dev")
@@ -111,14 +117,15 @@ def with_sandbox_payments(settings: Settings, environ: dict[str, str]) -> tuple[
 
 def with_engine_webhooks(settings: Settings, environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
     """The providers' webhooks, as the sandbox posts them (the carrier's tracker events, Twilio's status callbacks
-    and customers' texts), to this stack's HTTP API on whatever host and port it listens, unless the environment
-    chose other URLs (empty: none)."""
+    and customers' texts, the 3PL's order events), to this stack's HTTP API on whatever host and port it listens,
+    unless the environment chose other URLs (empty: none)."""
     api = f"http://{_client_host(settings.api_host)}:{settings.api_port}"
     chosen = {k.upper() for k in environ}
     urls = {
         "sandbox_carrier_webhook_url": api + CARRIER_WEBHOOK_PATH,
         "sms_status_callback_url": api + SMS_STATUS_PATH,
         "sandbox_sms_inbound_url": api + SMS_INBOUND_PATH,
+        "sandbox_threepl_webhook_url": api + THREEPL_WEBHOOK_PATH,
     }
     update = {name: url for name, url in urls.items() if f"FULFILL_{name.upper()}" not in chosen}
     env = {**environ, **{f"FULFILL_{name.upper()}": url for name, url in update.items()}}
@@ -136,6 +143,8 @@ def _banner(settings: Settings) -> str:
     host = _client_host(settings.sandbox_host)
     api = f"http://{_client_host(settings.api_host)}:{settings.api_port}"
     hooks = settings.sandbox_carrier_webhook_url or "nowhere"
+    threepl = f"http://{host}:{settings.sandbox_threepl_port}/{THREEPL_API_VERSION}"
+    threepl_hooks = settings.sandbox_threepl_webhook_url or "nowhere"
     return f"""
   Fulfillment engine is up.
     Temporal Web UI   {ui}/namespaces/{settings.temporal_namespace}/workflows
@@ -146,6 +155,7 @@ def _banner(settings: Settings) -> str:
     Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
     Sandbox carrier   {settings.carrier_api_base} (EasyPost's API; tracker webhooks to {hooks})
     Sandbox payments  {settings.stripe_api_base or "real Stripe"} (refunds via Stripe's SDK)
+    Sandbox 3PL       {threepl} (ShipBob's API; webhooks to {threepl_hooks}; controls under /_sandbox/3pl)
     Database          {hide_password(settings.database_url)}
                       the fulfill CLI follows this stack ({stack_file(settings.var_dir)}): it uses this database
                       in a shell without FULFILL_DATABASE_URL, and refuses one that names another
@@ -178,6 +188,7 @@ def main() -> None:
         ("sandbox HTTP", settings.sandbox_http_port),
         ("sandbox carrier", settings.sandbox_carrier_port),
         ("sandbox payments", settings.sandbox_payments_port),
+        ("sandbox 3PL", settings.sandbox_threepl_port),
         ("HTTP API", settings.api_port),
     ]:
         if _port_open(host or "127.0.0.1", p):
@@ -202,7 +213,7 @@ def main() -> None:
         if added:
             log.info("registered search attributes %s", ", ".join(added))
         sandbox = start("sandbox", [sys.executable, "-m", "workers.sandbox"])
-        wait_for_port(settings.sandbox_host, settings.sandbox_payments_port, "sandbox servers", sandbox)
+        wait_for_port(settings.sandbox_host, settings.sandbox_threepl_port, "sandbox servers", sandbox)
         start("worker", [sys.executable, "-m", "workers.worker"])
         api = start("api", [sys.executable, "-m", "workers.api"])
         wait_for_port(_client_host(settings.api_host).strip("[]"), settings.api_port, "HTTP API", api)

@@ -1,4 +1,5 @@
-"""The sandbox servers (SMTP, Twilio Messages API, carrier, Stripe refunds) in the foreground until SIGINT/SIGTERM.
+"""The sandbox servers (SMTP, Twilio Messages API, carrier, Stripe refunds, a ShipBob-shaped 3PL) in the foreground
+until SIGINT/SIGTERM.
 
 Run with `python -m workers.sandbox` (settings from FULFILL_* environment variables; data in
 `<var_dir>/sandbox.db`, kept across restarts). Outages of each service are switched at run time over HTTP

@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     email_brand_name: str | None = None
     email_brand_colour: str = Field(default="#1f4e79", pattern=r"^#[0-9a-fA-F]{6}$")
 
+    # 3PL: a fulfillment provider that holds stock, picks, packs and ships for us, through a ShipBob-shaped API
+    # (the default is the sandbox 3PL). threepl_api_base includes the API version, e.g. .../2.0.
+    threepl_api_base: str = "http://127.0.0.1:8029/2.0"
+    threepl_api_token: str = "sandbox-3pl-token"
+    # The 3PL's sales channel our orders are created in (ShipBob's `shipbob_channel_id` header)
+    threepl_channel_id: str = "100100"
+    # The 3PL's webhooks are signed with this Standard Webhooks secret (`whsec_` + base64 of the key); unset, every
+    # webhook is refused. The sandbox 3PL signs with it.
+    threepl_webhook_secret: str | None = "whsec_ZnVsZmlsbC1zYW5kYm94LTNwbC13ZWJob29rcy1rZXk="
+    threepl_timeout: float = Field(default=15.0, gt=0)
+
     # Sandbox servers started by `make run` and the tests
     sandbox_host: str = "127.0.0.1"
     sandbox_smtp_port: int = 8025
@@ -100,6 +111,15 @@ class Settings(BaseSettings):
     # messages (STOP, START, HELP): the engine's HTTP API. Unset, they are not sent.
     sandbox_carrier_webhook_url: str | None = "http://127.0.0.1:8080/v1/webhooks/easypost"
     sandbox_sms_inbound_url: str | None = "http://127.0.0.1:8080/v1/webhooks/twilio/inbound"
+    # The sandbox 3PL: its port, where it posts its signed webhooks (unset: nowhere), and how fast it works: an
+    # accepted order ships ship_after seconds after it was accepted (or released from a hold), and is delivered
+    # deliver_after seconds after it shipped. The stock it starts with, as SKU=units pairs ("MUG-RED=40,MUG-BLUE=5"),
+    # for the SKUs it has no level of yet (a restarted sandbox keeps its own levels).
+    sandbox_threepl_port: int = 8029
+    sandbox_threepl_webhook_url: str | None = "http://127.0.0.1:8080/v1/webhooks/3pl/sandbox"
+    sandbox_threepl_ship_after: float = Field(default=5.0, ge=0)
+    sandbox_threepl_deliver_after: float = Field(default=5.0, ge=0)
+    sandbox_threepl_stock: str = ""
 
     # Order timing policy, handed to each order workflow when it is placed (seconds)
     tracking_poll_interval: float = Field(default=2.0, gt=0)
@@ -159,6 +179,12 @@ class Settings(BaseSettings):
     sandbox_payments_port: int = 8028
     sandbox_payments_api_key: str = "sk_test_sandbox"
 
+    @field_validator("sandbox_threepl_stock")
+    @classmethod
+    def _stock_levels(cls, value: str) -> str:
+        parse_stock_levels(value)  # ValueError names the pair that is wrong
+        return value
+
     @field_validator("*", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object, info: ValidationInfo) -> object:
@@ -167,6 +193,17 @@ class Settings(BaseSettings):
         if value != "" or field is None or field.is_required():
             return value
         return None if _is_optional(field.annotation) else field.default
+
+
+def parse_stock_levels(text: str) -> dict[str, int]:
+    """The levels of "MUG-RED=40, MUG-BLUE=5": {"MUG-RED": 40, "MUG-BLUE": 5}; ValueError for a pair not SKU=units."""
+    levels: dict[str, int] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        sku, sep, units = (part.strip() for part in pair.partition("="))
+        if not sep or not sku or not units.isdigit():
+            raise ValueError(f"{pair!r} is not SKU=units (e.g. MUG-RED=40)")
+        levels[sku] = int(units)
+    return levels
 
 
 def _is_optional(annotation: object) -> bool:
