@@ -15,19 +15,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
+from common.integrations import ProviderError
 from common.models import Address, TrackingStatus
 
 
-class CarrierError(Exception):
+class CarrierError(ProviderError):
     """The carrier refused the request; retrying the same request will not help."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
 
 
 class CarrierTransientError(CarrierError):

@@ -24,23 +24,16 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.integrations import ProviderError
 from common.models import Address
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors
 
 
-class ThreePLError(Exception):
+class ThreePLError(ProviderError):
     """The 3PL refused the request; retrying the same request will not help (a bad token, a malformed request:
     ops or code must change something)."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
 
 
 class ThreePLTransientError(ThreePLError):
