@@ -13,7 +13,7 @@ from aiohttp import web
 
 from common.config import Settings, parse_stock_levels
 from sandbox.carrier import CarrierSandbox, Progression
-from sandbox.carrier_webhooks import LOCAL_HOSTS, SentEvent, WebhookConfig
+from sandbox.carrier_webhooks import SentEvent, WebhookConfig
 from sandbox.outages import OutageControl, Outages
 from sandbox.payments import PaymentsSandbox
 from sandbox.sms import DEFAULT_OPTED_OUT, TwilioSandbox
@@ -23,6 +23,7 @@ from sandbox.threepl import ThreePLSandbox
 from sandbox.threepl_orders import Pace
 from sandbox.threepl_webhooks import SentEvent as ThreePLSentEvent
 from sandbox.threepl_webhooks import WebhookConfig as ThreePLWebhookConfig
+from sandbox.webhook_delivery import LOCAL_HOSTS
 
 log = logging.getLogger("fulfill.sandbox")
 

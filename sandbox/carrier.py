@@ -40,10 +40,11 @@ from sandbox.carrier_trackers import (
     sandbox_state,
     started,
 )
-from sandbox.carrier_webhooks import LOCAL_HOSTS, CarrierWebhooks, Key, WebhookRoutes
+from sandbox.carrier_webhooks import CarrierWebhooks, Key, WebhookRoutes
 from sandbox.httputil import api_key, easypost_error
 from sandbox.outages import Outages
 from sandbox.store import SandboxStore
+from sandbox.webhook_delivery import LOCAL_HOSTS
 
 __all__ = ["CarrierSandbox", "Progression", "easypost_error"]
 

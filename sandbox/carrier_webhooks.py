@@ -31,17 +31,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from sandbox.carrier_trackers import hold_open, iso, render_tracker, timeline
 from sandbox.httputil import easypost_error
+from sandbox.webhook_delivery import LOCAL_HOSTS, Delivery, WebhookSender
 
 log = logging.getLogger("fulfill.sandbox.carrier.webhooks")
 
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 SIGNATURE_HEADER = "X-Hmac-Signature"
 USER_AGENT = "EasyPost WebHook Agent 1.0"
 MAX_EVENTS = 10_000  # kept in memory, oldest forgotten first
@@ -55,17 +53,10 @@ def signature(body: bytes, secret: str) -> str:
 
 
 @dataclass
-class SentEvent:
-    """An event and what became of its delivery: pending, delivered, failed (retries exhausted), dropped (test
-    control), disabled (webhooks off or no URL) or refused (a URL off this machine)."""
+class SentEvent(Delivery):
+    """An event and what became of its delivery (Delivery)."""
 
     event: dict[str, Any]
-    url: str | None
-    delivery: str = "pending"
-    attempts: int = 0
-    deliveries: int = 0  # successful posts: 2 for a duplicated event
-    last_error: str | None = None
-    copies: int = 1
     body: bytes | None = None
     signature: str | None = None
 
@@ -118,7 +109,7 @@ class WebhookConfig:
         }
 
 
-class CarrierWebhooks:
+class CarrierWebhooks(WebhookSender[SentEvent]):
     """Watches trackers, makes their Events and delivers them. `load`/`save` read and write the documents
     (shipments and standalone trackers) by key; `public_base` renders tracker URLs."""
 
@@ -135,17 +126,14 @@ class CarrierWebhooks:
         local_hosts: frozenset[str] = LOCAL_HOSTS,
         interval: float = 0.25,
     ) -> None:
+        super().__init__("carrier", log, local_hosts)
         self._load, self._save, self._keys, self._public_base = load, save, keys, public_base
-        self.config = WebhookConfig(url=url, secret=secret, enabled=enabled)
-        self._local_hosts = local_hosts
+        self.config: WebhookConfig = WebhookConfig(url=url, secret=secret, enabled=enabled)
         self._interval = interval
         self._due: dict[Key, float] = {}
         self._wake = asyncio.Event()
         self._events: OrderedDict[str, SentEvent] = OrderedDict()
-        self._chains: dict[str, asyncio.Task[None]] = {}  # tracker id -> its last delivery
         self._watcher: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._failing = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -155,15 +143,11 @@ class CarrierWebhooks:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self, app: web.Application | None = None) -> None:
-        tasks = [t for t in (self._watcher, *self._chains.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._watcher = None
-        self._chains.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        await self._stop_deliveries()
 
     def watch(self, key: Key) -> None:
         """Something changed this tracker (bought, forced, refunded): look at it now."""
@@ -252,18 +236,7 @@ class CarrierWebhooks:
         }
         sent = SentEvent(event=event, url=url)
         self._remember(sent)
-        if url is None:
-            sent.delivery = "disabled"
-        elif cfg.drop_next > 0:
-            cfg.drop_next -= 1
-            sent.delivery = "dropped"
-        elif urlsplit(url).hostname not in self._local_hosts:
-            sent.delivery = "refused"
-            log.info("event %s not delivered to %s: the sandbox only calls this machine", event["id"], url)
-        else:
-            if cfg.duplicate_next > 0:
-                cfg.duplicate_next -= 1
-                sent.copies = 2
+        if self._admit(sent):
             self._chain(str(tracker["id"]), sent)
 
     def _remember(self, sent: SentEvent) -> None:
@@ -271,65 +244,23 @@ class CarrierWebhooks:
         while len(self._events) > MAX_EVENTS:
             self._events.popitem(last=False)
 
-    # -- delivery --------------------------------------------------------------------------------------------
+    # -- on the wire ----------------------------------------------------------------------------------------
 
-    def _chain(self, tracker: str, sent: SentEvent) -> None:
-        """Deliver after the tracker's earlier events, so a receiver sees them in order."""
-        before = self._chains.get(tracker)
-        task = asyncio.get_running_loop().create_task(self._deliver_after(before, sent))
-        self._chains[tracker] = task
+    def _event_id(self, sent: SentEvent) -> str:
+        return str(sent.event["id"])
 
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._chains.get(tracker) is done:
-                del self._chains[tracker]
-
-        task.add_done_callback(forget)
-
-    async def _deliver_after(self, before: asyncio.Task[None] | None, sent: SentEvent) -> None:
-        if before is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(before)
-        for _ in range(sent.copies):
-            await self._deliver(sent)
-
-    async def _deliver(self, sent: SentEvent) -> None:
-        assert sent.url is not None
-        if sent.body is None:  # made once: a duplicate is the same bytes, signature and all
+    def _body(self, sent: SentEvent) -> bytes:
+        """Made once: a duplicate or a retry is the same bytes, signature and all."""
+        if sent.body is None:
             sent.body = json.dumps(sent.event).encode()
             sent.signature = signature(sent.body, self.config.secret) if self.config.secret is not None else None
-        body = sent.body
+        return sent.body
+
+    def _headers(self, sent: SentEvent) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         if sent.signature is not None:
             headers[SIGNATURE_HEADER] = sent.signature
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        delays = [0.0, *self.config.retry_delays]
-        for attempt, delay in enumerate(delays, start=1):
-            await asyncio.sleep(delay)
-            sent.attempts += 1
-            try:
-                async with self._session.post(sent.url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    if resp.status < 300:
-                        sent.deliveries += 1
-                        sent.delivery, sent.last_error = "delivered", None
-                        self._failing_now(False, sent.url, "")
-                        return
-                    sent.last_error = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as err:
-                sent.last_error = f"{type(err).__name__}: {err}"
-            self._failing_now(True, sent.url, sent.last_error)
-            log.debug("event %s attempt %d to %s failed: %s", sent.event["id"], attempt, sent.url, sent.last_error)
-        if sent.delivery != "delivered":
-            sent.delivery = "failed"
-
-    def _failing_now(self, failing: bool, url: str, error: str) -> None:
-        """Say it once when a receiver starts failing and once when it works again, not at every attempt."""
-        if failing and not self._failing:
-            log.info("carrier webhooks to %s failing (%s); retrying quietly", url, error)
-        elif not failing and self._failing:
-            log.info("carrier webhooks to %s delivered again", url)
-        self._failing = failing
+        return headers
 
     # -- inspection ------------------------------------------------------------------------------------------
 

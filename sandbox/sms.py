@@ -51,6 +51,7 @@ from yarl import URL
 from sandbox.httputil import basic_auth
 from sandbox.outages import Outages, problem
 from sandbox.store import OutboxMessage, SandboxStore
+from sandbox.webhook_delivery import LOCAL_HOSTS
 
 log = logging.getLogger("fulfill.sandbox.sms")
 
@@ -63,8 +64,6 @@ MAGIC_TO = {
     "+15005550001": (21211, "The 'To' number +15005550001 is not a valid phone number."),
     "+15005550009": (21614, "'To' number +15005550009 is not a valid mobile number"),
 }
-# Callbacks are only delivered on this machine: nothing leaves it, whatever URL a caller passes.
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STATUS_RANK = {
     "accepted": 0,
     "queued": 1,
@@ -135,6 +134,7 @@ class TwilioSandbox:
         self._sid = account_sid
         self._token = auth_token
         self._validator = RequestValidator(auth_token)
+        # Callbacks are only delivered on this machine: nothing leaves it, whatever URL a caller passes.
         self._local_hosts = LOCAL_HOSTS | {host}
         self.opted_out = set(opted_out)
         self._callback_delays = callback_delays

@@ -30,11 +30,11 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.carrier_webhooks import LOCAL_HOSTS
 from sandbox.outages import Outages
 from sandbox.store import SandboxStore
 from sandbox.threepl_orders import EPOCH, Pace, Rejected, Warehouse, render
 from sandbox.threepl_webhooks import ThreePLWebhooks
+from sandbox.webhook_delivery import LOCAL_HOSTS
 
 log = logging.getLogger("fulfill.sandbox.threepl")
 

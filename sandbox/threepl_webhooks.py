@@ -14,10 +14,8 @@ event is listed with how its delivery went.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,12 +25,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
-
-from sandbox.carrier_webhooks import LOCAL_HOSTS
 from sandbox.threepl_orders import iso, render
+from sandbox.webhook_delivery import LOCAL_HOSTS, Delivery, WebhookSender
 
 log = logging.getLogger("fulfill.sandbox.threepl.webhooks")
 
@@ -59,21 +54,14 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
 
 
 @dataclass
-class SentEvent:
-    """An event and what became of it: pending, delivered, failed (retries exhausted), dropped (test control),
-    disabled (webhooks off or no URL), refused (a URL off this machine) or held (waiting to be reordered)."""
+class SentEvent(Delivery):
+    """An event and what became of its delivery (Delivery)."""
 
     webhook_id: str
     topic: str
     reference_id: str
     payload: dict[str, Any]
     body: bytes
-    url: str | None
-    delivery: str = "pending"
-    attempts: int = 0
-    deliveries: int = 0  # successful posts: 2 for a duplicated event
-    last_error: str | None = None
-    copies: int = 1
 
     def json(self) -> dict[str, Any]:
         shipment = self.payload["data"]["shipments"][0]
@@ -114,31 +102,19 @@ class WebhookConfig:
         }
 
 
-class ThreePLWebhooks:
+class ThreePLWebhooks(WebhookSender[SentEvent]):
     def __init__(
         self, *, url: str | None, secret: str | None, enabled: bool = True, local_hosts: frozenset[str] = LOCAL_HOSTS
     ) -> None:
         if secret is not None:
             signing_key(secret)
-        self.config = WebhookConfig(url=url, secret=secret, enabled=enabled)
-        self._local_hosts = local_hosts
+        super().__init__("3pl", log, local_hosts)
+        self.config: WebhookConfig = WebhookConfig(url=url, secret=secret, enabled=enabled)
         self._events: OrderedDict[str, SentEvent] = OrderedDict()
-        self._chains: dict[str, asyncio.Task[None]] = {}  # reference id -> its last delivery
         self._held: list[SentEvent] = []  # waiting to go out in reverse
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
-        self._failing = False
 
     async def stop(self) -> None:
-        tasks = [*self._chains.values(), *self._tasks]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._chains.clear()
-        self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._stop_deliveries()
 
     # -- making events ---------------------------------------------------------------------------------------
 
@@ -162,23 +138,12 @@ class ThreePLWebhooks:
         return sent
 
     def _dispatch(self, sent: SentEvent) -> None:
-        cfg = self.config
-        if sent.url is None:
-            sent.delivery = "disabled"
-        elif cfg.drop_next > 0:
-            cfg.drop_next -= 1
-            sent.delivery = "dropped"
-        elif urlsplit(sent.url).hostname not in self._local_hosts:
-            sent.delivery = "refused"
-            log.info("3pl event %s not delivered to %s: the sandbox only calls this machine", sent.webhook_id, sent.url)
+        if not self._admit(sent):
+            return
+        if self.config.reorder_next > 0:
+            self._hold(sent)
         else:
-            if cfg.duplicate_next > 0:
-                cfg.duplicate_next -= 1
-                sent.copies = 2
-            if cfg.reorder_next > 0:
-                self._hold(sent)
-            else:
-                self._chain(sent)
+            self._chain(sent.reference_id, sent)
 
     def _hold(self, sent: SentEvent) -> None:
         self.config.reorder_next -= 1
@@ -195,58 +160,13 @@ class ThreePLWebhooks:
         if batch:
             self._spawn(self._deliver_all(batch))
 
-    # -- delivery --------------------------------------------------------------------------------------------
+    # -- on the wire ----------------------------------------------------------------------------------------
 
-    def _spawn(self, work: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _event_id(self, sent: SentEvent) -> str:
+        return sent.webhook_id
 
-    def _chain(self, sent: SentEvent) -> None:
-        """Deliver after the order's earlier events, so a receiver sees them in order."""
-        before = self._chains.get(sent.reference_id)
-        task = asyncio.get_running_loop().create_task(self._deliver_after(before, sent))
-        self._chains[sent.reference_id] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._chains.get(sent.reference_id) is done:
-                del self._chains[sent.reference_id]
-
-        task.add_done_callback(forget)
-
-    async def _deliver_after(self, before: asyncio.Task[None] | None, sent: SentEvent) -> None:
-        if before is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(before)
-        await self._deliver_all([sent])
-
-    async def _deliver_all(self, batch: list[SentEvent]) -> None:
-        for sent in batch:
-            for _ in range(sent.copies):
-                await self._deliver(sent)
-
-    async def _deliver(self, sent: SentEvent) -> None:
-        assert sent.url is not None
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        for attempt, delay in enumerate([0.0, *self.config.retry_delays], start=1):
-            await asyncio.sleep(delay)
-            sent.attempts += 1
-            try:
-                async with self._session.post(sent.url, data=sent.body, headers=self._headers(sent)) as resp:
-                    await resp.read()
-                    if resp.status < 300:
-                        sent.deliveries += 1
-                        sent.delivery, sent.last_error = "delivered", None
-                        self._failing_now(False, sent.url, "")
-                        return
-                    sent.last_error = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as err:
-                sent.last_error = f"{type(err).__name__}: {err}"
-            self._failing_now(True, sent.url, sent.last_error)
-            log.debug("3pl event %s attempt %d to %s failed: %s", sent.webhook_id, attempt, sent.url, sent.last_error)
-        if sent.delivery != "delivered":
-            sent.delivery = "failed"
+    def _body(self, sent: SentEvent) -> bytes:
+        return sent.body
 
     def _headers(self, sent: SentEvent) -> dict[str, str]:
         """This attempt's headers: a new timestamp, and the signature over it."""
@@ -261,14 +181,6 @@ class ThreePLWebhooks:
         if self.config.secret is not None:
             headers["webhook-signature"] = sign(self.config.secret, sent.webhook_id, stamp, sent.body)
         return headers
-
-    def _failing_now(self, failing: bool, url: str, error: str) -> None:
-        """Say it once when a receiver starts failing and once when it works again, not at every attempt."""
-        if failing and not self._failing:
-            log.info("3pl webhooks to %s failing (%s); retrying quietly", url, error)
-        elif not failing and self._failing:
-            log.info("3pl webhooks to %s delivered again", url)
-        self._failing = failing
 
     # -- inspection and controls -----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from common.integrations.carrier import (
 )
 from common.models import TrackingStatus
 from sandbox import SandboxServers
+from tests.integration.local_server import serving
 from tests.integration.sandbox.test_sandbox import SHIP_TO, STEP, create, eventually, free_port
 
 
@@ -111,19 +112,13 @@ async def test_unreachable_and_garbled_carriers_are_transient(sb: SandboxServers
     async def proxy_page(request: web.Request) -> web.Response:
         return web.Response(status=502, text="<html>Bad gateway</html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy_page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v2"
-    garbled = CarrierClient(sb.settings_for_clients().model_copy(update={"carrier_api_base": base}))
-    try:
-        with pytest.raises(CarrierTransientError):
-            await garbled.get_tracker("SBX1")
-    finally:
-        await garbled.close()
-        await runner.cleanup()
+    async with serving(proxy_page) as base:
+        garbled = CarrierClient(sb.settings_for_clients().model_copy(update={"carrier_api_base": f"{base}/v2"}))
+        try:
+            with pytest.raises(CarrierTransientError):
+                await garbled.get_tracker("SBX1")
+        finally:
+            await garbled.close()
 
 
 async def test_an_outage_is_waited_out(sb: SandboxServers, carrier: CarrierClient) -> None:

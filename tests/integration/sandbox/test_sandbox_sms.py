@@ -17,6 +17,7 @@ from twilio.request_validator import RequestValidator
 
 from common.integrations.sms import SmsPermanentError, SmsSender
 from sandbox import SandboxRefused, SandboxServers, free_port_settings, text_from
+from tests.integration.local_server import serving
 
 TOKEN = "sandbox-token"
 
@@ -45,15 +46,9 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", rec.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield rec
-    await runner.cleanup()
+    async with serving(rec.handle, method="POST") as base:
+        rec.url = base
+        yield rec
 
 
 @pytest.fixture

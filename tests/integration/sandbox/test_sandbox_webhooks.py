@@ -22,6 +22,7 @@ from common.config import Settings
 from common.integrations.carrier import CarrierClient, CarrierShipment, parse_tracker
 from common.models import TrackingStatus
 from sandbox import Progression, SandboxServers, free_port_settings
+from tests.integration.local_server import serving
 from tests.integration.sandbox.test_sandbox import STEP, create, eventually
 from workers.devstack import with_engine_webhooks
 
@@ -72,15 +73,10 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     recv = Receiver()
-    app = web.Application()
-    app.router.add_post("/v1/webhooks/easypost", recv.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    recv.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/webhooks/easypost"
-    yield recv
-    await runner.cleanup()
+    path = "/v1/webhooks/easypost"
+    async with serving(recv.handle, method="POST", path=path) as base:
+        recv.url = base + path
+        yield recv
 
 
 def webhook_sandbox(tmp_path: Path, url: str | None, **settings: Any) -> SandboxServers:

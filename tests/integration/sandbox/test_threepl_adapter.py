@@ -31,6 +31,7 @@ from common.integrations.threepl_api import (
 )
 from common.models import Address
 from sandbox import SandboxServers
+from tests.integration.local_server import serving
 from tests.integration.sandbox.conftest import THREEPL_STEP, threepl_sandbox
 from tests.integration.sandbox.test_sandbox import eventually, free_port
 
@@ -422,20 +423,12 @@ async def test_unreachable_outage_and_a_proxys_page_are_transient(threepl_sb: Sa
     async def page(request: web.Request) -> web.Response:
         return web.Response(text="<html>captive portal</html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        proxy = settings.model_copy(update={"threepl_api_base": f"http://127.0.0.1:{runner.addresses[0][1]}/2.0"})
-        client = ShipBobClient(proxy)
+    async with serving(page) as base:
+        client = ShipBobClient(settings.model_copy(update={"threepl_api_base": f"{base}/2.0"}))
         with pytest.raises(ThreePLTransientError) as odd:
             await client.get_order("3pl:ORD-1:1")
         await client.close()
         assert odd.value.code == "BAD_ANSWER"
-    finally:
-        await runner.cleanup()
 
 
 async def test_nothing_the_adapter_says_or_logs_names_the_customer(

@@ -21,6 +21,7 @@ from common.config import Settings
 from common.integrations.shipbob import ShipBobClient
 from common.integrations.threepl_api import ThreePLDetail, ThreePLStatus, ThreePLWebhookRefused
 from sandbox import SandboxServers
+from tests.integration.local_server import serving
 from tests.integration.sandbox.conftest import threepl_sandbox
 from tests.integration.sandbox.test_sandbox import eventually
 from tests.integration.sandbox.test_threepl_adapter import INVALID, submit
@@ -65,14 +66,10 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     recv = Receiver()
-    app = web.Application()
-    app.router.add_post("/v1/webhooks/3pl/sandbox", recv.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    recv.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/webhooks/3pl/sandbox"
-    yield recv
-    await runner.cleanup()
+    path = "/v1/webhooks/3pl/sandbox"
+    async with serving(recv.handle, method="POST", path=path) as base:
+        recv.url = base + path
+        yield recv
 
 
 @pytest.fixture
