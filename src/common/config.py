@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     # deliver_after seconds after it shipped. The stock it starts with, as SKU=units pairs ("MUG-RED=40,MUG-BLUE=5"),
     # for the SKUs it has no level of yet (a restarted sandbox keeps its own levels).
     sandbox_threepl_port: int = 8029
-    sandbox_threepl_webhook_url: str | None = "http://127.0.0.1:8080/v1/webhooks/3pl/sandbox"
+    # Unset until the engine has its 3PL webhook endpoint (the 3PL order flow): then make run points it there
+    sandbox_threepl_webhook_url: str | None = None
     sandbox_threepl_ship_after: float = Field(default=5.0, ge=0)
     sandbox_threepl_deliver_after: float = Field(default=5.0, ge=0)
     sandbox_threepl_stock: str = ""

@@ -274,11 +274,8 @@ async def test_off_nowhere_and_off_the_machine_are_listed_not_sent(
     assert [e.delivery for e in sb.threepl_events()] == ["disabled", "refused", "delivered"]
 
 
-def test_make_run_points_the_3pl_webhooks_at_its_own_api() -> None:
-    stack = Settings(api_host="0.0.0.0", api_port=9090)
-    settings, env = with_engine_webhooks(stack, {})
-    url = "http://127.0.0.1:9090/v1/webhooks/3pl/sandbox"
-    assert settings.sandbox_threepl_webhook_url == url and env["FULFILL_SANDBOX_THREEPL_WEBHOOK_URL"] == url
-    kept, env = with_engine_webhooks(stack, {"FULFILL_SANDBOX_THREEPL_WEBHOOK_URL": ""})  # the shell chose none
-    assert kept.sandbox_threepl_webhook_url == stack.sandbox_threepl_webhook_url
-    assert env["FULFILL_SANDBOX_THREEPL_WEBHOOK_URL"] == ""
+def test_make_run_sends_the_3pl_webhooks_nowhere_until_the_engine_takes_them() -> None:
+    """The engine has no 3PL webhook endpoint yet: make run must not post events to a 404 on its own API."""
+    settings, env = with_engine_webhooks(Settings(api_host="0.0.0.0", api_port=9090), {})
+    assert settings.sandbox_threepl_webhook_url is None
+    assert "FULFILL_SANDBOX_THREEPL_WEBHOOK_URL" not in env
