@@ -185,6 +185,10 @@ def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
         FULFILL_CARRIER_API_BASE=f"http://127.0.0.1:{ports['carrier']}/v2",
         FULFILL_PICKER_ENABLED="false",
         FULFILL_API_PORT=str(ports["api"]),
+        # The sandbox carrier moves parcels at test speed (make run's 3/6/9 s would only make this test wait)
+        FULFILL_SANDBOX_IN_TRANSIT_AFTER="1",
+        FULFILL_SANDBOX_OUT_FOR_DELIVERY_AFTER="2",
+        FULFILL_SANDBOX_DELIVERED_AFTER="3",
     )
     log = (tmp_path / "make-run.log").open("w")
     proc = subprocess.Popen(
