@@ -8,6 +8,7 @@ restock and write-off ledger rows, `refund:<rma>` for the payments gateway.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
@@ -20,7 +21,6 @@ from common.integrations.carrier_api import (
     CarrierAlreadyPurchasedError,
     CarrierError,
     CarrierTransientError,
-    choose_rate,
 )
 from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
 from common.models import LabelUndo, ParcelRefundRequest, PaymentRefund
@@ -40,6 +40,7 @@ from common.returns import (
     return_label_key,
 )
 from common.shipping.contracts import LabelRecord
+from common.shipping.rate_shopping import choose
 from common.store import Store
 
 # Returns go back the cheapest way: no customer is waiting on the parcel.
@@ -107,7 +108,9 @@ class ReturnActivities:
                     record = await self._store.labels.record_carrier_shipment(key, request.order_id, created.id)
                 shipment = await self._carrier.get_shipment(record.carrier_shipment_id)
                 if shipment.tracking_code is None:
-                    rate = choose_rate(shipment.rates, RETURN_MAX_DELIVERY_DAYS)
+                    today = datetime.now(UTC).date()
+                    promised = today + timedelta(days=RETURN_MAX_DELIVERY_DAYS)
+                    rate = choose(shipment.rates, promised=promised, label_day=today).rate
                     try:
                         shipment = await self._carrier.buy(shipment.id, rate.id)
                     except CarrierAlreadyPurchasedError:

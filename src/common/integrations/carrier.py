@@ -39,7 +39,6 @@ from common.integrations.carrier_api import (
     CarrierTracker,
     CarrierTrackingDetail,
     CarrierTransientError,
-    choose_rate,
 )
 from common.models import Address
 
@@ -57,7 +56,6 @@ __all__ = [
     "CarrierTrackingDetail",
     "CarrierTransientError",
     "carrier_error",
-    "choose_rate",
     "parse_shipment",
     "parse_tracker",
     "to_carrier_address",
@@ -93,8 +91,6 @@ def to_carrier_address(address: Address) -> dict[str, str]:
 
 class CarrierClient:
     """EasyPost's SDK behind the async `Carrier` methods. Usable again after `close()` (a new pool)."""
-
-    choose_rate = staticmethod(choose_rate)
 
     def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
         self._api_key = settings.carrier_api_key

@@ -9,7 +9,7 @@ use the common names street1/street2/city/state/zip/country and weight in ounces
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -122,24 +122,6 @@ class CarrierShipment(BaseModel):
 def tracking_status(value: Any) -> TrackingStatus:
     """The carrier's status string as ours; one we do not know is UNKNOWN."""
     return TrackingStatus(value) if value in TrackingStatus._value2member_map_ else TrackingStatus.UNKNOWN
-
-
-def choose_rate(rates: Sequence[CarrierRate], max_delivery_days: int) -> CarrierRate:
-    """Cheapest rate delivering within `max_delivery_days`; if none does, the fastest one."""
-    if not rates:
-        raise CarrierError("the carrier offered no rates")
-    meeting = [r for r in rates if r.delivery_days is not None and r.delivery_days <= max_delivery_days]
-    if meeting:
-        return min(meeting, key=lambda r: (r.rate_cents, r.delivery_days or 0, r.carrier, r.service))
-    return min(
-        rates,
-        key=lambda r: (
-            r.delivery_days if r.delivery_days is not None else 10**6,
-            r.rate_cents,
-            r.carrier,
-            r.service,
-        ),
-    )
 
 
 class Carrier(Protocol):

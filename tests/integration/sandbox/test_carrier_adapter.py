@@ -23,6 +23,7 @@ from common.models import TrackingStatus
 from sandbox import SandboxServers
 from tests.integration.local_server import serving
 from tests.integration.sandbox.test_sandbox import SHIP_TO, STEP, create, eventually, free_port
+from tests.unit.integrations.test_integrations_adapters import choose_rate
 
 
 @pytest.mark.parametrize(
@@ -149,7 +150,7 @@ async def test_trackers_rates_and_returns_through_the_adapter(sb: SandboxServers
     days = {r.service: (r.delivery_date - ground).days for r in shipment.rates if r.delivery_date is not None}
     assert days == {"Ground": 0, "Priority": -3, "Saver": -2, "Overnight": -4}
     assert [r.delivery_date_guaranteed for r in shipment.rates] == [False, False, False, True]
-    bought = await carrier.buy(shipment.id, carrier.choose_rate(shipment.rates, 7).id)
+    bought = await carrier.buy(shipment.id, choose_rate(shipment.rates, 7).id)
     assert bought.tracker is not None and bought.tracking_code is not None
     assert bought.tracker.tracking_details[0].city == SHIP_TO.city  # a return starts at the customer's
 

@@ -22,7 +22,6 @@ from common.integrations.carrier import (
     CarrierError,
     CarrierShipment,
     CarrierTransientError,
-    choose_rate,
 )
 from common.integrations.email import EmailPermanentError, EmailSender, EmailTransientError
 from common.integrations.sms import SmsPermanentError, SmsSender, SmsTransientError
@@ -30,6 +29,7 @@ from common.models import Address, ShippingSpeed, TrackingStatus
 from sandbox import SandboxServers, fetch_outbox, free_port_settings
 from sandbox.smtp import OutboxHandler
 from sandbox.store import SandboxStore
+from tests.unit.integrations.test_integrations_adapters import choose_rate
 
 STEP = 0.3  # seconds between tracker statuses in these tests
 SHIP_TO = Address(

@@ -3,7 +3,7 @@ writes out parses (stdlib parser, default policy) to the fields and contents it 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -12,9 +12,17 @@ from email.utils import parseaddr
 import pytest
 
 from common.config import Settings
-from common.integrations.carrier import CarrierError, CarrierRate, choose_rate, to_carrier_address
+from common.integrations.carrier import CarrierError, CarrierRate, to_carrier_address
 from common.integrations.email import EmailSender
 from common.models import Address
+from common.shipping.rate_shopping import choose
+
+TODAY = date(2026, 12, 1)
+
+
+def choose_rate(rates: list[CarrierRate], max_days: int) -> CarrierRate:
+    """The rate for a parcel promised `max_days` after the label day."""
+    return choose(rates, promised=TODAY + timedelta(days=max_days), label_day=TODAY).rate
 
 
 def rate(rid: str, cents: int, days: int | None) -> CarrierRate:
