@@ -156,6 +156,8 @@ class OrderStatus(StrEnum):
     BACKORDERED = "BACKORDERED"
     RESERVED = "RESERVED"
     PICKING = "PICKING"
+    SUBMITTED_TO_3PL = "SUBMITTED_TO_3PL"  # a 3PL parcel: handed over, the 3PL has not answered yet
+    ACCEPTED_BY_3PL = "ACCEPTED_BY_3PL"  # the 3PL is picking and packing it
     PACKED = "PACKED"
     LABELED = "LABELED"
     IN_TRANSIT = "IN_TRANSIT"
@@ -192,6 +194,11 @@ class ParcelView(BaseModel):
     tracking_number: str | None = None
     tracking_url: str | None = None
     estimated_delivery: datetime | None = None
+    # A parcel from a 3PL's warehouse: the 3PL (e.g. "shipbob") and its state there (common.threepl.ThreePLState);
+    # late_at_3pl once the 3PL missed its acceptance or ship SLA for it.
+    fulfilled_by: str | None = None
+    threepl_state: str | None = None
+    late_at_3pl: bool = False
     # Set when the parcel ends any other way than delivered: "refunded", "reshipped", "nothing found at the pick"
     outcome: str | None = None
 
@@ -302,6 +309,12 @@ class OrderPolicy(BaseModel):
     failed_wait_s: float | None = None
     # A return parcel the carrier has must reach the warehouse within this long, else the RMA fails for ops.
     return_receive_timeout_s: float | None = None
+    # A 3PL parcel: how long the 3PL has to accept it after submission, and to ship it after accepting it; past
+    # either, ops are alerted and the order shows ThreePLLate. How often the order asks the 3PL for news a lost
+    # webhook did not bring (its safety-net poll).
+    threepl_accept_sla_s: float = 4 * 3600
+    threepl_ship_sla_s: float = 48 * 3600
+    threepl_poll_interval_s: float = 3600
 
 
 TERMINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED})
@@ -478,6 +491,8 @@ class ParcelAllocation(BaseModel):
     shipment_no: int
     warehouse: str
     lines: list[OrderLine]
+    # The warehouse's 3PL, None for our own (and in histories recorded before 3PL warehouses existed)
+    provider: str | None = None
 
 
 class ReserveResult(BaseModel):

@@ -19,6 +19,7 @@ from common.orders.store import OrderStore
 from common.outbox.store import OrderSignalStore
 from common.returns.store import ReturnsStore
 from common.shipping.store import LabelStore
+from common.threepl.store import ThreePLStore
 from common.warehouse.counts import StockCountStore
 from common.warehouse.store import PickTaskStore
 from common.webhooks.store import WebhookEventStore
@@ -46,6 +47,7 @@ class Store:
         self.api_keys = ApiKeyStore(db)  # who may call the HTTP API
         self.intake_keys = IntakeKeyStore(db)  # Idempotency-Key headers of order intake
         self.webhook_events = WebhookEventStore(db)  # provider webhook events seen (each acted on once)
+        self.threepl = ThreePLStore(db)  # parcels handed to 3PLs, and their reconciliation cursors
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Self:

@@ -51,6 +51,10 @@ PICK_TASK_STATUSES = ("open", "confirmed", "cancelled")
 SHIPMENT_STATUSES = ("created", "purchased", "voided")
 NOTIFICATION_STATUSES = ("sending", "sent", "failed")
 ORDER_SIGNAL_KINDS = ("signal", "update")
+WAREHOUSE_KINDS = ("own", "3pl")  # (0009) own: our staff pick, we buy the label; 3pl: a provider does it all
+# (0009) A parcel handed to a 3PL, as far as we know: submitted, then accepted or rejected, shipped, delivered,
+# or cancelled (at our request or by the 3PL).
+THREEPL_PARCEL_STATES = ("submitted", "accepted", "on_hold", "rejected", "shipped", "delivered", "cancelled")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -109,6 +113,10 @@ warehouses = Table(
     Column("name", String(200), nullable=False),
     Column("country", String(2), nullable=False),
     Column("region", String(100), nullable=True),
+    Column("kind", String(8), nullable=False, server_default="own"),  # (0009)
+    Column("provider", String(32), nullable=True),  # (0009) the 3PL of a "3pl" warehouse, e.g. shipbob
+    CheckConstraint(_in("kind", WAREHOUSE_KINDS), name="kind"),
+    CheckConstraint("(kind = 'own') = (provider IS NULL)", name="provider"),
 )
 
 stock_levels = Table(
@@ -404,4 +412,44 @@ webhook_events = Table(
     Column("kind", String(64), nullable=False),
     Column("subject", String(200), nullable=True),  # what it is about: a tracking code, a message sid
     Column("received_at", UTCDateTime, nullable=False),
+)
+
+# (0009) Each parcel handed to a 3PL: one row per reference id ("3pl:<order key>:<n>"), its state as far as the
+# 3PL told us (forward moves only), its carrier's tracking number once shipped (a carrier tracking webhook
+# names it), and the times the SLAs are measured from.
+threepl_parcels = Table(
+    "threepl_parcels",
+    metadata,
+    Column("reference_id", String(120), primary_key=True),
+    Column("order_id", String(ORDER_KEY_LENGTH), nullable=False),
+    Column("shipment_no", Integer, nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("warehouse", String(32), nullable=False),
+    Column("provider_order_id", String(64), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("carrier", String(64), nullable=True),
+    Column("service", String(64), nullable=True),
+    Column("tracking_number", String(200), nullable=True),
+    Column("tracking_url", Text, nullable=True),
+    Column("submitted_at", UTCDateTime, nullable=False),
+    Column("accepted_at", UTCDateTime, nullable=True),
+    Column("shipped_at", UTCDateTime, nullable=True),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("provider_updated_at", UTCDateTime, nullable=True),  # the 3PL's time of its last change we applied
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint(_in("state", THREEPL_PARCEL_STATES), name="state"),
+    Index("ix_threepl_parcels_order_id", "order_id"),
+    Index("ix_threepl_parcels_tracking_number", "tracking_number"),
+    Index("ix_threepl_parcels_provider_state", "provider", "state"),
+)
+
+# (0009) Per 3PL, the newest change time its "changes since" pull has seen: the next pull starts there.
+threepl_sync_cursors = Table(
+    "threepl_sync_cursors",
+    metadata,
+    Column("provider", String(32), primary_key=True),
+    Column("orders_since", UTCDateTime, nullable=True),
+    Column("inventory_synced_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
