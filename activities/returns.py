@@ -23,7 +23,7 @@ from common.integrations.carrier_api import (
     CarrierTransientError,
 )
 from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
-from common.models import LabelUndo, ParcelRefundRequest, PaymentRefund
+from common.models import ParcelRefundRequest, PaymentRefund
 from common.order_signals import wake_backordered_orders
 from common.returns import (
     Condition,
@@ -39,7 +39,7 @@ from common.returns import (
     refundable_units,
     return_label_key,
 )
-from common.shipping.contracts import LabelRecord
+from common.shipping.contracts import LabelRecord, LabelUndo
 from common.shipping.rate_shopping import choose
 from common.store import Store
 

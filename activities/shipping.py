@@ -30,13 +30,11 @@ from common.models import (
     MOVED_TRACKING_STATUSES,
     Label,
     LabelRequest,
-    LabelUndo,
-    LabelUndoResult,
     TrackingPollRequest,
     TrackingStatus,
     TrackingUpdate,
 )
-from common.shipping.contracts import LabelRecord
+from common.shipping.contracts import LabelRecord, LabelUndo, LabelUndoResult
 from common.shipping.rate_shopping import RateStrategy, choose
 from common.store import Store
 

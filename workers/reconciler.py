@@ -37,8 +37,9 @@ from common.api.sms import start_pending_fallbacks
 from common.config import Settings
 from common.integrations.carrier_api import Carrier
 from common.logs import describe_error
-from common.models import LabelUndo, order_key, workflow_id_for
+from common.models import order_key, workflow_id_for
 from common.order_signals import OUTBOX_ERROR_CHARS, DeliveryReport, deliver_order_signals
+from common.shipping.contracts import LabelUndo
 from common.store import Store
 
 log = logging.getLogger("fulfill.reconciler")

@@ -588,21 +588,6 @@ class TrackingUpdate(BaseModel):
     message: str = ""
 
 
-class LabelUndo(StrEnum):
-    """What undoing a label found at the carrier."""
-
-    NOTHING_BOUGHT = "nothing_bought"  # no label was ever bought under the key
-    VOIDED = "voided"  # the carrier accepted the refund (or had already)
-    IN_USE = "in_use"  # the carrier has the parcel, or refused the refund: the label stays, the goods are gone
-
-
-class LabelUndoResult(BaseModel):
-    outcome: LabelUndo
-    tracking_status: TrackingStatus | None = None
-    refund_status: str | None = None
-    note: str = ""
-
-
 class ReservationReleased(BaseModel):
     """Signal `reservation_released`, written by the stock change's own transaction (the order-signal outbox):
     these shipments of the order lost their reservation before they were picked; their pick tasks are

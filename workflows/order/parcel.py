@@ -25,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
     from common.models import (
         Label,
         LabelRequest,
-        LabelUndo,
         NotificationEvent,
         OrderLine,
         OrderStatus,
@@ -37,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
         TrackingStatus,
         TrackingUpdate,
     )
-    from common.shipping.contracts import TrackingPush
+    from common.shipping.contracts import LabelUndo, TrackingPush
     from common.temporal import CARRIER as CARRIER_ATTR
     from common.temporal import PICK_OVERDUE, TRACKING_NUMBER
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel
 
@@ -55,3 +56,18 @@ class TrackingPush(BaseModel):
     message: str = ""
     # When the carrier's tracker last changed: an event older than one already applied changes nothing
     occurred_at: datetime
+
+
+class LabelUndo(StrEnum):
+    """What undoing a label found at the carrier."""
+
+    NOTHING_BOUGHT = "nothing_bought"  # no label was ever bought under the key
+    VOIDED = "voided"  # the carrier accepted the refund (or had already)
+    IN_USE = "in_use"  # the carrier has the parcel, or refused the refund: the label stays, the goods are gone
+
+
+class LabelUndoResult(BaseModel):
+    outcome: LabelUndo
+    tracking_status: TrackingStatus | None = None
+    refund_status: str | None = None
+    note: str = ""

@@ -9,7 +9,6 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from common.db.errors import StoreError
 from common.models import Address, OrderLine, ShippingSpeed
 
 # The order workflow's signal for news of one of its 3PL parcels (OrderWorkflow.threepl_update): a name, not a
@@ -141,9 +140,3 @@ class ThreePLParcel:
     delivered_at: datetime | None
     provider_updated_at: datetime | None
     updated_at: datetime
-
-
-class UnknownThreePLProvider(StoreError):
-    def __init__(self, provider: str, known: list[str]) -> None:
-        self.provider = provider
-        super().__init__(f"unknown 3PL provider {provider!r} (configured: {', '.join(known) or 'none'})")

@@ -23,7 +23,8 @@ from common.api import FulfillmentApi
 from common.config import Settings
 from common.demo import seed_demo
 from common.integrations.carrier import CarrierClient
-from common.models import Address, LabelUndo, OrderStatus, OrderView, workflow_id_for
+from common.models import Address, OrderStatus, OrderView, workflow_id_for
+from common.shipping.contracts import LabelUndo
 from common.store import Store
 from common.temporal import PICK_OVERDUE
 from sandbox import SandboxServers

@@ -26,8 +26,6 @@ from common.models import (
     ORDER_WORKFLOW_VERSION,
     Label,
     LabelRequest,
-    LabelUndo,
-    LabelUndoResult,
     NotifyRequest,
     NotifyResult,
     OpsAlert,
@@ -50,6 +48,7 @@ from common.models import (
     TrackingStatus,
     TrackingUpdate,
 )
+from common.shipping.contracts import LabelUndo, LabelUndoResult
 from common.temporal import ORDER_STATUS, PICK_OVERDUE
 from tests.orders import sample_order
 from workflows.order import OrderWorkflow
