@@ -46,10 +46,15 @@ class InventoryActivities:
             prefer_region=request.ship_to_region,
             allow_partial=request.allow_partial,
             first_shipment=request.first_shipment,
+            exclude=request.exclude_warehouses,
         )
+        providers = await self._store.catalog.warehouse_providers() if allocation.shipments else {}
         shipments = [
             ParcelAllocation(
-                shipment_no=n, warehouse=warehouse, lines=[OrderLine(sku=sku, quantity=qty) for sku, qty in lines]
+                shipment_no=n,
+                warehouse=warehouse,
+                lines=[OrderLine(sku=sku, quantity=qty) for sku, qty in lines],
+                provider=providers.get(warehouse),
             )
             for n, warehouse, lines in allocation.shipments
         ]

@@ -22,12 +22,14 @@ from activities.inventory import InventoryActivities
 from activities.notifications import NotificationActivities
 from activities.returns import ReturnActivities
 from activities.shipping import ShippingActivities
+from activities.threepl import ThreePLActivities
 from activities.warehouse import WarehouseActivities
 from common.config import Settings, get_settings
 from common.integrations.carrier import CarrierClient
 from common.integrations.email import EmailSender
 from common.integrations.payments import payments_gateway
 from common.integrations.sms import SmsSender
+from common.integrations.threepl_providers import threepl_providers
 from common.logs import configure_logging
 from common.store import Store
 from common.temporal import connect, task_pollers
@@ -57,6 +59,8 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         notifications = NotificationActivities(store, email, sms, settings)
         payments = payments_gateway(settings)
         returns = ReturnActivities(store, carrier, payments)
+        threepls = threepl_providers(settings)
+        threepl = ThreePLActivities(store, threepls, carrier)
         worker = Worker(
             client,
             task_queue=settings.task_queue,
@@ -67,6 +71,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 *shipping.activities(),
                 *notifications.activities(),
                 *returns.activities(),
+                *threepl.activities(),
             ],
             max_cached_workflows=settings.worker_max_cached_workflows,
             max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
@@ -89,6 +94,8 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 yield worker
         finally:
             await payments.close()
+            for provider in threepls.values():
+                await provider.close()
             await sms.close()
             await email.close()
     finally:

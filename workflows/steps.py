@@ -92,6 +92,7 @@ class Step:
 # database driver's (SQLAlchemy, asyncpg, aiosqlite), or the socket under it.
 _PROVIDER_OF_ERROR = {
     "CarrierTransientError": "carrier",
+    "ThreePLTransientError": "3pl",
     "PaymentUnavailable": "payments",
     "EmailUnavailable": "email",
     "SmsUnavailable": "sms",
@@ -121,6 +122,7 @@ DATABASE = Step(
 CARRIER = Step("carrier", timedelta(seconds=60), non_retryable=("CarrierAddressError", "CarrierRejected"))
 MESSAGES = Step("email", timedelta(seconds=45))  # each message's provider is its lane: see Messenger
 PAYMENTS = Step("payments", timedelta(seconds=30), non_retryable=("PaymentDeclined",))
+THREEPL = Step("3pl", timedelta(seconds=60), non_retryable=("ThreePLRejected", "UnknownThreePLProvider"))
 
 
 def application_error(err: BaseException) -> ApplicationError | None:

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     address_fix_timeout: float = Field(default=7 * 24 * 3600, gt=0)
     failed_wait: float = Field(default=7 * 24 * 3600, gt=0)
     return_receive_timeout: float = Field(default=30 * 24 * 3600, gt=0)
+    # A 3PL parcel: the 3PL's SLAs to accept it after submission and to ship it after accepting it, and how often
+    # the order asks the 3PL for news a lost webhook did not bring.
+    threepl_accept_sla: float = Field(default=4 * 3600, gt=0)
+    threepl_ship_sla: float = Field(default=48 * 3600, gt=0)
+    threepl_poll_interval: float = Field(default=3600, gt=0)
 
     # Simulated picker (demo only): confirms open pick tasks after this many seconds
     picker_enabled: bool = True

@@ -485,6 +485,7 @@ class ReserveRequest(BaseModel):
     allow_partial: bool = False
     # Number of the first shipment this reservation creates (later ones for a remainder, a reship...)
     first_shipment: int = 1
+    exclude_warehouses: list[str] = Field(default_factory=list)  # 3PLs that rejected a parcel of these lines
 
 
 class ParcelAllocation(BaseModel):

@@ -71,6 +71,8 @@ TRACKING_NUMBER = SearchAttributeKey.for_keyword("TrackingNumber")
 PICK_OVERDUE = SearchAttributeKey.for_bool("PickOverdue")
 # The providers an order waits for right now, in an outage: `WaitingFor="carrier"` lists the orders it holds up.
 WAITING_FOR = SearchAttributeKey.for_keyword_list("WaitingFor")
+# True while a parcel at a 3PL is past its acceptance or ship SLA: `ThreePLLate=true` lists those orders.
+THREEPL_LATE = SearchAttributeKey.for_bool("ThreePLLate")
 
 # No PII here: search attributes are stored unencrypted and shown to every UI user.
 SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [
@@ -81,6 +83,7 @@ SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [
     TRACKING_NUMBER,
     PICK_OVERDUE,
     WAITING_FOR,
+    THREEPL_LATE,
 ]
 
 _CLI_TYPE_NAMES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "TEXT": "Text", "INT": "Int", "BOOL": "Bool"}

@@ -9,6 +9,7 @@ from pathlib import Path
 from temporalio import workflow
 
 from common.order_signals import STOCK_RECEIVED
+from common.threepl.contracts import THREEPL_UPDATE
 from workflows.order import OrderWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,3 +30,8 @@ def test_clients_use_no_string_names() -> None:
 def test_the_stock_received_name_is_the_workflows_handler() -> None:
     definition = workflow._SignalDefinition.from_fn(OrderWorkflow.stock_received)
     assert definition is not None and definition.name == STOCK_RECEIVED
+
+
+def test_the_3pl_news_name_is_the_workflows_handler() -> None:
+    definition = workflow._SignalDefinition.from_fn(OrderWorkflow.threepl_update)
+    assert definition is not None and definition.name == THREEPL_UPDATE

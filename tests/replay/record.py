@@ -44,6 +44,7 @@ from sandbox import SandboxServers, free_port_settings
 from sandbox.carrier import Progression
 from tests.conftest import TEMPORAL_CLI
 from tests.orders import order_dict
+from tests.replay.record_threepl import SCENARIOS as THREEPL_SCENARIOS
 from workers.worker import running_worker
 from workflows.order import OrderWorkflow
 
@@ -480,6 +481,8 @@ SCENARIOS: dict[str, Scenario] = {
     "tracking_pushed": tracking_pushed,
     # An SMS the network did not deliver, and its email fallback (histories/sms_fallback/)
     "sms_undelivered_falls_back": sms_undelivered_falls_back,
+    # Parcels a 3PL fulfills (record_threepl.py)
+    **THREEPL_SCENARIOS,
 }
 
 

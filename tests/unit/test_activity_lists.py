@@ -12,6 +12,7 @@ from activities.inventory import InventoryActivities
 from activities.notifications import NotificationActivities
 from activities.returns import ReturnActivities
 from activities.shipping import ShippingActivities
+from activities.threepl import ThreePLActivities
 from activities.warehouse import WarehouseActivities
 from common.config import Settings
 
@@ -45,6 +46,7 @@ def defined_activities(cls: type) -> set[str]:
         ShippingActivities(STORE, NOTHING),
         NotificationActivities(STORE, NOTHING, NOTHING, Settings()),
         ReturnActivities(STORE, NOTHING, NOTHING),
+        ThreePLActivities(STORE, {}, NOTHING),
     ],
     ids=lambda instance: type(instance).__name__,
 )

@@ -74,6 +74,7 @@ class Allocator:
             ship_to_region=order.ship_to.region,
             allow_partial=fulfilment.policy.partial_shipment == PartialShipment.SHIP_AVAILABLE,
             first_shipment=self._next_shipment,
+            exclude_warehouses=sorted(fulfilment.excluded_warehouses),
         )
 
     async def _failed(self, err: BaseException) -> bool:

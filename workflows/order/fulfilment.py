@@ -98,6 +98,8 @@ class Fulfilment:
         self.label_bought = False
         self.buying_labels = 0  # purchases in flight: an address change now would be silently ignored
         self.overdue_picks = 0
+        self.late_at_3pl = 0  # parcels past a 3PL's SLA (ThreePLLate while any is)
+        self.excluded_warehouses: set[str] = set()  # 3PLs that rejected a parcel: not reserved from again
         # Ops requests, acted on at the next step boundary (or at once while the order waits).
         self.cancel_reason: str | None = None
         self.cancel_confirmed = False  # decided: the parts undo themselves at their next step

@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.order.fulfilment import Fulfilment, OrderCancelled, ParcelReleased, error_type, merge, problem_of
+from workflows.order.threepl import OPEN_STATES, AtThreePL
 from workflows.order.tracking import ParcelTracking
 from workflows.steps import CARRIER, DATABASE, describe, innermost
 
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from common.shipping.contracts import LabelUndo, TrackingPush
     from common.temporal import CARRIER as CARRIER_ATTR
     from common.temporal import PICK_OVERDUE, TRACKING_NUMBER
+    from common.threepl.contracts import ThreePLState, ThreePLUpdate
 
 
 class Parcel:
@@ -66,6 +68,17 @@ class Parcel:
         self.pushed: list[TrackingUpdate] = []  # tracking events the carrier pushed, not applied yet, in order
         self.last_push_at: datetime | None = None  # when the carrier's tracker changed, as of the latest push
         self.kept_by_the_carrier = False  # a cancel found it with the carrier: it goes on
+        # A parcel from a 3PL's warehouse (threepl.py): the 3PL, its state there (None: not submitted yet), the
+        # news not applied yet, when it was submitted and accepted, which SLA it missed, how often it was held.
+        self.provider = allocation.provider
+        self.threepl_state: ThreePLState | None = None
+        self.threepl_changed_at: datetime | None = None
+        self.threepl_news: list[ThreePLUpdate] = []
+        self.submitted_at: datetime | None = None
+        self.accepted_at: datetime | None = None
+        self.late_for: str | None = None
+        self.holds_at_3pl = 0
+        self._at_3pl: AtThreePL | None = None
         self.task: asyncio.Task[None] | None = None
 
     def push(self, event: TrackingPush) -> bool:
@@ -78,6 +91,16 @@ class Parcel:
             TrackingUpdate(status=event.status, estimated_delivery=event.estimated_delivery, message=event.message)
         )
         return True
+
+    @property
+    def at_3pl(self) -> AtThreePL:
+        if self._at_3pl is None:
+            self._at_3pl = AtThreePL(self, self._fulfilment)
+        return self._at_3pl
+
+    def with_3pl(self) -> bool:
+        """The 3PL has it and may still be asked not to ship it."""
+        return self.view.outcome is None and self.threepl_state in OPEN_STATES and not self.kept_by_the_carrier
 
     def start(self) -> None:
         """The parcel goes its way in a task of its own; its failure is the order's (Fulfilment.guard)."""
@@ -141,6 +164,14 @@ class Parcel:
 
     async def _ship_from_where_it_is(self) -> None:
         fulfilment = self._fulfilment
+        if self.provider is not None:  # the 3PL picks, packs and ships it
+            if self.label is None:
+                label = await self.at_3pl.ship()
+                if label is None:
+                    return  # rejected: its lines are reserved again
+                self.label = label
+            await ParcelTracking(self, fulfilment).follow()
+            return
         if not self.picked:
             await fulfilment.checkpoint(self)
             if fulfilment.awaiting_return is not None:
@@ -364,6 +395,8 @@ class Parcel:
         fulfilment = self._fulfilment
         ref = ParcelRef(order_id=fulfilment.key, shipment_no=self.view.shipment_no)
         prefix = fulfilment.timeline.parcel_prefix(self.view)
+        if self.threepl_state is not None and not await self.at_3pl.cancel():
+            return False  # the 3PL shipped it: its news says with which carrier
         if self.label_attempted:
             undo = await fulfilment.step(ShippingActivities.void_label_if_unshipped, ref, CARRIER, "void label")
             if undo.outcome == LabelUndo.IN_USE:

@@ -38,6 +38,8 @@ FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELI
 _PROGRESS = [
     OrderStatus.RESERVED,
     OrderStatus.PICKING,
+    OrderStatus.SUBMITTED_TO_3PL,
+    OrderStatus.ACCEPTED_BY_3PL,
     OrderStatus.PACKED,
     OrderStatus.ADDRESS_INVALID,
     *FORWARD,

@@ -59,7 +59,7 @@ class ParcelTracking:
         """Until delivered, or ops decided a delivery exception."""
         parcel = self._parcel
         # One timer for the next deadline, kept across polls while that deadline stays the same.
-        alarm = _Alarm()
+        alarm = Alarm()
         try:
             while parcel.view.status != OrderStatus.DELIVERED:
                 if parcel.pushed:  # the poll in flight goes on: with pushes it is only the safety net
@@ -327,7 +327,7 @@ class ParcelTracking:
         )
 
 
-class _Alarm:
+class Alarm:
     """A durable timer for an absolute time, re-armed only when that time changes (each timer costs history
     events, and the tracking loop wakes many times for the same deadline)."""
 

@@ -28,17 +28,17 @@ from workflows.order.allocation import Allocator
 from workflows.order.fulfilment import Fulfilment, OrderCancelled
 from workflows.order.parcel import Parcel
 from workflows.order.patches import LEAN_FOR_EVERY_ORDER, LEAN_HISTORY, TEMPORAL_CANCEL_COMPENSATES, UNDO_PER_PARCEL
+from workflows.order.refusals import labelled, refusal_by_the_3pl, refusal_by_the_carrier
 from workflows.order.returns_desk import ReturnsDesk
-from workflows.steps import CARRIER, describe, innermost, settle
+from workflows.order.threepl import delivered_by_the_3pl
+from workflows.steps import describe, innermost, settle
 
 with workflow.unsafe.imports_passed_through():
     # pydantic imports email_validator lazily when it validates an EmailStr: pass it through, or the
     # sandbox re-imports it for every workflow run.
     import email_validator  # noqa: F401
 
-    from activities.shipping import ShippingActivities
     from common.models import (
-        MOVED_TRACKING_STATUSES,
         Actor,
         Address,
         AddressChange,
@@ -56,11 +56,10 @@ with workflow.unsafe.imports_passed_through():
         ReservationReleased,
         ResolveDeliveryRequest,
         RetryRequest,
-        TrackingPollRequest,
-        TrackingStatus,
     )
     from common.returns import ReturnProgress, ReturnRequest
     from common.shipping.contracts import TrackingPush
+    from common.threepl.contracts import ThreePLState, ThreePLUpdate
     from common.warehouse.short_picks import shortage_problem
 
 
@@ -130,6 +129,23 @@ class OrderWorkflow:
                 parcel.push(event)
 
     @workflow.signal(
+        description="News of one of this order's parcels at its 3PL (a webhook the HTTP API verified, the "
+        "reconciliation pull): accepted, on hold, rejected, shipped with a carrier and tracking number, delivered. "
+        "News that does not move the parcel forward (a repeat, a late webhook) changes nothing."
+    )
+    def threepl_update(self, update: ThreePLUpdate) -> None:
+        for parcel in self._fulfilment.parcels:
+            if parcel.provider is None or parcel.view.shipment_no != update.shipment_no:
+                continue
+            if parcel.view.outcome is not None:
+                return
+            if parcel.label is None:
+                parcel.threepl_news.append(update)
+            elif update.state == ThreePLState.DELIVERED and parcel.view.status != OrderStatus.DELIVERED:
+                parcel.pushed.append(delivered_by_the_3pl(parcel.provider))
+            return
+
+    @workflow.signal(
         description="Stock arrived for one of this order's SKUs: a backordered order retries its reservation."
     )
     def stock_received(self, sku: str) -> None:
@@ -141,6 +157,8 @@ class OrderWorkflow:
     )
     def stock_released(self, sku: str) -> None:
         for parcel in self._fulfilment.parcels:
+            if parcel.provider is not None:
+                continue  # handed to a 3PL: it ships or rejects it, whatever our books say
             if parcel.view.outcome is None and parcel.view.status in (OrderStatus.RESERVED, OrderStatus.PICKING):
                 parcel.released = True
 
@@ -151,6 +169,8 @@ class OrderWorkflow:
     def reservation_released(self, released: ReservationReleased) -> None:
         for parcel in self._fulfilment.parcels:
             if parcel.view.shipment_no in released.shipments and parcel.view.outcome is None:
+                if parcel.threepl_state is not None:
+                    continue  # handed to a 3PL: it ships or rejects it, whatever our books say
                 parcel.released = parcel.released_in_the_db = True
 
     @workflow.signal(
@@ -208,6 +228,10 @@ class OrderWorkflow:
     def _validate_hold(self, request: HoldRequest) -> None:
         fulfilment = self._fulfilment
         self._refuse_if_closed_or_shipped("hold")
+        at_3pl = [p for p in fulfilment.parcels if p.with_3pl()]
+        if at_3pl:
+            which = ", ".join(f"shipment {p.view.shipment_no} is with {p.provider}" for p in at_3pl)
+            raise ValueError(f"cannot hold order {self._order.order_id}: {which}, which has no hold; cancel instead")
         if fulfilment.hold_reason is not None:
             raise ValueError(f"the order is already on hold ({fulfilment.hold_reason})")
         if fulfilment.cancel_reason is not None:
@@ -498,7 +522,7 @@ class OrderWorkflow:
         once it is under way: a labelled parcel the carrier has (asked now, not the last poll) cannot be undone."""
         fulfilment = self._fulfilment
         fulfilment.cancel_reason = reason
-        refusal = await self._refusal_by_the_carrier("cancel")
+        refusal = await refusal_by_the_carrier(self._fulfilment, "cancel") or await refusal_by_the_3pl(self._fulfilment)
         if refusal is not None:
             fulfilment.cancel_reason = None
             return refusal
@@ -510,57 +534,15 @@ class OrderWorkflow:
     async def _request_hold(self, reason: str) -> str | None:
         fulfilment = self._fulfilment
         fulfilment.hold_reason = reason
-        refusal = await self._refusal_by_the_carrier("hold")
+        refusal = await refusal_by_the_carrier(self._fulfilment, "hold")
         if refusal is not None:
             fulfilment.hold_reason = None
             return refusal
-        if self._labelled() and self._view.status != OrderStatus.ON_HOLD:
+        if labelled(self._fulfilment) and self._view.status != OrderStatus.ON_HOLD:
             # Labelled parcels go on being followed, and may be all there is: the hold shows now.
             self._timeline.record(OrderStatus.ON_HOLD, f"on hold: {reason}", waiting_for="release by ops")
             self._hold_recorded_by_request = True
         return None
-
-    def _labelled(self) -> list[Parcel]:
-        return [
-            p
-            for p in self._fulfilment.parcels
-            if p.view.outcome is None and p.view.status == OrderStatus.LABELED and not p.kept_by_the_carrier
-        ]
-
-    async def _refusal_by_the_carrier(self, action: str) -> str | None:
-        """Ask the carrier where each labelled parcel is (orders recorded before the patch trusted the last
-        poll); a parcel it has moved is the answer to the request, and news for the parcel's tracking."""
-        fulfilment = self._fulfilment
-        labelled = self._labelled()
-        if not labelled or not fulfilment.labelled_parcels_ask_the_carrier():
-            return None
-        fulfilment.deciding = True  # the other parts wait at their next step meanwhile
-        try:
-            updates = await asyncio.gather(
-                *(
-                    fulfilment.step(
-                        ShippingActivities.check_tracking,
-                        TrackingPollRequest(
-                            tracking_number=p.view.tracking_number or "",
-                            carrier=p.view.carrier or "",
-                            last_status=TrackingStatus.PRE_TRANSIT,
-                        ),
-                        CARRIER,
-                        f"ask the carrier where shipment {p.view.shipment_no} is",
-                    )
-                    for p in labelled
-                )
-            )
-        finally:
-            fulfilment.deciding = False
-        moved = [(p, u) for p, u in zip(labelled, updates, strict=True) if u.status in MOVED_TRACKING_STATUSES]
-        for parcel, update in moved:
-            parcel.seen_by_check = update
-        if not moved:
-            return None
-        where = ", ".join(f"{p.view.carrier} {p.view.tracking_number} is {u.status.value}" for p, u in moved)
-        self._timeline.note(f"{action} refused: the carrier has the parcel ({where})")
-        return f"cannot {action} order {self._order.order_id}: already shipped ({where}): request a return"
 
     async def _cancel_requested_in_temporal(self) -> None:
         if self._fulfilment.cancel_reason is not None or self._fulfilment.closed:

@@ -152,6 +152,9 @@ class FulfillmentApi:
             address_fix_timeout_s=s.address_fix_timeout,
             failed_wait_s=s.failed_wait,
             return_receive_timeout_s=s.return_receive_timeout,
+            threepl_accept_sla_s=s.threepl_accept_sla,
+            threepl_ship_sla_s=s.threepl_ship_sla,
+            threepl_poll_interval_s=s.threepl_poll_interval,
         )
 
     async def place_order(

@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from common.errors import InvalidRequest, NotFound, WebhookRefused
 from common.integrations.carrier_webhooks import TRACKER_EVENTS, WebhookSignatureError, verify_event
-from common.shipping.contracts import LabelRecord, TrackingPush
+from common.shipping.contracts import TrackingPush
 from common.store import Store
 
 SOURCE = "easypost"
@@ -48,24 +47,21 @@ async def receive_carrier_event(
         return CarrierEventReceipt(event.event_id, False, None, f"ignored: {event.description or 'no description'}")
     tracker = event.tracker
 
-    def signal(label: LabelRecord) -> dict[str, Any]:
-        push = TrackingPush(
-            event_id=event.event_id,
-            tracking_number=tracker.tracking_code,
-            status=tracker.status,
-            estimated_delivery=tracker.est_delivery_date,
-            message=tracker.message or "",
-            occurred_at=event.occurred_at or now,
-        )
-        return push.model_dump(mode="json")
-
+    push = TrackingPush(
+        event_id=event.event_id,
+        tracking_number=tracker.tracking_code,
+        status=tracker.status,
+        estimated_delivery=tracker.est_delivery_date,
+        message=tracker.message or "",
+        occurred_at=event.occurred_at or now,
+    )
     recorded = await store.labels.record_tracking_event(
-        SOURCE, event.event_id, tracker.tracking_code, signal, kind=event.description
+        SOURCE, event.event_id, tracker.tracking_code, push.model_dump(mode="json"), kind=event.description
     )
     if not recorded.first_time:
         raise WebhookRefused(f"carrier event {event.event_id} was received before: a replay; nothing changed")
-    if recorded.label is None:
+    if recorded.order_id is None:
         note = f"tracking {tracker.tracking_code} is not a parcel of ours"
         return CarrierEventReceipt(event.event_id, False, None, note)
     note = f"tracking {tracker.tracking_code} {tracker.status.value}"
-    return CarrierEventReceipt(event.event_id, True, recorded.label.order_id, note, recorded.signal_id)
+    return CarrierEventReceipt(event.event_id, True, recorded.order_id, note, recorded.signal_id)

@@ -182,6 +182,12 @@ class CatalogStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def warehouse_providers(self) -> dict[str, str]:
+        """code -> 3PL provider of every warehouse a 3PL runs (our own are not in it)."""
+        w = t.warehouses
+        rows = await self._db.read(select(w.c.code, w.c.provider).where(w.c.provider.is_not(None)))
+        return {r.code: r.provider for r in rows}
+
     async def upsert_product(
         self,
         sku: str,

@@ -15,7 +15,7 @@ from common.cli._help import CliApp
 from common.cli._output import key, stamp, table, time_column
 from common.errors import InvalidOrder, InvalidRequest, OrderAlreadyExists
 from common.intake import parse_order
-from common.models import DeliveryResolution, OrderStatus, OrderView
+from common.models import DeliveryResolution, OrderStatus, OrderView, ParcelView
 
 
 def _read_input(file: str) -> str:
@@ -111,6 +111,13 @@ def _status_text(view: OrderView) -> str:
     return view.status.value
 
 
+def _from(p: ParcelView) -> str:
+    """The warehouse, and the 3PL that runs it (late: past the 3PL's SLA)."""
+    if p.fulfilled_by is None:
+        return p.warehouse
+    return f"{p.warehouse} ({p.fulfilled_by}{', LATE' if p.late_at_3pl else ''})"
+
+
 def _print_parcels(view: OrderView) -> None:
     if len(view.shipments) > 1:
         parcels = table(key("parcel"), key("from"), "lines", "status", "tracking")
@@ -118,9 +125,11 @@ def _print_parcels(view: OrderView) -> None:
             lines = "\n".join(f"{li.sku} x{li.quantity}" for li in p.lines)
             status = p.status.value + (f" ({p.outcome})" if p.outcome else "")
             tracking = f"{p.carrier} {p.tracking_number}" if p.tracking_number else ""
-            parcels.add_row(str(p.shipment_no), p.warehouse, lines, status, tracking)
+            parcels.add_row(str(p.shipment_no), _from(p), lines, status, tracking)
         out.print(parcels)
-    elif view.tracking_number:
+    elif view.shipments and view.shipments[0].fulfilled_by is not None:
+        out.print(f"from: {_from(view.shipments[0])}", markup=False)
+    if len(view.shipments) <= 1 and view.tracking_number:
         # soft_wrap: the tracking URL stays whole, to copy or click
         out.print(
             f"tracking: {view.carrier} {view.service} {view.tracking_number}  {view.tracking_url}",

@@ -184,12 +184,15 @@ async def _allocate_new(
     prefer: tuple[str | None, str | None],
     allow_partial: bool,
     first_shipment: int,
+    exclude: Sequence[str] = (),
 ) -> Allocation:
     wanted = dict(items)
     skus = list(wanted)
     await require_skus(conn, skus)
     sites = await _sites(conn)
     available = await _availability(conn, skus, lock=True)
+    # Warehouses that refused these lines before (a 3PL that rejected the parcel): not asked again
+    available = {warehouse: stock for warehouse, stock in available.items() if warehouse not in exclude}
     totals = {sku: sum(max(stock.get(sku, 0), 0) for stock in available.values()) for sku in skus}
     # What older backorders wait for is theirs: this order may take only the rest (a plan takes exactly
     # the units it is given, so any plan within `budget` leaves them their units).
@@ -364,13 +367,15 @@ class ReservationStore:
         prefer_region: str | None = None,
         allow_partial: bool = False,
         first_shipment: int = 1,
+        exclude: Sequence[str] = (),
     ) -> Allocation:
         """Reserve `lines` for the order in one transaction, as shipments numbered from `first_shipment`:
         from one warehouse if one covers them all (ship-to region first, like `reserve`), else split over the
         fewest warehouses (`plan_split`). If all warehouses together fall short, nothing is reserved and the
         order waits (backorder row) — unless `allow_partial`, which reserves what is in stock now and leaves
         only the rest waiting. Idempotent: if shipments from `first_shipment` on are already reserved (a
-        retried call) they are returned as they are, with what they leave short.
+        retried call) they are returned as they are, with what they leave short. Warehouses in `exclude` (a 3PL
+        that refused these lines) are not reserved from.
 
         First come, first served: units that backorders waiting since before this order's own backorder row
         need are not available to it (an order with no backorder row comes after all of them); see
@@ -388,7 +393,7 @@ class ReservationStore:
             if done:
                 return await _allocated(conn, done, items)
             prefer = (prefer_country, prefer_region)
-            return await _allocate_new(conn, order_id, items, prefer, allow_partial, first_shipment)
+            return await _allocate_new(conn, order_id, items, prefer, allow_partial, first_shipment, exclude)
 
         return await self._db.write(op, f"allocate order {order_id}")
 

@@ -41,7 +41,7 @@ class TrackingEventRecord:
     """What recording a carrier's tracking event did (LabelStore.record_tracking_event)."""
 
     first_time: bool  # False: the event id was received before; nothing was done this time
-    label: LabelRecord | None  # the parcel label it is about; None: not a label of ours (nothing to tell)
+    order_id: str | None  # the order of the parcel it is about (our label, or a 3PL's); None: not ours
     signal_id: int | None  # the order-signal outbox row that tells the order, to deliver now
 
 

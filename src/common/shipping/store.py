@@ -4,7 +4,6 @@ with the signal that tells its order, in one transaction (record_tracking_event)
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Row, select, update
@@ -135,33 +134,34 @@ class LabelStore:
         return await self._db.write(op, f"void shipment {key}")
 
     async def record_tracking_event(
-        self,
-        source: str,
-        event_id: str,
-        tracking_number: str,
-        signal: Callable[[LabelRecord], dict[str, Any]],
-        *,
-        kind: str = "tracker.updated",
+        self, source: str, event_id: str, tracking_number: str, signal: dict[str, Any], *, kind: str = "tracker.updated"
     ) -> TrackingEventRecord:
-        """Record a carrier's tracking event once (webhook_events) and, the first time, if a label of ours has
-        that tracking number, put `signal(label)` (the order's `carrier_tracking` signal) in the order-signal
-        outbox, in the same transaction: a crash or an engine away loses nothing, a repeat does nothing.
-        Locking: the event row, then the order's advisory lock (the outbox's rule)."""
+        """Record a carrier's tracking event once (webhook_events) and, the first time, if a parcel of ours has
+        that tracking number (our label, or one a 3PL shipped with), put `signal` (the order's `carrier_tracking`
+        signal) in the order-signal outbox, in the same transaction: a crash or an engine away loses nothing, a
+        repeat does nothing. Locking: the event row, then the order's advisory lock (the outbox's rule)."""
         require_text("tracking number", tracking_number)
-        sh = t.shipments
 
         async def op(conn: AsyncConnection) -> TrackingEventRecord:
             if not await record_event(conn, source, event_id, kind=kind, subject=tracking_number):
-                return TrackingEventRecord(first_time=False, label=None, signal_id=None)
-            stmt = select(sh).where(sh.c.tracking_number == tracking_number).order_by(sh.c.created_at).limit(1)
-            row = (await conn.execute(stmt)).first()
-            if row is None:
-                return TrackingEventRecord(first_time=True, label=None, signal_id=None)
-            label = _label(row)
-            await lock_key(conn, f"order:{label.order_id}")
-            signal_id = await add_order_signal(
-                conn, label.order_id, "signal", "carrier_tracking", signal(label), utc_now()
-            )
-            return TrackingEventRecord(first_time=True, label=label, signal_id=signal_id)
+                return TrackingEventRecord(first_time=False, order_id=None, signal_id=None)
+            order_id = await _order_tracked_as(conn, tracking_number)
+            if order_id is None:
+                return TrackingEventRecord(first_time=True, order_id=None, signal_id=None)
+            await lock_key(conn, f"order:{order_id}")
+            signal_id = await add_order_signal(conn, order_id, "signal", "carrier_tracking", signal, utc_now())
+            return TrackingEventRecord(first_time=True, order_id=order_id, signal_id=signal_id)
 
         return await self._db.write(op, f"record tracking event {event_id}")
+
+
+async def _order_tracked_as(conn: AsyncConnection, tracking_number: str) -> str | None:
+    """The order whose parcel has this tracking number: on a label we bought, else one a 3PL shipped with."""
+    sh, tp = t.shipments, t.threepl_parcels
+    for table in (sh, tp):
+        when = table.c.created_at if table is sh else table.c.submitted_at
+        stmt = select(table.c.order_id).where(table.c.tracking_number == tracking_number).order_by(when).limit(1)
+        order_id = (await conn.execute(stmt)).scalar()
+        if order_id is not None:
+            return str(order_id)
+    return None

@@ -58,6 +58,16 @@ RANK = {
 FINAL_STATES = frozenset({ThreePLState.REJECTED, ThreePLState.CANCELLED, ThreePLState.DELIVERED})
 
 
+def moves_forward(current: ThreePLState, current_changed: datetime | None, news: ThreePLUpdate) -> bool:
+    """Whether `news` is newer than what a parcel in `current` (last changed at `current_changed`) knows: a
+    state further along, or the same rank changed later (a hold lifted, a second reason)."""
+    if RANK[news.state] != RANK[current]:
+        return RANK[news.state] > RANK[current]
+    if news.state == current and news.reason is None:
+        return False
+    return news.changed_at is not None and (current_changed is None or news.changed_at > current_changed)
+
+
 class ThreePLSubmission(BaseModel):
     """Hand one parcel of an order to its warehouse's 3PL (activity input)."""
 

@@ -17,12 +17,12 @@ from common.db.database import Database, insert, lock_key, utc_now
 from common.db.inputs import require_text
 from common.outbox.store import add_order_signal
 from common.threepl.contracts import (
-    RANK,
     THREEPL_UPDATE,
     ThreePLParcel,
     ThreePLState,
     ThreePLSubmission,
     ThreePLUpdate,
+    moves_forward,
 )
 from common.webhooks.store import record_event
 
@@ -50,16 +50,6 @@ def _parcel(r: Row[Any]) -> ThreePLParcel:
         r.provider_updated_at,
         r.updated_at,
     )
-
-
-def moves_forward(current: ThreePLState, current_changed: datetime | None, news: ThreePLUpdate) -> bool:
-    """Whether `news` is newer than what a parcel in `current` (last changed at `current_changed`) knows: a
-    state further along, or the same rank changed later (a hold lifted, a second reason)."""
-    if RANK[news.state] != RANK[current]:
-        return RANK[news.state] > RANK[current]
-    if news.state == current and news.reason is None:
-        return False
-    return news.changed_at is not None and (current_changed is None or news.changed_at > current_changed)
 
 
 @dataclass(frozen=True)
