@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from common.db.errors import StoreError
 
@@ -20,12 +21,19 @@ class Product:
     dimensions_mm: tuple[int, int, int] | None = None  # length, width, height
 
 
+class WarehouseKind(StrEnum):
+    OWN = "own"  # our staff pick and pack, we buy the label
+    THREEPL = "3pl"  # a 3PL (its `provider`) picks, packs and ships from it
+
+
 @dataclass(frozen=True)
 class Warehouse:
     code: str
     name: str
     country: str
     region: str | None
+    kind: WarehouseKind = WarehouseKind.OWN
+    provider: str | None = None  # the 3PL of a 3pl warehouse
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class WarehouseImport:
     name: str
     country: str
     region: str | None
+    kind: WarehouseKind = WarehouseKind.OWN
+    provider: str | None = None
 
 
 @dataclass(frozen=True)

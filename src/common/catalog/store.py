@@ -22,11 +22,13 @@ from common.catalog.contracts import (
     UnknownWarehouseError,
     Warehouse,
     WarehouseImport,
+    WarehouseKind,
     WarehouseSeed,
 )
 from common.db import tables as t
 from common.db.database import Database, insert, lock_key, utc_now
 from common.db.inputs import require_int, require_text
+from common.integrations.threepl_providers import PROVIDER_NAMES
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
@@ -45,7 +47,18 @@ def _product(r: Row[Any]) -> Product:
 
 
 def _warehouse(r: Row[Any]) -> Warehouse:
-    return Warehouse(r.code, r.name, r.country, r.region)
+    return Warehouse(r.code, r.name, r.country, r.region, WarehouseKind(r.kind), r.provider)
+
+
+def kind_problem(kind: WarehouseKind, provider: str | None) -> str | None:
+    """Why a warehouse of this kind cannot have this provider, or None."""
+    if kind == WarehouseKind.OWN:
+        return None if provider is None else f"provider: {provider!r} is for a 3pl warehouse; this one is own"
+    if provider is None:
+        return "provider: a 3pl warehouse names its 3PL (" + ", ".join(PROVIDER_NAMES) + ")"
+    if provider not in PROVIDER_NAMES:
+        return f"provider: unknown 3PL {provider!r} (known: {', '.join(PROVIDER_NAMES)})"
+    return None
 
 
 async def known_skus(conn: AsyncConnection, skus: Iterable[str]) -> set[str]:
@@ -167,6 +180,9 @@ def _warehouse_row_problems(rows: Sequence[WarehouseImport]) -> list[str]:
             require_text("name", r.name)
             if not _COUNTRY.match(r.country):
                 raise ValueError(f"country: must be an ISO 3166-1 alpha-2 code like 'GB', got {r.country!r}")
+            problem = kind_problem(r.kind, r.provider)
+            if problem is not None:
+                raise ValueError(problem)
         except ValueError as err:
             problems.append(f"row {r.row}: {err}")
         if r.code in seen:
@@ -229,16 +245,29 @@ class CatalogStore:
 
         await self._db.write(op, f"upsert product {sku}")
 
-    async def upsert_warehouse(self, code: str, name: str, country: str, region: str | None) -> None:
+    async def upsert_warehouse(
+        self,
+        code: str,
+        name: str,
+        country: str,
+        region: str | None,
+        *,
+        kind: WarehouseKind = WarehouseKind.OWN,
+        provider: str | None = None,
+    ) -> None:
         """Locking: the warehouse row (its upsert)."""
         require_text("warehouse code", code)
         require_text("warehouse name", name)
         country = country.upper() if isinstance(country, str) else country
         if not isinstance(country, str) or not _COUNTRY.match(country):
             raise ValueError(f"country must be an ISO 3166-1 alpha-2 code like 'GB', got {country!r}")
+        problem = kind_problem(WarehouseKind(kind), provider)
+        if problem is not None:
+            raise ValueError(problem)
 
         async def op(conn: AsyncConnection) -> None:
-            ins = insert(conn, t.warehouses).values(code=code, name=name, country=country, region=region)
+            values = {"code": code, "name": name, "country": country, "region": region, "kind": kind.value}
+            ins = insert(conn, t.warehouses).values(**values, provider=provider)
             await conn.execute(
                 ins.on_conflict_do_update(
                     index_elements=[t.warehouses.c.code],
@@ -246,6 +275,8 @@ class CatalogStore:
                         "name": ins.excluded.name,
                         "country": ins.excluded.country,
                         "region": ins.excluded.region,
+                        "kind": ins.excluded.kind,
+                        "provider": ins.excluded.provider,
                     },
                 )
             )
@@ -317,17 +348,22 @@ class CatalogStore:
             existing = {r.code: _warehouse(r) for r in await conn.execute(select(wh))}
             created = updated = unchanged = 0
             for r in rows:
-                new = Warehouse(r.code, r.name, r.country, r.region)
+                new = Warehouse(r.code, r.name, r.country, r.region, r.kind, r.provider)
                 old = existing.get(r.code)
+                values = {
+                    "name": r.name,
+                    "country": r.country,
+                    "region": r.region,
+                    "kind": r.kind.value,
+                    "provider": r.provider,
+                }
                 if old is None:
-                    await conn.execute(wh.insert().values(code=r.code, name=r.name, country=r.country, region=r.region))
+                    await conn.execute(wh.insert().values(code=r.code, **values))
                     created += 1
                 elif old == new:
                     unchanged += 1
                 else:
-                    await conn.execute(
-                        update(wh).where(wh.c.code == r.code).values(name=r.name, country=r.country, region=r.region)
-                    )
+                    await conn.execute(update(wh).where(wh.c.code == r.code).values(**values))
                     updated += 1
             return ImportResult(created, updated, unchanged)
 

@@ -43,7 +43,13 @@ async def catalog_import(
 @catalog_app.command("warehouses")
 @run_async
 async def catalog_warehouses(
-    file: Annotated[Path, typer.Argument(help="CSV with columns code, name, country (ISO-2), region (optional).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with columns code, name, country (ISO-2), and optional region, kind (own or 3pl) and "
+            "provider (the 3PL of a 3pl warehouse: shipbob)."
+        ),
+    ],
     as_json: JsonOption = False,
 ) -> None:
     """Create or update warehouses from a CSV; all rows or none."""
@@ -71,7 +77,7 @@ async def catalog_show(as_json: JsonOption = False) -> None:
         lead = "-" if p.lead_time_days is None else str(p.lead_time_days)
         shown.add_row(p.sku, p.name, f"{p.price_cents / 100:.2f}", str(p.weight_grams), dims, lead)
     out.print(shown)
-    shown = table(key("code"), "name", key("country"), key("region"), title="warehouses")
+    shown = table(key("code"), "name", key("country"), key("region"), key("kind"), key("3PL"), title="warehouses")
     for w in warehouses:
-        shown.add_row(w.code, w.name, w.country, w.region or "-")
+        shown.add_row(w.code, w.name, w.country, w.region or "-", w.kind.value, w.provider or "-")
     out.print(shown)

@@ -7,7 +7,8 @@ numbers are the file's line numbers as a spreadsheet shows them (the header is r
 Formats (a header row with these column names, in any order; UTF-8, a BOM is fine):
 - products: sku, name, price (currency units, e.g. 12.00), weight (grams), dimensions (optional, LxWxH
   in cm, e.g. 10x8x12 or 10.5 x 8 x 1.2), lead_time_days (optional column: supplier lead time in days)
-- warehouses: code, name, country (ISO 3166-1 alpha-2), region (optional)
+- warehouses: code, name, country (ISO 3166-1 alpha-2), region (optional), kind (optional: own, the default, or
+  3pl) and provider (the 3PL of a 3pl warehouse, e.g. shipbob)
 - stock: sku, warehouse, on_hand
 """
 
@@ -21,7 +22,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import TypeVar
 
-from common.catalog.contracts import InvalidRows, ProductImport, WarehouseImport
+from common.catalog.contracts import InvalidRows, ProductImport, WarehouseImport, WarehouseKind
+from common.catalog.store import kind_problem
 from common.inventory.contracts import StockImport
 
 T = TypeVar("T")
@@ -273,6 +275,21 @@ def parse_products(text: str) -> list[ProductImport]:
     return _parse_all(text, ["sku", "name", "price", "weight"], ["dimensions", "lead_time_days"], build)
 
 
+def _kind_and_provider(row: dict[str, str]) -> tuple[WarehouseKind, str | None]:
+    """Who runs the warehouse: we do (own, the default), or a 3PL, named by its provider."""
+    value = row.get("kind", "").strip().lower()
+    try:
+        kind = WarehouseKind(value or WarehouseKind.OWN)
+    except ValueError:
+        raise FieldError("kind", f"must be own or 3pl, got {value!r}") from None
+    provider = row.get("provider", "").strip().lower() or None
+    problem = kind_problem(kind, provider)
+    if problem is not None:
+        field, _, message = problem.partition(": ")
+        raise FieldError(field, message)
+    return kind, provider
+
+
 def parse_warehouses(text: str) -> list[WarehouseImport]:
     seen: dict[str, int] = {}
 
@@ -301,15 +318,16 @@ def parse_warehouses(text: str) -> list[WarehouseImport]:
         name = c(lambda: parse_name(row["name"]))
         country = c(lambda: country_of(row["country"]))
         region = c(lambda: region_of(row.get("region", "")))
+        run = c(lambda: _kind_and_provider(row))
         if code is not None:
             if code in seen:
                 c.problems.append(f"code: {code!r} already on row {seen[code]}")
             seen.setdefault(code, line)
         c.done()
-        assert code is not None and name is not None and country is not None
-        return WarehouseImport(line, code, name, country, region)
+        assert code is not None and name is not None and country is not None and run is not None
+        return WarehouseImport(line, code, name, country, region, *run)
 
-    return _parse_all(text, ["code", "name", "country"], ["region"], build)
+    return _parse_all(text, ["code", "name", "country"], ["region", "kind", "provider"], build)
 
 
 def parse_stock(text: str) -> list[StockImport]:

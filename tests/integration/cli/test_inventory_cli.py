@@ -133,6 +133,23 @@ def test_bad_catalog_import_lists_every_row_and_writes_nothing(shop: str, tmp_pa
     assert wh.exit_code == 2 and "row 2: country" in wh.stderr
 
 
+def test_a_warehouse_a_3pl_runs_is_imported_and_shown(db: str, tmp_path: Path) -> None:
+    text = "code,name,country,region,kind,provider\nSB-RENO,ShipBob Reno,US,NV,3pl,shipbob\n"
+    assert _json(fulfill("catalog", "warehouses", _write(tmp_path, "w.csv", text), "--json"))["created"] == 1
+    catalogue = _json(fulfill("catalog", "show", "--json"))
+    assert [(w["code"], w["kind"], w["provider"]) for w in catalogue["warehouses"]] == [("SB-RENO", "3pl", "shipbob")]
+    shown = fulfill("catalog", "show")
+    assert shown.exit_code == 0 and "3pl" in shown.stdout and "shipbob" in shown.stdout
+    # Taking it back from the 3PL is one more row; a 3PL this engine does not speak to is refused
+    back = "code,name,country,region,kind\nSB-RENO,Reno annex,US,NV,own\n"
+    assert _json(fulfill("catalog", "warehouses", _write(tmp_path, "back.csv", back), "--json"))["updated"] == 1
+    unknown = "code,name,country,kind,provider\nX-1,X,US,3pl,acme\n"
+    refused = fulfill("catalog", "warehouses", _write(tmp_path, "x.csv", unknown))
+    assert refused.exit_code == 2 and "row 2: provider: unknown 3PL 'acme'" in refused.stderr
+    catalogue = _json(fulfill("catalog", "show", "--json"))
+    assert [(w["code"], w["kind"], w["provider"]) for w in catalogue["warehouses"]] == [("SB-RENO", "own", None)]
+
+
 def test_bad_stock_import_writes_nothing(shop: str, tmp_path: Path) -> None:
     before = _run_db(shop, lambda s: s.stock.ledger())
     text = "sku,warehouse,on_hand\nMUG-RED,LDN-1,1\nMUG-RED,MARS-1,3\nNOPE,LDN-1,x\n"

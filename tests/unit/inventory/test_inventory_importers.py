@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.catalog.contracts import InvalidRows, ProductImport, WarehouseImport
+from common.catalog.contracts import InvalidRows, ProductImport, WarehouseImport, WarehouseKind
 from common.inventory.contracts import StockImport
 from common.inventory.importers import (
     parse_dimensions_mm,
@@ -125,6 +125,27 @@ def test_warehouses() -> None:
         "row 2: country: must be an ISO 3166-1 alpha-2 code like 'GB', got 'England'",
         "row 3: code: 'LDN 1' is not a valid warehouse code (letters, digits, '.', '_', '-'; at most 32)",
         "row 3: name: is empty",
+    ]
+
+
+def test_warehouses_run_by_a_3pl() -> None:
+    text = "code,name,country,region,kind,provider\nLDN-1,London,GB,,,\nSB-RENO,ShipBob Reno,US,NV,3PL,ShipBob\n"
+    assert parse_warehouses(text) == [
+        WarehouseImport(2, "LDN-1", "London", "GB", None),
+        WarehouseImport(3, "SB-RENO", "ShipBob Reno", "US", "NV", WarehouseKind.THREEPL, "shipbob"),
+    ]
+    bad = (
+        "code,name,country,kind,provider\n"
+        "A,A,US,3pl,\n"  # a 3PL warehouse names its 3PL
+        "B,B,US,own,shipbob\n"  # our own has none
+        "C,C,US,3pl,acme-logistics\n"  # not a 3PL this engine speaks to
+        "D,D,US,outsourced,\n"
+    )
+    assert _problems(parse_warehouses, bad) == [
+        "row 2: provider: a 3pl warehouse names its 3PL (shipbob)",
+        "row 3: provider: 'shipbob' is for a 3pl warehouse; this one is own",
+        "row 4: provider: unknown 3PL 'acme-logistics' (known: shipbob)",
+        "row 5: kind: must be own or 3pl, got 'outsourced'",
     ]
 
 
