@@ -18,6 +18,12 @@ lists the order workflows closed since its last round and, for each whose curren
 still holds stock, a pick task or a place in the restock queue, undoes it the way a cancel would, asking the
 carrier first: a labelled parcel the carrier has is shipped (its stock committed), any other label is voided.
 Several sweepers at once are harmless: every step is idempotent.
+
+The 3PL reconciler brings what a lost 3PL webhook did not: every `FULFILL_THREEPL_RECONCILE_INTERVAL` seconds it
+asks each 3PL with parcels not in a final state for the orders it changed since the newest change its last pull
+saw (less an overlap), and records each one's news as the webhook would have (forward only, with the order's
+signal in the outbox). So the end state is the same whether webhooks came, were lost, repeated or reordered;
+several reconcilers at once only repeat news, which changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -36,11 +42,14 @@ from activities.shipping import label_key, undo_label
 from common.api.sms import start_pending_fallbacks
 from common.config import Settings
 from common.integrations.carrier_api import Carrier
+from common.integrations.threepl_api import ThreePLProvider
+from common.integrations.threepl_providers import threepl_providers
 from common.logs import describe_error
 from common.models import order_key, workflow_id_for
 from common.order_signals import OUTBOX_ERROR_CHARS, DeliveryReport, deliver_order_signals
 from common.shipping.contracts import LabelUndo
 from common.store import Store
+from common.threepl.news import news_of
 
 log = logging.getLogger("fulfill.reconciler")
 
@@ -103,6 +112,64 @@ class FallbackRelay:
         while True:
             if len(await self.round()) < BATCH:
                 await asyncio.sleep(interval_s)
+
+
+# A 3PL's "changed since" listing may show a change a little after its time (replication, clocks): each pull
+# starts this much before the newest change the last one saw. What it sees again is not news.
+THREEPL_PULL_OVERLAP = timedelta(minutes=5)
+
+
+class ThreePLReconciler:
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        providers: Mapping[str, ThreePLProvider],
+        *,
+        overlap: timedelta = THREEPL_PULL_OVERLAP,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._providers = providers
+        self._overlap = overlap
+
+    async def round(self) -> list[int]:
+        """One pull of every 3PL; the outbox rows it wrote (delivered at once, else by the relay). Never raises
+        (but for cancellation): a 3PL or the database away is one log line, and the next round tries again."""
+        written: list[int] = []
+        for name, provider in self._providers.items():
+            try:
+                written += await self._pull(name, provider)
+            except Exception as err:
+                log.warning("3pl %s: reconciliation left for the next round (%s)", name, describe_error(err))
+        if written:
+            try:
+                await deliver_order_signals(self._client, self._store, ids=written)
+            except Exception as err:  # recorded already: the relay delivers them
+                log.info("3pl news: %d signal(s) left to the relay (%s)", len(written), describe_error(err))
+        return written
+
+    async def _pull(self, name: str, provider: ThreePLProvider) -> list[int]:
+        """Only 3PLs with open parcels are asked; the first pull starts at the oldest open parcel's submission. The
+        cursor moves only after every change seen was recorded, so a failure mid-way is pulled again."""
+        oldest = await self._store.threepl.oldest_open_submission(name)
+        if oldest is None:
+            return []
+        cursor = await self._store.threepl.orders_since(name)
+        since = max(oldest, cursor) if cursor is not None else oldest
+        written: list[int] = []
+        newest: datetime | None = None
+        for order in await provider.changes_since(since - self._overlap):
+            news = news_of(order, source="reconcile")
+            if news is not None and (signal_id := await self._store.threepl.signal_news(news)) is not None:
+                written.append(signal_id)
+            if order.updated_at is not None and (newest is None or order.updated_at > newest):
+                newest = order.updated_at
+        if newest is not None:
+            await self._store.threepl.advance_orders_since(name, newest)
+        if written:
+            log.info("3pl %s: reconciliation found news of %d parcel(s)", name, len(written))
+        return written
 
 
 # Visibility is eventually consistent: each round looks back this much further than the last one started.
@@ -242,3 +309,31 @@ async def running_sweeper(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@asynccontextmanager
+async def running_threepl_reconciler(
+    client: Client, store: Store, settings: Settings
+) -> AsyncIterator[ThreePLReconciler | None]:
+    """The 3PL reconciler, a round at start (news missed while no worker ran) and then every interval; None if
+    the setting disables it."""
+    if settings.threepl_reconcile_interval <= 0:
+        yield None
+        return
+    providers = threepl_providers(settings)
+    reconciler = ThreePLReconciler(client, store, providers)
+
+    async def reconcile() -> None:
+        while True:
+            await reconciler.round()
+            await asyncio.sleep(settings.threepl_reconcile_interval)
+
+    task = asyncio.create_task(reconcile(), name="threepl-reconciler")
+    try:
+        yield reconciler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for provider in providers.values():
+            await provider.close()

@@ -5,15 +5,20 @@ the engine's HTTP app served on a real port (where the sandbox 3PL posts its web
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
+from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
 from common.config import Settings
@@ -30,9 +35,51 @@ from common.threepl.contracts import (
     reference_id,
 )
 from common.threepl.news import news_of
+from sandbox import SandboxServers
+from tests.integration.sandbox.conftest import threepl_sandbox
 from tests.integration.sandbox.test_threepl_adapter import RECIPIENT
 
 THREEPL_WAREHOUSE = "SHIPBOB-1"
+SECRET = "whsec_" + base64.b64encode(b"the-3pl-webhook-tests-own-secret").decode()
+WEBHOOK_PATH = "/v1/webhooks/3pl/shipbob"
+
+
+@dataclass
+class Engine:
+    sb: SandboxServers
+    db: Store
+    api: FulfillmentApi
+    settings: Settings
+    shipbob: ShipBobClient
+    http: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def engine_and_3pl(tmp_path: Path, db: Store, dev_server: WorkflowEnvironment) -> AsyncIterator[Engine]:
+    """The engine's HTTP app on a real port over `db`, and a sandbox 3PL posting its webhooks to it (signed with
+    SECRET, retried quickly). Its orders move only when a test says (act), with 50 MUG-RED in stock."""
+    sock = reserve_port()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}{WEBHOOK_PATH}"
+    async with threepl_sandbox(tmp_path, sandbox_threepl_webhook_url=url, threepl_webhook_secret=SECRET) as sb:
+        sb.threepl.configure(ship_after=3600, deliver_after=3600)
+        sb.threepl_webhooks(retry_delays=[0.05, 0.1])
+        sb.threepl_stock({"MUG-RED": 50})
+        base = Settings(
+            var_dir=tmp_path,
+            database_url="sqlite+aiosqlite:///unused",  # the tests hand `db` over; nothing opens this
+            temporal_address=dev_server.client.service_client.config.target_host,
+            threepl_webhook_secret=SECRET,
+        )
+        settings = sb.settings_for_clients(base)
+        api = FulfillmentApi(dev_server.client, db, settings)
+        shipbob = ShipBobClient(settings)
+        try:
+            async with serving_engine(sock, api, settings) as engine_url:
+                async with httpx.AsyncClient(base_url=engine_url, timeout=30) as http:
+                    yield Engine(sb, db, api, settings, shipbob, http)
+        finally:
+            await shipbob.close()
+            sock.close()
 
 
 def new_order_key() -> str:

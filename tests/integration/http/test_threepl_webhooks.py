@@ -10,47 +10,32 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from common.api import FulfillmentApi
-from common.config import Settings
-from common.integrations.shipbob import ShipBobClient
 from common.models import workflow_id_for
 from common.store import Store
 from common.threepl.contracts import ThreePLState, reference_id
-from sandbox import SandboxServers
 from sandbox.threepl_webhooks import sign
 from tests.integration.db_fixtures import BACKENDS, database_url
-from tests.integration.sandbox.conftest import threepl_sandbox
 from tests.integration.sandbox.test_threepl_adapter import submit
 from tests.integration.threepl_helpers import (
+    SECRET,
+    WEBHOOK_PATH,
+    Engine,
+    engine_and_3pl,
     eventually,
     hand_over,
     new_order_key,
     parcel_reaches,
-    reserve_port,
-    serving_engine,
     threepl_signals,
 )
 
-SECRET = "whsec_" + base64.b64encode(b"the-3pl-webhook-tests-own-secret").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"somebody-else-entirely-signs-it").decode()
-PATH = "/v1/webhooks/3pl/shipbob"
-
-
-@dataclass
-class Engine:
-    sb: SandboxServers
-    db: Store
-    api: FulfillmentApi
-    shipbob: ShipBobClient
-    http: httpx.AsyncClient
+PATH = WEBHOOK_PATH
 
 
 @pytest.fixture(params=BACKENDS)
@@ -63,28 +48,8 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[St
 
 @pytest.fixture
 async def engine(tmp_path: Path, db: Store, dev_server: WorkflowEnvironment) -> AsyncIterator[Engine]:
-    sock = reserve_port()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}{PATH}"
-    async with threepl_sandbox(tmp_path, sandbox_threepl_webhook_url=url, threepl_webhook_secret=SECRET) as sb:
-        sb.threepl.configure(ship_after=3600, deliver_after=3600)  # the tests move orders themselves
-        sb.threepl_webhooks(retry_delays=[0.05, 0.1])
-        sb.threepl_stock({"MUG-RED": 50})
-        base = Settings(
-            var_dir=tmp_path,
-            database_url="sqlite+aiosqlite:///unused",
-            temporal_address=dev_server.client.service_client.config.target_host,
-            threepl_webhook_secret=SECRET,
-        )
-        settings = sb.settings_for_clients(base)
-        api = FulfillmentApi(dev_server.client, db, settings)
-        shipbob = ShipBobClient(settings)
-        try:
-            async with serving_engine(sock, api, settings) as engine_url:
-                async with httpx.AsyncClient(base_url=engine_url, timeout=30) as http:
-                    yield Engine(sb, db, api, shipbob, http)
-        finally:
-            await shipbob.close()
-            sock.close()
+    async with engine_and_3pl(tmp_path, db, dev_server) as e:
+        yield e
 
 
 def signed(body: bytes, webhook_id: str, *, secret: str = SECRET, at: float | None = None) -> dict[str, str]:
