@@ -16,7 +16,8 @@ The sweeper gives back what orders closed without compensating still hold (a wor
 UI or with `temporal workflow terminate` runs no code of its own): every `FULFILL_SWEEP_INTERVAL` seconds it
 lists the order workflows closed since its last round and, for each whose current run is closed and that
 still holds stock, a pick task or a place in the restock queue, undoes it the way a cancel would, asking the
-carrier first: a labelled parcel the carrier has is shipped (its stock committed), any other label is voided.
+carrier first: a labelled parcel the carrier has is shipped (its stock committed), any other label is voided; a
+parcel at a 3PL not shipped yet is cancelled there (recorded shipped if the 3PL refuses because it left).
 Several sweepers at once are harmless: every step is idempotent.
 
 The 3PL reconciler brings what a lost 3PL webhook did not: every `FULFILL_THREEPL_RECONCILE_INTERVAL` seconds it
@@ -42,13 +43,14 @@ from activities.shipping import label_key, undo_label
 from common.api.sms import start_pending_fallbacks
 from common.config import Settings
 from common.integrations.carrier_api import Carrier
-from common.integrations.threepl_api import ThreePLProvider
-from common.integrations.threepl_providers import threepl_providers
+from common.integrations.threepl_api import ThreePLError, ThreePLNotFound, ThreePLProvider
+from common.integrations.threepl_providers import provider_for, threepl_providers
 from common.logs import describe_error
 from common.models import order_key, workflow_id_for
 from common.order_signals import OUTBOX_ERROR_CHARS, DeliveryReport, deliver_order_signals
 from common.shipping.contracts import LabelUndo
 from common.store import Store
+from common.threepl.contracts import ThreePLParcel, ThreePLState, ThreePLUpdate
 from common.threepl.news import news_of
 
 log = logging.getLogger("fulfill.reconciler")
@@ -176,11 +178,24 @@ class ThreePLReconciler:
 _VISIBILITY_MARGIN = timedelta(minutes=10)
 
 
+# 3PL parcels a closed order may still have coming: the 3PL has not shipped them (as far as we know).
+_THREEPL_UNSHIPPED = (ThreePLState.SUBMITTED, ThreePLState.ACCEPTED, ThreePLState.ON_HOLD)
+
+
 class ClosedOrderSweeper:
-    def __init__(self, client: Client, store: Store, carrier: Carrier, *, lookback_s: float) -> None:
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        carrier: Carrier,
+        *,
+        lookback_s: float,
+        threepls: Mapping[str, ThreePLProvider] | None = None,
+    ) -> None:
         self._client = client
         self._store = store
         self._carrier = carrier
+        self._threepls = dict(threepls or {})
         self._since = datetime.now(UTC) - timedelta(seconds=lookback_s)
 
     async def round(self) -> list[str]:
@@ -191,6 +206,8 @@ class ClosedOrderSweeper:
         try:
             closed = set(await self._closed_orders(self._since))
             holding = await self._store.orders.holding_resources()
+            unshipped = await self._store.threepl.parcels(states=_THREEPL_UNSHIPPED, limit=1000)
+            holding = sorted({*holding, *(p.order_id for p in unshipped)})
         except Exception as err:
             log.warning("sweep of closed orders stopped (%s); the next round goes on", describe_error(err))
             return swept
@@ -200,6 +217,7 @@ class ClosedOrderSweeper:
             try:
                 if order_id not in closed or await self._owned_by_a_running_order(order_id, key):
                     continue
+                await sweep_threepl_parcels(self._store, self._threepls, key)
                 await sweep_order(self._store, self._carrier, key)
                 swept.append(key)
             except Exception as err:  # this order waits for the next round; the others go on now
@@ -253,6 +271,40 @@ async def sweep_order(store: Store, carrier: Carrier, order_id: str) -> None:
     await store.reservations.release(order_id, note="order closed without giving it back")
 
 
+async def sweep_threepl_parcels(store: Store, threepls: dict[str, ThreePLProvider], order_id: str) -> None:
+    """Ask each 3PL not to ship what a closed order (`order_id`: the key of its rows) has there unshipped, and
+    record its answer: cancelled, or where the parcel is when it refused because the parcel left. A refusal for
+    another reason raises: the next round asks again."""
+    for parcel in await store.threepl.for_order(order_id):
+        if parcel.state in _THREEPL_UNSHIPPED:
+            await store.threepl.apply(await _cancel_at_3pl(provider_for(threepls, parcel.provider), parcel))
+
+
+async def _cancel_at_3pl(provider: ThreePLProvider, parcel: ThreePLParcel) -> ThreePLUpdate:
+    ref, no = parcel.reference_id, parcel.shipment_no
+    closed = "order closed without cancelling it"
+    try:
+        answer = await provider.request_cancel(ref)
+    except ThreePLNotFound:  # it never reached the 3PL: nothing will ship
+        return ThreePLUpdate(
+            reference_id=ref, shipment_no=no, state=ThreePLState.CANCELLED, reason=closed, source="sweep"
+        )
+    if answer.accepted:
+        changed = answer.order.updated_at if answer.order else None
+        return ThreePLUpdate(
+            reference_id=ref,
+            shipment_no=no,
+            state=ThreePLState.CANCELLED,
+            reason=closed,
+            changed_at=changed,
+            source="sweep",
+        )
+    news = news_of(answer.order, source="sweep") if answer.order else None
+    if news is None or news.state not in (ThreePLState.SHIPPED, ThreePLState.DELIVERED):
+        raise ThreePLError(f"3pl {ref}: cancel refused ({answer.reason or answer.status.value})")
+    return news
+
+
 @asynccontextmanager
 async def running_relay(client: Client, store: Store, settings: Settings) -> AsyncIterator[OrderSignalRelay | None]:
     """The relay running in the background for the duration (None if the setting disables it)."""
@@ -295,7 +347,8 @@ async def running_sweeper(
     if settings.sweep_interval <= 0:
         yield None
         return
-    sweeper = ClosedOrderSweeper(client, store, carrier, lookback_s=settings.sweep_lookback)
+    threepls = threepl_providers(settings)
+    sweeper = ClosedOrderSweeper(client, store, carrier, lookback_s=settings.sweep_lookback, threepls=threepls)
 
     async def sweep() -> None:
         while True:
@@ -309,6 +362,8 @@ async def running_sweeper(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        for provider in threepls.values():
+            await provider.close()
 
 
 @asynccontextmanager

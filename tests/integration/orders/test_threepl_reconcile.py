@@ -1,7 +1,8 @@
 """The 3PL reconciler (workers/reconciler.py): with every webhook lost it alone brings a parcel's shipped and
 delivered news to threepl_parcels and the outbox; with webhooks lost, reordered or duplicated the parcels end the
 same; several reconcilers at once tell each order once; a 3PL outage is one log line and the next round catches
-up. Real sandbox 3PL, ShipBob adapter, engine HTTP app, Temporal dev server; SQLite and PostgreSQL."""
+up. And the sweeper cancels at the 3PL what a terminated order has there. Real sandbox 3PL, ShipBob adapter,
+engine HTTP app, Temporal dev server; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from common.integrations.carrier import CarrierClient
 from common.integrations.threepl_providers import threepl_providers
 from common.models import workflow_id_for
 from common.store import Store
@@ -27,7 +29,7 @@ from tests.integration.threepl_helpers import (
     new_order_key,
     threepl_signals,
 )
-from workers.reconciler import ThreePLReconciler
+from workers.reconciler import ClosedOrderSweeper, ThreePLReconciler
 
 
 @pytest.fixture(params=BACKENDS)
@@ -166,3 +168,40 @@ async def test_a_3pl_outage_is_one_log_line_and_the_next_round_catches_up(
     assert len(await reconciler.round()) == 1
     after = await engine.db.threepl.get(parcel.reference_id)
     assert after is not None and after.state == ThreePLState.SHIPPED
+
+
+async def test_the_sweeper_cancels_at_the_3pl_what_a_terminated_order_has_there(
+    engine: Engine, dev_server: WorkflowEnvironment
+) -> None:
+    """A terminated order runs no code: its parcel the 3PL has not shipped is cancelled there; one that shipped
+    while its webhook was lost is recorded shipped (the 3PL refuses the cancel)."""
+    engine.sb.threepl_webhooks(enabled=False)
+    key = new_order_key()
+    waiting = await hand_over(engine.db, engine.shipbob, key, 1)
+    gone = await hand_over(engine.db, engine.shipbob, key, 2)
+    engine.sb.threepl.act(gone.reference_id, "ship")  # our row still says accepted
+    client = dev_server.client
+    handle = await client.start_workflow("OrderWorkflow", id=workflow_id_for(key), task_queue=f"none-{key}")
+    await handle.terminate("ops terminated it")
+    threepls = threepl_providers(engine.settings)
+    carrier = CarrierClient(engine.settings)
+    sweeper = ClosedOrderSweeper(client, engine.db, carrier, lookback_s=600, threepls=threepls)
+    try:
+        swept: list[str] = []
+
+        async def swept_it() -> bool:  # visibility lists the closed workflow a moment later
+            swept.extend(await sweeper.round())
+            return key in swept
+
+        await eventually(swept_it)
+    finally:
+        await carrier.close()
+        for provider in threepls.values():
+            await provider.close()
+    cancelled = await engine.db.threepl.get(waiting.reference_id)
+    assert cancelled is not None and cancelled.state == ThreePLState.CANCELLED
+    at_3pl = await engine.shipbob.get_order(waiting.reference_id)
+    assert at_3pl is not None and at_3pl.status.value == "cancelled"
+    shipped = await engine.db.threepl.get(gone.reference_id)
+    assert shipped is not None and shipped.state == ThreePLState.SHIPPED and shipped.tracking_number
+    assert await sweeper.round() == []  # nothing is left to give back
