@@ -52,7 +52,7 @@ async def receive_threepl_event(
     refuses (forged, tampered, unsigned, outside the tolerance). Nothing is changed by either."""
     event = _verified(settings, provider, body, headers, now)
     if event.topic not in ORDER_TOPICS or event.order is None:
-        # Inventory topics and others are acknowledged: the stock sync pulls levels on its own schedule.
+        # Inventory and other topics move no parcel: acknowledged all the same, so the 3PL does not retry them.
         return ThreePLEventReceipt(event.event_id, event.topic, Outcome.IGNORED)
     news = news_of(event.order, source="webhook")
     reference = event.order.reference_id
