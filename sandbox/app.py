@@ -32,7 +32,8 @@ WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 SMS_STATUS_PATH = "/v1/webhooks/twilio/status"
 SMS_INBOUND_PATH = "/v1/webhooks/twilio/inbound"
 CARRIER_WEBHOOK_PATH = "/v1/webhooks/easypost"
-# Where the engine will receive the sandbox 3PL's webhooks (the endpoint is the 3PL warehouse work's, issue 16)
+# The engine's 3PL webhooks (common/http/threepl_webhooks.py), the sandbox 3PL speaking to it as ShipBob would
+THREEPL_WEBHOOK_PATH = "/v1/webhooks/3pl/shipbob"
 # The ShipBob API version the sandbox 3PL is addressed with (it answers any)
 THREEPL_API_VERSION = "2.0"
 

@@ -29,6 +29,7 @@ from sandbox.app import (
     SMS_INBOUND_PATH,
     SMS_STATUS_PATH,
     THREEPL_API_VERSION,
+    THREEPL_WEBHOOK_PATH,
 )
 from workers.picker import run_picker
 
@@ -124,6 +125,7 @@ def with_engine_webhooks(settings: Settings, environ: dict[str, str]) -> tuple[S
         "sandbox_carrier_webhook_url": api + CARRIER_WEBHOOK_PATH,
         "sms_status_callback_url": api + SMS_STATUS_PATH,
         "sandbox_sms_inbound_url": api + SMS_INBOUND_PATH,
+        "sandbox_threepl_webhook_url": api + THREEPL_WEBHOOK_PATH,
     }
     update = {name: url for name, url in urls.items() if f"FULFILL_{name.upper()}" not in chosen}
     env = {**environ, **{f"FULFILL_{name.upper()}": url for name, url in update.items()}}

@@ -16,8 +16,15 @@ The sweeper gives back what orders closed without compensating still hold (a wor
 UI or with `temporal workflow terminate` runs no code of its own): every `FULFILL_SWEEP_INTERVAL` seconds it
 lists the order workflows closed since its last round and, for each whose current run is closed and that
 still holds stock, a pick task or a place in the restock queue, undoes it the way a cancel would, asking the
-carrier first: a labelled parcel the carrier has is shipped (its stock committed), any other label is voided.
+carrier first: a labelled parcel the carrier has is shipped (its stock committed), any other label is voided; a
+parcel at a 3PL not shipped yet is cancelled there (recorded shipped if the 3PL refuses because it left).
 Several sweepers at once are harmless: every step is idempotent.
+
+The 3PL reconciler brings what a lost 3PL webhook did not: every `FULFILL_THREEPL_RECONCILE_INTERVAL` seconds it
+asks each 3PL with parcels not in a final state for the orders it changed since the newest change its last pull
+saw (less an overlap), and records each one's news as the webhook would have (forward only, with the order's
+signal in the outbox). So the end state is the same whether webhooks came, were lost, repeated or reordered;
+several reconcilers at once only repeat news, which changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -36,11 +43,15 @@ from activities.shipping import label_key, undo_label
 from common.api.sms import start_pending_fallbacks
 from common.config import Settings
 from common.integrations.carrier_api import Carrier
+from common.integrations.threepl_api import ThreePLError, ThreePLNotFound, ThreePLProvider
+from common.integrations.threepl_providers import provider_for, threepl_providers
 from common.logs import describe_error
 from common.models import order_key, workflow_id_for
 from common.order_signals import OUTBOX_ERROR_CHARS, DeliveryReport, deliver_order_signals
 from common.shipping.contracts import LabelUndo
 from common.store import Store
+from common.threepl.contracts import ThreePLParcel, ThreePLState, ThreePLUpdate
+from common.threepl.news import news_of
 
 log = logging.getLogger("fulfill.reconciler")
 
@@ -105,15 +116,86 @@ class FallbackRelay:
                 await asyncio.sleep(interval_s)
 
 
+# A 3PL's "changed since" listing may show a change a little after its time (replication, clocks): each pull
+# starts this much before the newest change the last one saw. What it sees again is not news.
+THREEPL_PULL_OVERLAP = timedelta(minutes=5)
+
+
+class ThreePLReconciler:
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        providers: Mapping[str, ThreePLProvider],
+        *,
+        overlap: timedelta = THREEPL_PULL_OVERLAP,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._providers = providers
+        self._overlap = overlap
+
+    async def round(self) -> list[int]:
+        """One pull of every 3PL; the outbox rows it wrote (delivered at once, else by the relay). Never raises
+        (but for cancellation): a 3PL or the database away is one log line, and the next round tries again."""
+        written: list[int] = []
+        for name, provider in self._providers.items():
+            try:
+                written += await self._pull(name, provider)
+            except Exception as err:
+                log.warning("3pl %s: reconciliation left for the next round (%s)", name, describe_error(err))
+        if written:
+            try:
+                await deliver_order_signals(self._client, self._store, ids=written)
+            except Exception as err:  # recorded already: the relay delivers them
+                log.info("3pl news: %d signal(s) left to the relay (%s)", len(written), describe_error(err))
+        return written
+
+    async def _pull(self, name: str, provider: ThreePLProvider) -> list[int]:
+        """Only 3PLs with open parcels are asked; the first pull starts at the oldest open parcel's submission. The
+        cursor moves only after every change seen was recorded, so a failure mid-way is pulled again."""
+        oldest = await self._store.threepl.oldest_open_submission(name)
+        if oldest is None:
+            return []
+        cursor = await self._store.threepl.orders_since(name)
+        since = max(oldest, cursor) if cursor is not None else oldest
+        written: list[int] = []
+        newest: datetime | None = None
+        for order in await provider.changes_since(since - self._overlap):
+            news = news_of(order, source="reconcile")
+            if news is not None and (signal_id := await self._store.threepl.signal_news(news)) is not None:
+                written.append(signal_id)
+            if order.updated_at is not None and (newest is None or order.updated_at > newest):
+                newest = order.updated_at
+        if newest is not None:
+            await self._store.threepl.advance_orders_since(name, newest)
+        if written:
+            log.info("3pl %s: reconciliation found news of %d parcel(s)", name, len(written))
+        return written
+
+
 # Visibility is eventually consistent: each round looks back this much further than the last one started.
 _VISIBILITY_MARGIN = timedelta(minutes=10)
 
 
+# 3PL parcels a closed order may still have coming: the 3PL has not shipped them (as far as we know).
+_THREEPL_UNSHIPPED = (ThreePLState.SUBMITTED, ThreePLState.ACCEPTED, ThreePLState.ON_HOLD)
+
+
 class ClosedOrderSweeper:
-    def __init__(self, client: Client, store: Store, carrier: Carrier, *, lookback_s: float) -> None:
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        carrier: Carrier,
+        *,
+        lookback_s: float,
+        threepls: Mapping[str, ThreePLProvider] | None = None,
+    ) -> None:
         self._client = client
         self._store = store
         self._carrier = carrier
+        self._threepls = dict(threepls or {})
         self._since = datetime.now(UTC) - timedelta(seconds=lookback_s)
 
     async def round(self) -> list[str]:
@@ -124,6 +206,8 @@ class ClosedOrderSweeper:
         try:
             closed = set(await self._closed_orders(self._since))
             holding = await self._store.orders.holding_resources()
+            unshipped = await self._store.threepl.parcels(states=_THREEPL_UNSHIPPED, limit=1000)
+            holding = sorted({*holding, *(p.order_id for p in unshipped)})
         except Exception as err:
             log.warning("sweep of closed orders stopped (%s); the next round goes on", describe_error(err))
             return swept
@@ -133,6 +217,7 @@ class ClosedOrderSweeper:
             try:
                 if order_id not in closed or await self._owned_by_a_running_order(order_id, key):
                     continue
+                await sweep_threepl_parcels(self._store, self._threepls, key)
                 await sweep_order(self._store, self._carrier, key)
                 swept.append(key)
             except Exception as err:  # this order waits for the next round; the others go on now
@@ -186,6 +271,46 @@ async def sweep_order(store: Store, carrier: Carrier, order_id: str) -> None:
     await store.reservations.release(order_id, note="order closed without giving it back")
 
 
+async def sweep_threepl_parcels(store: Store, threepls: dict[str, ThreePLProvider], order_id: str) -> None:
+    """Ask each 3PL not to ship what a closed order (`order_id`: the key of its rows) has there unshipped, and
+    record its answer: cancelled, or where the parcel is when it refused because the parcel left. The stock of a
+    parcel that left is committed (sweep_order releases the rest). A refusal for another reason raises: the next
+    round asks again."""
+    for parcel in await store.threepl.for_order(order_id):
+        state = parcel.state
+        if state in _THREEPL_UNSHIPPED:
+            news = await _cancel_at_3pl(provider_for(threepls, parcel.provider), parcel)
+            await store.threepl.apply(news)
+            state = news.state
+        if state in (ThreePLState.SHIPPED, ThreePLState.DELIVERED):
+            await store.reservations.commit_reservation(order_id, shipment_no=parcel.shipment_no)
+
+
+async def _cancel_at_3pl(provider: ThreePLProvider, parcel: ThreePLParcel) -> ThreePLUpdate:
+    ref, no = parcel.reference_id, parcel.shipment_no
+    closed = "order closed without cancelling it"
+    try:
+        answer = await provider.request_cancel(ref)
+    except ThreePLNotFound:  # it never reached the 3PL: nothing will ship
+        return ThreePLUpdate(
+            reference_id=ref, shipment_no=no, state=ThreePLState.CANCELLED, reason=closed, source="sweep"
+        )
+    if answer.accepted:
+        changed = answer.order.updated_at if answer.order else None
+        return ThreePLUpdate(
+            reference_id=ref,
+            shipment_no=no,
+            state=ThreePLState.CANCELLED,
+            reason=closed,
+            changed_at=changed,
+            source="sweep",
+        )
+    news = news_of(answer.order, source="sweep") if answer.order else None
+    if news is None or news.state not in (ThreePLState.SHIPPED, ThreePLState.DELIVERED):
+        raise ThreePLError(f"3pl {ref}: cancel refused ({answer.reason or answer.status.value})")
+    return news
+
+
 @asynccontextmanager
 async def running_relay(client: Client, store: Store, settings: Settings) -> AsyncIterator[OrderSignalRelay | None]:
     """The relay running in the background for the duration (None if the setting disables it)."""
@@ -228,7 +353,8 @@ async def running_sweeper(
     if settings.sweep_interval <= 0:
         yield None
         return
-    sweeper = ClosedOrderSweeper(client, store, carrier, lookback_s=settings.sweep_lookback)
+    threepls = threepl_providers(settings)
+    sweeper = ClosedOrderSweeper(client, store, carrier, lookback_s=settings.sweep_lookback, threepls=threepls)
 
     async def sweep() -> None:
         while True:
@@ -242,3 +368,33 @@ async def running_sweeper(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        for provider in threepls.values():
+            await provider.close()
+
+
+@asynccontextmanager
+async def running_threepl_reconciler(
+    client: Client, store: Store, settings: Settings
+) -> AsyncIterator[ThreePLReconciler | None]:
+    """The 3PL reconciler, a round at start (news missed while no worker ran) and then every interval; None if
+    the setting disables it."""
+    if settings.threepl_reconcile_interval <= 0:
+        yield None
+        return
+    providers = threepl_providers(settings)
+    reconciler = ThreePLReconciler(client, store, providers)
+
+    async def reconcile() -> None:
+        while True:
+            await reconciler.round()
+            await asyncio.sleep(settings.threepl_reconcile_interval)
+
+    task = asyncio.create_task(reconcile(), name="threepl-reconciler")
+    try:
+        yield reconciler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for provider in providers.values():
+            await provider.close()

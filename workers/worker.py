@@ -33,7 +33,12 @@ from common.integrations.threepl_providers import threepl_providers
 from common.logs import configure_logging
 from common.store import Store
 from common.temporal import connect, task_pollers
-from workers.reconciler import running_fallback_relay, running_relay, running_sweeper
+from workers.reconciler import (
+    running_fallback_relay,
+    running_relay,
+    running_sweeper,
+    running_threepl_reconciler,
+)
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 from workflows.sms_fallback import SmsFallbackWorkflow
@@ -84,12 +89,14 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         try:
             # The relay delivers what the order-signal outbox still holds, the fallback relay starts the email
             # fallbacks of undelivered SMS the HTTP API could not, the sweeper gives back what orders closed
-            # without compensating still hold; they stop before the worker does.
+            # without compensating still hold, the 3PL reconciler pulls what lost 3PL webhooks did not bring; they
+            # stop before the worker does.
             async with (
                 worker,
                 running_relay(client, store, settings),
                 running_fallback_relay(client, store, settings),
                 running_sweeper(client, store, carrier, settings),
+                running_threepl_reconciler(client, store, settings),
             ):
                 yield worker
         finally:

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # webhook is refused. The sandbox 3PL signs with it.
     threepl_webhook_secret: str | None = "whsec_ZnVsZmlsbC1zYW5kYm94LTNwbC13ZWJob29rcy1rZXk="
     threepl_timeout: float = Field(default=15.0, gt=0)
+    # Every worker asks each 3PL every this many seconds for the orders it changed since the last pull, for news a
+    # lost webhook did not bring (0 disables it). The SLAs: see the order timing policy below.
+    threepl_reconcile_interval: float = Field(default=300.0, ge=0)
 
     # Sandbox servers started by `make run` and the tests
     sandbox_host: str = "127.0.0.1"
@@ -116,8 +119,8 @@ class Settings(BaseSettings):
     # deliver_after seconds after it shipped. The stock it starts with, as SKU=units pairs ("MUG-RED=40,MUG-BLUE=5"),
     # for the SKUs it has no level of yet (a restarted sandbox keeps its own levels).
     sandbox_threepl_port: int = 8029
-    # Unset until the engine has its 3PL webhook endpoint (the 3PL order flow): then make run points it there
-    sandbox_threepl_webhook_url: str | None = None
+    # The engine's POST /v1/webhooks/3pl/shipbob; make run points it at its own HTTP API, wherever that listens
+    sandbox_threepl_webhook_url: str | None = "http://127.0.0.1:8080/v1/webhooks/3pl/shipbob"
     sandbox_threepl_ship_after: float = Field(default=5.0, ge=0)
     sandbox_threepl_deliver_after: float = Field(default=5.0, ge=0)
     sandbox_threepl_stock: str = ""
@@ -137,8 +140,9 @@ class Settings(BaseSettings):
     address_fix_timeout: float = Field(default=7 * 24 * 3600, gt=0)
     failed_wait: float = Field(default=7 * 24 * 3600, gt=0)
     return_receive_timeout: float = Field(default=30 * 24 * 3600, gt=0)
-    # A 3PL parcel: the 3PL's SLAs to accept it after submission and to ship it after accepting it, and how often
-    # the order asks the 3PL for news a lost webhook did not bring.
+    # A 3PL parcel: the 3PL's SLAs to accept it after submission and to ship it after accepting it (new orders keep
+    # them; `fulfill 3pl parcels` flags the late), and how often the order asks the 3PL for news a webhook did not
+    # bring.
     threepl_accept_sla: float = Field(default=4 * 3600, gt=0)
     threepl_ship_sla: float = Field(default=48 * 3600, gt=0)
     threepl_poll_interval: float = Field(default=3600, gt=0)

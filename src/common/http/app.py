@@ -10,7 +10,17 @@ from fastapi_offline import FastAPIOffline
 
 from common.api import FulfillmentApi
 from common.config import Settings
-from common.http import carrier_webhooks, health, inventory, orders, problems, sms_webhooks, warehouse
+from common.http import (
+    carrier_webhooks,
+    health,
+    inventory,
+    orders,
+    problems,
+    sms_webhooks,
+    threepl_parcels,
+    threepl_webhooks,
+    warehouse,
+)
 from common.http.limits import BodyLimit
 from common.temporal import connect
 
@@ -55,6 +65,7 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.include_router(health.router)
-    for router in (orders.router, warehouse.router, inventory.router, carrier_webhooks.router, sms_webhooks.router):
-        app.include_router(router)
+    routers = (orders, warehouse, inventory, threepl_parcels, carrier_webhooks, threepl_webhooks, sms_webhooks)
+    for module in routers:
+        app.include_router(module.router)
     return app

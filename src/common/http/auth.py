@@ -58,10 +58,12 @@ def own_orders_only(key: ApiKey) -> str | None:
 
 
 # Who may call what. Reading is open to every scope that works with what it reads.
+# The providers' webhooks (/v1/webhooks/easypost, /v1/webhooks/twilio/..., /v1/webhooks/3pl/{provider}) take
+# no key: each checks the provider's signature instead.
 INTAKE = allowed(Scope.INTAKE)
 OPS = allowed(Scope.OPS)
 WAREHOUSE = allowed(Scope.WAREHOUSE)
 OPS_OR_WAREHOUSE = allowed(Scope.OPS, Scope.WAREHOUSE)
 READ_ORDERS = allowed(Scope.READ, Scope.OPS, Scope.INTAKE)  # an intake key: the orders it placed (own_orders_only)
-READ_ALL = allowed(Scope.READ, Scope.OPS)
+READ_ALL = allowed(Scope.READ, Scope.OPS)  # also the parcels at 3PLs
 READ_WAREHOUSE = allowed(Scope.READ, Scope.OPS, Scope.WAREHOUSE)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from common.models import Address, DeliveryResolution, Reason, Sku
 from common.returns import Condition, ReturnLine, ReturnReason
+from common.threepl.contracts import ThreePLState
 
 WarehouseCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")]
 Units = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -186,6 +187,57 @@ class ForecastOut(BaseModel):
     reorder_point: int
     days_of_cover: float | None
     order_quantity: int
+
+
+class ThreePLParcelOut(BaseModel):
+    """A parcel at a 3PL (GET /v1/3pl/parcels), with its SLA: `accept_due_at` = submitted_at + the accept SLA,
+    `ship_due_at` = (accepted_at, else submitted_at) + the ship SLA; `late` when now is past the one its state
+    waits for (submitted: to be accepted; accepted or on hold: to ship)."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "reference_id": "3pl:ORD-1001:1",
+                    "order_id": "ORD-1001",
+                    "order_key": "ORD-1001",
+                    "shipment_no": 1,
+                    "provider": "shipbob",
+                    "warehouse": "WH-3PL",
+                    "state": "accepted",
+                    "reason": None,
+                    "carrier": None,
+                    "tracking_number": None,
+                    "submitted_at": "2026-03-01T09:00:00Z",
+                    "accepted_at": "2026-03-01T09:05:00Z",
+                    "shipped_at": None,
+                    "delivered_at": None,
+                    "accept_due_at": "2026-03-01T13:00:00Z",
+                    "ship_due_at": "2026-03-03T09:05:00Z",
+                    "late": False,
+                }
+            ]
+        },
+    )
+
+    reference_id: str
+    order_id: str = Field(description="The order id the customer knows")
+    order_key: str = Field(description="The key of the order's rows: `<order_id>~<n>` for a re-placement")
+    shipment_no: int
+    provider: str
+    warehouse: str
+    state: ThreePLState
+    reason: str | None = Field(description="The 3PL's words for a hold, a rejection or a cancellation")
+    carrier: str | None
+    tracking_number: str | None
+    submitted_at: datetime
+    accepted_at: datetime | None
+    shipped_at: datetime | None
+    delivered_at: datetime | None
+    accept_due_at: datetime
+    ship_due_at: datetime
+    late: bool
 
 
 class Health(BaseModel):

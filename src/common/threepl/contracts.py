@@ -101,7 +101,7 @@ class ThreePLUpdate(BaseModel):
     tracking_number: str | None = None
     tracking_url: str | None = None
     changed_at: datetime | None = None  # the 3PL's time of the change
-    source: str = "poll"  # submit | webhook | poll | reconcile
+    source: str = "poll"  # submit | webhook | poll | reconcile | sweep
 
 
 class ThreePLPollRequest(BaseModel):

@@ -1,44 +1,55 @@
-"""A 3PL's order, as news for the parcel it fulfills: one mapping from the provider-neutral ThreePLOrder (a
-submission's answer, a poll, a webhook, a reconciliation pull) to the ThreePLUpdate the order workflow applies."""
+"""What a 3PL's view of an order means for our parcel: `news_of`, the one mapping of a `ThreePLOrder` onto a
+`ThreePLUpdate`. The submission's answer, a verified webhook, the order's poll and the reconciliation pull all
+go through it, so the same 3PL state is the same news whichever way it came."""
 
 from __future__ import annotations
 
-from common.integrations.threepl_api import ThreePLDetail, ThreePLOrder, ThreePLStatus
+from common.integrations.threepl_api import ThreePLDetail, ThreePLOrder, ThreePLShipment, ThreePLStatus
 from common.threepl.contracts import ThreePLState, ThreePLUpdate, parse_reference_id
+
+# A 3PL order that exists has been acknowledged: SUBMITTED is never news from the 3PL itself.
+_STATES = {
+    ThreePLStatus.PROCESSING: ThreePLState.ACCEPTED,
+    ThreePLStatus.ON_HOLD: ThreePLState.ON_HOLD,
+    ThreePLStatus.EXCEPTION: ThreePLState.REJECTED,  # out of stock, unknown SKU...: it will not fulfill it
+    ThreePLStatus.CANCELLED: ThreePLState.CANCELLED,
+}
+# Only these states carry the 3PL's words; an accepted or shipped parcel has no reason to keep.
+_WITH_REASON = frozenset({ThreePLState.ON_HOLD, ThreePLState.REJECTED, ThreePLState.CANCELLED})
 
 
 def news_of(order: ThreePLOrder, *, source: str) -> ThreePLUpdate | None:
-    """The parcel's state as `order` shows it; None if the order is not one the engine submitted."""
+    """The parcel's news in `order` (as the 3PL has it now), None when its reference is not one of ours (an
+    order placed at the 3PL by hand). `source`: submit, webhook, poll or reconcile."""
     parsed = parse_reference_id(order.reference_id)
     if parsed is None:
         return None
-    state = _state(order)
-    shipped = next((s for s in order.shipments if s.tracking_number), None)
+    _, shipment_no = parsed
+    if order.status == ThreePLStatus.COMPLETED:
+        state = ThreePLState.DELIVERED if order.detail == ThreePLDetail.DELIVERED else ThreePLState.SHIPPED
+    else:
+        state = _STATES[order.status]
+    tracked = _tracked_shipment(order) if state in (ThreePLState.SHIPPED, ThreePLState.DELIVERED) else None
     return ThreePLUpdate(
         reference_id=order.reference_id,
-        shipment_no=parsed[1],
+        shipment_no=shipment_no,
         state=state,
-        reason=order.reason if state in (ThreePLState.ON_HOLD, ThreePLState.REJECTED, ThreePLState.CANCELLED) else None,
-        carrier=shipped.carrier if shipped else None,
-        service=shipped.service if shipped else None,
-        tracking_number=shipped.tracking_number if shipped else None,
-        tracking_url=shipped.tracking_url if shipped else None,
+        reason=_reason(order) if state in _WITH_REASON else None,
+        carrier=tracked.carrier if tracked else None,
+        service=tracked.service if tracked else None,
+        tracking_number=tracked.tracking_number if tracked else None,
+        tracking_url=tracked.tracking_url if tracked else None,
         changed_at=order.updated_at,
         source=source,
     )
 
 
-def _state(order: ThreePLOrder) -> ThreePLState:
-    match order.status:
-        case ThreePLStatus.PROCESSING:
-            return ThreePLState.ACCEPTED
-        case ThreePLStatus.ON_HOLD:
-            return ThreePLState.ON_HOLD
-        case ThreePLStatus.EXCEPTION:
-            return ThreePLState.REJECTED
-        case ThreePLStatus.CANCELLED:
-            return ThreePLState.CANCELLED
-        case ThreePLStatus.COMPLETED:
-            if order.detail == ThreePLDetail.DELIVERED:
-                return ThreePLState.DELIVERED
-            return ThreePLState.SHIPPED
+def _tracked_shipment(order: ThreePLOrder) -> ThreePLShipment | None:
+    return next((s for s in order.shipments if s.tracking_number), None)
+
+
+def _reason(order: ThreePLOrder) -> str | None:
+    """The 3PL's words, else the kind of detail it named (so a hold or refusal always says something)."""
+    if order.reason:
+        return order.reason
+    return order.detail.value.replace("_", " ") if order.detail is not None else None

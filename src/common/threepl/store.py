@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db import tables as t
@@ -17,6 +17,7 @@ from common.db.database import Database, insert, lock_key, utc_now
 from common.db.inputs import require_text
 from common.outbox.store import add_order_signal
 from common.threepl.contracts import (
+    FINAL_STATES,
     THREEPL_UPDATE,
     ThreePLParcel,
     ThreePLState,
@@ -88,6 +89,15 @@ class ThreePLStore:
         if states:
             stmt = stmt.where(_p.c.state.in_([s.value for s in states]))
         return [_parcel(r) for r in await self._db.read(stmt)]
+
+    async def oldest_open_submission(self, provider: str) -> datetime | None:
+        """When the oldest parcel at `provider` not in a final state was submitted; None if none is open."""
+        stmt = select(func.min(_p.c.submitted_at)).where(
+            _p.c.provider == provider, _p.c.state.not_in([s.value for s in FINAL_STATES])
+        )
+        rows = await self._db.read(stmt)
+        oldest: datetime | None = rows[0][0] if rows else None
+        return oldest
 
     async def record_submission(
         self, submission: ThreePLSubmission, provider_order_id: str | None, answer: ThreePLUpdate

@@ -274,8 +274,13 @@ async def test_off_nowhere_and_off_the_machine_are_listed_not_sent(
     assert [e.delivery for e in sb.threepl_events()] == ["disabled", "refused", "delivered"]
 
 
-def test_make_run_sends_the_3pl_webhooks_nowhere_until_the_engine_takes_them() -> None:
-    """The engine has no 3PL webhook endpoint yet: make run must not post events to a 404 on its own API."""
+def test_make_run_points_the_3pl_webhooks_at_its_own_api() -> None:
     settings, env = with_engine_webhooks(Settings(api_host="0.0.0.0", api_port=9090), {})
-    assert settings.sandbox_threepl_webhook_url is None
-    assert "FULFILL_SANDBOX_THREEPL_WEBHOOK_URL" not in env
+    url = "http://127.0.0.1:9090/v1/webhooks/3pl/shipbob"
+    assert settings.sandbox_threepl_webhook_url == url and env["FULFILL_SANDBOX_THREEPL_WEBHOOK_URL"] == url
+    # A shell that chose (even none: empty) keeps its choice
+    kept, env = with_engine_webhooks(Settings(), {"FULFILL_SANDBOX_THREEPL_WEBHOOK_URL": ""})
+    assert (
+        env["FULFILL_SANDBOX_THREEPL_WEBHOOK_URL"] == ""
+        and kept.sandbox_threepl_webhook_url == Settings().sandbox_threepl_webhook_url
+    )
