@@ -72,6 +72,7 @@ class Parcel:
         # news not applied yet, when it was submitted and accepted, which SLA it missed, how often it was held.
         self.provider = allocation.provider
         self.threepl_state: ThreePLState | None = None
+        self.submitting = False  # the submission is in flight: the 3PL may have the order already
         self.threepl_changed_at: datetime | None = None
         self.threepl_news: list[ThreePLUpdate] = []
         self.submitted_at: datetime | None = None
@@ -101,6 +102,10 @@ class Parcel:
     def with_3pl(self) -> bool:
         """The 3PL has it and may still be asked not to ship it."""
         return self.view.outcome is None and self.threepl_state in OPEN_STATES and not self.kept_by_the_carrier
+
+    def handed_to_3pl(self) -> bool:
+        """A 3PL has (or is being given) the parcel for the address it was given: ours cannot change it."""
+        return self.view.outcome is None and (self.submitting or self.threepl_state is not None)
 
     def start(self) -> None:
         """The parcel goes its way in a task of its own; its failure is the order's (Fulfilment.guard)."""

@@ -146,9 +146,13 @@ class AtThreePL:
             phone=order.customer.phone,
             speed=order.shipping_speed,
         )
-        answer = await fulfilment.step(
-            ThreePLActivities.submit_to_3pl, submission, THREEPL, f"submit to {self.provider}"
-        )
+        parcel.submitting = True
+        try:
+            answer = await fulfilment.step(
+                ThreePLActivities.submit_to_3pl, submission, THREEPL, f"submit to {self.provider}"
+            )
+        finally:
+            parcel.submitting = False
         parcel.submitted_at = workflow.now()
         view.fulfilled_by = self.provider
         self._set_state(ThreePLState.SUBMITTED)

@@ -278,6 +278,12 @@ class OrderWorkflow:
         self._refuse_if_closed_or_shipped("change the address of")
         if self._fulfilment.label_bought:
             raise ValueError("a label is already bought for the old address: cancel and place the order again")
+        handed = [p for p in self._fulfilment.parcels if p.handed_to_3pl()]
+        if handed:
+            raise ValueError(
+                f"shipment {handed[0].view.shipment_no} is with {handed[0].provider} for the old address: change it "
+                "in the 3PL's dashboard, or cancel and place the order again"
+            )
 
     @workflow.update(
         description='Decide a DELIVERY_EXCEPTION: {"action": "reship"} sends the parcel\'s goods again as a new '

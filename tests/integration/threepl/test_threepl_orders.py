@@ -207,6 +207,11 @@ async def test_a_cancel_before_the_3pl_ships_is_accepted_by_the_3pl(
     threepl.configure(ship_after=120)
     placed = await place(fast_api, {code: 1})
     await placed.status(OrderStatus.ACCEPTED_BY_3PL)
+    # The 3PL has the address it was given, and no hold to ask for
+    with pytest.raises(Conflict, match="with shipbob for the old address"):
+        await fast_api.update_address(placed.order_id, sample_order(placed.order_id).ship_to)
+    with pytest.raises(Conflict, match="which has no hold; cancel instead"):
+        await fast_api.hold_order(placed.order_id, "fraud check")
 
     view = await fast_api.cancel_order(placed.order_id, "customer changed their mind")
     view = await placed.status(OrderStatus.CANCELLED)
