@@ -277,3 +277,24 @@ async def late_orders(client: Client, order_id: str, *, expected: list[str]) -> 
             return True
         await asyncio.sleep(0.25)
     return False
+
+
+@pytest.mark.usefixtures("warehouses")
+async def test_a_hold_at_the_3pl_is_shown_to_ops_and_the_parcel_ships_once_released(
+    fast_api: FulfillmentApi, store: Store, threepl: Any, sku: Callable[[], Any]
+) -> None:
+    code = await sku()
+    await stock(store, code, TPL, 5)
+    threepl.set_stock({code: 5})
+    threepl.hold_next(1, "Address needs review")
+    placed = await place(fast_api, {code: 1})
+
+    view = await placed.wait(lambda v: any("holds it" in e.note for e in v.timeline), "was held")
+    assert view.shipments[0].threepl_state == "on_hold"
+    assert "release its hold" in (view.waiting_for or "")
+    alerts = [n.event for n in await fast_api.notifications(placed.order_id) if n.key.startswith("ops:")]
+    assert alerts == ["threepl_on_hold"]
+
+    threepl.act(reference_id(placed.order_id, 1), "release")
+    view = await placed.status(OrderStatus.COMPLETED)
+    assert view.shipments[0].tracking_number
