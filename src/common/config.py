@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # webhook is refused. The sandbox 3PL signs with it.
     threepl_webhook_secret: str | None = "whsec_ZnVsZmlsbC1zYW5kYm94LTNwbC13ZWJob29rcy1rZXk="
     threepl_timeout: float = Field(default=15.0, gt=0)
+    # 3PL inventory sync: every provider's stock levels are pulled this often (a Temporal schedule per provider,
+    # `threepl-inventory-sync-<provider>`) and on its inventory webhooks; a run whose differences add up to more
+    # than threepl_discrepancy_alert_units units emails ops one discrepancy alert.
+    threepl_inventory_sync_interval: float = Field(default=900, gt=0)
+    threepl_discrepancy_alert_units: int = Field(default=5, ge=0)
 
     # Sandbox servers started by `make run` and the tests
     sandbox_host: str = "127.0.0.1"

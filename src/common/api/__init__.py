@@ -46,6 +46,7 @@ from common.api._helpers import (
 from common.api.carrier_events import CarrierEventReceipt, receive_carrier_event
 from common.api.results import OrderPage, OrderSummary, PlacedOrder, StockUpdate
 from common.api.sms import InboundSmsResult, StatusCallbackResult, receive_sms, record_sms_status
+from common.api.threepl_inventory import ThreePLInventoryApi
 from common.config import Settings
 from common.errors import (
     FulfillmentError,
@@ -104,7 +105,7 @@ log = logging.getLogger("fulfill.api")
 __all__ = ["FulfillmentApi", "OrderPage", "OrderSummary", "PlacedOrder", "StockUpdate", "with_prices"]
 
 
-class FulfillmentApi:
+class FulfillmentApi(ThreePLInventoryApi):  # sync_threepl_inventory, threepl_inventory_changed
     def __init__(self, client: Client, store: Store, settings: Settings, *, update_wait: float | None = None) -> None:
         self.client = client
         self.store = store
