@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from common.api.threepl_inventory import require_provider
 from common.cli._base import connect_api, out, print_json, run_async
 from common.cli._output import key, table
 from common.integrations.threepl_providers import SHIPBOB
@@ -55,6 +56,7 @@ def register(app: typer.Typer) -> None:
 
         SKUs the 3PL stocks that our catalogue does not know are listed, not changed. Above the alert
         threshold (FULFILL_THREEPL_DISCREPANCY_ALERT_UNITS) ops are emailed."""
+        require_provider(provider)  # exit 2 before connecting to anything
         async with await connect_api() as api:
             summary = await api.sync_threepl_inventory(provider)
         if as_json:
