@@ -1,5 +1,5 @@
-"""The fulfillment worker: runs OrderWorkflow, ReturnWorkflow, SmsFallbackWorkflow and every activity on task
-queue `fulfillment`.
+"""The fulfillment worker: runs OrderWorkflow, ReturnWorkflow, SmsFallbackWorkflow, ThreePLInventorySyncWorkflow
+and every activity on task queue `fulfillment`, and keeps the 3PL inventory-sync schedules (workers.schedules).
 
 Run with `python -m workers.worker` (settings from FULFILL_* environment variables). Scale by running
 more of these processes: Python runs workflow code on one thread.
@@ -23,6 +23,7 @@ from activities.notifications import NotificationActivities
 from activities.returns import ReturnActivities
 from activities.shipping import ShippingActivities
 from activities.threepl import ThreePLActivities
+from activities.threepl_inventory import ThreePLInventoryActivities
 from activities.warehouse import WarehouseActivities
 from common.config import Settings, get_settings
 from common.integrations.carrier import CarrierClient
@@ -39,9 +40,11 @@ from workers.reconciler import (
     running_sweeper,
     running_threepl_reconciler,
 )
+from workers.schedules import schedules_in_place
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 from workflows.sms_fallback import SmsFallbackWorkflow
+from workflows.threepl_inventory import ThreePLInventorySyncWorkflow
 
 log = logging.getLogger("fulfill.worker")
 
@@ -69,7 +72,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[OrderWorkflow, ReturnWorkflow, SmsFallbackWorkflow],
+            workflows=[OrderWorkflow, ReturnWorkflow, SmsFallbackWorkflow, ThreePLInventorySyncWorkflow],
             activities=[
                 *inventory.activities(),
                 *warehouse.activities(),
@@ -77,6 +80,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 *notifications.activities(),
                 *returns.activities(),
                 *threepl.activities(),
+                *ThreePLInventoryActivities(store, threepls, settings).activities(),
             ],
             max_cached_workflows=settings.worker_max_cached_workflows,
             max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
@@ -90,9 +94,10 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             # The relay delivers what the order-signal outbox still holds, the fallback relay starts the email
             # fallbacks of undelivered SMS the HTTP API could not, the sweeper gives back what orders closed
             # without compensating still hold, the 3PL reconciler pulls what lost 3PL webhooks did not bring; they
-            # stop before the worker does.
+            # stop before the worker does. schedules_in_place: see there.
             async with (
                 worker,
+                schedules_in_place(client, store, settings),
                 running_relay(client, store, settings),
                 running_fallback_relay(client, store, settings),
                 running_sweeper(client, store, carrier, settings),

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # Every worker asks each 3PL every this many seconds for the orders it changed since the last pull, for news a
     # lost webhook did not bring (0 disables it). The SLAs: see the order timing policy below.
     threepl_reconcile_interval: float = Field(default=300.0, ge=0)
+    # 3PL inventory sync: every provider's stock levels are pulled this often (a Temporal schedule per provider,
+    # `threepl-inventory-sync-<provider>`) and on its inventory webhooks; a run whose differences add up to more
+    # than threepl_discrepancy_alert_units units emails ops one discrepancy alert.
+    threepl_inventory_sync_interval: float = Field(default=900, gt=0)
+    threepl_discrepancy_alert_units: int = Field(default=5, ge=0)
 
     # Sandbox servers started by `make run` and the tests
     sandbox_host: str = "127.0.0.1"

@@ -13,6 +13,7 @@ from activities.notifications import NotificationActivities
 from activities.returns import ReturnActivities
 from activities.shipping import ShippingActivities
 from activities.threepl import ThreePLActivities
+from activities.threepl_inventory import ThreePLInventoryActivities
 from activities.warehouse import WarehouseActivities
 from common.config import Settings
 
@@ -47,6 +48,7 @@ def defined_activities(cls: type) -> set[str]:
         NotificationActivities(STORE, NOTHING, NOTHING, Settings()),
         ReturnActivities(STORE, NOTHING, NOTHING),
         ThreePLActivities(STORE, {}, NOTHING),
+        ThreePLInventoryActivities(STORE, {}, Settings()),
     ],
     ids=lambda instance: type(instance).__name__,
 )

@@ -1,5 +1,5 @@
-"""FulfillmentApi's 3PL desk (mixed into FulfillmentApi): the 3PLs' webhooks, and the parcels at 3PLs with
-their SLAs for ops."""
+"""FulfillmentApi's 3PL desk (mixed into FulfillmentApi): the 3PLs' webhooks (an inventory one starts a stock
+sync), and the parcels at 3PLs with their SLAs for ops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio.client import Client
 
-from common.api.threepl_events import ThreePLEventReceipt, receive_threepl_event
+from common.api.threepl_events import Outcome, ThreePLEventReceipt, receive_threepl_event
+from common.api.threepl_inventory import ThreePLInventoryApi
 from common.config import Settings
 from common.logs import describe_error
 from common.models import PLACEMENT_MARK
@@ -79,7 +80,9 @@ def parcel_view(
     )
 
 
-class ThreePLDesk:
+class ThreePLDesk(ThreePLInventoryApi):
+    """FulfillmentApi's 3PL methods: webhooks, the parcels' listing, and (ThreePLInventoryApi) inventory sync."""
+
     client: Client
     store: Store
     settings: Settings
@@ -89,6 +92,8 @@ class ThreePLDesk:
         moves (now, or by the relay if the engine is away). NotFound for an unknown provider, WebhookRefused for
         a webhook not signed by it: nothing changes."""
         receipt = await receive_threepl_event(self.store, self.settings, provider, body, headers)
+        if receipt.outcome == Outcome.IGNORED and receipt.topic.startswith("inventory"):
+            await self.threepl_inventory_changed(provider)  # one sync a minute, however many such webhooks come
         if receipt.signal_id is not None:
             try:
                 await deliver_order_signals(self.client, self.store, ids=[receipt.signal_id])

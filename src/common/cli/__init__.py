@@ -10,6 +10,7 @@ from common.cli.catalog import catalog_app
 from common.cli.inventory import inventory_app
 from common.cli.notifications import notifications
 from common.cli.orders import order_app
+from common.cli.threepl_inventory import register as register_inventory_sync
 from common.cli.threepl_parcels import register_parcels
 from common.cli.warehouse import warehouse_app
 
@@ -25,8 +26,9 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(api_key_app, name="api-key")
-threepl_app = CliApp(help="Parcels at 3PL warehouses.", no_args_is_help=True)
+threepl_app = CliApp(help="Parcels and stock at 3PL warehouses.", no_args_is_help=True)
 register_parcels(threepl_app)
+register_inventory_sync(threepl_app)
 app.add_typer(threepl_app, name="3pl")
 app.command("notifications")(notifications)
 

@@ -29,12 +29,27 @@ def _ts(name: str, nullable: bool = False) -> sa.Column:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
+_KIND_CHECK = "kind IN ('own', '3pl')"
+_PROVIDER_CHECK = "(kind = 'own') = (provider IS NULL)"
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("warehouses") as batch:
-        batch.add_column(sa.Column("kind", sa.String(8), nullable=False, server_default="own"))
-        batch.add_column(sa.Column("provider", sa.String(32), nullable=True))
-        batch.create_check_constraint(op.f("ck_warehouses_kind"), "kind IN ('own', '3pl')")
-        batch.create_check_constraint(op.f("ck_warehouses_provider"), "(kind = 'own') = (provider IS NULL)")
+    if op.get_bind().dialect.name == "sqlite":
+        # Not batch mode: rebuilding warehouses would break the stock rows' foreign keys inside the migration's
+        # transaction. SQLite adds a column with its CHECK in place.
+        op.execute(
+            "ALTER TABLE warehouses ADD COLUMN kind VARCHAR(8) DEFAULT 'own' NOT NULL "
+            f"CONSTRAINT ck_warehouses_kind CHECK ({_KIND_CHECK})"
+        )
+        op.execute(
+            "ALTER TABLE warehouses ADD COLUMN provider VARCHAR(32) "
+            f"CONSTRAINT ck_warehouses_provider CHECK ({_PROVIDER_CHECK})"
+        )
+    else:
+        op.add_column("warehouses", sa.Column("kind", sa.String(8), nullable=False, server_default="own"))
+        op.add_column("warehouses", sa.Column("provider", sa.String(32), nullable=True))
+        op.create_check_constraint(op.f("ck_warehouses_kind"), "warehouses", _KIND_CHECK)
+        op.create_check_constraint(op.f("ck_warehouses_provider"), "warehouses", _PROVIDER_CHECK)
     op.create_table(
         "threepl_parcels",
         sa.Column("reference_id", sa.String(120), nullable=False),
