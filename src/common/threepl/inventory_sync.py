@@ -83,11 +83,19 @@ def warehouse_to_sync(warehouses: Mapping[str, str], provider: str) -> tuple[str
     return (codes[0], codes[1:]) if codes else (None, [])
 
 
-def their_levels(levels: Iterable[ThreePLStock]) -> dict[str, int]:
-    """The 3PL's on hand per SKU (a SKU listed twice: summed)."""
+def their_levels(levels: Iterable[ThreePLStock], handed_over: Mapping[str, int] | None = None) -> dict[str, int]:
+    """The 3PL's on hand per SKU (a SKU listed twice: summed), as our books should show it. `handed_over`: units
+    we still hold for parcels the 3PL has; those it no longer counts as committed it shipped, and our books take
+    them off when the order hears so (its commit): counting them off now as well would take them twice."""
     theirs: dict[str, int] = {}
+    committed: dict[str, int] = {}
     for level in levels:
         theirs[level.sku] = theirs.get(level.sku, 0) + level.on_hand
+        committed[level.sku] = committed.get(level.sku, 0) + level.committed
+    for sku, held in (handed_over or {}).items():
+        shipped_unheard = held - committed.get(sku, 0)
+        if shipped_unheard > 0:
+            theirs[sku] = theirs.get(sku, 0) + shipped_unheard
     return theirs
 
 
@@ -143,7 +151,7 @@ async def sync_inventory(
     summary = InventorySyncSummary(provider=provider, warehouse=code, synced_at=at, not_synced=others)
     if code is None:
         return summary, []
-    theirs = their_levels(levels)
+    theirs = their_levels(levels, await store.threepl.held_units_handed_over(code))
     ours = {level.sku: level.on_hand for level in await store.stock.stock_levels(warehouse=code)}
     unknown = await store.catalog.unknown_skus(sorted(set(theirs) - set(ours)))
     comparison = compare_levels(ours, theirs, unknown)

@@ -178,6 +178,27 @@ class ThreePLStore:
 
         return await self._db.write(op, f"record 3PL news of {news.reference_id}")
 
+    async def held_units_handed_over(self, warehouse: str) -> dict[str, int]:
+        """sku -> units our books still hold at `warehouse` for parcels handed to its 3PL (not rejected or
+        cancelled there): in the 3PL's on hand while it has them, gone from it once it shipped them, ours until
+        the order hears so."""
+        rv = t.reservations
+        handed = (
+            select(_p.c.reference_id)
+            .where(
+                _p.c.order_id == rv.c.order_id,
+                _p.c.shipment_no == rv.c.shipment_no,
+                _p.c.state.not_in([ThreePLState.REJECTED.value, ThreePLState.CANCELLED.value]),
+            )
+            .exists()
+        )
+        stmt = (
+            select(rv.c.sku, func.sum(rv.c.quantity).label("units"))
+            .where(rv.c.warehouse == warehouse, rv.c.status == "held", handed)
+            .group_by(rv.c.sku)
+        )
+        return {r.sku: int(r.units) for r in await self._db.read(stmt)}
+
     # -- cursors ---------------------------------------------------------------------------------------------
 
     async def orders_since(self, provider: str) -> datetime | None:

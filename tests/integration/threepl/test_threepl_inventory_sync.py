@@ -7,6 +7,7 @@ those; the warehouse stops being a 3PL's when the module ends, so no later sync 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -25,10 +26,14 @@ from common.db import tables as t
 from common.errors import NotFound
 from common.integrations.threepl_api import ThreePLTransientError
 from common.integrations.threepl_providers import threepl_providers
+from common.models import OrderStatus
 from common.store import Store
+from common.threepl.contracts import reference_id
 from common.threepl.inventory_sync import InventorySyncSummary, SkuAdjustment, alert_subject_id
 from sandbox import SandboxServers
+from tests.orders import sample_order
 from tests.threepl import new_sku, threepl_warehouse
+from workers.reconciler import ThreePLReconciler
 from workers.schedules import ensure_schedules
 
 pytestmark = pytest.mark.usefixtures("worker", "warehouse")
@@ -185,3 +190,41 @@ async def test_a_schedule_per_provider_created_then_updated(
         assert described.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=1800))]
     finally:
         await handle.delete()  # no scheduled sync in the rest of the session
+
+
+async def test_units_the_3pl_shipped_before_the_order_heard_are_taken_off_once(
+    dev_server: WorkflowEnvironment, store: Store, sandbox: SandboxServers, stack_settings: Settings
+) -> None:
+    api = FulfillmentApi(dev_server.client, store, stack_settings.model_copy(update={"threepl_poll_interval": 3600}))
+    sku = await new_sku(store)
+    await store.stock.receive_stock(sku, 5, WH)
+    sandbox.threepl.set_stock({sku: 5})
+    pace = sandbox.threepl.settings()
+    sandbox.threepl.configure(ship_after=3600)
+    try:
+        order_id = f"ORD-{uuid.uuid4().hex[:8]}"
+        await api.place_order(sample_order(order_id, {sku: 2}))
+        for _ in range(80):
+            if (await api.order_status(order_id)).status == OrderStatus.ACCEPTED_BY_3PL:
+                break
+            await asyncio.sleep(0.25)
+        assert sku not in mine(await api.sync_threepl_inventory(PROVIDER), sku)  # the 3PL commits the 2
+
+        sandbox.threepl.act(reference_id(order_id, 1), "ship")  # the order has not heard yet
+        assert sku not in mine(await api.sync_threepl_inventory(PROVIDER), sku)
+        assert await on_hand(store, sku) == 5
+
+        providers = threepl_providers(stack_settings)
+        try:
+            await ThreePLReconciler(dev_server.client, store, providers).round()  # now it hears, and commits
+        finally:
+            for provider in providers.values():
+                await provider.close()
+        for _ in range(80):
+            if await on_hand(store, sku) == 3:
+                break
+            await asyncio.sleep(0.25)
+        assert await on_hand(store, sku) == 3
+        assert sku not in mine(await api.sync_threepl_inventory(PROVIDER), sku)
+    finally:
+        sandbox.threepl.configure(ship_after=pace["ship_after"])

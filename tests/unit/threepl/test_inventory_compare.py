@@ -39,6 +39,17 @@ def test_their_levels_sum_a_sku_listed_twice() -> None:
     assert their_levels(levels) == {"A": 4}
 
 
+def test_units_the_3pl_shipped_before_the_order_heard_are_not_taken_twice() -> None:
+    # We hold 3 of A for parcels at the 3PL; it still commits 1 of them: it shipped the other 2, and the orders'
+    # commits will take them off our books. B: all it holds for us is still committed.
+    levels = [
+        ThreePLStock(sku="A", on_hand=7, fulfillable=6, committed=1),
+        ThreePLStock(sku="B", on_hand=5, fulfillable=3, committed=2),
+    ]
+    assert their_levels(levels, {"A": 3, "B": 2}) == {"A": 9, "B": 5}
+    assert their_levels(levels, {"C": 1}) == {"A": 7, "B": 5, "C": 1}  # C shipped: the 3PL lists none left
+
+
 def test_first_warehouse_by_code_is_synced_the_others_reported() -> None:
     warehouses = {"ZZ-3PL": "shipbob", "AA-3PL": "shipbob", "OTHER": "shiphero"}
     assert warehouse_to_sync(warehouses, "shipbob") == ("AA-3PL", ["ZZ-3PL"])
