@@ -121,6 +121,12 @@ class ThreePLActivities:
         except ThreePLError as err:
             raise _refused(err) from err
         news = news_of(answer.order, source="cancel") if answer.order is not None else None
+        if not answer.accepted and (news is None or news.state not in (ThreePLState.SHIPPED, ThreePLState.DELIVERED)):
+            # Refused, yet not shipped (the 3PL is mid-pack, say): asked again until it cancels it or ships it
+            raise ApplicationError(
+                f"3pl {request.reference_id}: cancel refused for now ({answer.reason or answer.status.value})",
+                type="ThreePLCancelRefused",
+            )
         if answer.accepted:
             news = ThreePLUpdate(
                 reference_id=request.reference_id,

@@ -228,7 +228,7 @@ class OrderWorkflow:
     def _validate_hold(self, request: HoldRequest) -> None:
         fulfilment = self._fulfilment
         self._refuse_if_closed_or_shipped("hold")
-        at_3pl = [p for p in fulfilment.parcels if p.with_3pl()]
+        at_3pl = [p for p in fulfilment.parcels if p.handed_to_3pl()]
         if at_3pl:
             which = ", ".join(f"shipment {p.view.shipment_no} is with {p.provider}" for p in at_3pl)
             raise ValueError(f"cannot hold order {self._order.order_id}: {which}, which has no hold; cancel instead")
