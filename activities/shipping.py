@@ -182,20 +182,29 @@ class ShippingActivities:
         )
 
     async def _from_address(self, warehouse_code: str) -> dict[str, str]:
-        warehouses, _ = await self._catalogue()
+        warehouses, _ = await self._catalogue(warehouse=warehouse_code)
         return warehouse_address(warehouses.get(warehouse_code), warehouse_code)
 
     async def _parcel(self, request: LabelRequest) -> dict[str, float]:
-        _, weights = await self._catalogue()
+        _, weights = await self._catalogue(skus=[line.sku for line in request.lines])
         return parcel_of(request.lines, weights)
 
-    async def _catalogue(self) -> tuple[dict[str, Warehouse], dict[str, int]]:
-        """Warehouses and product weights, read at most once a minute: every label needs them, they rarely change."""
-        if self._catalogue_cache is None or time.monotonic() - self._catalogue_cache[0] > CATALOGUE_TTL_S:
+    async def _catalogue(
+        self, *, warehouse: str | None = None, skus: Sequence[str] = ()
+    ) -> tuple[dict[str, Warehouse], dict[str, int]]:
+        """Warehouses and product weights, read at most once a minute: every label needs them, they rarely change.
+        Read again at once when the `warehouse` or `skus` a label needs are not in it: added since."""
+        cache = self._catalogue_cache
+        if (
+            cache is None
+            or time.monotonic() - cache[0] > CATALOGUE_TTL_S
+            or (warehouse is not None and warehouse not in cache[1])
+            or any(sku not in cache[2] for sku in skus)
+        ):
             warehouses = {wh.code: wh for wh in await self._store.catalog.warehouses()}
             weights = {p.sku: p.weight_grams for p in await self._store.catalog.products()}
-            self._catalogue_cache = (time.monotonic(), warehouses, weights)
-        return self._catalogue_cache[1], self._catalogue_cache[2]
+            cache = self._catalogue_cache = (time.monotonic(), warehouses, weights)
+        return cache[1], cache[2]
 
 
 def _label(record: LabelRecord) -> Label:

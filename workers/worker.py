@@ -91,18 +91,7 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown),
         )
         try:
-            # The relay delivers what the order-signal outbox still holds, the fallback relay starts the email
-            # fallbacks of undelivered SMS the HTTP API could not, the sweeper gives back what orders closed
-            # without compensating still hold, the 3PL reconciler pulls what lost 3PL webhooks did not bring; they
-            # stop before the worker does. schedules_in_place: see there.
-            async with (
-                worker,
-                schedules_in_place(client, store, settings),
-                running_relay(client, store, settings),
-                running_fallback_relay(client, store, settings),
-                running_sweeper(client, store, carrier, settings),
-                running_threepl_reconciler(client, store, settings),
-            ):
+            async with worker, running_background_tasks(client, store, carrier, settings):
                 yield worker
         finally:
             await payments.close()
@@ -112,6 +101,24 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             await email.close()
     finally:
         await carrier.close()
+
+
+@asynccontextmanager
+async def running_background_tasks(
+    client: Client, store: Store, carrier: CarrierClient, settings: Settings
+) -> AsyncIterator[None]:
+    """What every worker process runs beside the worker, stopped before it: the relay delivers what the
+    order-signal outbox still holds, the fallback relay starts the email fallbacks of undelivered SMS the HTTP API
+    could not, the sweeper gives back what orders closed without compensating still hold, the 3PL reconciler
+    pulls what lost 3PL webhooks did not bring; schedules_in_place: see there."""
+    async with (
+        schedules_in_place(client, store, settings),
+        running_relay(client, store, settings),
+        running_fallback_relay(client, store, settings),
+        running_sweeper(client, store, carrier, settings),
+        running_threepl_reconciler(client, store, settings),
+    ):
+        yield
 
 
 async def serve(settings: Settings) -> None:

@@ -15,7 +15,7 @@ from activities.shipping import ShippingActivities
 from common.api import FulfillmentApi
 from common.config import Settings
 from common.integrations.carrier import CarrierClient
-from common.models import LabelRequest, Order, OrderStatus, OrderView, PartialShipment
+from common.models import LabelRequest, Order, OrderLine, OrderStatus, OrderView, PartialShipment
 from common.store import Store
 from sandbox import SandboxServers
 from tests.integration.conftest import Cli
@@ -253,3 +253,34 @@ async def test_two_attempts_at_one_label_buy_it_once_and_both_get_it(
     assert [s["tracking_code"] for s in bought] == [first.tracking_number]
     (record,) = await store.labels.for_order(order_id)
     assert (record.status, record.carrier_shipment_id) == ("purchased", bought[0]["id"])
+
+
+async def test_a_warehouse_added_while_the_worker_runs_gets_its_labels_at_once(
+    stack_settings: Settings, store: Store
+) -> None:
+    """The worker keeps the catalogue a minute; a warehouse (or product) it has not seen yet is read at once."""
+    carrier = CarrierClient(stack_settings)
+    try:
+        shipping = ShippingActivities(store, carrier)
+        env = ActivityEnvironment()
+        first = await new_sku(store, {"LDN-1": 1})
+        order = Order.model_validate(order_dict(new_id(), {first: 1}))
+        request = LabelRequest(
+            order_id=order.order_id,
+            shipment_no=1,
+            warehouse="LDN-1",
+            ship_to=order.ship_to,
+            lines=order.lines,
+            speed=order.shipping_speed,
+        )
+        await env.run(shipping.buy_label, request)  # the catalogue is cached now
+        code = f"NEW-{uuid.uuid4().hex[:4].upper()}"
+        await store.catalog.upsert_warehouse(code, "Opened today", "GB", "LDN")
+        second = await new_sku(store, {code: 1})
+        later = request.model_copy(
+            update={"order_id": new_id(), "warehouse": code, "lines": [OrderLine(sku=second, quantity=1)]}
+        )
+        label = await env.run(shipping.buy_label, later)
+    finally:
+        await carrier.close()
+    assert label.tracking_number
