@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m workers.devstack
 
+# Two processes (pytest-xdist), each with a stack of its own; a test file stays in one (its module fixtures).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # lint-imports: the layering contracts of pyproject.toml (tests/unit/test_layers.py runs them under `make test` too)
 lint: $(STAMP)

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist's workers start with COLUMNS=80 (and LINES) set: the CLI's Rich consoles would fix that width when
+# they are imported, and the tests that set a width of their own would read wrapped tables.
+for _size in ("COLUMNS", "LINES"):
+    os.environ.pop(_size, None)
+
 BIN = Path(sys.executable).parent
 TEMPORAL_CLI = BIN / "temporal"
 TEMPORAL_TEST_SERVER = BIN / "temporal-test-server"

@@ -107,6 +107,7 @@ async def test_with_every_webhook_lost_the_reconciliation_pull_ships_the_order(
     dev_server: WorkflowEnvironment, hourly_poll: FulfillmentApi, store: Store, pushing: Any, stack_settings: Settings
 ) -> None:
     order_id, _ = await placed_at_the_3pl(hourly_poll, store, pushing)
+    await asyncio.sleep(2.0)  # the order's first poll (at once, then hourly) has found it accepted
     pushing.webhooks.configure(drop_next=10)
     pushing.act(reference_id(order_id, 1), "ship")
     await asyncio.sleep(1.0)
