@@ -24,6 +24,8 @@ from temporalio.testing import WorkflowEnvironment
 from common.config import Settings
 from common.demo import seed_demo
 from common.store import Store
+from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
+from tests.conftest import TEMPORAL_CLI
 from tests.integration.conftest import settings_env
 from workers.worker import running_worker
 
@@ -45,11 +47,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-async def api_process(
+async def api_process(stack_settings: Settings, var_dir: Path) -> AsyncIterator[ApiProcess]:
+    # A Temporal of its own: the fuzzer lists orders and follows them, and other tests' orders (with workers of
+    # their own, stopped since) are not its to read
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_CLI),
+        search_attributes=SEARCH_ATTRIBUTES,
+        data_converter=DATA_CONVERTER,
+        dev_server_log_level="error",
+    ) as own:
+        async for process in _api_process(own, stack_settings, var_dir):
+            yield process
+
+
+async def _api_process(
     dev_server: WorkflowEnvironment, stack_settings: Settings, var_dir: Path
 ) -> AsyncIterator[ApiProcess]:
     settings = stack_settings.model_copy(
         update={
+            "temporal_address": dev_server.client.service_client.config.target_host,
             "database_url": f"sqlite+aiosqlite:///{var_dir / 'http-process.db'}",
             "task_queue": f"fulfillment-http-{uuid.uuid4().hex[:6]}",
             "api_host": "127.0.0.1",

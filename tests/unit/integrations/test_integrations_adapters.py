@@ -20,9 +20,11 @@ from common.shipping.rate_shopping import choose
 TODAY = date(2026, 12, 1)
 
 
-def choose_rate(rates: list[CarrierRate], max_days: int) -> CarrierRate:
-    """The rate for a parcel promised `max_days` after the label day."""
-    return choose(rates, promised=TODAY + timedelta(days=max_days), label_day=TODAY).rate
+def choose_rate(rates: list[CarrierRate], max_days: int, label_day: date | None = None) -> CarrierRate:
+    """The rate for a parcel promised `max_days` after the label day (default: today, in UTC, as the sandbox
+    carrier dates its rates)."""
+    day = label_day or datetime.now(UTC).date()
+    return choose(rates, promised=day + timedelta(days=max_days), label_day=day).rate
 
 
 def rate(rid: str, cents: int, days: int | None) -> CarrierRate:
