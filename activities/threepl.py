@@ -33,7 +33,7 @@ from common.threepl.contracts import (
     ThreePLSubmission,
     ThreePLUpdate,
 )
-from common.threepl.news import news_of
+from common.threepl.news import cancel_news, news_of
 
 # The 3PL's shipping methods (ShipBob's ship options) for the order's speed
 SHIPPING_METHODS = {
@@ -120,24 +120,16 @@ class ThreePLActivities:
             raise
         except ThreePLError as err:
             raise _refused(err) from err
-        news = news_of(answer.order, source="cancel") if answer.order is not None else None
-        if not answer.accepted and (news is None or news.state not in (ThreePLState.SHIPPED, ThreePLState.DELIVERED)):
+        news = cancel_news(
+            request.reference_id, request.shipment_no, answer, reason="cancelled at our request", source="cancel"
+        )
+        if news is None:
             # Refused, yet not shipped (the 3PL is mid-pack, say): asked again until it cancels it or ships it
             raise ApplicationError(
                 f"3pl {request.reference_id}: cancel refused for now ({answer.reason or answer.status.value})",
                 type="ThreePLCancelRefused",
             )
-        if answer.accepted:
-            news = ThreePLUpdate(
-                reference_id=request.reference_id,
-                shipment_no=request.shipment_no,
-                state=ThreePLState.CANCELLED,
-                reason="cancelled at our request",
-                changed_at=answer.order.updated_at if answer.order else None,
-                source="cancel",
-            )
-        if news is not None:
-            await self._store.threepl.apply(news)
+        await self._store.threepl.apply(news)
         return ThreePLCancelResult(accepted=answer.accepted, reason=answer.reason, update=news)
 
     @activity.defn(name="track_3pl_parcel")

@@ -51,7 +51,7 @@ from common.order_signals import OUTBOX_ERROR_CHARS, DeliveryReport, deliver_ord
 from common.shipping.contracts import LabelUndo
 from common.store import Store
 from common.threepl.contracts import ThreePLParcel, ThreePLState, ThreePLUpdate
-from common.threepl.news import news_of
+from common.threepl.news import cancel_news, news_of
 
 log = logging.getLogger("fulfill.reconciler")
 
@@ -295,18 +295,8 @@ async def _cancel_at_3pl(provider: ThreePLProvider, parcel: ThreePLParcel) -> Th
         return ThreePLUpdate(
             reference_id=ref, shipment_no=no, state=ThreePLState.CANCELLED, reason=closed, source="sweep"
         )
-    if answer.accepted:
-        changed = answer.order.updated_at if answer.order else None
-        return ThreePLUpdate(
-            reference_id=ref,
-            shipment_no=no,
-            state=ThreePLState.CANCELLED,
-            reason=closed,
-            changed_at=changed,
-            source="sweep",
-        )
-    news = news_of(answer.order, source="sweep") if answer.order else None
-    if news is None or news.state not in (ThreePLState.SHIPPED, ThreePLState.DELIVERED):
+    news = cancel_news(ref, no, answer, reason=closed, source="sweep")
+    if news is None:
         raise ThreePLError(f"3pl {ref}: cancel refused ({answer.reason or answer.status.value})")
     return news
 

@@ -4,7 +4,7 @@ go through it, so the same 3PL state is the same news whichever way it came."""
 
 from __future__ import annotations
 
-from common.integrations.threepl_api import ThreePLDetail, ThreePLOrder, ThreePLShipment, ThreePLStatus
+from common.integrations.threepl_api import CancelAnswer, ThreePLDetail, ThreePLOrder, ThreePLShipment, ThreePLStatus
 from common.threepl.contracts import ThreePLState, ThreePLUpdate, parse_reference_id
 
 # A 3PL order that exists has been acknowledged: SUBMITTED is never news from the 3PL itself.
@@ -53,3 +53,22 @@ def _reason(order: ThreePLOrder) -> str | None:
     if order.reason:
         return order.reason
     return order.detail.value.replace("_", " ") if order.detail is not None else None
+
+
+def cancel_news(
+    reference_id: str, shipment_no: int, answer: CancelAnswer, *, reason: str, source: str
+) -> ThreePLUpdate | None:
+    """What a 3PL's answer to our cancel request means for the parcel: CANCELLED (with `reason`) when it
+    accepted, where it went when it refused because the parcel left, None when it refused for another reason
+    (ask again later)."""
+    if answer.accepted:
+        return ThreePLUpdate(
+            reference_id=reference_id,
+            shipment_no=shipment_no,
+            state=ThreePLState.CANCELLED,
+            reason=reason,
+            changed_at=answer.order.updated_at if answer.order else None,
+            source=source,
+        )
+    news = news_of(answer.order, source=source) if answer.order is not None else None
+    return news if news is not None and news.state in (ThreePLState.SHIPPED, ThreePLState.DELIVERED) else None

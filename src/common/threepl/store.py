@@ -146,16 +146,7 @@ class ThreePLStore:
         async def op(conn: AsyncConnection) -> ThreePLEventRecord:
             if not await record_event(conn, source, event_id, kind=kind, subject=news.reference_id):
                 return ThreePLEventRecord(first_time=False, parcel=None, signal_id=None)
-            row = (await conn.execute(select(_p).where(_p.c.reference_id == news.reference_id))).first()
-            if row is None:
-                return ThreePLEventRecord(first_time=True, parcel=None, signal_id=None)
-            parcel = _parcel(row)
-            await lock_key(conn, f"order:{parcel.order_id}")
-            now = utc_now()
-            if not await _apply(conn, news, now):
-                return ThreePLEventRecord(first_time=True, parcel=parcel, signal_id=None)
-            payload = news.model_copy(update={"shipment_no": parcel.shipment_no}).model_dump(mode="json")
-            signal_id = await add_order_signal(conn, parcel.order_id, "signal", THREEPL_UPDATE, payload, now)
+            parcel, signal_id = await _apply_and_signal(conn, news)
             return ThreePLEventRecord(first_time=True, parcel=parcel, signal_id=signal_id)
 
         return await self._db.write(op, f"record 3PL event {event_id}")
@@ -165,16 +156,7 @@ class ThreePLStore:
         outbox (one transaction); the outbox row id, None if it was not news. Locking: as record_event."""
 
         async def op(conn: AsyncConnection) -> int | None:
-            row = (await conn.execute(select(_p).where(_p.c.reference_id == news.reference_id))).first()
-            if row is None:
-                return None
-            parcel = _parcel(row)
-            await lock_key(conn, f"order:{parcel.order_id}")
-            now = utc_now()
-            if not await _apply(conn, news, now):
-                return None
-            payload = news.model_copy(update={"shipment_no": parcel.shipment_no}).model_dump(mode="json")
-            return await add_order_signal(conn, parcel.order_id, "signal", THREEPL_UPDATE, payload, now)
+            return (await _apply_and_signal(conn, news))[1]
 
         return await self._db.write(op, f"record 3PL news of {news.reference_id}")
 
@@ -238,6 +220,21 @@ class ThreePLStore:
             )
 
         await self._db.write(op, f"advance the 3PL cursor of {provider}")
+
+
+async def _apply_and_signal(conn: AsyncConnection, news: ThreePLUpdate) -> tuple[ThreePLParcel | None, int | None]:
+    """In the caller's transaction: the parcel `news` is about (None: not ours) and, if the news moves it forward,
+    the outbox row of its order's `threepl_update` signal. Locking: the order's advisory lock, then the row."""
+    row = (await conn.execute(select(_p).where(_p.c.reference_id == news.reference_id))).first()
+    if row is None:
+        return None, None
+    parcel = _parcel(row)
+    await lock_key(conn, f"order:{parcel.order_id}")
+    now = utc_now()
+    if not await _apply(conn, news, now):
+        return parcel, None
+    payload = news.model_copy(update={"shipment_no": parcel.shipment_no}).model_dump(mode="json")
+    return parcel, await add_order_signal(conn, parcel.order_id, "signal", THREEPL_UPDATE, payload, now)
 
 
 async def _apply(conn: AsyncConnection, news: ThreePLUpdate, now: datetime) -> bool:
