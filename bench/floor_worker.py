@@ -12,10 +12,11 @@ import signal
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 
 from common.config import Settings
-from common.temporal import DATA_CONVERTER, task_pollers
+from common.temporal import PayloadConverter, task_pollers
 
 from floor_workflow import FLOOR_ACTIVITY, FloorWorkflow
 
@@ -26,9 +27,10 @@ async def floor_step(step: int) -> int:
 
 
 async def serve(address: str, namespace: str, task_queue: str) -> None:
-    # Same data converter and worker tuning (slots, pollers) as the engine's worker: the floor differs only in
-    # the work.
-    client = await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
+    # Same payload converter and worker tuning (slots, pollers) as the engine's worker, without the engine's
+    # encryption (it is part of the engine's cost): the floor differs only in the work.
+    converter = DataConverter(payload_converter_class=PayloadConverter)
+    client = await Client.connect(address, namespace=namespace, data_converter=converter)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

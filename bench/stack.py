@@ -21,8 +21,9 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from common.config import Settings
-from common.temporal import DATA_CONVERTER, dev_server_search_attribute_args
+from common.config import Settings, get_settings
+from common.privacy import data_converter
+from common.temporal import dev_server_search_attribute_args
 
 BIN = Path(sys.executable).parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -146,7 +147,7 @@ async def connect_when_up(address: str, namespace: str, server: Process | None, 
     deadline = time.monotonic() + within_s
     while True:
         try:
-            return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
+            return await Client.connect(address, namespace=namespace, data_converter=data_converter(get_settings()))
         except RuntimeError:
             if server is not None:
                 server.check_alive()

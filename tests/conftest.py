@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,14 @@ import pytest
 # they are imported, and the tests that set a width of their own would read wrapped tables.
 for _size in ("COLUMNS", "LINES"):
     os.environ.pop(_size, None)
+
+# The tests are the embedded stack (common.production). Every process of a test run, and every test's settings,
+# share one codec key file and one store of customers' data keys (per pytest process): a test's client decodes
+# what the worker of another test's database encrypted.
+os.environ.setdefault("FULFILL_ENVIRONMENT", "embedded")
+_KEYS_DIR = Path(tempfile.mkdtemp(prefix="fulfill-test-keys-"))
+os.environ.setdefault("FULFILL_CODEC_KEY_FILE", str(_KEYS_DIR / "codec-keys.json"))
+os.environ.setdefault("FULFILL_CODEC_KEYSTORE_URL", f"sqlite+aiosqlite:///{_KEYS_DIR / 'keys.db'}")
 
 BIN = Path(sys.executable).parent
 TEMPORAL_CLI = BIN / "temporal"

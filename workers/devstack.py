@@ -22,8 +22,9 @@ from common.cli._base import hide_password, remove_stack_file, stack_file, write
 from common.config import Settings, get_settings
 from common.demo import seed_demo
 from common.logs import configure_logging
+from common.privacy import connect
 from common.store import Store
-from common.temporal import connect, dev_server_search_attribute_args, register_search_attributes
+from common.temporal import dev_server_search_attribute_args, register_search_attributes
 from sandbox.app import (
     CARRIER_WEBHOOK_PATH,
     SMS_INBOUND_PATH,

@@ -32,8 +32,9 @@ from common.integrations.payments import payments_gateway
 from common.integrations.sms import SmsSender
 from common.integrations.threepl_providers import threepl_providers
 from common.logs import configure_logging
+from common.privacy import connect
 from common.store import Store
-from common.temporal import connect, task_pollers
+from common.temporal import task_pollers
 from workers.reconciler import (
     running_fallback_relay,
     running_relay,

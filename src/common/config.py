@@ -35,6 +35,18 @@ class Settings(BaseSettings):
     # Local state of the embedded stack (Temporal SQLite file, database, sandbox data)
     var_dir: Path = Path("var")
 
+    # "production" refuses to start with the sandbox's endpoints or default secrets; make run and the tests say
+    # "embedded" (common.production)
+    environment: Literal["production", "embedded"] = "production"
+
+    # Payload encryption (common.crypto): master keys as "id:base64,id:base64", newest first; unset, the key file
+    # (default <var_dir>/codec-keys.json, which the embedded stack creates at first use). Customers' data keys
+    # live in codec_keystore_url (unset: the engine's database); keeping them in a database of their own with
+    # short-lived backups keeps an erased customer's key out of old backups.
+    codec_keys: str | None = None
+    codec_key_file: Path | None = None
+    codec_keystore_url: str | None = None
+
     # Database: SQLite file by default, PostgreSQL with postgresql+asyncpg://user@host/db
     database_url: str = "sqlite+aiosqlite:///var/fulfill.db"
 

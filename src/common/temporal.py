@@ -1,6 +1,6 @@
 """Temporal wiring shared by the client, the worker, the dev stack and tests.
 
-One place for the data converter and the custom search attributes, so every process agrees on them.
+One place for the payload converter and the custom search attributes, so every process agrees on them.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ class PayloadConverter(CompositePayloadConverter):
         )
 
 
-DATA_CONVERTER = DataConverter(payload_converter_class=PayloadConverter)
-
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 SKUS = SearchAttributeKey.for_keyword_list("Skus")
@@ -97,13 +95,14 @@ def dev_server_search_attribute_args() -> list[str]:
     return args
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
-    """A client of the engine's namespace with the one data converter. `lazy`: connect at the first call (a
-    process that must start, and say it is not ready, while Temporal is away)."""
+async def connect(settings: Settings, *, data_converter: DataConverter, lazy: bool = False) -> Client:
+    """A client of the engine's namespace. Hand it the one data converter (common.privacy.data_converter, or use
+    common.privacy.connect). `lazy`: connect at the first call (a process that must start, and say it is not
+    ready, while Temporal is away)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter,
         lazy=lazy,
     )
 

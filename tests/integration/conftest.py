@@ -23,11 +23,12 @@ import uvicorn
 from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
-from common.config import Settings
+from common.config import Settings, get_settings
 from common.demo import seed_demo
 from common.http.app import create_app
+from common.privacy import data_converter
 from common.store import Store
-from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
+from common.temporal import SEARCH_ATTRIBUTES
 from sandbox import SandboxServers, free_port_settings
 from sandbox.app import SMS_INBOUND_PATH
 from tests.conftest import TEMPORAL_CLI
@@ -46,7 +47,7 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
         search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(get_settings()),
         dev_server_extra_args=[
             "--sqlite-pragma",
             "journal_mode=wal",

@@ -25,8 +25,9 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from common.config import Settings
-from common.temporal import DATA_CONVERTER, dev_server_search_attribute_args
+from common.config import Settings, get_settings
+from common.privacy import data_converter
+from common.temporal import dev_server_search_attribute_args
 from tests.conftest import TEMPORAL_CLI
 from tests.integration.conftest import settings_env
 
@@ -213,7 +214,7 @@ class DevServerProcess(_Process):
         async def answering() -> bool:
             self._check_alive()
             try:
-                client = await Client.connect(self.address, data_converter=DATA_CONVERTER)
+                client = await Client.connect(self.address, data_converter=data_converter(get_settings()))
                 return await client.service_client.check_health()
             except RuntimeError:  # connection refused while it starts
                 return False

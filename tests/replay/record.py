@@ -30,16 +30,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi, with_prices
 from common.api.sms import start_sms_fallback
-from common.config import Settings
+from common.config import Settings, get_settings
 from common.demo import seed_demo
 from common.errors import InvalidRequest
 from common.intake import parse_order
 from common.models import OrderStatus, OrderView, OrderWorkflowInput, TrackingStatus, workflow_id_for
 from common.notifications.delivery import fallback_workflow_id
+from common.privacy import data_converter
 from common.returns import RmaStatus, return_workflow_id
 from common.shipping.contracts import TrackingPush
 from common.store import Store
-from common.temporal import DATA_CONVERTER, ORDER_STATUS, SEARCH_ATTRIBUTES
+from common.temporal import ORDER_STATUS, SEARCH_ATTRIBUTES
 from sandbox import SandboxServers, free_port_settings
 from sandbox.carrier import Progression
 from tests.conftest import TEMPORAL_CLI
@@ -512,7 +513,7 @@ async def run_scenarios(paths: list[str]) -> dict[str, str]:
             await WorkflowEnvironment.start_local(
                 dev_server_existing_path=str(TEMPORAL_CLI),
                 search_attributes=SEARCH_ATTRIBUTES,
-                data_converter=DATA_CONVERTER,
+                data_converter=data_converter(get_settings()),
                 dev_server_extra_args=["--sqlite-pragma", "journal_mode=wal"],
                 dev_server_log_level="error",
             ) as env,

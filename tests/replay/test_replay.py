@@ -17,7 +17,8 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from common.temporal import DATA_CONVERTER
+from common.config import get_settings
+from common.privacy import data_converter
 from tests.replay.changed_workflows import ReservesBeforeConfirming, ReservesBeforeConfirmingPatched
 from workflows import order, returns, steps
 from workflows.order import OrderWorkflow
@@ -41,7 +42,7 @@ def load(path: Path) -> WorkflowHistory:
 
 
 async def replay(history: WorkflowHistory, *workflows: type) -> None:
-    await Replayer(workflows=list(workflows), data_converter=DATA_CONVERTER).replay_workflow(history)
+    await Replayer(workflows=list(workflows), data_converter=data_converter(get_settings())).replay_workflow(history)
 
 
 def test_histories_are_recorded() -> None:

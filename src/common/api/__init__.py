@@ -44,6 +44,7 @@ from common.api._helpers import (
     with_prices,
 )
 from common.api.carrier_events import CarrierEventReceipt, receive_carrier_event
+from common.api.customers import CustomerDesk
 from common.api.results import OrderPage, OrderSummary, PlacedOrder, StockUpdate
 from common.api.sms import InboundSmsResult, StatusCallbackResult, receive_sms, record_sms_status
 from common.api.threepl import ThreePLDesk
@@ -84,6 +85,7 @@ from common.models import (
 from common.notifications.delivery import NotificationView, notification_view
 from common.order_signals import DeliveryReport, deliver_order_signals, wake_backordered_orders
 from common.orders.intake_keys import IdempotencyKeyReused
+from common.privacy import connect
 from common.returns import ReceiveReturnRequest, RetryRefundRequest, ReturnRequest, RmaView, return_workflow_id
 from common.store import Store
 from common.temporal import (
@@ -92,7 +94,6 @@ from common.temporal import (
     PICK_OVERDUE,
     SKUS,
     UpdateStillRunning,
-    connect,
     execute_update,
 )
 from common.warehouse.contracts import PickTask, PickTaskClosed, ShipmentReleased
@@ -105,7 +106,7 @@ log = logging.getLogger("fulfill.api")
 __all__ = ["FulfillmentApi", "OrderPage", "OrderSummary", "PlacedOrder", "StockUpdate", "with_prices"]
 
 
-class FulfillmentApi(ThreePLDesk):  # the 3PL methods: common/api/threepl.py
+class FulfillmentApi(ThreePLDesk, CustomerDesk):  # the 3PL methods: api/threepl.py; erasure: api/customers.py
     def __init__(self, client: Client, store: Store, settings: Settings, *, update_wait: float | None = None) -> None:
         self.client = client
         self.store = store

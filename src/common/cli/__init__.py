@@ -7,7 +7,9 @@ from __future__ import annotations
 from common.cli._help import CliApp
 from common.cli.access import api_key_app
 from common.cli.catalog import catalog_app
+from common.cli.customers import customer_app
 from common.cli.inventory import inventory_app
+from common.cli.keys import keys_app
 from common.cli.notifications import notifications
 from common.cli.orders import order_app
 from common.cli.threepl_inventory import register as register_inventory_sync
@@ -26,6 +28,8 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(api_key_app, name="api-key")
+app.add_typer(customer_app, name="customer")
+app.add_typer(keys_app, name="keys")
 threepl_app = CliApp(help="Parcels and stock at 3PL warehouses.", no_args_is_help=True)
 register_parcels(threepl_app)
 register_inventory_sync(threepl_app)

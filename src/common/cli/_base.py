@@ -35,6 +35,7 @@ from temporalio.service import RPCError
 from common.api import FulfillmentApi
 from common.cli._output import jsonable
 from common.config import Settings, get_settings
+from common.crypto.keys import key_file
 from common.db.errors import StoreError
 from common.errors import FulfillmentError, InvalidOrder, OrderAlreadyExists
 
@@ -63,6 +64,8 @@ STACK_SETTINGS = (
     "payments_provider",
     "stripe_api_key",
     "stripe_api_base",
+    "codec_key_file",
+    "codec_keystore_url",
 )
 
 
@@ -172,6 +175,9 @@ def write_stack_file(settings: Settings, pid: int | None = None) -> Path:
     made absolute, so a CLI started elsewhere still finds the same file."""
     shared = {name: getattr(settings, name) for name in STACK_SETTINGS}
     shared["database_url"] = _absolute_sqlite(settings.database_url)
+    shared["codec_key_file"] = str(key_file(settings).resolve())
+    if settings.codec_keystore_url:
+        shared["codec_keystore_url"] = _absolute_sqlite(settings.codec_keystore_url)
     doc = {
         "pid": os.getpid() if pid is None else pid,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),

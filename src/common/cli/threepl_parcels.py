@@ -13,7 +13,7 @@ from common.cli._base import out, print_json, run_async
 from common.cli._output import key, stamp, table, time_column
 from common.config import get_settings
 from common.errors import InvalidRequest
-from common.temporal import connect
+from common.privacy import connect
 from common.threepl.contracts import ThreePLState
 
 STATES = ", ".join(s.value for s in ThreePLState)

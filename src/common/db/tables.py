@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -452,4 +453,31 @@ threepl_sync_cursors = Table(
     Column("orders_since", UTCDateTime, nullable=True),
     Column("inventory_synced_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# (0010) Customers' data keys (common.privacy): each wrapped (AES-256-GCM) by the master key `wrapped_by`; a
+# forgotten customer's keys keep their row with `wrapped` NULL and `destroyed_at` set (crypto-shredding: the
+# payloads under them can no longer be read). A customer may have several keys (two first uses at once; a key
+# made after an erasure); the newest live one encrypts new payloads.
+customer_keys = Table(
+    "customer_keys",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("customer_id", String(255), nullable=False),
+    Column("wrapped", LargeBinary, nullable=True),
+    Column("wrapped_by", String(64), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("destroyed_at", UTCDateTime, nullable=True),
+    Index("ix_customer_keys_customer_id", "customer_id"),
+)
+
+# (0010) Which customer each workflow's payloads belong to (an order, its returns, an SMS's email fallback),
+# learnt from the workflow's input when it was started.
+workflow_customers = Table(
+    "workflow_customers",
+    metadata,
+    Column("workflow_id", String(200), primary_key=True),
+    Column("customer_id", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_workflow_customers_customer_id", "customer_id"),
 )

@@ -22,7 +22,7 @@ from common.http import (
     warehouse,
 )
 from common.http.limits import BodyLimit
-from common.temporal import connect
+from common.privacy import connect
 
 DESCRIPTION = """\
 Place orders, follow them, act on them, and run the warehouse and the stock, over HTTP.

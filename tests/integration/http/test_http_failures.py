@@ -12,10 +12,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
-from common.config import Settings
+from common.config import Settings, get_settings
 from common.http.app import create_app
+from common.privacy import data_converter
 from common.store import Store
-from common.temporal import DATA_CONVERTER
 from sandbox import SandboxServers
 from tests.integration.http.test_http_orders import assert_problem, new_id, wait_for_status
 from tests.orders import order_dict
@@ -72,7 +72,7 @@ async def test_temporal_unreachable_is_503_and_starts_nothing(
     store: Store, stack_settings: Settings, api: FulfillmentApi, intake: dict[str, str]
 ) -> None:
     # As the API process starts while Temporal is away: its client connects lazily, at the first call.
-    gone = await Client.connect("127.0.0.1:1", lazy=True, data_converter=DATA_CONVERTER)
+    gone = await Client.connect("127.0.0.1:1", lazy=True, data_converter=data_converter(get_settings()))
     async with await _client(FulfillmentApi(gone, store, stack_settings), stack_settings) as client:
         order_id = new_id()
         response = await client.post("/v1/orders", json=order_dict(order_id), headers=intake)

@@ -21,10 +21,11 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from common.config import Settings
+from common.config import Settings, get_settings
 from common.demo import seed_demo
+from common.privacy import data_converter
 from common.store import Store
-from common.temporal import DATA_CONVERTER, SEARCH_ATTRIBUTES
+from common.temporal import SEARCH_ATTRIBUTES
 from tests.conftest import TEMPORAL_CLI
 from tests.integration.conftest import settings_env
 from workers.worker import running_worker
@@ -53,7 +54,7 @@ async def api_process(stack_settings: Settings, var_dir: Path) -> AsyncIterator[
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
         search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(get_settings()),
         dev_server_log_level="error",
     ) as own:
         async for process in _api_process(own, stack_settings, var_dir):

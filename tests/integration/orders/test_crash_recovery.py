@@ -41,13 +41,14 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
-from common.config import Settings
+from common.config import Settings, get_settings
 from common.db.engine import sqlite_path
 from common.demo import seed_demo
 from common.inventory.contracts import StockLevel
 from common.models import OrderStatus, OrderView
+from common.privacy import data_converter
 from common.store import Store
-from common.temporal import DATA_CONVERTER, ORDER_STATUS
+from common.temporal import ORDER_STATUS
 from sandbox import SandboxServers
 from sandbox.carrier import Progression
 from tests.integration.worker_process import DevServerProcess, TcpGate, WorkerProcess, eventually
@@ -555,7 +556,7 @@ async def test_dev_server_restart_on_the_same_file_resumes_in_flight_orders(
     same SQLite file: the order, its timers and its worker carry on."""
     async with DevServerProcess(tmp_path / "temporal.db", tmp_path / "temporal.log") as server:
         await server.start()
-        client = await Client.connect(server.address, data_converter=DATA_CONVERTER)
+        client = await Client.connect(server.address, data_converter=data_converter(get_settings()))
         settings = stack_settings.model_copy(
             update={
                 "temporal_address": server.address,

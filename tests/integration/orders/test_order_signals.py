@@ -27,8 +27,8 @@ from common.config import Settings, get_settings
 from common.errors import PickNotAllowed
 from common.models import PickShortage, ReservationReleased
 from common.order_signals import deliver_order_signals
+from common.privacy import data_converter
 from common.store import Store
-from common.temporal import DATA_CONVERTER
 from tests.integration.db_fixtures import BACKENDS, database_url
 from tests.integration.store_checks import assert_books_balance, open_stores
 from workers.reconciler import OrderSignalRelay, running_relay
@@ -116,7 +116,7 @@ def _closed_port() -> int:
 
 async def _unreachable_engine() -> Client:
     """A client of an engine that is down: nothing listens on its port."""
-    return await Client.connect(f"127.0.0.1:{_closed_port()}", data_converter=DATA_CONVERTER, lazy=True)
+    return await Client.connect(f"127.0.0.1:{_closed_port()}", data_converter=data_converter(get_settings()), lazy=True)
 
 
 async def test_finding_5_i_outbox_rows_reach_the_order_in_the_order_they_were_written(

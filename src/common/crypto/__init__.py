@@ -1,0 +1,1 @@
+"""Encryption of what the engine hands Temporal: master keys (keys) and the payload codec (codec)."""
