@@ -21,6 +21,7 @@ for _size in ("COLUMNS", "LINES"):
 os.environ.setdefault("FULFILL_ENVIRONMENT", "embedded")
 _KEYS_DIR = Path(tempfile.mkdtemp(prefix="fulfill-test-keys-"))
 os.environ.setdefault("FULFILL_CODEC_KEY_FILE", str(_KEYS_DIR / "codec-keys.json"))
+os.environ.setdefault("FULFILL_CODEC_KEY_CACHE_TTL", "1")  # the erasure tests wait this long, not a minute
 os.environ.setdefault("FULFILL_CODEC_KEYSTORE_URL", f"sqlite+aiosqlite:///{_KEYS_DIR / 'keys.db'}")
 
 BIN = Path(sys.executable).parent

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     codec_keys: str | None = None
     codec_key_file: Path | None = None
     codec_keystore_url: str | None = None
+    # How long a process keeps a data key in memory before reading it again: a customer forgotten elsewhere is
+    # unreadable in every process within this many seconds
+    codec_key_cache_ttl: float = Field(default=60.0, ge=0)
 
     # Database: SQLite file by default, PostgreSQL with postgresql+asyncpg://user@host/db
     database_url: str = "sqlite+aiosqlite:///var/fulfill.db"

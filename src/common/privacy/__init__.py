@@ -32,6 +32,7 @@ class LazyKeyStore:
 
     def __init__(self, settings: Settings, ring: KeyRing, *, cache: bool = True) -> None:
         self._url = keystore_url(settings)
+        self._key_ttl = settings.codec_key_cache_ttl
         self._ring = ring
         self._cache = cache
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CustomerKeyStore] = (
@@ -46,7 +47,7 @@ class LazyKeyStore:
         async with self._opening.setdefault(loop, asyncio.Lock()):
             if (store := self._stores.get(loop)) is None:
                 db = await Database.open(self._url, migrate=True)
-                store = self._stores[loop] = CustomerKeyStore(db, self._ring, cache=self._cache)
+                store = self._stores[loop] = CustomerKeyStore(db, self._ring, cache=self._cache, key_ttl=self._key_ttl)
         return store
 
     async def customer_of(self, workflow_id: str) -> str | None:

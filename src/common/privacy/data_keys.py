@@ -9,6 +9,7 @@ must stop decoding the moment a customer is forgotten, whichever process forgot 
 from __future__ import annotations
 
 import secrets
+import time
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any
@@ -23,27 +24,47 @@ from common.db.database import Database, insert, utc_now
 _CACHED = 10_000
 
 
-class _Lru(OrderedDict[str, Any]):
+class _Lru:
+    """At most _CACHED entries, each for `ttl` seconds (None: until evicted)."""
+
+    def __init__(self, ttl: float | None = None) -> None:
+        self._ttl = ttl
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        entry = self._entries.get(key)
+        if entry is None or (self._ttl is not None and time.monotonic() - entry[0] > self._ttl):
+            return False, None
+        return True, entry[1]
+
     def remember(self, key: str, value: Any) -> Any:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > _CACHED:
-            self.popitem(last=False)
+        self._entries[key] = (time.monotonic(), value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > _CACHED:
+            self._entries.popitem(last=False)
         return value
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(key, value) for key, (_, value) in self._entries.items()]
 
 
 class CustomerKeyStore:
-    def __init__(self, db: Database, ring: KeyRing, *, cache: bool = True) -> None:
+    def __init__(self, db: Database, ring: KeyRing, *, cache: bool = True, key_ttl: float = 60.0) -> None:
         self._db = db
         self._ring = ring
         self._cache = cache
-        self._workflows = _Lru()  # workflow id -> customer id, or None (a workflow of no customer)
-        self._keys = _Lru()  # key id -> DataKey
-        self._active = _Lru()  # customer id -> DataKey
+        self._workflows = _Lru()  # workflow id -> customer id, or None (a workflow of no customer): never changes
+        # Data keys are read again after key_ttl seconds: a customer forgotten by another process is unreadable
+        # here too within that time
+        self._keys = _Lru(key_ttl)  # key id -> DataKey
+        self._active = _Lru(key_ttl)  # customer id -> DataKey
 
     async def customer_of(self, workflow_id: str) -> str | None:
-        if self._cache and workflow_id in self._workflows:
-            return self._workflows[workflow_id]  # type: ignore[no-any-return]
+        if self._cache and (cached := self._workflows.get(workflow_id))[0]:
+            return cached[1]  # type: ignore[no-any-return]
         w = t.workflow_customers
         rows = await self._db.read(select(w.c.customer_id).where(w.c.workflow_id == workflow_id))
         customer = rows[0].customer_id if rows else None
@@ -63,8 +84,8 @@ class CustomerKeyStore:
             self._workflows.remember(workflow_id, customer_id)
 
     async def active_key(self, customer_id: str) -> DataKey:
-        if self._cache and customer_id in self._active:
-            return self._active[customer_id]  # type: ignore[no-any-return]
+        if self._cache and (cached := self._active.get(customer_id))[0]:
+            return cached[1]  # type: ignore[no-any-return]
         k = t.customer_keys
         stmt = (
             select(k)
@@ -77,8 +98,8 @@ class CustomerKeyStore:
         return self._active.remember(customer_id, data_key) if self._cache else data_key
 
     async def key(self, key_id: str) -> DataKey:
-        if self._cache and key_id in self._keys:
-            return self._keys[key_id]  # type: ignore[no-any-return]
+        if self._cache and (cached := self._keys.get(key_id))[0]:
+            return cached[1]  # type: ignore[no-any-return]
         k = t.customer_keys
         rows = await self._db.read(select(k).where(k.c.key_id == key_id))
         if not rows:
@@ -106,9 +127,9 @@ class CustomerKeyStore:
         return destroyed
 
     def forget_cached(self, customer_id: str) -> None:
-        self._active.pop(customer_id, None)
+        self._active.drop(customer_id)
         for key_id in [kid for kid, dk in self._keys.items() if dk.customer_id == customer_id]:
-            del self._keys[key_id]
+            self._keys.drop(key_id)
 
     async def workflows_of(self, customer_id: str) -> list[str]:
         w = t.workflow_customers
