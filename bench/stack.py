@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOCALHOST = "127.0.0.1"
+
+# A benchmark is the embedded stack, and every process of it (this one, its workers, its API) shares one codec
+# key file and one store of customers' data keys: the load generator reads what the workers encrypted.
+_KEYS_DIR = Path(tempfile.mkdtemp(prefix="fulfill-bench-keys-"))
+os.environ.setdefault("FULFILL_ENVIRONMENT", "embedded")
+os.environ.setdefault("FULFILL_CODEC_KEY_FILE", str(_KEYS_DIR / "codec-keys.json"))
+os.environ.setdefault("FULFILL_CODEC_KEYSTORE_URL", f"sqlite+aiosqlite:///{_KEYS_DIR / 'keys.db'}")
 
 
 class StackError(RuntimeError):

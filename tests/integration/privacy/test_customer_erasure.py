@@ -4,8 +4,12 @@ and `fulfill customer forget` as a user runs it."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -16,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from common.api import FulfillmentApi
 from common.crypto.codec import CustomerDataErased
+from common.crypto.keys import read_key_file
 from common.db import tables as t
 from common.models import OrderStatus, workflow_id_for
 from common.store import Store
@@ -118,3 +123,21 @@ async def test_forget_refuses_while_an_order_runs_then_erases_it(
     again = cli("customer", "forget", customer, "--yes")  # a second run changes nothing, and says so
     assert again.returncode == 0, again.stderr
     assert "0 data key(s) destroyed" in again.stdout
+
+
+def test_keys_rotate_adds_a_newest_key_and_list_never_shows_secrets(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "codec-keys.json"
+    first = cli("keys", "rotate", "--file", str(path))
+    second = cli("keys", "rotate", "--file", str(path))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    keys = read_key_file(path)
+    assert len(keys) == 2 and keys[0].id in second.stdout and keys[1].id in first.stdout
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    listed = cli("keys", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [shared] = json.loads(listed.stdout)  # the stack's own key file
+    assert shared["newest"] and shared["data_keys_wrapped"] >= 1
+    assert base64.b64encode(read_key_file(Path(os.environ["FULFILL_CODEC_KEY_FILE"]))[0].secret).decode() not in (
+        listed.stdout
+    )
