@@ -179,6 +179,9 @@ def _banner(settings: Settings) -> str:
 
 def main() -> None:
     configure_logging()
+    # make run is the embedded stack, for itself and every process it starts (they inherit the environment)
+    os.environ["FULFILL_ENVIRONMENT"] = "embedded"
+    get_settings.cache_clear()
     settings = get_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     host, _, port = settings.temporal_address.rpartition(":")

@@ -54,6 +54,10 @@ class RmaNotFound(NotFound, InvalidRequest):
     pass
 
 
+class Erased(FulfillmentError):
+    """What the request names existed, but its customer's data was erased (`fulfill customer forget`): 410."""
+
+
 class WebhookRefused(FulfillmentError):
     """A provider webhook that is not the provider's: a missing or wrong signature, or an event replayed (already
     received, or too old). Answered 401; nothing was changed."""

@@ -1,8 +1,5 @@
-"""The engine's Python API for programs; the `fulfill` CLI is a thin layer over it.
-
-async with await FulfillmentApi.connect(get_settings()) as api:
-    await api.place_order(json_text)
-"""
+"""The engine's Python API for programs (the `fulfill` CLI is a thin layer over it), e.g.
+`async with await FulfillmentApi.connect(get_settings()) as api: await api.place_order(json_text)`."""
 
 from __future__ import annotations
 
@@ -49,7 +46,9 @@ from common.api.results import OrderPage, OrderSummary, PlacedOrder, StockUpdate
 from common.api.sms import InboundSmsResult, StatusCallbackResult, receive_sms, record_sms_status
 from common.api.threepl import ThreePLDesk
 from common.config import Settings
+from common.crypto.codec import CustomerDataErased
 from common.errors import (
+    Erased,
     FulfillmentError,
     InvalidOrder,
     InvalidRequest,
@@ -259,6 +258,8 @@ class FulfillmentApi(ThreePLDesk, CustomerDesk):  # the 3PL methods: api/threepl
                 if final is not None:
                     return final
             return await handle.query(OrderWorkflow.status, rpc_timeout=timedelta(seconds=10))
+        except CustomerDataErased as err:
+            raise Erased(f"order {order_id}: {err}") from None
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise OrderNotFound(f"no order {order_id!r}") from None

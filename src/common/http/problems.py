@@ -19,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog.contracts import UnknownSkuError, UnknownWarehouseError
 from common.db.errors import StoreError
-from common.errors import Conflict, FulfillmentError, InvalidOrder, NotFound, StillUnderWay, WebhookRefused
+from common.errors import Conflict, Erased, FulfillmentError, InvalidOrder, NotFound, StillUnderWay, WebhookRefused
 from common.intake import describe_error
 from common.logs import describe_error as describe_exception
 
@@ -147,6 +147,8 @@ async def _refusal(request: Request, exc: Exception) -> JSONResponse:
     stores refuse bad input with StoreError or ValueError)."""
     if isinstance(exc, WebhookRefused):
         return problem(request, 401, "webhook-refused", "Webhook refused", str(exc))
+    if isinstance(exc, Erased):
+        return problem(request, 410, "erased", "Customer data erased", str(exc))
     if isinstance(exc, NotFound | UnknownSkuError | UnknownWarehouseError):
         return problem(request, 404, "not-found", "Not found", str(exc))
     if isinstance(exc, Conflict):
