@@ -32,7 +32,7 @@ from temporalio.exceptions import ApplicationError
 from common.config import Settings
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.integrations.sms import SmsPermanentError, SmsSender
-from common.logs import mask_contacts
+from common.logs import customer_data, redact
 from common.messages import MessageRenderer, RenderedMessage
 from common.models import Channel, NotifyRequest, NotifyResult, OpsAlert
 from common.notifications.contracts import (
@@ -97,8 +97,9 @@ class NotificationActivities:
             if isinstance(outcome, EmailPermanentError | SmsPermanentError):
                 # Retrying cannot fix an invalid or opted-out recipient: go on without this message.
                 # The provider's words may name the recipient: the log and the order's history get them masked
-                activity.logger.warning("%s not sent: %s", claim.key, mask_contacts(str(outcome)))
-                result.skipped[channel.value] = mask_contacts(str(outcome))
+                reason = redact(str(outcome), *customer_data(request.customer))
+                activity.logger.warning("%s not sent: %s", claim.key, reason)
+                result.skipped[channel.value] = reason
             elif isinstance(outcome, BaseException):
                 failure = failure or outcome
                 failed.append(channel.value)
@@ -245,7 +246,8 @@ class NotificationActivities:
             )
         except EmailPermanentError as err:
             await self._store.notifications.set_fallback_status(sms.key, FALLBACK_REFUSED)
-            return SmsFallbackResult(outcome=FALLBACK_REFUSED, email_key=email_key, detail=mask_contacts(str(err)))
+            detail = redact(str(err), sms.fallback_recipient)
+            return SmsFallbackResult(outcome=FALLBACK_REFUSED, email_key=email_key, detail=detail)
         await self._store.notifications.set_fallback_status(sms.key, FALLBACK_SENT)
         return SmsFallbackResult(outcome=FALLBACK_SENT, email_key=email_key)
 
@@ -285,7 +287,10 @@ class NotificationActivities:
             await self._store.notifications.mark_notification_failed(key, str(err))
             # The type names the provider the order waits for (workflows/steps.py).
             provider = "EmailUnavailable" if channel == Channel.EMAIL else "SmsUnavailable"
-            raise ApplicationError(f"{channel.value} to order {order_id} failed: {err}", type=provider) from err
+            text = redact(str(err), claim.recipient)
+            # Chained only when nothing was masked: a cause is logged and recorded with its own text
+            cause = err if text == str(err) else None
+            raise ApplicationError(f"{channel.value} to order {order_id} failed: {text}", type=provider) from cause
         return provider_id
 
     async def _send(self, key: str, order_id: str, channel: Channel, recipient: str, message: RenderedMessage) -> str:

@@ -23,6 +23,7 @@ from common.integrations.carrier_api import (
     CarrierTransientError,
 )
 from common.integrations.payments import PaymentDeclined, PaymentError, PaymentsGateway
+from common.logs import customer_data, redact
 from common.models import ParcelRefundRequest, PaymentRefund
 from common.order_signals import wake_backordered_orders
 from common.returns import (
@@ -128,11 +129,16 @@ class ReturnActivities:
                 )
             return _label(record)
         except CarrierAddressError as err:
-            raise ApplicationError(str(err), type="CarrierAddressError", non_retryable=True) from err
+            # The customer's address is the return's sender: kept out of the message as in buy_label
+            problem = redact(str(err), *customer_data(request.customer_address))
+            cause = err if problem == str(err) else None
+            raise ApplicationError(problem, type="CarrierAddressError", non_retryable=True) from cause
         except CarrierTransientError:
             raise
         except CarrierError as err:
-            raise ApplicationError(str(err), type="CarrierRejected", non_retryable=True) from err
+            problem = redact(str(err), *customer_data(request.customer_address))
+            rejected = err if problem == str(err) else None
+            raise ApplicationError(problem, type="CarrierRejected", non_retryable=True) from rejected
 
     @activity.defn(name="void_return_label")
     async def void_return_label(self, rma_id: str) -> bool:

@@ -26,6 +26,7 @@ from common.integrations.carrier_api import (
     CarrierTransientError,
 )
 from common.inventory.contracts import ParcelRef
+from common.logs import customer_data, redact
 from common.models import (
     MOVED_TRACKING_STATUSES,
     Label,
@@ -110,11 +111,17 @@ class ShippingActivities:
             record = await self._record_label(key, shipment)
             return _label(record).model_copy(update={"choice": choice})
         except CarrierAddressError as err:
-            raise ApplicationError(str(err), type="CarrierAddressError", non_retryable=True) from err
+            # Any carrier adapter's words without the address they quote (the field is named); chained only when
+            # nothing was masked, as a cause is logged and recorded with its own text
+            problem = redact(str(err), *customer_data(request.ship_to))
+            cause = err if problem == str(err) else None
+            raise ApplicationError(problem, type="CarrierAddressError", non_retryable=True) from cause
         except CarrierTransientError:
             raise  # retried by the activity's retry policy
         except CarrierError as err:
-            raise ApplicationError(str(err), type="CarrierRejected", non_retryable=True) from err
+            problem = redact(str(err), *customer_data(request.ship_to))
+            rejected = err if problem == str(err) else None
+            raise ApplicationError(problem, type="CarrierRejected", non_retryable=True) from rejected
 
     @activity.defn(name="void_label")
     async def void_label(self, request: LabelRequest) -> bool:

@@ -499,8 +499,10 @@ def _verify_address(address: Any) -> list[dict[str, str]]:
     country = str(address.get("country") or "").strip()
     if country and not COUNTRY.match(country):
         errors.append({"field": "country", "message": "country must be a 2-letter ISO code"})
-    if "invalid" in str(address.get("street1") or "").lower():
-        errors.append({"field": "street1", "message": "Address not found"})
+    street = str(address.get("street1") or "")
+    if "invalid" in street.lower():
+        # Quoting the street, as some carriers' verification messages do: the engine must keep it out of its logs
+        errors.append({"field": "street1", "message": f"Address not found: {street}"})
     return errors
 
 

@@ -1,9 +1,10 @@
 """Sandbox SMTP server: aiosmtpd's SMTP protocol served from the current event loop, keeping every message.
 
-Recipients in the reserved `.invalid` top-level domain (RFC 2606) are refused with 550, so the permanent
-failure path of the email adapter can be exercised against a real server. During an outage (outages.py) the
-server answers as a relay in trouble does: 421 instead of the greeting on a new connection, and 421 to the next
-MAIL, RCPT or DATA on an open one, closing the connection after it (RFC 5321 4.2.2).
+Recipients in the reserved `.invalid` top-level domain (RFC 2606), and addresses tagged `+bounce` (which a
+customer's order can carry, unlike `.invalid`), are refused with 550, quoting the address as real relays do,
+so the permanent failure path of the email adapter can be exercised against a real server. During an outage
+(outages.py) the server answers as a relay in trouble does: 421 instead of the greeting on a new connection, and
+421 to the next MAIL, RCPT or DATA on an open one, closing the connection after it (RFC 5321 4.2.2).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class OutboxHandler:
     ) -> str:
         if self._outages.active("smtp"):
             return UNAVAILABLE
-        if address.lower().rstrip(">").endswith(".invalid"):
+        lowered = address.lower().rstrip(">")
+        if lowered.endswith(".invalid") or "+bounce@" in lowered:
             return f"550 5.1.1 <{address}>: Recipient address rejected: mailbox unavailable"
         envelope.rcpt_tos.append(address)
         return "250 OK"

@@ -3,7 +3,9 @@
 Temporal's worker logs every failed activity attempt at WARNING with its whole traceback: one carrier fault,
 retried, fills the screen. Those records are cut to one line (the activity, its attempt, the error's type and
 first line); the traceback is kept at DEBUG. Whatever a log line carries, e-mail addresses and phone numbers
-are masked: customers' contact details stay out of the logs.
+are masked: customers' contact details stay out of the logs. Names and addresses cannot be recognised by a
+pattern: the code that has them scrubs them out of provider texts with `redact(text, *known)` before they
+become an error message or a log line.
 """
 
 from __future__ import annotations
@@ -72,5 +74,40 @@ def describe_error(error: BaseException | None, limit: int = _MAX_ERROR) -> str:
     return f"{kind}: {text}" if text else kind
 
 
-def mask_contacts(text: str) -> str:
+# Shorter known values are left alone: a two-letter region or "1" would mask half a message
+_MIN_KNOWN = 3
+
+
+def redact(text: str, *known: str | None) -> str:
+    """`text` fit for a log line or an error message: e-mail addresses and phone numbers masked, and each of the
+    `known` values (the customer's name, street, city, postal code... as the caller has them) replaced by "***",
+    whatever its case. For provider answers that echo what they were sent: the order's own data is what they
+    quote, and a pattern cannot recognise a name or a street. A known phone number is masked with or without its
+    "+" (providers write it both ways)."""
+    values = set()
+    for value in known:
+        value = (value or "").strip()
+        if len(value) >= _MIN_KNOWN:
+            values.add(value)
+            if value.startswith("+") and value[1:].isdigit():
+                values.add(value[1:])
+    for value in sorted(values, key=len, reverse=True):  # the longest first: a street before its city
+        text = re.sub(re.escape(value), "***", text, flags=re.IGNORECASE)
     return _PHONE.sub("<phone>", _EMAIL.sub("<email>", text))
+
+
+def mask_contacts(text: str) -> str:
+    """`redact` without known values: what the log filter does to every line."""
+    return redact(text)
+
+
+def customer_data(*parts: object) -> list[str]:
+    """The values `redact` must not let through for these parts of an order: a Customer's name, email and phone,
+    an Address's name, lines, city and postal code (anything with such attributes)."""
+    values = []
+    for part in parts:
+        for field in ("name", "email", "phone", "line1", "line2", "city", "postal_code"):
+            value = getattr(part, field, None)
+            if isinstance(value, str):
+                values.append(value)
+    return values

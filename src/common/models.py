@@ -37,6 +37,7 @@ class ShippingSpeed(StrEnum):
 
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+PostalCode = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)]
 E164Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")]
 ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SKU_PATTERN = r"^[A-Z0-9][A-Z0-9._-]{0,63}$"
@@ -49,10 +50,10 @@ class _Strict(BaseModel):
 
 
 class Customer(_Strict):
-    id: NonEmpty
-    name: NonEmpty
-    email: EmailStr
-    phone: E164Phone | None = None
+    id: NonEmpty  # repr and str (a log line's %s) show the id only: customer data has repr=False, JSON as it was
+    name: NonEmpty = Field(repr=False)
+    email: EmailStr = Field(repr=False)
+    phone: E164Phone | None = Field(default=None, repr=False)
     channels: list[Channel] = Field(default_factory=lambda: [Channel.EMAIL], min_length=1)
 
     @model_validator(mode="after")
@@ -65,12 +66,12 @@ class Customer(_Strict):
 
 
 class Address(_Strict):
-    name: NonEmpty
-    line1: NonEmpty
-    line2: NonEmpty | None = None
-    city: NonEmpty
-    region: NonEmpty | None = None
-    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20)]
+    name: NonEmpty = Field(repr=False)  # as Customer's: a repr shows the country only
+    line1: NonEmpty = Field(repr=False)
+    line2: NonEmpty | None = Field(default=None, repr=False)
+    city: NonEmpty = Field(repr=False)
+    region: NonEmpty | None = Field(default=None, repr=False)
+    postal_code: PostalCode = Field(repr=False)
     country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
 
 
@@ -591,8 +592,7 @@ class TrackingUpdate(BaseModel):
 
 class ReservationReleased(BaseModel):
     """Signal `reservation_released`, written by the stock change's own transaction (the order-signal outbox):
-    these shipments of the order lost their reservation before they were picked; their pick tasks are
-    cancelled already."""
+    these shipments of the order lost their reservation before they were picked; their pick tasks are cancelled."""
 
     sku: str
     warehouse: str

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.logs import ACTIVITY_LOGGER, EngineLogFilter
+from common.logs import ACTIVITY_LOGGER, EngineLogFilter, customer_data, redact
+from common.models import Address, Customer
 
 DETAILS = {
     "activity_id": "7",
@@ -73,3 +74,26 @@ def test_contact_details_are_masked_in_tracebacks_too(log_output: io.StringIO) -
         logging.getLogger(f"{ACTIVITY_LOGGER}.smtp").exception("sending failed")  # keeps its traceback
     assert "Traceback" in log_output.getvalue()
     assert "ada.lovelace@example.com" not in log_output.getvalue() and "<email>" in log_output.getvalue()
+
+
+def test_redact_masks_the_known_values_of_the_order_whatever_their_case() -> None:
+    text = "550 <Bob.Smith@Example.org>: no such user; To +15555550123, or 15555550123, at 1 ELM Road, Leeds LS1 4AP"
+    known = customer_data(
+        Customer(id="C-1", name="Bob Smith", email="bob.smith@example.org", phone="+15555550123"),
+        Address(name="Bob Smith", line1="1 Elm Road", city="Leeds", postal_code="LS1 4AP", country="GB"),
+    )
+    assert redact(text, *known) == "550 <***>: no such user; To ***, or ***, at ***, *** ***"
+    # Without known values only what looks like an e-mail address or an E.164 number goes
+    assert redact(text) == "550 <<email>>: no such user; To <phone>, or 15555550123, at 1 ELM Road, Leeds LS1 4AP"
+    assert redact("carrier GB: refused", "GB", "", None) == "carrier GB: refused"  # too short to mask safely
+
+
+def test_customers_and_addresses_show_no_personal_data_in_a_log_line() -> None:
+    customer = Customer(id="C-1", name="Bob Smith", email="bob@example.org", phone="+15555550123")
+    address = Address(name="Bob Smith", line1="1 Elm Road", city="Leeds", postal_code="LS1 4AP", country="GB")
+    shown = f"{customer} {customer!r} {address} {address!r}"
+    for value in ("Bob", "bob@", "5550123", "Elm", "Leeds", "LS1"):
+        assert value not in shown
+    assert "C-1" in shown and "GB" in shown
+    # The JSON (payloads, recorded histories) has every field as before
+    assert customer.model_dump()["name"] == "Bob Smith" and address.model_dump()["line1"] == "1 Elm Road"

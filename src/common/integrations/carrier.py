@@ -10,13 +10,14 @@ answer is not read again inside the SDK: retrying is the caller's, after a Carri
 errors become ours: 408, 429, 5xx, timeouts and connection errors are CarrierTransientError (retry),
 ADDRESS.VERIFY.FAILURE a CarrierAddressError naming our Address field, SHIPMENT.POSTAGE.EXISTS a
 CarrierAlreadyPurchasedError, 404 a CarrierNotFoundError, any other refusal a CarrierError. Messages name the
-call by shipment id, reference or tracking code and the carrier's code and fields, never names or addresses.
+call by shipment id, reference or tracking code and the carrier's code and fields, never names or addresses: the
+carrier's own words are kept with the address it was sent redacted (common.logs.redact).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -40,6 +41,7 @@ from common.integrations.carrier_api import (
     CarrierTrackingDetail,
     CarrierTransientError,
 )
+from common.logs import customer_data, redact
 from common.models import Address
 
 __all__ = [
@@ -126,7 +128,8 @@ class CarrierClient:
             "is_return": is_return,
             "options": dict(options or {}),
         }
-        data = await self._call(f"create shipment {reference}", lambda c: c.shipment.create(**params))
+        known = customer_data(to_address)  # the carrier's verification messages may quote the address it was sent
+        data = await self._call(f"create shipment {reference}", lambda c: c.shipment.create(**params), known=known)
         return parse_shipment(data)
 
     async def get_shipment(self, shipment_id: str) -> CarrierShipment:
@@ -182,8 +185,11 @@ class CarrierClient:
             self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="easypost")
         return self._sdk, self._pool
 
-    async def _call(self, what: str, call: Callable[[easypost.EasyPostClient], Any]) -> dict[str, Any]:
-        """Run one SDK call on the pool; its answer as plain JSON data, its errors as ours."""
+    async def _call(
+        self, what: str, call: Callable[[easypost.EasyPostClient], Any], *, known: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Run one SDK call on the pool; its answer as plain JSON data, its errors as ours (their text without
+        the `known` values of the customer's data, see carrier_error)."""
         sdk, pool = self._clients()
 
         def run() -> dict[str, Any]:
@@ -200,7 +206,9 @@ class CarrierClient:
                 f"carrier {what}: no answer within {self._timeout:g} s", code="TIMEOUT"
             ) from err
         except ep.EasyPostError as err:
-            raise carrier_error(what, err) from err
+            # Not chained: the SDK's error keeps the carrier's raw words, and a cause is logged and recorded in
+            # the order's history with the error
+            raise carrier_error(what, err, known) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,12 +227,13 @@ TRANSIENT_CLASSES: tuple[type[ep.EasyPostError], ...] = (
 )
 
 
-def carrier_error(what: str, err: ep.EasyPostError) -> CarrierError:
-    """The CarrierError for an SDK error of call `what`."""
+def carrier_error(what: str, err: ep.EasyPostError, known: Sequence[str] = ()) -> CarrierError:
+    """The CarrierError for an SDK error of call `what`; its message has the `known` values (the address the
+    call sent), e-mail addresses and phone numbers masked."""
     status = getattr(err, "http_status", None)
     code = getattr(err, "code", None)
     details = [d for d in getattr(err, "errors", None) or [] if isinstance(d, dict)]
-    message = _message(what, status, code, err.message, details)
+    message = redact(_message(what, status, code, err.message, details), *known)
     if isinstance(err, TRANSIENT_CLASSES) or (status is not None and (status in RETRYABLE_STATUSES or status >= 500)):
         return CarrierTransientError(message, status=status, code=code)
     if code == "ADDRESS.VERIFY.FAILURE":
@@ -238,7 +247,8 @@ def carrier_error(what: str, err: ep.EasyPostError) -> CarrierError:
 
 
 def _message(what: str, status: int | None, code: str | None, text: Any, details: list[dict[str, Any]]) -> str:
-    """The carrier's words, field names and codes; EasyPost's messages name fields, not their values."""
+    """The carrier's words, field names and codes (EasyPost's messages name fields, but a carrier's may quote
+    their values: carrier_error redacts them)."""
     head = " ".join(str(p) for p in (status, code) if p)
     message = f"carrier {what}: {head + ': ' if head else ''}{text or 'failed'}"
     if details:

@@ -31,6 +31,7 @@ from aiosmtplib.email import parse_address
 
 from common.config import Settings
 from common.integrations import NotificationError
+from common.logs import redact
 
 POOL_SIZE = 4  # connections to the relay at most, i.e. emails in flight at once
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' (RFC 5322 3.6.8)
@@ -106,20 +107,23 @@ class EmailSender:
         build = partial(
             self.build, to=to, subject=subject, text=text, html=html, message_id=message_id, headers=headers
         )
+        # The relay's answers quote the recipient ("550 <bob@x>: no such user"): ours name none, and are not
+        # chained to aiosmtplib's errors, whose text (logged and recorded with ours as the cause) keeps it
         try:
             await self._send(recipient, build)
         except aiosmtplib.SMTPRecipientRefused as err:
-            detail = f"{err.recipient}: {err.code} {err.message}"
+            detail = f"{err.code} {redact(err.message, to, recipient)}"
             if 500 <= err.code < 600:
-                raise EmailPermanentError(f"recipient refused: {detail}", err.code) from err
-            raise EmailTransientError(f"recipient deferred: {detail}", err.code) from err
+                raise EmailPermanentError(f"recipient refused: {detail}", err.code) from None
+            raise EmailTransientError(f"recipient deferred: {detail}", err.code) from None
         except aiosmtplib.SMTPResponseException as err:
+            detail = f"SMTP {err.code}: {redact(err.message, to, recipient)}"
             if 500 <= err.code < 600:
-                raise EmailPermanentError(f"SMTP {err.code}: {err.message}", err.code) from err
-            raise EmailTransientError(f"SMTP {err.code}: {err.message}", err.code) from err
+                raise EmailPermanentError(detail, err.code) from None
+            raise EmailTransientError(detail, err.code) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
             where = f"{s.smtp_host}:{s.smtp_port}"
-            raise EmailTransientError(f"SMTP relay {where} unavailable: {err}") from err
+            raise EmailTransientError(f"SMTP relay {where} unavailable: {redact(str(err), to, recipient)}") from None
         return message_id
 
     async def close(self) -> None:

@@ -53,6 +53,7 @@ from common.integrations.threepl_api import (
     ThreePLWebhookRefused,
 )
 from common.integrations.threepl_webhooks import verify_standard_webhook, webhook_key
+from common.logs import redact
 
 log = logging.getLogger("fulfill.integrations.threepl")
 
@@ -266,7 +267,7 @@ def threepl_error(
 ) -> ThreePLError:
     """The ThreePLError of a ShipBob error answer to call `what`."""
     title, fields = _problem(body)
-    text = _redact("; ".join(f"{name}: {msg}" for name, msg in fields) or title or "failed", private)
+    text = redact("; ".join(f"{name}: {msg}" for name, msg in fields) or title or "failed", *private)
     message = f"3pl {what}: {status}{' ' + title if title and fields else ''}: {text}"
     if retry_after:
         message += f" (retry after {retry_after[:20]} s)"
@@ -307,12 +308,6 @@ def _refusal_detail(fields: list[tuple[str, str]]) -> ThreePLDetail | None:
         if "product" in name or "sku" in name:
             return ThreePLDetail.OUT_OF_STOCK if "stock" in msg else ThreePLDetail.UNKNOWN_SKU
     return None
-
-
-def _redact(text: str, private: Iterable[str]) -> str:
-    for value in sorted(private, key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text
 
 
 def _json(raw: bytes) -> Any:

@@ -18,6 +18,7 @@ from twilio.rest import Client
 
 from common.config import Settings
 from common.integrations import NotificationError
+from common.logs import redact
 
 # Retrying cannot help: invalid number, opted out (STOP), not SMS-capable, unverified on a trial account
 PERMANENT_CODES = frozenset({21211, 21610, 21614, 21608})
@@ -102,20 +103,22 @@ class SmsSender:
             kwargs["from_"] = sender
         if status_callback:
             kwargs["status_callback"] = status_callback
+        # Twilio's messages quote the number ("The 'To' number +1555... is not a valid phone number"): ours mask
+        # it, and are not chained to the SDK's errors, whose text (logged and recorded as the cause) keeps it
         try:
             message = await self._client.messages.create_async(**kwargs)
         except TwilioRestException as err:
             code = err.code if isinstance(err.code, int) else None
             if err.status == 429 or err.status >= 500:
-                raise SmsTransientError(f"Twilio HTTP {err.status}: {err.msg}", code) from err
+                raise SmsTransientError(f"Twilio HTTP {err.status}: {redact(err.msg, to)}", code) from None
             # Other 4xx: invalid/opted-out recipients (21211, 21610, 21614, 21608), auth and request errors
-            raise SmsPermanentError(code, err.msg) from err
+            raise SmsPermanentError(code, redact(err.msg, to)) from None
         except TwilioServiceException as err:  # the newer RFC 9457 error shape
             if err.status == 429 or err.status >= 500:
-                raise SmsTransientError(f"Twilio HTTP {err.status}: {err.title}", err.code) from err
-            raise SmsPermanentError(err.code, err.detail or err.title) from err
+                raise SmsTransientError(f"Twilio HTTP {err.status}: {redact(err.title, to)}", err.code) from None
+            raise SmsPermanentError(err.code, redact(err.detail or err.title, to)) from None
         except (TwilioException, aiohttp.ClientError, OSError, TimeoutError) as err:
-            raise SmsTransientError(f"Twilio unreachable: {err}") from err
+            raise SmsTransientError(f"Twilio unreachable: {redact(str(err), to)}") from None
         if message.sid is None:
             raise SmsTransientError("Twilio answered without a message sid")
         return message.sid

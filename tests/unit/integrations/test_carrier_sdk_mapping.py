@@ -148,3 +148,11 @@ def test_the_adapter_is_a_carrier() -> None:
         ]
     )
     assert all(callable(getattr(CarrierClient, m)) for m in methods)
+
+
+def test_a_carrier_message_quoting_the_address_it_was_sent_keeps_it_out() -> None:
+    errors = [{"field": "street1", "message": "Address not found: 742 EVERGREEN terrace, Springfield"}]
+    err = api_error(ep.InvalidRequestError, 422, "ADDRESS.VERIFY.FAILURE", errors=errors)
+    mapped = carrier_error("create shipment label:ORD-1:1", err, ["742 Evergreen Terrace", "Springfield"])
+    assert str(mapped).endswith("(street1: Address not found: ***, ***)")
+    assert mapped.field == "line1"
