@@ -28,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum
 
 from common.config import Settings
+from common.temporal_tls import temporal_connect_options
 
 
 class _TolerantJSONConverter(PydanticJSONPlainPayloadConverter):
@@ -105,6 +106,7 @@ async def connect(settings: Settings, *, lazy: bool = False) -> Client:
         namespace=settings.temporal_namespace,
         data_converter=DATA_CONVERTER,
         lazy=lazy,
+        **temporal_connect_options(settings),
     )
 
 
