@@ -14,6 +14,10 @@ import pytest
 for _size in ("COLUMNS", "LINES"):
     os.environ.pop(_size, None)
 
+# The tests run the embedded stack (sandbox servers, default secrets): say so, or every engine process they start
+# would refuse to (common.production). A test of production mode sets it itself.
+os.environ.setdefault("FULFILL_ENVIRONMENT", "embedded")
+
 BIN = Path(sys.executable).parent
 TEMPORAL_CLI = BIN / "temporal"
 TEMPORAL_TEST_SERVER = BIN / "temporal-test-server"

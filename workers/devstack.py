@@ -178,7 +178,8 @@ def _banner(settings: Settings) -> str:
 
 def main() -> None:
     configure_logging()
-    settings = get_settings()
+    # This is the embedded stack by definition: it and every process it starts say so (common.production)
+    settings = get_settings().model_copy(update={"environment": "embedded"})
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     host, _, port = settings.temporal_address.rpartition(":")
     for what, p in [
@@ -197,7 +198,8 @@ def main() -> None:
     asyncio.run(_prepare_data(settings))
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Children ignore the terminal's Ctrl-C (own session); we stop them in order: worker first.
-    settings, env = with_sandbox_payments(settings, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "FULFILL_ENVIRONMENT": "embedded"}
+    settings, env = with_sandbox_payments(settings, environ)
     settings, env = with_engine_webhooks(settings, env)
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
