@@ -119,6 +119,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         # None as an empty value ("not set"): left out, the child would take the default instead (e.g. the
         # carrier's webhooks to :8080, where a `make run` on this machine would receive them)
         env[f"FULFILL_{name.upper()}"] = "" if value is None else str(value)
+    env["FULFILL_ENVIRONMENT"] = "embedded"  # the bench runs the engine on its own sandbox servers
     return env
 
 

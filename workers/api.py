@@ -10,11 +10,13 @@ import uvicorn
 from common.config import get_settings
 from common.http.app import create_app
 from common.logs import configure_logging
+from common.production import refuse_unsafe_start
 
 
 def main() -> None:
     configure_logging()
     settings = get_settings()
+    refuse_unsafe_start(settings, "HTTP API")
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

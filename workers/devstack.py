@@ -201,7 +201,8 @@ def main() -> None:
     asyncio.run(_prepare_data(settings))
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     # Children ignore the terminal's Ctrl-C (own session); we stop them in order: worker first.
-    settings, env = with_sandbox_payments(settings, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "FULFILL_ENVIRONMENT": "embedded"}
+    settings, env = with_sandbox_payments(settings, environ)
     settings, env = with_engine_webhooks(settings, env)
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:

@@ -7,11 +7,14 @@ import logging
 
 from common.api import FulfillmentApi
 from common.errors import FulfillmentError
+from common.production import refuse_unsafe_start
 
 log = logging.getLogger("fulfill.picker")
 
 
 async def run_picker(api: FulfillmentApi, delay_s: float, stop: asyncio.Event, poll_s: float = 0.5) -> None:
+    # It confirms picks nobody made: never against a production configuration
+    refuse_unsafe_start(api.settings, "simulated picker")
     while not stop.is_set():
         try:
             for task in await api.store.picks.open_tasks(older_than_s=delay_s):

@@ -33,6 +33,7 @@ from common.integrations.sms import SmsSender
 from common.integrations.threepl_providers import threepl_providers
 from common.logs import configure_logging
 from common.privacy import connect
+from common.production import refuse_unsafe_start
 from common.store import Store
 from common.temporal import task_pollers
 from workers.reconciler import (
@@ -151,6 +152,7 @@ def cache_bytecode(settings: Settings) -> None:
 def main() -> None:
     configure_logging()
     settings = get_settings()
+    refuse_unsafe_start(settings, "worker")  # before anything connects or opens the database
     cache_bytecode(settings)
     asyncio.run(serve(settings))
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.models import PartialShipment
@@ -32,12 +32,22 @@ class Settings(BaseSettings):
     task_queue: str = "fulfillment"
     temporal_ui_port: int = 8233
 
+    # Temporal over TLS (common.temporal_tls): the system roots, or temporal_tls_ca_file for a private CA; mTLS
+    # with a client cert and key (both or neither). A Temporal Cloud API key goes as `authorization: Bearer`.
+    # Any file, the server name or the API key turns TLS on (a key must never cross the network in the clear).
+    temporal_tls: bool = False
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None  # the name the server's certificate is checked against (and SNI)
+    temporal_api_key: str | None = None
+
+    # "production" (the default) refuses to start a long-running process on sandbox endpoints or default secrets
+    # (common.production); the embedded stack (`make run`, the tests) says "embedded".
+    environment: Literal["production", "embedded"] = "production"
+
     # Local state of the embedded stack (Temporal SQLite file, database, sandbox data)
     var_dir: Path = Path("var")
-
-    # "production" refuses to start with the sandbox's endpoints or default secrets; make run and the tests say
-    # "embedded" (common.production)
-    environment: Literal["production", "embedded"] = "production"
 
     # Payload encryption (common.crypto): master keys as "id:base64,id:base64", newest first; unset, the key file
     # (default <var_dir>/codec-keys.json, which the embedded stack creates at first use). Customers' data keys
@@ -53,13 +63,16 @@ class Settings(BaseSettings):
     # Database: SQLite file by default, PostgreSQL with postgresql+asyncpg://user@host/db
     database_url: str = "sqlite+aiosqlite:///var/fulfill.db"
 
-    # Email (any SMTP relay; the default is the sandbox SMTP server)
+    # Email (any SMTP relay; the default is the sandbox SMTP server). With a username and password the connection
+    # is encrypted first, always: implicit TLS (smtp_use_tls) or STARTTLS, required (a relay without it is an
+    # error, never a plaintext AUTH). smtp_starttls: STARTTLS without credentials too.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 8025
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
     smtp_use_tls: bool = False
+    smtp_tls_ca_file: Path | None = None  # a private relay's CA (PEM); unset: the system roots
     email_from: str = "Fulfillment <orders@fulfill.example>"
     ops_email: str = "ops@fulfill.example"
 
@@ -208,6 +221,22 @@ class Settings(BaseSettings):
     # The sandbox payments server (Stripe's Refunds API) and the one API key it accepts
     sandbox_payments_port: int = 8028
     sandbox_payments_api_key: str = "sk_test_sandbox"
+
+    @model_validator(mode="after")
+    def _pairs_complete(self) -> Settings:
+        # Half a pair is a typo or a forgotten secret: say so at start, not as a TLS or AUTH failure later
+        pairs = [
+            ("temporal_tls_cert_file", "temporal_tls_key_file", "an mTLS client certificate needs its key"),
+            ("smtp_username", "smtp_password", "SMTP AUTH needs both"),
+        ]
+        for first, second, why in pairs:
+            if (getattr(self, first) is None) != (getattr(self, second) is None):
+                given, missing = (first, second) if getattr(self, first) is not None else (second, first)
+                raise ValueError(
+                    f"FULFILL_{given.upper()} is set but FULFILL_{missing.upper()} is not: set both "
+                    f"FULFILL_{first.upper()} and FULFILL_{second.upper()}, or neither ({why})"
+                )
+        return self
 
     @field_validator("sandbox_threepl_stock")
     @classmethod

@@ -28,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum
 
 from common.config import Settings
+from common.temporal_tls import temporal_connect_options
 
 
 class _TolerantJSONConverter(PydanticJSONPlainPayloadConverter):
@@ -104,6 +105,7 @@ async def connect(settings: Settings, *, data_converter: DataConverter, lazy: bo
         namespace=settings.temporal_namespace,
         data_converter=data_converter,
         lazy=lazy,
+        **temporal_connect_options(settings),
     )
 
 

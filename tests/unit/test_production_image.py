@@ -59,7 +59,17 @@ def test_worker_and_fulfill_without_the_sandbox() -> None:
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["3pl", "api-key", "catalog", "inventory", "notifications", "order", "warehouse"]
+    assert result.stdout.split() == [
+        "3pl",
+        "api-key",
+        "catalog",
+        "customer",
+        "inventory",
+        "keys",
+        "notifications",
+        "order",
+        "warehouse",
+    ]
 
 
 def test_fulfill_of_a_development_install_has_the_dev_commands() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy
@@ -25,6 +26,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, parseaddr
 from functools import partial
+from pathlib import Path
 
 import aiosmtplib
 from aiosmtplib.email import parse_address
@@ -70,6 +72,7 @@ class EmailSender:
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: list[aiosmtplib.SMTP] = []  # open connections no send is using, the most recent last
         self._generation = 0  # bumped by close(): connections opened before are not pooled again
+        self._tls_context = _tls_context(settings.smtp_tls_ca_file)
 
     def build(self, *, to: str, subject: str, text: str, html: str, message_id: str, headers: dict[str, str]) -> bytes:
         """The message as sent: From, To, Subject, Date, Message-ID and `headers` (one of these names replaces
@@ -208,26 +211,44 @@ class EmailSender:
 
     async def _open(self) -> aiosmtplib.SMTP:
         s = self._settings
+        # Credentials only ever go over an encrypted connection: implicit TLS, or STARTTLS required
+        start_tls = not s.smtp_use_tls and (s.smtp_username is not None or s.smtp_starttls)
         client = aiosmtplib.SMTP(
             hostname=s.smtp_host,
             port=s.smtp_port,
-            username=s.smtp_username,
-            password=s.smtp_password,
             use_tls=s.smtp_use_tls,
-            start_tls=s.smtp_starttls,
+            start_tls=False,  # done below, so a relay without it is an error of ours, never a plaintext AUTH
+            tls_context=self._tls_context,
             timeout=self._timeout,
         )
         try:
-            await client.connect()  # with STARTTLS and AUTH as configured
-            if client.is_ehlo_or_helo_needed:  # the extensions (SIZE, SMTPUTF8) shape MAIL FROM
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()
+            await client.connect()
+            await self._ehlo(client)
+            if start_tls:
+                if not client.supports_extension("starttls"):
+                    raise EmailTransientError(
+                        f"SMTP relay {s.smtp_host}:{s.smtp_port} does not offer STARTTLS, and credentials are "
+                        "never sent unencrypted (FULFILL_SMTP_USE_TLS=true for a relay that takes implicit TLS)"
+                    )
+                await client.starttls()
+                await self._ehlo(client)  # the extensions before TLS do not count (RFC 3207)
+            if s.smtp_username is not None:
+                await client.login(s.smtp_username, s.smtp_password or "")
+                await self._ehlo(client)
         except BaseException:
             client.close()
             raise
         return client
+
+    @staticmethod
+    async def _ehlo(client: aiosmtplib.SMTP) -> None:
+        """EHLO (HELO for an old relay) when the session needs one: the extensions (STARTTLS, SIZE, SMTPUTF8)
+        shape what follows."""
+        if client.is_ehlo_or_helo_needed:
+            try:
+                await client.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await client.helo()
 
     async def _reset(self, client: aiosmtplib.SMTP) -> bool:
         """RSET after a refused transaction so the connection can carry the next message; False if it cannot."""
@@ -245,6 +266,18 @@ class EmailSender:
             pass
         finally:
             client.close()
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """A context trusting a private relay's CA; None: aiosmtplib's default (the system roots). Built when the
+    sender is, so a wrong file stops the worker at start rather than failing each email."""
+    if ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as err:
+        reason = getattr(err, "strerror", None) or getattr(err, "reason", None) or err
+        raise ValueError(f"FULFILL_SMTP_TLS_CA_FILE={ca_file}: not a readable PEM CA file ({reason})") from err
 
 
 def _text_part(text: str, subtype: str) -> MIMEText:
