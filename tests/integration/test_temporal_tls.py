@@ -19,7 +19,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from common.config import Settings
-from common.temporal import connect
+from common.privacy import connect
 from tests.certs import CertificateAuthority, Issued
 
 SERVER_NAME = "temporal.test"  # not the address dialled (127.0.0.1): FULFILL_TEMPORAL_TLS_SERVER_NAME must be used

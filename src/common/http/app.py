@@ -12,6 +12,7 @@ from common.api import FulfillmentApi
 from common.config import Settings
 from common.http import (
     carrier_webhooks,
+    customers,
     health,
     inventory,
     orders,
@@ -65,7 +66,16 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.include_router(health.router)
-    routers = (orders, warehouse, inventory, threepl_parcels, carrier_webhooks, threepl_webhooks, sms_webhooks)
+    routers = (
+        orders,
+        warehouse,
+        inventory,
+        threepl_parcels,
+        customers,
+        carrier_webhooks,
+        threepl_webhooks,
+        sms_webhooks,
+    )
     for module in routers:
         app.include_router(module.router)
     return app

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 
 from common.access.contracts import ApiKey
 from common.http.auth import INTAKE, OPS, READ_ALL, READ_ORDERS, api_of, own_orders_only
-from common.http.problems import CONFLICT, NOT_FOUND, ProblemError
+from common.http.problems import CONFLICT, ERASED, NOT_FOUND, ProblemError
 from common.http.schemas import (
     AddressBody,
     CancelBody,
@@ -24,7 +24,8 @@ from common.http.schemas import (
 from common.models import ORDER_ID_PATTERN, Order, OrderStatus, OrderView, ReturnSummary
 from common.notifications.delivery import NotificationView
 
-router = APIRouter(prefix="/v1/orders", tags=["orders"])
+# Any order read may find its customer erased (410)
+router = APIRouter(prefix="/v1/orders", tags=["orders"], responses=ERASED)
 
 OrderIdPath = Annotated[str, Path(pattern=ORDER_ID_PATTERN, examples=["ORD-1001"])]
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

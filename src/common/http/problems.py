@@ -18,6 +18,7 @@ from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedErr
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog.contracts import UnknownSkuError, UnknownWarehouseError
+from common.crypto.codec import CustomerDataErased
 from common.db.errors import StoreError
 from common.errors import Conflict, Erased, FulfillmentError, InvalidOrder, NotFound, StillUnderWay, WebhookRefused
 from common.intake import describe_error
@@ -62,6 +63,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "The API key lacks the scope this needs",
         404: "No such order, RMA, pick task or SKU",
         409: "The state of what the request names refuses it; the detail says why",
+        410: "The order's customer was erased: its history can no longer be read",
         413: "The request body is too large",
         422: "Invalid input: `errors` names each field that is wrong",
         503: "The engine (Temporal or the database) is not answering; retry later",
@@ -73,6 +75,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 COMMON_PROBLEMS = responses(400, 401, 403, 413, 422, 503)
 NOT_FOUND = responses(404)
 CONFLICT = responses(409)
+ERASED = responses(410)
 
 
 def problem(
@@ -147,7 +150,7 @@ async def _refusal(request: Request, exc: Exception) -> JSONResponse:
     stores refuse bad input with StoreError or ValueError)."""
     if isinstance(exc, WebhookRefused):
         return problem(request, 401, "webhook-refused", "Webhook refused", str(exc))
-    if isinstance(exc, Erased):
+    if isinstance(exc, Erased | CustomerDataErased):
         return problem(request, 410, "erased", "Customer data erased", str(exc))
     if isinstance(exc, NotFound | UnknownSkuError | UnknownWarehouseError):
         return problem(request, 404, "not-found", "Not found", str(exc))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from common.access.contracts import ApiKey
 from common.http.auth import OPS, READ_WAREHOUSE, WAREHOUSE, api_of
-from common.http.problems import CONFLICT, NOT_FOUND
+from common.http.problems import CONFLICT, ERASED, NOT_FOUND
 from common.http.schemas import PickConfirmBody, PickOut, ReceiveReturnBody, RetryRefundBody
 from common.returns import RmaView
 
@@ -38,7 +38,7 @@ async def confirm_pick(
     return PickOut.model_validate(await api_of(request).confirm_pick(task_id, short or None))
 
 
-@router.get("/v1/returns/{rma_id}", response_model=RmaView, responses=NOT_FOUND, summary="An RMA's status")
+@router.get("/v1/returns/{rma_id}", response_model=RmaView, responses=NOT_FOUND | ERASED, summary="An RMA's status")
 async def rma_status(request: Request, rma_id: RmaId, _: Annotated[ApiKey, Depends(READ_WAREHOUSE)]) -> RmaView:
     return await api_of(request).rma_status(rma_id)
 

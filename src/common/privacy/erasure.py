@@ -13,10 +13,10 @@ Run again, it finishes what a crash interrupted and changes nothing more. What i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import or_, select, update
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from common.crypto.codec import ENCRYPTED
 from common.db import tables as t
 from common.db.database import Database, utc_now
+from common.errors import Conflict, NotFound
 from common.models import PLACEMENT_MARK
 from common.privacy.data_keys import CustomerKeyStore
 from common.temporal import CUSTOMER_ID
@@ -34,7 +35,7 @@ from common.temporal import CUSTOMER_ID
 ERASED = "[erased]"
 
 
-class CustomerStillActive(Exception):
+class CustomerStillActive(Conflict):
     """The customer has workflows still running: nothing was erased."""
 
     def __init__(self, customer_id: str, running: list[str]) -> None:
@@ -46,22 +47,21 @@ class CustomerStillActive(Exception):
         self.running = running
 
 
-class UnknownCustomer(Exception):
+class UnknownCustomer(NotFound):
     """No workflow of the customer is known here: nothing to erase."""
 
 
-@dataclass
-class ErasureReport:
+class ErasureReport(BaseModel):
     customer_id: str
     erased_at: datetime
-    workflows: list[str] = field(default_factory=list)  # whose histories are now unreadable or deleted
+    workflows: list[str] = Field(default_factory=list, description="whose histories can no longer be read")
     keys_destroyed: int = 0
-    histories_deleted: list[str] = field(default_factory=list)  # plaintext ones, from before encryption
+    histories_deleted: list[str] = Field(default_factory=list, description="plaintext ones, from before encryption")
     messages_redacted: int = 0
     signals_redacted: int = 0
     returns_redacted: int = 0
     labels_unlinked: int = 0
-    kept: list[str] = field(default_factory=list)
+    kept: list[str] = Field(default_factory=list, description="what this could not erase, and who holds it")
 
 
 async def forget_customer(client: Client, db: Database, keys: CustomerKeyStore, customer_id: str) -> ErasureReport:
@@ -81,7 +81,7 @@ async def forget_customer(client: Client, db: Database, keys: CustomerKeyStore, 
         raise CustomerStillActive(customer_id, running)
 
     now = utc_now()
-    report = ErasureReport(customer_id, now, workflows=workflows)
+    report = ErasureReport(customer_id=customer_id, erased_at=now, workflows=workflows)
     report.keys_destroyed = await keys.destroy_all(customer_id, now)
     for workflow_id in closed:
         if not await _encrypted_for_customer(client, workflow_id):

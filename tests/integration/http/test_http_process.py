@@ -21,7 +21,7 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from common.config import Settings, get_settings
+from common.config import Settings
 from common.demo import seed_demo
 from common.privacy import data_converter
 from common.store import Store
@@ -50,14 +50,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 async def api_process(stack_settings: Settings, var_dir: Path) -> AsyncIterator[ApiProcess]:
     # A Temporal of its own: the fuzzer lists orders and follows them, and other tests' orders (with workers of
-    # their own, stopped since) are not its to read
+    # their own, stopped since) are not its to read. And a store of data keys of its own: the fuzzer erases
+    # customers (POST /v1/customers/C-42/erasure), whose keys the other tests' orders use.
+    keys = stack_settings.model_copy(update={"codec_keystore_url": f"sqlite+aiosqlite:///{var_dir / 'http-keys.db'}"})
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
         search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=data_converter(get_settings()),
+        data_converter=data_converter(keys),
         dev_server_log_level="error",
     ) as own:
-        async for process in _api_process(own, stack_settings, var_dir):
+        async for process in _api_process(own, keys, var_dir):
             yield process
 
 

@@ -24,11 +24,11 @@ import pytest
 from temporalio.client import Client
 
 from common.api import FulfillmentApi
-from common.config import Settings
+from common.config import Settings, get_settings
 from common.demo import seed_demo
 from common.models import OrderStatus
+from common.privacy import data_converter
 from common.store import Store
-from common.temporal import DATA_CONVERTER
 from sandbox import SandboxServers, free_port_settings
 from sandbox.app import SMS_INBOUND_PATH
 from tests.integration.conftest import settings_env
@@ -146,7 +146,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         store = await Store.open(settings.database_url)
         await seed_demo(store)
         key = (await store.api_keys.create("pii-test", ["intake", "ops", "warehouse", "read"])).secret
-        client = await Client.connect(dev.address, data_converter=DATA_CONVERTER)
+        client = await Client.connect(dev.address, data_converter=data_converter(get_settings()))
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         debug_worker = DebugWorkerProcess(settings, tmp_path / "worker-debug.log", name="debug worker")
         api_log = tmp_path / "api.log"
