@@ -12,11 +12,11 @@ import signal
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 
 from common.config import Settings
-from common.temporal import PayloadConverter, task_pollers
+from common.privacy import data_converter
+from common.temporal import task_pollers
 
 from floor_workflow import FLOOR_ACTIVITY, FloorWorkflow
 
@@ -27,10 +27,9 @@ async def floor_step(step: int) -> int:
 
 
 async def serve(address: str, namespace: str, task_queue: str) -> None:
-    # Same payload converter and worker tuning (slots, pollers) as the engine's worker, without the engine's
-    # encryption (it is part of the engine's cost): the floor differs only in the work.
-    converter = DataConverter(payload_converter_class=PayloadConverter)
-    client = await Client.connect(address, namespace=namespace, data_converter=converter)
+    # Same data converter (encryption included: the bench's client starts these) and worker tuning (slots,
+    # pollers) as the engine's worker: the floor differs only in the work.
+    client = await Client.connect(address, namespace=namespace, data_converter=data_converter(Settings()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
