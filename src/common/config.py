@@ -222,6 +222,14 @@ class Settings(BaseSettings):
     sandbox_payments_port: int = 8028
     sandbox_payments_api_key: str = "sk_test_sandbox"
 
+    # Codec server (common.http.codec, /codec on the HTTP API): decodes payloads for the Web UI and
+    # `temporal --codec-endpoint`, for an API key of scope ops. The Web UI origins a browser may call it from
+    # (CORS with credentials), comma-separated, e.g. "https://temporal.example.com"; unset, the embedded Web
+    # UI's http://127.0.0.1:<temporal_ui_port> and http://localhost:<temporal_ui_port>.
+    codec_cors_origins: str | None = None
+    # How long the browser cookie of /codec/login lasts (seconds): an ops person pastes their key again after it
+    codec_cookie_max_age: int = Field(default=8 * 3600, ge=60)
+
     @model_validator(mode="after")
     def _pairs_complete(self) -> Settings:
         # Half a pair is a typo or a forgotten secret: say so at start, not as a TLS or AUTH failure later

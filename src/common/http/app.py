@@ -12,6 +12,7 @@ from common.api import FulfillmentApi
 from common.config import Settings
 from common.http import (
     carrier_webhooks,
+    codec,
     customers,
     health,
     inventory,
@@ -63,8 +64,11 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     )
     if api is not None:
         app.state.api = api  # also without the lifespan (an ASGI transport in tests runs none)
+    app.state.settings = settings
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    # Outside the body limit, so its refusals carry CORS headers too and the Web UI can read them
+    app.add_middleware(codec.CodecCors, origins=codec.cors_origins(settings))
     app.include_router(health.router)
     routers = (
         orders,
@@ -75,6 +79,7 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
         carrier_webhooks,
         threepl_webhooks,
         sms_webhooks,
+        codec,
     )
     for module in routers:
         app.include_router(module.router)
