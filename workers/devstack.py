@@ -50,6 +50,9 @@ def temporal_command(settings: Settings, db_file: Path) -> list[str]:
         port,
         "--ui-port",
         str(settings.temporal_ui_port),
+        # The Web UI decodes through the HTTP API's codec server; without an ops key it shows ciphertext
+        "--ui-codec-endpoint",
+        codec_endpoint(settings),
         "--namespace",
         settings.temporal_namespace,
         "--db-filename",
@@ -64,6 +67,12 @@ def temporal_command(settings: Settings, db_file: Path) -> list[str]:
         "error",
         *dev_server_search_attribute_args(),
     ]
+
+
+def codec_endpoint(settings: Settings) -> str:
+    """The codec server of this stack's HTTP API (common.http.codec), as the Web UI and the CLI reach it."""
+    base = settings.api_public_url or f"http://{_client_host(settings.api_host)}:{settings.api_port}"
+    return base.rstrip("/") + "/codec"
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -139,7 +148,9 @@ def _client_host(host: str) -> str:
 
 
 def _banner(settings: Settings) -> str:
-    ui = f"http://localhost:{settings.temporal_ui_port}"
+    codec = codec_endpoint(settings)
+    # The UI under the codec server's host name: the browser sends the codec's cookie within one site only
+    ui = f"http://{_client_host(settings.api_host)}:{settings.temporal_ui_port}"
     picker = f"confirms picks after {settings.picker_delay:g}s" if settings.picker_enabled else "off"
     host = _client_host(settings.sandbox_host)
     api = f"http://{_client_host(settings.api_host)}:{settings.api_port}"
@@ -151,6 +162,7 @@ def _banner(settings: Settings) -> str:
     Temporal Web UI   {ui}/namespaces/{settings.temporal_namespace}/workflows
     Temporal gRPC     {settings.temporal_address}
     HTTP API          {api}/v1  (reference: {api}/docs, schema: {api}/openapi.json)
+    Codec server      {codec}  (the Web UI's; decodes payloads for an ops API key, sign in at {codec}/)
     Twilio webhooks   {settings.sms_status_callback_url or "off"} (the sandbox's callbacks)
     Sandbox SMTP      {host}:{settings.sandbox_smtp_port}
     Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
@@ -172,6 +184,11 @@ def _banner(settings: Settings) -> str:
     fulfill notifications --order ORD-1001  # each message's delivery, as Twilio reported it
     fulfill dev text +15555550100 STOP      # the customer texts STOP: no more SMS, email goes on
     fulfill dev outage carrier --for 60     # watch orders wait in the Web UI, then recover
+  Read an order's history decoded (payloads are encrypted; without an ops key you see ciphertext):
+    OPS=$(fulfill api-key create --name ops --scope ops)
+    temporal workflow show -w order-ORD-1001 --codec-endpoint {codec} --codec-auth "Bearer $OPS"
+    In the browser: sign in at {codec}/ with $OPS; in the Web UI open Codec Server (top bar), choose
+    "Use my browser setting", endpoint {codec}, turn on "Include cross-origin credentials", Apply.
   Ctrl-C stops everything; data stays in {settings.var_dir}/ for the next `make run`
   (switching databases: stop the stack and `make clean` first).
 """

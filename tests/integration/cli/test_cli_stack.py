@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from common.cli._base import read_stack, remove_stack_file, stack_file, write_stack_file
 from common.config import Settings
 from common.store import Store
+from tests.conftest import TEMPORAL_CLI
 from tests.integration.conftest import FULFILL, settings_env
 from tests.orders import order_dict
 
@@ -232,11 +234,27 @@ def test_make_run_announces_its_settings_while_it_runs(tmp_path: Path) -> None:
         done = fulfill(bare, "dev", "outages", "--json", cwd=tmp_path)
         assert (done.returncode, json.loads(done.stdout or "null")) == (0, []), done.stderr
         assert not (tmp_path / "var" / "fulfill.db").exists()  # the default database was never opened
+        # The Web UI is pointed at the API's codec server, which decodes the encrypted history for an ops key
+        codec = f"http://127.0.0.1:{ports['api']}/codec"
+        ui_settings = httpx.get(f"http://127.0.0.1:{ports['ui']}/api/v1/settings", timeout=30).json()
+        assert ui_settings["Codec"]["Endpoint"] == codec
+        ops = fulfill(bare, "api-key", "create", "--name", "ops", "--scope", "ops", cwd=tmp_path)
+        assert ops.returncode == 0, ops.stderr
+        show = [str(TEMPORAL_CLI), "workflow", "show", "-w", "order-ORD-STACK-2", "--output", "json"]
+        show += ["--address", f"127.0.0.1:{ports['temporal']}", "--codec-endpoint", codec]
+        shown = subprocess.run(
+            [*show, "--codec-auth", f"Bearer {ops.stdout.strip()}"], capture_output=True, text=True, timeout=60
+        )
+        assert shown.returncode == 0, shown.stderr
+        started = json.loads(shown.stdout)["events"][0]["workflowExecutionStartedEventAttributes"]
+        order = json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))["order"]
+        assert order["customer"]["name"] == "Ada Lovelace"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
     banner = (tmp_path / "make-run.log").read_text()
     assert database in banner and "the fulfill CLI follows this stack" in banner
+    assert f"--codec-endpoint http://127.0.0.1:{ports['api']}/codec" in banner
     assert f"HTTP API          http://127.0.0.1:{ports['api']}/v1" in banner
     assert not path.exists()
