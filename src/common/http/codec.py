@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials
 from google.protobuf import json_format
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -41,6 +41,13 @@ PREFIX = "/codec"
 COOKIE = "fulfill_codec_key"
 
 router = APIRouter(prefix=PREFIX, tags=["codec server"])
+
+signed_in = APIKeyCookie(
+    name=COOKIE,
+    auto_error=False,
+    scheme_name="CodecCookie",
+    description=f"An ops API key, set as an HttpOnly cookie by `POST {PREFIX}/login` (the browser's way in).",
+)
 
 
 def cors_origins(settings: Settings) -> list[str]:
@@ -95,12 +102,14 @@ async def _ops_key(request: Request, secret: str | None) -> ApiKey | None:
 
 
 async def codec_caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    cookie: Annotated[str | None, Depends(signed_in)],
 ) -> ApiKey:
     """The caller's ops key, from the Authorization header or the browser's cookie. Anything else is 401 (a key
     without ops is no key here), so the Web UI shows ciphertext and the CLI says why."""
     from_header = credentials.credentials if credentials is not None else None
-    secret = from_header or request.cookies.get(COOKIE)
+    secret = from_header or cookie
     challenge = {"WWW-Authenticate": 'Bearer realm="fulfill codec"'}
     if not secret:
         detail = f"send an ops API key: Authorization: Bearer <key>, or sign in at {PREFIX}/ in the browser"
