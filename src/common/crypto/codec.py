@@ -67,8 +67,9 @@ class DataKeys(Protocol):
 
     async def register(self, workflow_id: str, customer_id: str) -> None: ...
 
-    async def active_key(self, customer_id: str) -> DataKey:
-        """The customer's data key for new payloads, created (and stored) if it has none."""
+    async def active_key(self, customer_id: str, *, fresh: bool = False) -> DataKey:
+        """The customer's data key for new payloads, created (and stored) if it has none. `fresh`: read it from
+        the store, not from memory."""
         ...
 
     async def key(self, key_id: str) -> DataKey:
@@ -128,6 +129,8 @@ class EncryptionCodec(PayloadCodec, WithSerializationContext):
             customer = await self._customer_named_in(payloads)
             if customer is not None:
                 await self.data_keys.register(self._workflow_id, customer)
+                # A new workflow: never a key remembered from before the customer was forgotten elsewhere
+                return await self.data_keys.active_key(customer, fresh=True)
         return await self.data_keys.active_key(customer) if customer else None
 
     async def _customer_named_in(self, payloads: Sequence[Payload]) -> str | None:

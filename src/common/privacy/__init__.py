@@ -56,8 +56,8 @@ class LazyKeyStore:
     async def register(self, workflow_id: str, customer_id: str) -> None:
         await (await self.store()).register(workflow_id, customer_id)
 
-    async def active_key(self, customer_id: str) -> DataKey:
-        return await (await self.store()).active_key(customer_id)
+    async def active_key(self, customer_id: str, *, fresh: bool = False) -> DataKey:
+        return await (await self.store()).active_key(customer_id, fresh=fresh)
 
     async def key(self, key_id: str) -> DataKey:
         return await (await self.store()).key(key_id)

@@ -83,8 +83,8 @@ class CustomerKeyStore:
         if self._cache:
             self._workflows.remember(workflow_id, customer_id)
 
-    async def active_key(self, customer_id: str) -> DataKey:
-        if self._cache and (cached := self._active.get(customer_id))[0]:
+    async def active_key(self, customer_id: str, *, fresh: bool = False) -> DataKey:
+        if self._cache and not fresh and (cached := self._active.get(customer_id))[0]:
             return cached[1]  # type: ignore[no-any-return]
         k = t.customer_keys
         stmt = (

@@ -195,3 +195,15 @@ def test_production_never_creates_a_key_file(tmp_path: Path) -> None:
     embedded = Settings(environment="embedded", codec_key_file=tmp_path / "keys.json", codec_keys=None)
     assert len(KeyRing.load(embedded).keys) == 1
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_new_workflow_never_uses_a_key_forgotten_elsewhere(key_path: Path, db: Database) -> None:
+    ring = KeyRing(read_key_file(key_path), source=key_path)
+    remembering = EncryptionCodec(ring, CustomerKeyStore(db, ring, key_ttl=3600))  # a long-lived process
+    await remembering.with_context(start_of("order-ORD-9")).encode([json_payload(ORDER_INPUT)])
+    await CustomerKeyStore(db, ring).destroy_all("C-77", utc_now())  # another process forgets the customer
+
+    # The customer orders again through the process that still remembers the old key
+    again = {"order": {**ORDER_INPUT["order"], "order_id": "ORD-10"}}
+    sealed = await remembering.with_context(start_of("order-ORD-10")).encode([json_payload(again)])
+    assert await codec_for(key_path, db).decode(sealed) == [json_payload(again)]
