@@ -2,6 +2,9 @@
 
 - Daily demand: units reserved per UTC day (held and committed reservations; released ones were not
   demand that shipped), zero-filled over the history window.
+- Daily demand forecast over the lead time: from a model chosen per series (`demand`: ETS with a weekly
+  season and damped trend, TSB for intermittent demand, or, for short histories, the EWMA below), whose mean
+  over the lead time is `mean_daily` and whose residuals' std-dev is `std_daily`.
 - Exponentially weighted mean and variance (West's / Finch's incremental form), with smoothing `alpha`:
       d_t = x_t - m_{t-1};  m_t = m_{t-1} + alpha * d_t;  v_t = (1 - alpha) * (v_{t-1} + alpha * d_t^2)
   starting from m_0 = x_0, v_0 = 0. The forecast daily demand is the last m, its std-dev sqrt(last v).
@@ -20,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from statistics import NormalDist
+
+from common.inventory import demand as dm
 
 DEFAULT_ALPHA = 0.3
 DEFAULT_LEAD_TIME_DAYS = 7
@@ -141,6 +146,7 @@ class ReorderPlan:
     position: int  # available + incoming
     order_quantity: int
     days_of_cover: float | None
+    model: str = "ewma"  # the demand.DemandModel that forecast mean_daily and std_daily
 
 
 def plan(
@@ -154,7 +160,9 @@ def plan(
     cover_days: float = DEFAULT_COVER_DAYS,
 ) -> ReorderPlan:
     """Everything above for one SKU (at one warehouse) from its daily demand series."""
-    mean, std = ewma(series, alpha)
+    _check_lead_time(lead_time_days)
+    demand = dm.forecast_demand(series, lead_time_days, alpha=alpha)
+    mean, std = demand.mean_daily, demand.std_daily
     rop = reorder_point(mean, std, lead_time_days, service_level)
     position = available + incoming
     return ReorderPlan(
@@ -167,4 +175,5 @@ def plan(
         position=position,
         order_quantity=order_quantity(position, rop, mean, cover_days),
         days_of_cover=days_of_cover(available, mean),
+        model=demand.model.value,
     )

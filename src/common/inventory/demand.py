@@ -1,0 +1,109 @@
+"""Which model forecasts a daily demand series, and its forecast over the lead time. Pure, no I/O.
+
+The rule, per SKU x warehouse series (units per day, oldest first, zero-filled):
+
+1. History starts at the first day with demand (the zeros before it are days the SKU was not yet selling,
+   not days it sold none). Fewer than `MIN_MODEL_DAYS` (21) days of history, or none at all: **EWMA**, the
+   exponentially weighted mean and variance of `forecast.ewma` over the whole window, as before models.
+2. Otherwise, if more than half of those days (`INTERMITTENT_ZERO_SHARE`) sold nothing: **TSB**
+   (Teunter-Syntetos-Babai), intermittent demand: it smooths the size of a sale and the chance of a sale
+   on a day apart, and unlike Croston lowers the forecast while no sale comes (a SKU going out of fashion).
+   Above one half, because a weekly pattern such as a closed weekend (2/7 zero days) stays with the model below.
+3. Otherwise: **ETS** with an additive damped trend and an additive 7-day season (Holt-Winters in state space
+   form, statsforecast's AutoETS with model "AAA", damped): weekday/weekend patterns and demand that rises
+   or falls, the trend damped so that 60 days of growth are not extrapolated weeks ahead at full slope.
+
+Mean daily demand over the lead time L: the mean of the model's forecast for the next max(L, 1) days,
+never below 0. Its std-dev: that of the model's one-step in-sample residuals (forecast.safety_stock
+scales it by sqrt(L)). statsforecast, not statsmodels: its ETS fits about 10x faster (200 series in ~1 s
+against ~10 s), and statsmodels has no Croston/TSB; it is imported on first use (about 1 s).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+SEASON_DAYS = 7
+MIN_MODEL_DAYS = 21  # three weeks: ETS needs a few full seasons to tell the weekday pattern from a trend
+INTERMITTENT_ZERO_SHARE = 0.5
+TSB_ALPHA_DEMAND = 0.1  # the usual smoothing for intermittent demand (Teunter et al. 2011)
+TSB_ALPHA_PROBABILITY = 0.1
+
+
+class DemandModel(StrEnum):
+    EWMA = "ewma"
+    TSB = "tsb"
+    ETS = "ets"
+
+
+@dataclass(frozen=True)
+class DemandForecast:
+    model: DemandModel
+    mean_daily: float  # mean forecast daily demand over the lead time
+    std_daily: float  # std-dev of one day's forecast error
+    daily: tuple[float, ...]  # the forecast, day by day
+
+
+def history(series: Sequence[float]) -> Sequence[float]:
+    """The series from its first day with demand on (empty when there is none)."""
+    for i, x in enumerate(series):
+        if x > 0:
+            return series[i:]
+    return series[:0]
+
+
+def choose_model(series: Sequence[float]) -> DemandModel:
+    """The model the rule of the module docstring picks for `series`."""
+    seen = history(series)
+    if len(seen) < MIN_MODEL_DAYS:
+        return DemandModel.EWMA
+    zeros = sum(1 for x in seen if x <= 0)
+    return DemandModel.TSB if zeros / len(seen) > INTERMITTENT_ZERO_SHARE else DemandModel.ETS
+
+
+def forecast_demand(
+    series: Sequence[float], horizon: int, *, alpha: float, model: DemandModel | None = None
+) -> DemandForecast:
+    """Forecast `horizon` (at least 1) days after `series` with `model` (default: `choose_model`); `alpha` is
+    the EWMA fallback's smoothing."""
+    from common.inventory.forecast import ewma  # here: forecast imports this module
+
+    horizon = max(horizon, 1)
+    model = model or choose_model(series)
+    if model is DemandModel.EWMA:
+        mean, std = ewma(series, alpha)
+        return DemandForecast(model, mean, std, (mean,) * horizon)
+    import numpy as np
+
+    y = np.asarray(history(series), dtype=float)
+    result = _fit(model, y, horizon)
+    daily = np.clip(result["mean"], 0.0, None)
+    residuals = (y - result["fitted"])[1:]  # the first fitted value is the starting guess, not a forecast
+    residuals = residuals[np.isfinite(residuals)]
+    std = float(np.sqrt(np.mean(residuals**2))) if residuals.size else 0.0
+    mean = float(daily.mean())
+    if not (math.isfinite(mean) and math.isfinite(std)):  # a fit that diverged: plan with the EWMA instead
+        return forecast_demand(series, horizon, alpha=alpha, model=DemandModel.EWMA)
+    return DemandForecast(model, mean, std, tuple(float(x) for x in daily))
+
+
+def _fit(model: DemandModel, y: Any, horizon: int) -> dict[str, Any]:
+    import numpy as np
+    from statsforecast.models import TSB, AutoETS
+
+    if model is DemandModel.TSB:
+        tsb = TSB(alpha_d=TSB_ALPHA_DEMAND, alpha_p=TSB_ALPHA_PROBABILITY)
+        out: dict[str, Any] = tsb.forecast(y=y, h=horizon, fitted=True)
+        return out
+    if float(y.std()) == 0.0:  # a constant series leaves ETS nothing to fit (it would divide by zero)
+        return {"mean": np.full(horizon, y[0]), "fitted": y.copy()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optimiser chatter on short series; the fit is still usable
+        ets = AutoETS(season_length=SEASON_DAYS, model="AAA", damped=True)
+        out = ets.forecast(y=y, h=horizon, fitted=True)
+    return out
