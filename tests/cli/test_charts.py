@@ -46,3 +46,11 @@ def test_the_history_label_says_what_the_data_covers(tmp_path: Path) -> None:
     assert "60-day window: orders on 1 day, 2026-12-01" in figure.axes[0].get_title()
     path = render_sku_chart(tmp_path / "MUG-RED.png", forecasts, {"LDN-1": [20] * 60})
     assert path.stat().st_size > 1000
+
+
+def test_the_chart_draws_the_weekly_models_forecast() -> None:
+    demand = [12, 14, 13, 15, 18, 30, 28] * 8 + [12, 14, 13, 15]
+    figure = sku_figure([_forecast("LDN-1", demand)], {"LDN-1": [20] * 60})
+    line = next(x for x in figure.axes[0].get_lines() if x.get_label() == "forecast (ets)")
+    ahead = list(line.get_ydata())[1:]
+    assert max(ahead) - min(ahead) > 10  # the weekend peak, not a flat line

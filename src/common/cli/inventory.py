@@ -362,7 +362,9 @@ async def inventory_forecast(
         float, typer.Option(help="Share of replenishment cycles without a stock-out (0-1).")
     ] = fc.DEFAULT_SERVICE_LEVEL,
     days: Annotated[int, typer.Option(help="Days of order history to learn from.", min=1)] = fc.DEFAULT_HISTORY_DAYS,
-    alpha: Annotated[float, typer.Option(help="Smoothing: weight of the latest day (0-1].")] = fc.DEFAULT_ALPHA,
+    alpha: Annotated[
+        float, typer.Option(help="EWMA smoothing (histories too short for a model): weight of the latest day (0-1].")
+    ] = fc.DEFAULT_ALPHA,
     cover_days: Annotated[
         float, typer.Option(help="Days of demand an order should cover beyond the reorder point.")
     ] = fc.DEFAULT_COVER_DAYS,
@@ -418,6 +420,7 @@ def _forecast_json(f: StockForecast, *, applied: bool) -> dict[str, Any]:
         "available": f.position.available,
         "incoming": f.position.incoming,
         "history_days": len(f.demand),
+        "demand_model": f.plan.model,
         "demand_per_day": round(f.plan.mean_daily, 3),
         "demand_std_dev": round(f.plan.std_daily, 3),
         "lead_time_days": f.lead_time_days,
@@ -441,7 +444,7 @@ def _print_forecasts(
         key("sku"),
         key("warehouse"),
         "available (incoming)",
-        "demand per day",
+        "demand per day (model)",
         "lead time",
         "safety stock",
         "reorder point (set)",
@@ -455,7 +458,7 @@ def _print_forecasts(
             f.sku,
             f.warehouse,
             f"{f.position.available}" + (f" (+{f.position.incoming})" if f.position.incoming else ""),
-            f"{f.plan.mean_daily:.2f} ± {f.plan.std_daily:.2f}",
+            f"{f.plan.mean_daily:.2f} ± {f.plan.std_daily:.2f} ({f.plan.model})",
             f"{f.lead_time_days} d",
             f"{f.plan.safety_stock:.1f}",
             f"{f.plan.reorder_point} ({'-' if current is None else current})",

@@ -52,6 +52,7 @@ async def forecast(
             available=f.position.available,
             incoming=f.position.incoming,
             history_days=len(f.demand),
+            demand_model=f.plan.model,
             demand_per_day=round(f.plan.mean_daily, 3),
             safety_stock=round(f.plan.safety_stock, 3),
             reorder_point=f.plan.reorder_point,

@@ -182,6 +182,9 @@ class ForecastOut(BaseModel):
     available: int
     incoming: int
     history_days: int
+    demand_model: str = Field(
+        description="What forecast the demand: ets (weekly season, trend), tsb (intermittent), ewma (short history)"
+    )
     demand_per_day: float
     safety_stock: float
     reorder_point: int

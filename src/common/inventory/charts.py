@@ -1,6 +1,6 @@
-"""One PNG per SKU for `fulfill inventory forecast --chart-dir`: demand history with its exponentially
-weighted forecast, and on hand against the reorder point, one panel per warehouse (so that warehouses with
-the same stock do not hide each other). Matplotlib, Agg backend (no display needed)."""
+"""One PNG per SKU for `fulfill inventory forecast --chart-dir`: demand history with its EWMA and the
+forecast of the model `demand` picks for it, and on hand against the reorder point, one panel per warehouse
+(so that warehouses with the same stock do not hide each other). Matplotlib, Agg backend (no display needed)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.inventory import demand as dm
 from common.inventory import forecast as fc
 from common.inventory.planning import StockForecast
 
@@ -89,13 +90,15 @@ _COLORS = ["#1f4e8c", "#2e8b57", "#8b2e5c", "#8b6f2e", "#555555"]
 def _demand_panel(ax: Any, forecasts: Sequence[StockForecast], days: list[date], alpha: float) -> None:
     total = [sum(f.demand[i] for f in forecasts) for i in range(len(days))]
     smoothed = [m for m, _ in fc.ewma_path(total, alpha)]
-    mean, std = fc.ewma(total, alpha)
     ahead = [days[-1] + timedelta(days=i) for i in range(1, FORECAST_DAYS + 1)] if days else []
     ax.bar(days, total, color="#9db4d3", label="units reserved per day")
     ax.plot(days, smoothed, color="#1f4e8c", linewidth=2, label=f"EWMA (alpha {alpha:g})")
     if ahead:
-        ax.plot([days[-1], *ahead], [smoothed[-1], *[mean] * len(ahead)], "--", color="#d9822b", label="forecast")
-        ax.fill_between(ahead, max(mean - std, 0), mean + std, color="#d9822b", alpha=0.15, label="±1 sd")
+        f = dm.forecast_demand(total, FORECAST_DAYS, alpha=alpha)
+        path = list(f.daily)
+        ax.plot([days[-1], *ahead], [total[-1], *path], "--", color="#d9822b", label=f"forecast ({f.model})")
+        low, high = [max(x - f.std_daily, 0) for x in path], [x + f.std_daily for x in path]
+        ax.fill_between(ahead, low, high, color="#d9822b", alpha=0.15, label="±1 sd")
     span = demand_span(days[0], [f.demand for f in forecasts]) if days else "no data"
     ax.set_ylabel("units / day")
     ax.set_title(f"{forecasts[0].sku}: demand, all warehouses ({len(days)}-day window: {span})")

@@ -304,6 +304,7 @@ def test_forecast_table_json_charts_and_apply(shop: str, tmp_path: Path) -> None
         "available": 40,
         "incoming": 0,
         "history_days": 4,
+        "demand_model": "ewma",  # four days: too short for a model
         "demand_per_day": 5.074,
         "demand_std_dev": 2.253,
         "lead_time_days": 7,

@@ -22,6 +22,7 @@ async def test_stock_levels_receipts_history_and_forecast(
     assert history[0]["kind"] == "receipt" and history[0]["delta_on_hand"] == 3
     forecast = await http.get("/v1/inventory/forecast", params={"sku": "TEE-L"}, headers=warehouse)
     assert forecast.status_code == 200 and forecast.json()[0]["sku"] == "TEE-L"
+    assert forecast.json()[0]["demand_model"] == "ewma"  # no order history
 
     assert_problem(await http.get("/v1/inventory/NO-SUCH/history", headers=warehouse), 404)
     assert_problem(await http.post("/v1/inventory/NO-SUCH/receive", json={"quantity": 1}, headers=warehouse), 404)
