@@ -81,6 +81,8 @@ def forecast_demand(
     import numpy as np
 
     y = np.asarray(history(series), dtype=float)
+    if y.size == 0:  # nothing sold in the window: no model has anything to fit
+        return forecast_demand(series, horizon, alpha=alpha, model=DemandModel.EWMA)
     result = _fit(model, y, horizon)
     daily = np.clip(result["mean"], 0.0, None)
     residuals = (y - result["fitted"])[1:]  # the first fitted value is the starting guess, not a forecast

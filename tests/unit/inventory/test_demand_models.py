@@ -85,3 +85,8 @@ def test_constant_demand_and_zero_lead_time() -> None:
     assert f.model is dm.DemandModel.ETS
     assert f.mean_daily == pytest.approx(5.0)
     assert fc.plan([5] * 30, available=100, lead_time_days=0).reorder_point == 0
+
+
+def test_a_model_asked_for_on_a_window_without_sales_falls_back_to_the_ewma() -> None:
+    f = dm.forecast_demand([0] * 30, 7, alpha=0.3, model=dm.DemandModel.TSB)
+    assert (f.model, f.mean_daily, f.std_daily) == (dm.DemandModel.EWMA, 0.0, 0.0)
