@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-http clean
+.PHONY: run test lint typecheck bench bench-http bench-forecast clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 # POST /v1/orders through `python -m workers.api`: steady and burst intake latency, then exactly-once in visibility
 bench-http: $(STAMP)
 	$(BIN)/python bench/http_intake.py
+
+# The demand models against seasonal-naive on pmdarima's electricity series (docs/performance.md, Forecast backtest)
+bench-forecast: $(STAMP)
+	$(BIN)/python bench/forecast_backtest.py
 
 clean:
 	rm -rf var
