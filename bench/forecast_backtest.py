@@ -21,6 +21,9 @@ each method sees at most the last 60 days before t (the engine's history window)
   WAPE   sum |e| / sum y
   MASE   MAE / the in-sample MAE of the one-season naive forecast on the training window, averaged
   LT-WAPE  WAPE of the lead-time total (the sum over the horizon), which is what a reorder point uses
+  covered  for the engine's own methods: the share of origins where the reorder point `fc.plan` sets (service
+           level 0.95, lead time = the horizon) was at least the lead-time demand; 95% is on target
+  ROP/demand  those reorder points summed over the lead-time demand summed: the stock that bought the cover
 
 Methods: `model` = what the engine's rule picks (common.inventory.demand.choose_model), `ets`, `tsb`,
 `croston` (statsforecast's CrostonClassic), `ewma` (the engine before models), `seasonal-naive` (the same
@@ -76,6 +79,14 @@ def _engine(model: dm.DemandModel | None) -> Forecaster:
     return forecast
 
 
+def _reorder_point(model: dm.DemandModel | None) -> Callable[[np.ndarray, int], int]:
+    def point(y: np.ndarray, h: int) -> int:
+        plan = fc.plan(list(y), available=0, lead_time_days=h, alpha=fc.DEFAULT_ALPHA, model=model)
+        return plan.reorder_point
+
+    return point
+
+
 def croston(y: np.ndarray, h: int) -> np.ndarray:
     from statsforecast.models import CrostonClassic
 
@@ -101,6 +112,15 @@ METHODS: dict[str, Forecaster] = {
 }
 
 
+# What the engine would set as the reorder point, for the methods that are the engine's
+REORDER_POINTS = {
+    "model": _reorder_point(None),
+    "ets": _reorder_point(dm.DemandModel.ETS),
+    "tsb": _reorder_point(dm.DemandModel.TSB),
+    "ewma": _reorder_point(dm.DemandModel.EWMA),
+}
+
+
 @dataclass(frozen=True)
 class Score:
     method: str
@@ -109,13 +129,15 @@ class Score:
     mase: float
     lt_wape: float
     origins: int
+    covered: float | None  # share of origins whose lead-time demand the reorder point covered
+    stock: float | None  # the reorder points over the lead-time demand, summed over origins: what it costs
 
 
 def backtest(series: Sequence[float], method: str, *, horizon: int = 7, min_train: int = 28, step: int = 1) -> Score:
     """Rolling-origin errors of `method` on `series` (see the module docstring)."""
     y = np.asarray(series, dtype=float)
     forecaster = METHODS[method]
-    errors, actuals, scaled, totals, total_errors = [], [], [], [], []
+    errors, actuals, scaled, totals, total_errors, points = [], [], [], [], [], []
     origins = range(min_train, len(y) - horizon + 1, step)
     for t in origins:
         train, test = y[max(0, t - HISTORY_DAYS) : t], y[t : t + horizon]
@@ -127,6 +149,8 @@ def backtest(series: Sequence[float], method: str, *, horizon: int = 7, min_trai
         scaled.append(np.mean(e) / scale if scale > 0 else np.nan)
         totals.append(test.sum())
         total_errors.append(abs(test.sum() - predicted.sum()))
+        if method in REORDER_POINTS:
+            points.append(REORDER_POINTS[method](train, horizon))
     e_all, y_all = np.concatenate(errors), np.concatenate(actuals)
     positive = y_all > 0
     mape = float(np.mean(e_all[positive] / y_all[positive])) if positive.all() else None
@@ -137,12 +161,17 @@ def backtest(series: Sequence[float], method: str, *, horizon: int = 7, min_trai
         mase=float(np.nanmean(scaled)),
         lt_wape=float(sum(total_errors) / sum(totals)),
         origins=len(origins),
+        covered=float(np.mean(np.array(totals) <= np.array(points))) if points else None,
+        stock=float(sum(points) / sum(totals)) if points else None,
     )
 
 
 def _row(name: str, s: Score) -> str:
     mape = "-" if s.mape is None else f"{s.mape:.1%}"
-    return f"| {name} | {s.method} | {mape} | {s.wape:.1%} | {s.mase:.2f} | {s.lt_wape:.1%} | {s.origins} |"
+    covered = "-" if s.covered is None else f"{s.covered:.0%}"
+    stock = "-" if s.stock is None else f"{s.stock:.2f}"
+    errors = f"{mape} | {s.wape:.1%} | {s.mase:.2f} | {s.lt_wape:.1%}"
+    return f"| {name} | {s.method} | {errors} | {covered} | {stock} | {s.origins} |"
 
 
 def time_plans(count: int = 200) -> tuple[float, float]:
@@ -174,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         "peaks": (taylor_peaks(), INTERMITTENT),
         "surges": (taylor_surges(), INTERMITTENT),
     }
-    print("| series | method | MAPE | WAPE | MASE | LT-WAPE | origins |")
-    print("|---|---|---|---|---|---|---|")
+    print("| series | method | MAPE | WAPE | MASE | LT-WAPE | covered | ROP/demand | origins |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, (series, methods) in runs.items():
         picked = dm.choose_model(list(series[-HISTORY_DAYS:])).value
         for method in methods:

@@ -158,10 +158,12 @@ def plan(
     service_level: float = DEFAULT_SERVICE_LEVEL,
     alpha: float = DEFAULT_ALPHA,
     cover_days: float = DEFAULT_COVER_DAYS,
+    model: dm.DemandModel | None = None,
 ) -> ReorderPlan:
-    """Everything above for one SKU (at one warehouse) from its daily demand series."""
+    """Everything above for one SKU (at one warehouse) from its daily demand series; `model` overrides the
+    rule of `demand` (the backtest compares models so)."""
     _check_lead_time(lead_time_days)
-    demand = dm.forecast_demand(series, lead_time_days, alpha=alpha)
+    demand = dm.forecast_demand(series, lead_time_days, alpha=alpha, model=model)
     mean, std = demand.mean_daily, demand.std_daily
     rop = reorder_point(mean, std, lead_time_days, service_level)
     position = available + incoming

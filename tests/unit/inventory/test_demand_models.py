@@ -73,11 +73,18 @@ def test_plan_of_a_short_history_keeps_the_ewma_numbers() -> None:
 
 def test_safety_stock_comes_from_the_model_residuals() -> None:
     noisy = [x + (3 if i % 3 == 0 else -1.5) for i, x in enumerate(weekly(8))]
-    calm = dm.forecast_demand(weekly(8), 7, alpha=0.3)
-    rough = dm.forecast_demand(noisy, 7, alpha=0.3)
+    calm = dm.forecast_demand(weekly(8), 9, alpha=0.3)
+    rough = dm.forecast_demand(noisy, 9, alpha=0.3)
     assert rough.std_daily > calm.std_daily + 1
     plan = fc.plan(noisy, available=0, lead_time_days=9)
     assert plan.safety_stock == pytest.approx(fc.safety_stock(rough.std_daily, 9))
+
+
+def test_safety_stock_grows_faster_than_sqrt_lead_time_under_a_model() -> None:
+    # ETS's errors build up over the lead time: a 4x longer lead time more than doubles the safety stock
+    noisy = [x + (3 if i % 3 == 0 else -1.5) for i, x in enumerate(weekly(8))]
+    short, long = fc.plan(noisy, available=0, lead_time_days=4), fc.plan(noisy, available=0, lead_time_days=16)
+    assert long.safety_stock > 2.2 * short.safety_stock
 
 
 def test_constant_demand_and_zero_lead_time() -> None:
