@@ -18,8 +18,9 @@ never below 0. The std-dev of the lead-time total, for safety stock: ETS's h-ste
 residual variance and state-space form) summed over the lead time; TSB's one-step residual std-dev times
 sqrt(L). `std_daily` is that over sqrt(L), so forecast.safety_stock's z * std_daily * sqrt(L) is z times it.
 
-statsforecast, not statsmodels: its ETS fits about 10x faster (200 series in ~1 s against ~10 s), and
-statsmodels has no Croston/TSB; it is imported on first use (about 1 s).
+statsforecast, not statsmodels: its ETS fits about 10x faster (200 series in under 1 s against ~10 s), and
+statsmodels has no Croston/TSB; it is imported on first use (about 1 s). docs/performance.md, "Forecast
+backtest", has how these models do against seasonal-naive on real demand.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
   demand that shipped), zero-filled over the history window.
 - Daily demand forecast over the lead time: from a model chosen per series (`demand`: ETS with a weekly
   season and damped trend, TSB for intermittent demand, or, for short histories, the EWMA below), whose mean
-  over the lead time is `mean_daily` and whose residuals' std-dev is `std_daily`.
-- Exponentially weighted mean and variance (West's / Finch's incremental form), with smoothing `alpha`:
+  over the lead time is `mean_daily`; `std_daily` is the std-dev of its lead-time total over sqrt(L).
+- The short-history fallback, an exponentially weighted mean and variance (West's / Finch's incremental
+  form), with smoothing `alpha`:
       d_t = x_t - m_{t-1};  m_t = m_{t-1} + alpha * d_t;  v_t = (1 - alpha) * (v_{t-1} + alpha * d_t^2)
   starting from m_0 = x_0, v_0 = 0. The forecast daily demand is the last m, its std-dev sqrt(last v).
 - Demand over the supplier lead time L (days): mean * L.
