@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from common import tracing
 from common.api import FulfillmentApi
 from common.config import Settings
 from common.http import (
@@ -24,6 +25,7 @@ from common.http import (
     warehouse,
 )
 from common.http.limits import BodyLimit
+from common.http.tracing import RequestSpans
 from common.privacy import connect
 
 DESCRIPTION = """\
@@ -69,6 +71,9 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     # Outside the body limit, so its refusals carry CORS headers too and the Web UI can read them
     app.add_middleware(codec.CodecCors, origins=codec.cors_origins(settings))
+    # Tracing (off unless configured): outermost, so that refused requests get their span too
+    if (request_tracer := tracing.tracer()) is not None:
+        app.add_middleware(RequestSpans, tracer=request_tracer)
     app.include_router(health.router)
     routers = (
         orders,
