@@ -75,6 +75,15 @@ def force_flush() -> None:
         _provider.force_flush()
 
 
+def shutdown() -> None:
+    """Export what is queued and turn tracing off for clients and apps made from now on (tests). The global
+    provider stays: OpenTelemetry sets it once per process."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
 def _scrubbed(span: ReadableSpan) -> ReadableSpan:
     events = [
         Event(e.name, {k: v for k, v in (e.attributes or {}).items() if k == "exception.type"}, e.timestamp)

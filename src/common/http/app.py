@@ -63,6 +63,10 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
         description=DESCRIPTION,
         lifespan=lifespan,
         responses=problems.COMMON_PROBLEMS,
+        # FastAPI's own OpenTelemetry spans and logs (on once a TracerProvider is installed) carry the URL as sent,
+        # query values included, and exception messages: a customer's email or address. Ours instead
+        # (common.http.tracing): route templates only, and the parent of the request's Temporal spans.
+        telemetry={"tracing": False, "logs": False},
     )
     if api is not None:
         app.state.api = api  # also without the lifespan (an ASGI transport in tests runs none)
