@@ -55,6 +55,8 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
         ) as connected:
             app.state.api = connected
             yield
+        # uvicorn ends the process with the SIGTERM it caught (no exit hooks run): export queued spans now
+        tracing.force_flush()
 
     # /docs and /redoc from bundled assets: the reference works on a machine without internet access
     app = FastAPIOffline(
