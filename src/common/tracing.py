@@ -10,7 +10,7 @@ Off (the default), nothing is installed: no TracerProvider, no exporter, no inte
 
 Spans carry ids only (workflow, run and activity ids, the HTTP route template), never payloads. Exception
 messages can quote a provider's error, and with it a customer's address (the reason failures are encrypted in
-Temporal): the exporter drops them, keeping the exception's type (_Scrubbed).
+Temporal): the exporter drops them, keeping the exception's type (ScrubbingExporter).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def configure(settings: Settings, service_name: str, *, exporter: SpanExporter |
         exporter = OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces")
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     # Batched in a thread of its own: a span costs the event loop a queue append, not an export
-    provider.add_span_processor(BatchSpanProcessor(_Scrubbed(exporter)))
+    provider.add_span_processor(BatchSpanProcessor(ScrubbingExporter(exporter)))
     trace.set_tracer_provider(provider)  # also for libraries that trace through the global provider
     _provider = provider
     return provider
@@ -110,7 +110,7 @@ def _scrubbed(span: ReadableSpan) -> ReadableSpan:
     )
 
 
-class _Scrubbed(SpanExporter):
+class ScrubbingExporter(SpanExporter):
     """`inner`, fed spans without exception messages."""
 
     def __init__(self, inner: SpanExporter) -> None:
