@@ -37,14 +37,15 @@ def configure(settings: Settings, service_name: str, *, exporter: SpanExporter |
     global _provider
     if _provider is not None:
         return _provider
-    if exporter is None and settings.otel_exporter_otlp_endpoint is None:
+    endpoint = settings.otel_exporter_otlp_endpoint
+    if exporter is None and not endpoint:  # empty counts as unset: `FULFILL_..._ENDPOINT=` in a manifest
         return None
     if exporter is None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # only when on
 
-        assert settings.otel_exporter_otlp_endpoint is not None
+        assert endpoint
         # An explicit endpoint is the full URL; the OTLP convention is a base URL plus the signal's path
-        exporter = OTLPSpanExporter(endpoint=settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces")
+        exporter = OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     # Batched in a thread of its own: a span costs the event loop a queue append, not an export
     provider.add_span_processor(BatchSpanProcessor(ScrubbingExporter(exporter)))

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import sys
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from common.config import Settings
 from common.demo import seed_demo
 from common.store import Store
+from tests.integration.conftest import FULFILL
 from tests.integration.http.conftest import new_key
 from tests.integration.worker_process import REPO, WorkerProcess, eventually, free_port, worker_env
 from tests.orders import order_dict
@@ -178,3 +181,22 @@ async def test_with_no_endpoint_set_nothing_is_exported(
             assert placed.status_code == 202, placed.text
         await asyncio.sleep(6)  # longer than an exporter's batch delay (5 s)
     assert collector.requests == 0
+
+
+async def test_the_cli_exports_its_start_of_an_order(
+    own_settings: tuple[Settings, Store], collector: Collector, tmp_path: Path
+) -> None:
+    settings, _ = own_settings
+    settings = settings.model_copy(update={"otel_exporter_otlp_endpoint": collector.url})
+    order = order_dict(f"ORD-O{uuid.uuid4().hex[:8]}")
+    (tmp_path / "order.json").write_text(json.dumps(order))
+    # Not subprocess.run: the collector answers the command's export in this event loop
+    placed = await asyncio.create_subprocess_exec(
+        str(FULFILL), "order", "place", str(tmp_path / "order.json"), env=worker_env(settings), stderr=PIPE
+    )
+    _, stderr = await asyncio.wait_for(placed.communicate(), timeout=60)
+    assert placed.returncode == 0, stderr.decode()
+    # The command exits at once: its spans are exported on the way out
+    [start] = [s for s in collector.spans if s.name == "StartWorkflow:OrderWorkflow"]
+    assert start.service == "fulfill-cli"
+    assert start.attributes["temporalWorkflowID"] == f"order-{order['order_id']}"
