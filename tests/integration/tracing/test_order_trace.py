@@ -110,8 +110,10 @@ async def test_one_trace_runs_from_the_http_request_through_every_activity(trace
     others = {s.name.split(":")[0] for s in order_spans if s not in in_trace}
     assert others <= {"SignalWorkflow", "QueryWorkflow", "HandleQuery"}, others
     names = {s.name for s in in_trace}
-    # Each step the order took, scheduled by the workflow and run by the worker (local activities too)
-    for activity in ["reserve_stock", "create_pick_task", "buy_label", "notify_customer", "commit_shipment"]:
+    # Each step the order took, scheduled by the workflow and run by the worker: the local activities (the
+    # steps of workflows.steps) and the regular one (the tracking poll)
+    steps = ["reserve_stock", "create_pick_task", "buy_label", "notify_customer", "commit_shipment"]
+    for activity in [*steps, "await_tracking_change"]:
         assert f"StartActivity:{activity}" in names, sorted(names)
         assert f"RunActivity:{activity}" in names, sorted(names)
     # The warehouse's confirmation shows where it reached the order, and the order's end
