@@ -71,7 +71,8 @@ def client_interceptors() -> list[Interceptor]:
 
 
 def force_flush() -> None:
-    """Export the spans still queued (tests; a process exiting flushes by itself)."""
+    """Export the spans still queued: tests, and the HTTP API's shutdown (a worker or a CLI command exiting
+    normally flushes by itself; uvicorn's process dies by its signal, skipping exit hooks)."""
     if _provider is not None:
         _provider.force_flush()
 
