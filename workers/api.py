@@ -11,12 +11,14 @@ from common.config import get_settings
 from common.http.app import create_app
 from common.logs import configure_logging
 from common.production import refuse_unsafe_start
+from common.tracing import configure as configure_tracing
 
 
 def main() -> None:
     configure_logging()
     settings = get_settings()
     refuse_unsafe_start(settings, "HTTP API")
+    configure_tracing(settings, settings.otel_service_name_api)  # before the app: it adds its span middleware
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

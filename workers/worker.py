@@ -36,6 +36,7 @@ from common.privacy import connect
 from common.production import refuse_unsafe_start
 from common.store import Store
 from common.temporal import task_pollers
+from common.tracing import configure as configure_tracing
 from workers.reconciler import (
     running_fallback_relay,
     running_relay,
@@ -154,6 +155,7 @@ def main() -> None:
     settings = get_settings()
     refuse_unsafe_start(settings, "worker")  # before anything connects or opens the database
     cache_bytecode(settings)
+    configure_tracing(settings, settings.otel_service_name_worker)  # its client's interceptor traces the worker
     asyncio.run(serve(settings))
 
 

@@ -203,6 +203,14 @@ class Settings(BaseSettings):
     # tracking polls queued on a worker with free slots.
     worker_task_pollers: Literal["autoscale"] | int = Field(default="autoscale")
 
+    # Tracing (OpenTelemetry, common.tracing): unset endpoint = off, no exporter and no tracing interceptor.
+    # An OTLP/HTTP (protobuf) collector's base URL, e.g. http://collector:4318: spans go to <it>/v1/traces.
+    otel_exporter_otlp_endpoint: str | None = None
+    # service.name of each process's spans; the trace view tells the HTTP API from the worker by it
+    otel_service_name_api: str = "fulfill-api"
+    otel_service_name_worker: str = "fulfill-worker"
+    otel_service_name_cli: str = "fulfill-cli"
+
     # Order-signal outbox: messages to orders written with the change they report (a count releasing a parcel,
     # a pick confirmed) are delivered at once; every worker also runs a relay that delivers what is still
     # pending (e.g. written while the engine was unreachable) every this many seconds. 0 disables the relay.

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
 import temporalio.api.common.v1
+import temporalio.client
 from pydantic import TypeAdapter
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
@@ -96,15 +98,22 @@ def dev_server_search_attribute_args() -> list[str]:
     return args
 
 
-async def connect(settings: Settings, *, data_converter: DataConverter, lazy: bool = False) -> Client:
+async def connect(
+    settings: Settings,
+    *,
+    data_converter: DataConverter,
+    lazy: bool = False,
+    interceptors: Sequence[temporalio.client.Interceptor] = (),
+) -> Client:
     """A client of the engine's namespace. Hand it the one data converter (common.privacy.data_converter, or use
     common.privacy.connect). `lazy`: connect at the first call (a process that must start, and say it is not
-    ready, while Temporal is away)."""
+    ready, while Temporal is away). `interceptors`: the client's, which its workers use too (tracing)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter,
         lazy=lazy,
+        interceptors=interceptors,
         **temporal_connect_options(settings),
     )
 

@@ -38,6 +38,7 @@ from common.config import Settings, get_settings
 from common.crypto.keys import key_file
 from common.db.errors import StoreError
 from common.errors import FulfillmentError, InvalidOrder, OrderAlreadyExists
+from common.tracing import configure as configure_tracing
 
 out = Console()
 # soft_wrap: error lines stay whole, for people and for scripts that grep them.
@@ -122,7 +123,7 @@ def run_async(fn: Callable[P, Awaitable[R]]) -> Callable[P, R]:
 def _prepare_settings() -> None:
     try:
         follow_stack()
-        get_settings()
+        configure_tracing(get_settings(), get_settings().otel_service_name_cli)  # a command's client spans
     except ValidationError as e:  # a FULFILL_* variable that is not a valid setting
         problems = "; ".join(f"FULFILL_{'_'.join(map(str, p['loc'])).upper()}: {p['msg']}" for p in e.errors())
         raise SettingsProblem(f"invalid setting: {problems}") from None

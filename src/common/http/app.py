@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from common import tracing
 from common.api import FulfillmentApi
 from common.config import Settings
 from common.http import (
@@ -24,6 +25,7 @@ from common.http import (
     warehouse,
 )
 from common.http.limits import BodyLimit
+from common.http.tracing import RequestSpans
 from common.privacy import connect
 
 DESCRIPTION = """\
@@ -53,6 +55,8 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
         ) as connected:
             app.state.api = connected
             yield
+        # uvicorn ends the process with the SIGTERM it caught (no exit hooks run): export queued spans now
+        tracing.force_flush()
 
     # /docs and /redoc from bundled assets: the reference works on a machine without internet access
     app = FastAPIOffline(
@@ -61,6 +65,10 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
         description=DESCRIPTION,
         lifespan=lifespan,
         responses=problems.COMMON_PROBLEMS,
+        # FastAPI's own OpenTelemetry spans and logs (on once a TracerProvider is installed) carry the URL as sent,
+        # query values included, and exception messages: a customer's email or address. Ours instead
+        # (common.http.tracing): route templates only, and the parent of the request's Temporal spans.
+        telemetry={"tracing": False, "logs": False},
     )
     if api is not None:
         app.state.api = api  # also without the lifespan (an ASGI transport in tests runs none)
@@ -69,6 +77,9 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     # Outside the body limit, so its refusals carry CORS headers too and the Web UI can read them
     app.add_middleware(codec.CodecCors, origins=codec.cors_origins(settings))
+    # Tracing (off unless configured): outermost, so that refused requests get their span too
+    if (request_tracer := tracing.tracer()) is not None:
+        app.add_middleware(RequestSpans, tracer=request_tracer)
     app.include_router(health.router)
     routers = (
         orders,

@@ -20,6 +20,7 @@ from common.db.database import Database
 from common.privacy.data_keys import CustomerKeyStore
 from common.temporal import PayloadConverter
 from common.temporal import connect as connect_with
+from common.tracing import client_interceptors
 
 
 def keystore_url(settings: Settings) -> str:
@@ -91,5 +92,8 @@ async def customer_keys(client: Client) -> CustomerKeyStore:
 
 
 async def connect(settings: Settings, *, lazy: bool = False) -> Client:
-    """A client of the engine's namespace with the one data converter (see common.temporal.connect)."""
-    return await connect_with(settings, data_converter=data_converter(settings), lazy=lazy)
+    """A client of the engine's namespace with the one data converter (see common.temporal.connect), and the
+    tracing interceptor once the process turned tracing on (common.tracing.configure)."""
+    return await connect_with(
+        settings, data_converter=data_converter(settings), lazy=lazy, interceptors=client_interceptors()
+    )
