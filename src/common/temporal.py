@@ -24,6 +24,7 @@ from temporalio.converter import (
     DefaultPayloadConverter,
     JSONPlainPayloadConverter,
 )
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum
 
@@ -96,15 +97,18 @@ def dev_server_search_attribute_args() -> list[str]:
     return args
 
 
-async def connect(settings: Settings, *, data_converter: DataConverter, lazy: bool = False) -> Client:
+async def connect(
+    settings: Settings, *, data_converter: DataConverter, lazy: bool = False, runtime: Runtime | None = None
+) -> Client:
     """A client of the engine's namespace. Hand it the one data converter (common.privacy.data_converter, or use
     common.privacy.connect). `lazy`: connect at the first call (a process that must start, and say it is not
-    ready, while Temporal is away)."""
+    ready, while Temporal is away). `runtime`: one with a metrics endpoint (common.metrics.worker_runtime)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter,
         lazy=lazy,
+        runtime=runtime,
         **temporal_connect_options(settings),
     )
 

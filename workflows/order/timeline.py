@@ -16,6 +16,7 @@ from workflows.steps import Messenger, StepRunner, describe
 from workflows.visibility import SearchAttributeBatch
 
 with workflow.unsafe.imports_passed_through():
+    from common import metrics
     from common.models import (
         OrderStatus,
         OrderUpdateResult,
@@ -73,6 +74,7 @@ class Timeline:
         """One transition: timeline entry, OrderStatus search attribute (with `also`, in the same history event),
         current details for the UI."""
         view = self.view
+        first_time = all(entry.status != status for entry in view.timeline)
         view.status = status
         self._waiting_base = waiting_for
         view.waiting_for = self._compose_waiting_for()
@@ -83,6 +85,32 @@ class Timeline:
             self._published_status = status
         self.visibility.stage(updates)
         workflow.set_current_details(self._details_markdown())
+        if first_time:
+            self._measure(status)
+
+    def failed(self, reason: str) -> None:
+        """The order closes FAILED; `reason` a kind (an error type, "gave_up"), never an error's text."""
+        metrics.count(workflow.metric_meter(), metrics.ORDERS_FAILED, reason=reason)
+
+    def _measure(self, status: OrderStatus) -> None:
+        """The business metrics of an order's first entry into `status` (the meter drops what a replay records,
+        and an order re-entering a status, e.g. DELIVERED after a return, counts once)."""
+        meter, view, now = workflow.metric_meter(), self.view, workflow.now()
+        placed_at = view.timeline[0].at
+        if status == OrderStatus.RECEIVED:
+            metrics.count(meter, metrics.ORDERS_PLACED)
+        elif status == OrderStatus.BACKORDERED:
+            metrics.count(meter, metrics.BACKORDERS)
+        elif status == OrderStatus.IN_TRANSIT:
+            metrics.count(meter, metrics.ORDERS_SHIPPED)
+            metrics.observe_duration(meter, metrics.PLACE_TO_SHIP_SECONDS, now - placed_at)
+        elif status == OrderStatus.DELIVERED:
+            metrics.count(meter, metrics.ORDERS_DELIVERED)
+            metrics.observe_duration(meter, metrics.PLACE_TO_DELIVERY_SECONDS, now - placed_at)
+            on_time = view.promised_delivery is None or now.date() <= view.promised_delivery
+            metrics.count(meter, metrics.DELIVERIES, outcome="on_time" if on_time else "late")
+        elif status == OrderStatus.CANCELLED:
+            metrics.count(meter, metrics.ORDERS_CANCELLED)
 
     def note(self, note: str) -> None:
         """A timeline entry without a change of status."""

@@ -12,6 +12,7 @@ import weakref
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import Runtime
 
 from common.config import Settings
 from common.crypto.codec import DataKey, EncryptionCodec
@@ -90,6 +91,6 @@ async def customer_keys(client: Client) -> CustomerKeyStore:
     return await codec.data_keys.store()
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
+async def connect(settings: Settings, *, lazy: bool = False, runtime: Runtime | None = None) -> Client:
     """A client of the engine's namespace with the one data converter (see common.temporal.connect)."""
-    return await connect_with(settings, data_converter=data_converter(settings), lazy=lazy)
+    return await connect_with(settings, data_converter=data_converter(settings), lazy=lazy, runtime=runtime)
