@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from temporalio import activity
 from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
@@ -85,7 +86,7 @@ NOTIFICATIONS = Metric(
 )
 RETURNS = Metric("fulfill_returns", "Return requests (RMAs) opened.", "counter")
 REFUNDS = Metric("fulfill_refunds", "Refunds paid back to the customer.", "counter")
-STOCK_OUTS = Metric("fulfill_stock_outs", "Reservations that found too little stock for a line.", "counter")
+STOCK_OUTS = Metric("fulfill_stock_outs", "Order lines short of stock when their order first waited.", "counter")
 
 WORKER_METRICS = (
     ORDERS_PLACED,
@@ -139,6 +140,12 @@ def observe(meter: MetricMeter, metric: Metric, value: float, **labels: str) -> 
 
 def observe_duration(meter: MetricMeter, metric: Metric, duration: timedelta, **labels: str) -> None:
     observe(meter, metric, max(duration.total_seconds(), 0.0), **labels)
+
+
+def count_in_activity(metric: Metric, value: int = 1, **labels: str) -> None:
+    """count() on the running activity's meter; nothing outside one (an activity method called directly)."""
+    if activity.in_activity():
+        count(activity.metric_meter(), metric, value, **labels)
 
 
 def worker_runtime(settings: Settings) -> Runtime | None:
