@@ -44,7 +44,7 @@ class Metric:
 # --- worker (Temporal SDK meter) ---------------------------------------------------------------------------------
 ORDERS_PLACED = Metric("fulfill_orders_placed", "Orders placed (order workflows started).", "counter")
 ORDERS_SHIPPED = Metric(
-    "fulfill_orders_shipped", "Orders whose every going parcel is with the carrier (first IN_TRANSIT).", "counter"
+    "fulfill_orders_shipped", "Orders whose parcels are with the carrier (first IN_TRANSIT or later).", "counter"
 )
 ORDERS_DELIVERED = Metric("fulfill_orders_delivered", "Orders delivered (first DELIVERED).", "counter")
 ORDERS_CANCELLED = Metric("fulfill_orders_cancelled", "Orders closed CANCELLED.", "counter")

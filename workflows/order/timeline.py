@@ -35,6 +35,8 @@ TRACKING_TO_ORDER = {
     TrackingStatus.DELIVERED: OrderStatus.DELIVERED,
 }
 FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED]
+# The order shows one of these once its parcels are with the carrier (a fast one may skip straight to DELIVERED).
+_SHIPPED = {OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED}
 # A parcel's way through the warehouse and the carrier; the order shows its least advanced parcel.
 _PROGRESS = [
     OrderStatus.RESERVED,
@@ -74,7 +76,7 @@ class Timeline:
         """One transition: timeline entry, OrderStatus search attribute (with `also`, in the same history event),
         current details for the UI."""
         view = self.view
-        first_time = all(entry.status != status for entry in view.timeline)
+        seen = {entry.status for entry in view.timeline}
         view.status = status
         self._waiting_base = waiting_for
         view.waiting_for = self._compose_waiting_for()
@@ -85,14 +87,14 @@ class Timeline:
             self._published_status = status
         self.visibility.stage(updates)
         workflow.set_current_details(self._details_markdown())
-        if first_time:
-            self._measure(status)
+        if status not in seen:
+            self._measure(status, seen)
 
     def failed(self, reason: str) -> None:
         """The order closes FAILED; `reason` a kind (an error type, "gave_up"), never an error's text."""
         metrics.count(workflow.metric_meter(), metrics.ORDERS_FAILED, reason=reason)
 
-    def _measure(self, status: OrderStatus) -> None:
+    def _measure(self, status: OrderStatus, seen: set[OrderStatus]) -> None:
         """The business metrics of an order's first entry into `status` (the meter drops what a replay records,
         and an order re-entering a status, e.g. DELIVERED after a return, counts once)."""
         meter, view, now = workflow.metric_meter(), self.view, workflow.now()
@@ -101,10 +103,10 @@ class Timeline:
             metrics.count(meter, metrics.ORDERS_PLACED)
         elif status == OrderStatus.BACKORDERED:
             metrics.count(meter, metrics.BACKORDERS)
-        elif status == OrderStatus.IN_TRANSIT:
+        if status in _SHIPPED and not seen & _SHIPPED:
             metrics.count(meter, metrics.ORDERS_SHIPPED)
             metrics.observe_duration(meter, metrics.PLACE_TO_SHIP_SECONDS, now - placed_at)
-        elif status == OrderStatus.DELIVERED:
+        if status == OrderStatus.DELIVERED:
             metrics.count(meter, metrics.ORDERS_DELIVERED)
             metrics.observe_duration(meter, metrics.PLACE_TO_DELIVERY_SECONDS, now - placed_at)
             on_time = view.promised_delivery is None or now.date() <= view.promised_delivery
