@@ -124,6 +124,28 @@ WEBHOOK_EVENTS = Metric(
 API_METRICS = (HTTP_REQUEST_SECONDS, WEBHOOK_EVENTS)
 ALL_METRICS = WORKER_METRICS + API_METRICS
 
+# The Temporal SDK's own metrics that deploy/ (alerts, dashboard) uses, as the worker exports them (counters with
+# _total, durations in seconds); tests/integration/test_metrics.py checks a real worker exports each.
+SDK_METRICS = (
+    "temporal_workflow_task_schedule_to_start_latency",
+    "temporal_activity_schedule_to_start_latency",
+    "temporal_workflow_task_execution_latency",
+    "temporal_activity_execution_latency",
+    "temporal_worker_task_slots_available",
+    "temporal_worker_task_slots_used",
+    "temporal_sticky_cache_size",
+    "temporal_workflow_completed_total",
+)
+
+
+def known_names() -> set[str]:
+    """Every name a Prometheus expression may use: exported names, and a histogram's series."""
+    names = set(SDK_METRICS) | {m.exported() for m in ALL_METRICS}
+    histograms = [m.name for m in ALL_METRICS if m.kind == "histogram"] + [
+        n for n in SDK_METRICS if n.endswith("_latency")
+    ]
+    return names | {f"{h}_{series}" for h in histograms for series in ("bucket", "count", "sum")}
+
 
 def bucket_overrides() -> dict[str, list[float]]:
     """The SDK's default buckets suit milliseconds: ours are seconds and cents."""
