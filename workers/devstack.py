@@ -232,6 +232,7 @@ def main() -> None:
         ("sandbox payments", settings.sandbox_payments_port),
         ("sandbox 3PL", settings.sandbox_threepl_port),
         ("HTTP API", settings.api_port),
+        *([("worker metrics", DEV_WORKER_METRICS_PORT)] if "FULFILL_WORKER_METRICS_PORT" not in os.environ else []),
     ]:
         if _port_open(host or "127.0.0.1", p):
             raise SystemExit(f"port {p} ({what}) is already in use: is another `make run` up?")
