@@ -82,7 +82,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         picker = asyncio.create_task(run_picker(FulfillmentApi(client, store, settings), 0, stop_picker, poll_s=0.2))
         try:
             await worker.start(client)
-            async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {key}"}) as http:
+            # Generous timeout: with a cache of two, a status query may first replay the order
+            auth = {"Authorization": f"Bearer {key}"}
+            async with httpx.AsyncClient(base_url=api_url, headers=auth, timeout=60) as http:
 
                 async def ready() -> bool:
                     assert api_proc.returncode is None, api_log.read_text()[-3000:]
