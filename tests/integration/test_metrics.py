@@ -1,8 +1,8 @@
 """Prometheus metrics from the real processes: a worker (`python -m workers.worker`) with its metrics port on and
 the HTTP API (`python -m workers.api`), against a dev server and the sandboxes of their own. Orders placed over
 HTTP (two delivered, one backordered then cancelled), then both endpoints are scraped: the SDK's metrics are
-there, the business counters say what the orders did (though the worker's small cache made it replay them), and no
-label carries a customer's data or an order id."""
+there, the business counters say what the orders did, and no label carries a customer's data or an order id.
+That a replay counts nothing again: tests/replay/test_replay_metrics.py."""
 
 from __future__ import annotations
 
@@ -63,9 +63,6 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             api_host="127.0.0.1",
             api_port=api_port,
             worker_metrics_port=metrics_port,
-            # A cache of two orders for three: the worker evicts and replays them, and replays must count nothing
-            worker_max_cached_workflows=2,
-            worker_max_concurrent_workflow_tasks=2,
         )
         settings = sandbox.settings_for_clients(base, engine_url=api_url)
         store = await Store.open(settings.database_url)
@@ -82,7 +79,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         picker = asyncio.create_task(run_picker(FulfillmentApi(client, store, settings), 0, stop_picker, poll_s=0.2))
         try:
             await worker.start(client)
-            # Generous timeout: with a cache of two, a status query may first replay the order
+            # Generous: a status query on a loaded two-core machine may first replay the order
             auth = {"Authorization": f"Bearer {key}"}
             async with httpx.AsyncClient(base_url=api_url, headers=auth, timeout=60) as http:
 
@@ -156,7 +153,6 @@ async def test_worker_and_api_metrics_say_what_the_orders_did(stack: Stack) -> N
         names = sorted({s.name for s in await scrape(stack.worker_metrics_url)})
         want = {m.name: n for m, n in expected.items()}
         raise AssertionError(f"counted {got}, expected {want}; exported: {names}") from None
-    assert total(samples, "temporal_workflow_task_replay_latency_count") > 0  # orders were replayed, yet counted once
     assert total(samples, metrics.ORDERS_FAILED.exported()) == 0
     assert total(samples, metrics.DELIVERIES.exported(), outcome="on_time") == 2
     assert total(samples, metrics.DELIVERIES.exported(), outcome="late") == 0
