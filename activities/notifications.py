@@ -29,6 +29,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from common import metrics
 from common.config import Settings
 from common.integrations.email import EmailPermanentError, EmailSender
 from common.integrations.sms import SmsPermanentError, SmsSender
@@ -262,6 +263,16 @@ class NotificationActivities:
         return True
 
     async def _send_claimed(self, claim: NotificationClaim, channel: Channel, message: RenderedMessage) -> str:
+        """_send_logged, counted by channel and outcome (a failed attempt counts each time: the alert wants it)."""
+        try:
+            provider_id = await self._send_logged(claim, channel, message)
+        except Exception:
+            metrics.count_in_activity(metrics.NOTIFICATIONS, channel=channel.value, outcome="failed")
+            raise
+        metrics.count_in_activity(metrics.NOTIFICATIONS, channel=channel.value, outcome="sent")
+        return provider_id
+
+    async def _send_logged(self, claim: NotificationClaim, channel: Channel, message: RenderedMessage) -> str:
         """Send a claimed message and return the provider's id for it; the caller marks it sent. A failure is
         marked in the log: a permanent provider refusal is raised as is, anything else becomes a retryable
         ApplicationError."""

@@ -142,6 +142,26 @@ def with_engine_webhooks(settings: Settings, environ: dict[str, str]) -> tuple[S
     return settings.model_copy(update=update), env
 
 
+# The embedded worker's metrics endpoint (the OpenTelemetry/Prometheus exporter's conventional port)
+DEV_WORKER_METRICS_PORT = 9464
+
+
+def with_worker_metrics(settings: Settings, environ: dict[str, str]) -> tuple[Settings, dict[str, str]]:
+    """The worker's Prometheus endpoint on, at DEV_WORKER_METRICS_PORT, unless the environment chose a port (0: off)."""
+    if "FULFILL_WORKER_METRICS_PORT" in {k.upper() for k in environ}:
+        return settings, environ
+    env = {**environ, "FULFILL_WORKER_METRICS_PORT": str(DEV_WORKER_METRICS_PORT)}
+    return settings.model_copy(update={"worker_metrics_port": DEV_WORKER_METRICS_PORT}), env
+
+
+def _metrics_lines(settings: Settings, api: str) -> str:
+    worker = settings.worker_metrics_port
+    worker_url = f"http://{_client_host(settings.worker_metrics_host)}:{worker}/metrics" if worker else "off"
+    api_url = f"{api}/metrics" if settings.api_metrics_enabled else "off"
+    return f"""    Worker metrics    {worker_url} (Temporal SDK and order metrics, Prometheus format)
+    API metrics       {api_url} (request latencies, webhooks; deploy/prometheus has alerts and scrape config)"""
+
+
 def _client_host(host: str) -> str:
     host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
     return f"[{host}]" if ":" in host else host
@@ -164,6 +184,7 @@ def _banner(settings: Settings) -> str:
     HTTP API          {api}/v1  (reference: {api}/docs, schema: {api}/openapi.json)
     Codec server      {codec}  (the Web UI's; decodes payloads for an ops API key, sign in at {codec}/)
     Twilio webhooks   {settings.sms_status_callback_url or "off"} (the sandbox's callbacks)
+{_metrics_lines(settings, api)}
     Sandbox SMTP      {host}:{settings.sandbox_smtp_port}
     Sandbox SMS/outbox http://{host}:{settings.sandbox_http_port}/outbox
     Sandbox carrier   {settings.carrier_api_base} (EasyPost's API; tracker webhooks to {hooks})
@@ -211,6 +232,7 @@ def main() -> None:
         ("sandbox payments", settings.sandbox_payments_port),
         ("sandbox 3PL", settings.sandbox_threepl_port),
         ("HTTP API", settings.api_port),
+        *([("worker metrics", DEV_WORKER_METRICS_PORT)] if "FULFILL_WORKER_METRICS_PORT" not in os.environ else []),
     ]:
         if _port_open(host or "127.0.0.1", p):
             raise SystemExit(f"port {p} ({what}) is already in use: is another `make run` up?")
@@ -221,6 +243,7 @@ def main() -> None:
     environ = {**os.environ, "PYTHONUNBUFFERED": "1", "FULFILL_ENVIRONMENT": "embedded"}
     settings, env = with_sandbox_payments(settings, environ)
     settings, env = with_engine_webhooks(settings, env)
+    settings, env = with_worker_metrics(settings, env)
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)

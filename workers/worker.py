@@ -32,6 +32,7 @@ from common.integrations.payments import payments_gateway
 from common.integrations.sms import SmsSender
 from common.integrations.threepl_providers import threepl_providers
 from common.logs import configure_logging
+from common.metrics import worker_runtime
 from common.privacy import connect
 from common.production import refuse_unsafe_start
 from common.store import Store
@@ -126,7 +127,10 @@ async def running_background_tasks(
 
 async def serve(settings: Settings) -> None:
     store = await Store.open(settings.database_url)
-    client = await connect(settings)
+    # The runtime (the metrics endpoint) first: a client is bound to its runtime for good.
+    client = await connect(settings, runtime=worker_runtime(settings))
+    if settings.worker_metrics_port:
+        log.info("worker metrics at http://%s:%d/metrics", settings.worker_metrics_host, settings.worker_metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notifications import NotificationActivities
     from activities.returns import ReturnActivities
     from activities.shipping import ShippingActivities
+    from common import metrics
     from common.models import (
         MOVED_TRACKING_STATUSES,
         ORDER_WORKFLOW_VERSION,
@@ -168,6 +169,7 @@ class ReturnWorkflow:
 
     @workflow.run
     async def run(self, input: ReturnWorkflowInput) -> RmaView:
+        metrics.count(workflow.metric_meter(), metrics.RETURNS)  # one return workflow per RMA
         try:
             view = await self._run(input)
         except (ActivityError, ApplicationError) as err:

@@ -211,6 +211,14 @@ class Settings(BaseSettings):
     otel_service_name_worker: str = "fulfill-worker"
     otel_service_name_cli: str = "fulfill-cli"
 
+    # Metrics (docs/operations.md, "Metrics"). The worker's Prometheus endpoint (the Temporal SDK's metrics and
+    # the business ones, common.metrics) on host:port/metrics; 0 turns it off (the embedded stack uses 9464).
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The HTTP API's /metrics (request latencies, webhook events): no API key, as Prometheus scrapes without one
+    # and it holds no customer data; false removes the route (e.g. when the API faces the internet).
+    api_metrics_enabled: bool = True
+
     # Order-signal outbox: messages to orders written with the change they report (a count releasing a parcel,
     # a pick confirmed) are delivered at once; every worker also runs a relay that delivers what is still
     # pending (e.g. written while the engine was unreachable) every this many seconds. 0 disables the relay.

@@ -26,6 +26,7 @@ from temporalio.converter import (
     DefaultPayloadConverter,
     JSONPlainPayloadConverter,
 )
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum
 
@@ -104,16 +105,19 @@ async def connect(
     data_converter: DataConverter,
     lazy: bool = False,
     interceptors: Sequence[temporalio.client.Interceptor] = (),
+    runtime: Runtime | None = None,
 ) -> Client:
     """A client of the engine's namespace. Hand it the one data converter (common.privacy.data_converter, or use
     common.privacy.connect). `lazy`: connect at the first call (a process that must start, and say it is not
-    ready, while Temporal is away). `interceptors`: the client's, which its workers use too (tracing)."""
+    ready, while Temporal is away). `interceptors`: the client's, which its workers use too (tracing).
+    `runtime`: one with a metrics endpoint (common.metrics.worker_runtime)."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter,
         lazy=lazy,
         interceptors=interceptors,
+        runtime=runtime,
         **temporal_connect_options(settings),
     )
 

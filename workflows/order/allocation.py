@@ -18,6 +18,7 @@ from workflows.steps import DATABASE, describe
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
+    from common import metrics
     from common.models import (
         NotificationEvent,
         OrderLine,
@@ -126,6 +127,7 @@ class Allocator:
             fulfilment.timeline.record(fulfilment.status_now(), f"waiting for stock: {short}", waiting_for="a restock")
         if not self._told_delayed:
             self._told_delayed = True
+            metrics.count(workflow.metric_meter(), metrics.STOCK_OUTS, len(result.short))  # once an order
             # "Ships in parts" only while a parcel is really on its way; else the order just waits.
             event = NotificationEvent.PARTIAL_SHIPMENT if fulfilment.going() else NotificationEvent.BACKORDERED
             await fulfilment.notify(event, {"short": describe(fulfilment.unallocated)})

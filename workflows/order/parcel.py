@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
     from activities.shipping import ShippingActivities
     from activities.warehouse import WarehouseActivities
+    from common import metrics
     from common.inventory.contracts import ParcelRef
     from common.models import (
         Label,
@@ -228,7 +229,9 @@ class Parcel:
             f"pick task {task_id} in {view.warehouse}",
             waiting_for=f"pick confirmation of {task_id}",
         )
+        asked_at = workflow.now()
         await self._await_pick(task_id)
+        metrics.observe_duration(workflow.metric_meter(), metrics.PICK_SECONDS, workflow.now() - asked_at)
         short = fulfilment.pick_shortages.get(task_id, {})
         if not short:
             self.advance(OrderStatus.PACKED, f"pick task {task_id} confirmed, parcel packed")
@@ -340,6 +343,7 @@ class Parcel:
     async def _labelled(self, label: Label) -> None:
         fulfilment, view = self._fulfilment, self.view
         fulfilment.label_bought = True
+        metrics.observe(workflow.metric_meter(), metrics.LABEL_COST_CENTS, label.rate_cents, carrier=label.carrier)
         view.carrier, view.service = label.carrier, label.service
         view.tracking_number, view.tracking_url = label.tracking_number, label.tracking_url
         fulfilment.advance(

@@ -16,6 +16,7 @@ from workflows.steps import Messenger, StepRunner, describe
 from workflows.visibility import SearchAttributeBatch
 
 with workflow.unsafe.imports_passed_through():
+    from common import metrics
     from common.models import (
         OrderStatus,
         OrderUpdateResult,
@@ -34,6 +35,8 @@ TRACKING_TO_ORDER = {
     TrackingStatus.DELIVERED: OrderStatus.DELIVERED,
 }
 FORWARD = [OrderStatus.LABELED, OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED]
+# The order shows one of these once its parcels are with the carrier (a fast one may skip straight to DELIVERED).
+_SHIPPED = {OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED}
 # A parcel's way through the warehouse and the carrier; the order shows its least advanced parcel.
 _PROGRESS = [
     OrderStatus.RESERVED,
@@ -73,6 +76,7 @@ class Timeline:
         """One transition: timeline entry, OrderStatus search attribute (with `also`, in the same history event),
         current details for the UI."""
         view = self.view
+        seen = {entry.status for entry in view.timeline}
         view.status = status
         self._waiting_base = waiting_for
         view.waiting_for = self._compose_waiting_for()
@@ -83,6 +87,32 @@ class Timeline:
             self._published_status = status
         self.visibility.stage(updates)
         workflow.set_current_details(self._details_markdown())
+        if status not in seen:
+            self._measure(status, seen)
+
+    def failed(self, reason: str) -> None:
+        """The order closes FAILED; `reason` a kind (an error type, "gave_up"), never an error's text."""
+        metrics.count(workflow.metric_meter(), metrics.ORDERS_FAILED, reason=reason)
+
+    def _measure(self, status: OrderStatus, seen: set[OrderStatus]) -> None:
+        """The business metrics of an order's first entry into `status` (the meter drops what a replay records,
+        and an order re-entering a status, e.g. DELIVERED after a return, counts once)."""
+        meter, view, now = workflow.metric_meter(), self.view, workflow.now()
+        placed_at = view.timeline[0].at
+        if status == OrderStatus.RECEIVED:
+            metrics.count(meter, metrics.ORDERS_PLACED)
+        elif status == OrderStatus.BACKORDERED:
+            metrics.count(meter, metrics.BACKORDERS)
+        if status in _SHIPPED and not seen & _SHIPPED:
+            metrics.count(meter, metrics.ORDERS_SHIPPED)
+            metrics.observe_duration(meter, metrics.PLACE_TO_SHIP_SECONDS, now - placed_at)
+        if status == OrderStatus.DELIVERED:
+            metrics.count(meter, metrics.ORDERS_DELIVERED)
+            metrics.observe_duration(meter, metrics.PLACE_TO_DELIVERY_SECONDS, now - placed_at)
+            on_time = view.promised_delivery is None or now.date() <= view.promised_delivery
+            metrics.count(meter, metrics.DELIVERIES, outcome="on_time" if on_time else "late")
+        elif status == OrderStatus.CANCELLED:
+            metrics.count(meter, metrics.ORDERS_CANCELLED)
 
     def note(self, note: str) -> None:
         """A timeline entry without a change of status."""

@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.order.allocation import Allocator
-from workflows.order.fulfilment import Fulfilment, OrderCancelled
+from workflows.order.fulfilment import Fulfilment, OrderCancelled, error_type
 from workflows.order.parcel import Parcel
 from workflows.order.patches import LEAN_FOR_EVERY_ORDER, LEAN_HISTORY, TEMPORAL_CANCEL_COMPENSATES, UNDO_PER_PARCEL
 from workflows.order.refusals import labelled, refusal_by_the_3pl, refusal_by_the_carrier
@@ -415,6 +415,7 @@ class OrderWorkflow:
         except (ActivityError, ApplicationError) as err:
             await self._compensate()
             self._timeline.record(OrderStatus.FAILED, f"needs ops: {innermost(err)}")
+            self._timeline.failed(error_type(err) or "error")
             fulfilment.closed = True
             raise ApplicationError(
                 f"order {self._order.order_id} failed: {innermost(err)}", self._view, non_retryable=True
@@ -434,6 +435,7 @@ class OrderWorkflow:
             what = "; ".join(fulfilment.failed_parts)
             await fulfilment.release_stock()
             await fulfilment.notify(NotificationEvent.FULFILMENT_FAILED, {"what": describe(self._order.lines)})
+            self._timeline.failed("gave_up")
             await self._close(OrderStatus.FAILED, f"gave up: {what}")
             raise ApplicationError(f"order {self._order.order_id} failed: {what}", self._view, non_retryable=True)
         # Return window hook: after delivery (stock committed per parcel), before COMPLETED.

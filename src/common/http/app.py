@@ -25,6 +25,8 @@ from common.http import (
     warehouse,
 )
 from common.http.limits import BodyLimit
+from common.http.metrics import ApiMetrics, RequestMetrics
+from common.http.metrics import router as metrics_router
 from common.http.tracing import RequestSpans
 from common.privacy import connect
 
@@ -94,4 +96,14 @@ def create_app(settings: Settings, api: FulfillmentApi | None = None) -> FastAPI
     )
     for module in routers:
         app.include_router(module.router)
+    install_metrics(app, settings)
     return app
+
+
+def install_metrics(app: FastAPI, settings: Settings) -> None:
+    """/metrics and the request timing (outermost, so refusals by the other middleware are timed too)."""
+    if not settings.api_metrics_enabled:
+        return
+    app.state.metrics = ApiMetrics()
+    app.add_middleware(RequestMetrics, recorder=app.state.metrics)
+    app.include_router(metrics_router)

@@ -12,6 +12,7 @@ import weakref
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import Runtime
 
 from common.config import Settings
 from common.crypto.codec import DataKey, EncryptionCodec
@@ -91,9 +92,14 @@ async def customer_keys(client: Client) -> CustomerKeyStore:
     return await codec.data_keys.store()
 
 
-async def connect(settings: Settings, *, lazy: bool = False) -> Client:
-    """A client of the engine's namespace with the one data converter (see common.temporal.connect), and the
-    tracing interceptor once the process turned tracing on (common.tracing.configure)."""
+async def connect(settings: Settings, *, lazy: bool = False, runtime: Runtime | None = None) -> Client:
+    """A client of the engine's namespace with the one data converter (see common.temporal.connect), the tracing
+    interceptor once the process turned tracing on (common.tracing.configure), and `runtime` (a worker's, with
+    its metrics endpoint)."""
     return await connect_with(
-        settings, data_converter=data_converter(settings), lazy=lazy, interceptors=client_interceptors()
+        settings,
+        data_converter=data_converter(settings),
+        lazy=lazy,
+        interceptors=client_interceptors(),
+        runtime=runtime,
     )
