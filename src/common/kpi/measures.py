@@ -96,7 +96,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def shipping_cost_per_order(rates_by_order: Mapping[str, int]) -> float | None:
-    """Shipping cost per order: purchased labels' rates (cents) summed over the orders that bought any,
+    """Shipping cost per order: purchased outbound labels' rates (cents) summed over the orders that bought any,
     divided by the number of those orders."""
     return ratio(sum(rates_by_order.values()), len(rates_by_order))
 

@@ -12,6 +12,8 @@ from common.db import tables as t
 from common.db.database import Database
 from common.models import PLACEMENT_MARK
 
+OUTBOUND_LABEL = "label:"  # activities.shipping.label_key's prefix
+
 
 def _order_id(key: str) -> str:
     # Rows of an order placed again are keyed `<order_id>~<placement>`: they count for the same order.
@@ -37,9 +39,12 @@ async def backordered_skus(db: Database, order_ids: Collection[str]) -> dict[str
 
 
 async def label_rates(db: Database, order_ids: Collection[str]) -> dict[str, int]:
-    """Cents spent on purchased (not voided) labels, per order that bought any."""
+    """Cents spent on purchased (not voided) outbound labels, per order that bought any. Return labels (keyed
+    `return-label:`) are a cost of the return, not of shipping the order."""
     sh = t.shipments.c
-    rows = await db.read(select(sh.order_id, sh.rate_cents).where(sh.status == "purchased"))
+    rows = await db.read(
+        select(sh.order_id, sh.rate_cents).where(sh.status == "purchased", sh.key.like(f"{OUTBOUND_LABEL}%"))
+    )
     out: dict[str, int] = {}
     for row in rows:
         order_id = _order_id(row.order_id)
