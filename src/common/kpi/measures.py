@@ -156,3 +156,38 @@ def forecast_error(
         forecast_units=forecast_total,
         actual_units=actual_total,
     )
+
+
+def on_time_by_day(orders: Iterable[OrderFacts], start: date, days: int) -> list[float | None]:
+    """On-time delivery (as in `on_time`) per UTC day of delivery, from `start`; None on a day without any."""
+    hits, measured = [0] * days, [0] * days
+    for order in orders:
+        delivered = order.first([OrderStatus.DELIVERED])
+        if delivered is None or order.promised_delivery is None:
+            continue
+        index = (_day(delivered) - start).days
+        if 0 <= index < days:
+            measured[index] += 1
+            hits[index] += _day(delivered) <= order.promised_delivery
+    return [ratio(h, n) for h, n in zip(hits, measured, strict=True)]
+
+
+# Statuses in which an order waits for something that should come within the pick SLA: stock, a person, a
+# reservation. PICKING is judged by the workflow itself (PickOverdue), a 3PL's parcel by ThreePLLate.
+WAITING_STATUSES = frozenset({OrderStatus.RECEIVED, OrderStatus.RESERVED, OrderStatus.BACKORDERED, OrderStatus.ON_HOLD})
+
+
+def stuck_reason(
+    status: str, since: datetime, now: datetime, *, sla_s: float, pick_overdue: bool, threepl_late: bool
+) -> str | None:
+    """Why an open order is stuck, or None: its pick task is past the pick SLA (PickOverdue), its 3PL is past
+    an SLA (ThreePLLate), or it has waited in RECEIVED, RESERVED, BACKORDERED or ON_HOLD longer than `sla_s`
+    (FULFILL_PICK_ESCALATE_AFTER)."""
+    if pick_overdue:
+        return "pick overdue"
+    if threepl_late:
+        return "3PL late"
+    waited = (now - since).total_seconds()
+    if status in WAITING_STATUSES and waited > sla_s:
+        return f"{status} for {waited / 3600:.1f} h"
+    return None

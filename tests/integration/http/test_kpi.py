@@ -27,14 +27,14 @@ from tests.orders import order_dict
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-async def wait_order(api: FulfillmentApi, order_id: str, status: OrderStatus) -> OrderView:
+async def wait_order(api: FulfillmentApi, order_id: str, *statuses: OrderStatus) -> OrderView:
     view = None
     for _ in range(300):
         view = await api.order_status(order_id)
-        if view.status == status:
+        if view.status in statuses:
             return view
         await asyncio.sleep(0.2)
-    raise AssertionError(f"{order_id} never reached {status}: {view}")
+    raise AssertionError(f"{order_id} never reached {statuses}: {view}")
 
 
 async def deliver(api: FulfillmentApi, order_id: str, lines: dict[str, int], **changes: object) -> None:
@@ -42,7 +42,7 @@ async def deliver(api: FulfillmentApi, order_id: str, lines: dict[str, int], **c
     view = await wait_order(api, order_id, OrderStatus.PICKING)
     assert view.pick_task_id
     await api.confirm_pick(view.pick_task_id)
-    await wait_order(api, order_id, OrderStatus.DELIVERED)
+    await wait_order(api, order_id, OrderStatus.DELIVERED, OrderStatus.COMPLETED)  # COMPLETED: no return window
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,13 @@ async def test_http_kpi_for_readers_only_with_422_for_a_bad_range(
     assert "before" in backwards.json()["detail"]
     garbled = await http.get("/v1/kpi", params={"from": "yesterday", "to": day}, headers=reader)
     assert garbled.status_code == 422 and garbled.headers["content-type"] == "application/problem+json"
+
+
+async def test_dashboard_needs_an_ops_key(
+    http: httpx.AsyncClient, ops: dict[str, str], reader: dict[str, str], mix: dict[str, str]
+) -> None:
+    assert (await http.get("/dashboard")).status_code == 401
+    assert (await http.get("/dashboard", headers=reader)).status_code == 401
+    page = await http.get("/dashboard", headers=ops)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.text.count('<svg class="chart"') == 4 and 'class="bar"' in page.text
