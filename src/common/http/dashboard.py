@@ -30,6 +30,19 @@ templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
 )
 
+# The dashboard answers HTML, its refusals too (the sign-in form): a person reads them.
+_HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
+_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}
+            }
+        },
+    }
+}
+
 
 async def _ops_key(request: Request, secret: str | None) -> ApiKey | None:
     if not secret:
@@ -83,7 +96,12 @@ def render(data: Dashboard, settings: Settings) -> str:
     )
 
 
-@router.get("", summary="The ops dashboard (HTML): KPIs, open and stuck orders, low stock, forecast")
+@router.get(
+    "",
+    summary="The ops dashboard (HTML): KPIs, open and stuck orders, low stock, forecast",
+    response_class=HTMLResponse,
+    responses={401: {"description": "No ops key: the sign-in form", **_HTML}},
+)
 async def dashboard(request: Request, key: Annotated[ApiKey | None, Depends(ops_caller)]) -> Response:
     if key is None:
         return _sign_in(None, 401)
@@ -91,7 +109,17 @@ async def dashboard(request: Request, key: Annotated[ApiKey | None, Depends(ops_
     return HTMLResponse(render(data, request.app.state.settings), headers={"Cache-Control": "no-store"})
 
 
-@router.post("/login", summary="Sign in with an ops API key (form field `key`): sets the dashboard's cookie")
+@router.post(
+    "/login",
+    summary="Sign in with an ops API key (form field `key`): sets the dashboard's cookie",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses={
+        200: {"description": "The dashboard it leads to", **_HTML},
+        401: {"description": "Not an ops key: the sign-in form again", **_HTML},
+    },
+    openapi_extra=_FORM,
+)
 async def login(request: Request) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     secret = (form.get("key") or [""])[0].strip()
@@ -112,7 +140,13 @@ async def login(request: Request) -> Response:
     return answer
 
 
-@router.post("/logout", summary="Sign out of the dashboard")
+@router.post(
+    "/logout",
+    summary="Sign out of the dashboard",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses={200: {"description": "The sign-in form it leads to", **_HTML}, 401: {"description": "ditto", **_HTML}},
+)
 async def logout() -> Response:
     answer = RedirectResponse(PREFIX, status_code=303)
     answer.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict")
