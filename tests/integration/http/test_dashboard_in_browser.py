@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from common.api import FulfillmentApi
+from common.api.kpi import StuckOrder
 from common.models import OrderStatus
 from common.store import Store
 from tests.integration.http.test_kpi import deliver, wait_order
@@ -57,6 +58,9 @@ async def test_dashboard_refuses_without_a_key_then_charts_the_kpis(
     await deliver(api, f"ORD-D{tag}A", {"MUG-RED": 1})
     await api.place_order(order_dict(f"ORD-D{tag}B", {"POSTER-A2": 1}))
     await wait_order(api, f"ORD-D{tag}B", OrderStatus.BACKORDERED)
+    low = f"KPI-LOW-{tag}"
+    await store.catalog.upsert_product(low, "Low stock", 100, 100)
+    await store.stock.set_reorder_point(low, "LDN-1", 5)  # none on hand: below its reorder point
     ops = await store.api_keys.create(f"dash-ops-{tag}", ["ops"])
     reader = await store.api_keys.create(f"dash-read-{tag}", ["read"])
 
@@ -91,5 +95,27 @@ async def test_dashboard_refuses_without_a_key_then_charts_the_kpis(
     assert link is not None and "/namespaces/default/workflows?query=OrderStatus%3D%22BACKORDERED%22" in link
     assert await page.locator("#forecast rect.bar").count() >= 1  # MUG-RED sold: it has a forecast
 
+    assert low in await page.inner_text("#low-stock")
+    await api.cancel_order(f"ORD-D{tag}B", "test done")
+
     await page.click("text=Sign out")
     assert await page.locator("svg.chart").count() == 0
+
+
+async def test_an_order_waiting_past_its_sla_is_stuck(api: FulfillmentApi, store: Store) -> None:
+    order_id = f"ORD-S{uuid.uuid4().hex[:6]}"
+    await api.place_order(order_dict(order_id, {"POSTER-A2": 1}))
+    await wait_order(api, order_id, OrderStatus.BACKORDERED)
+    strict = FulfillmentApi(api.client, store, api.settings.model_copy(update={"pick_escalate_after": 0.5}))
+    try:
+        assert order_id not in [s.order_id for s in (await strict.dashboard()).stuck]  # not waited long yet
+        await asyncio.sleep(1)
+        stuck: dict[str, StuckOrder] = {}
+        for _ in range(20):  # visibility lists it a moment after it started
+            stuck = {s.order_id: s for s in (await strict.dashboard()).stuck}
+            if order_id in stuck:
+                break
+            await asyncio.sleep(0.3)
+        assert stuck[order_id].status == "BACKORDERED" and stuck[order_id].reason.startswith("BACKORDERED for")
+    finally:
+        await api.cancel_order(order_id, "test done")
