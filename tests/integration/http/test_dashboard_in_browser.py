@@ -84,7 +84,10 @@ async def test_dashboard_refuses_without_a_key_then_charts_the_kpis(
 
     per_day = await values(page, "#orders-per-day rect.bar")
     assert len(per_day) == 14 and per_day[-1] >= 2
-    assert int(await page.inner_text("[data-kpi=orders]")) == sum(per_day)
+    assert int(await page.inner_text("[data-kpi=orders]")) == sum(per_day) == data.report.orders
+    assert per_day == data.report.orders_per_day
+    fill = data.report.fill_rate
+    assert await page.inner_text("[data-kpi=fill_rate]") == ("-" if fill is None else f"{fill * 100:.1f}%")
     assert await page.locator("#on-time circle.point").count() >= 1  # today's deliveries were measured
     on_time = await values(page, "#on-time circle.point")
     assert all(0 <= v <= 100 for v in on_time)
