@@ -27,9 +27,14 @@ class StockFacts:
     on_hand_end: int
 
 
-async def backordered_skus(db: Database, order_ids: Collection[str]) -> dict[str, list[str]]:
+# Each read takes `since`, the period's start: rows of orders placed in the period are no older, so the scan
+# stays within the period's rows however long the history is.
+
+
+async def backordered_skus(db: Database, order_ids: Collection[str], since: datetime) -> dict[str, list[str]]:
     """The skus each of these orders was short of at its first allocation (its backorder record)."""
-    rows = await db.read(select(t.backorders.c.order_id, t.backorders.c.skus))
+    bo = t.backorders.c
+    rows = await db.read(select(bo.order_id, bo.skus).where(bo.created_at >= since))
     out: dict[str, list[str]] = {}
     for row in rows:
         order_id = _order_id(row.order_id)
@@ -38,12 +43,14 @@ async def backordered_skus(db: Database, order_ids: Collection[str]) -> dict[str
     return out
 
 
-async def label_rates(db: Database, order_ids: Collection[str]) -> dict[str, int]:
+async def label_rates(db: Database, order_ids: Collection[str], since: datetime) -> dict[str, int]:
     """Cents spent on purchased (not voided) outbound labels, per order that bought any. Return labels (keyed
     `return-label:`) are a cost of the return, not of shipping the order."""
     sh = t.shipments.c
     rows = await db.read(
-        select(sh.order_id, sh.rate_cents).where(sh.status == "purchased", sh.key.like(f"{OUTBOUND_LABEL}%"))
+        select(sh.order_id, sh.rate_cents).where(
+            sh.status == "purchased", sh.key.like(f"{OUTBOUND_LABEL}%"), sh.created_at >= since
+        )
     )
     out: dict[str, int] = {}
     for row in rows:
@@ -53,9 +60,9 @@ async def label_rates(db: Database, order_ids: Collection[str]) -> dict[str, int
     return out
 
 
-async def returns(db: Database, order_ids: Collection[str]) -> list[tuple[str, str]]:
+async def returns(db: Database, order_ids: Collection[str], since: datetime) -> list[tuple[str, str]]:
     """(order id, reason) of each RMA of these orders."""
-    rows = await db.read(select(t.rmas.c.order_id, t.rmas.c.reason))
+    rows = await db.read(select(t.rmas.c.order_id, t.rmas.c.reason).where(t.rmas.c.created_at >= since))
     return [(_order_id(r.order_id), r.reason) for r in rows if _order_id(r.order_id) in order_ids]
 
 

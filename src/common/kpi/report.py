@@ -98,9 +98,9 @@ async def kpi_report(
 ) -> KpiReport:
     """The KPIs of the orders placed in `period` (`orders`, from Temporal) and of the stock moved in it."""
     ids = {o.order_id for o in orders}
-    short = await reads.backordered_skus(db, ids)
-    rates = await reads.label_rates(db, ids)
-    rmas = await reads.returns(db, ids)
+    short = await reads.backordered_skus(db, ids, period.since)
+    rates = await reads.label_rates(db, ids, period.since)
+    rmas = await reads.returns(db, ids, period.since)
     stock = await reads.stock_facts(db, period.since, period.until)
     errors = m.forecast_error(await forecast_pairs(reservations, period))
     hits, measured = m.on_time(orders)
