@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
@@ -26,6 +26,12 @@ from common.kpi import charts
 PREFIX = "/dashboard"
 COOKIE = "fulfill_dashboard"
 router = APIRouter(prefix=PREFIX, tags=["dashboard"])
+signed_in = APIKeyCookie(
+    name=COOKIE,
+    auto_error=False,
+    scheme_name="DashboardCookie",
+    description=f"An ops API key, set as an HttpOnly cookie by `POST {PREFIX}/login` (the browser's way in).",
+)
 templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
 )
@@ -52,10 +58,12 @@ async def _ops_key(request: Request, secret: str | None) -> ApiKey | None:
 
 
 async def ops_caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    cookie: Annotated[str | None, Depends(signed_in)],
 ) -> ApiKey | None:
     """The ops key of the bearer header (programs) or of the sign-in cookie (browsers); None otherwise."""
-    return await _ops_key(request, credentials.credentials if credentials else request.cookies.get(COOKIE))
+    return await _ops_key(request, credentials.credentials if credentials else cookie)
 
 
 def _sign_in(error: str | None, status: int) -> HTMLResponse:
