@@ -66,6 +66,7 @@ def test_worker_and_fulfill_without_the_sandbox() -> None:
         "customer",
         "inventory",
         "keys",
+        "kpi",
         "notifications",
         "order",
         "warehouse",

@@ -42,6 +42,7 @@ from common.api._helpers import (
 )
 from common.api.carrier_events import CarrierEventReceipt, receive_carrier_event
 from common.api.customers import CustomerDesk
+from common.api.kpi import KpiDesk
 from common.api.results import OrderPage, OrderSummary, PlacedOrder, StockUpdate
 from common.api.sms import InboundSmsResult, StatusCallbackResult, receive_sms, record_sms_status
 from common.api.threepl import ThreePLDesk
@@ -105,7 +106,7 @@ log = logging.getLogger("fulfill.api")
 __all__ = ["FulfillmentApi", "OrderPage", "OrderSummary", "PlacedOrder", "StockUpdate", "with_prices"]
 
 
-class FulfillmentApi(ThreePLDesk, CustomerDesk):  # the 3PL methods: api/threepl.py; erasure: api/customers.py
+class FulfillmentApi(ThreePLDesk, CustomerDesk, KpiDesk):  # 3PL: api/threepl.py; erasure: customers.py; KPIs: kpi.py
     def __init__(self, client: Client, store: Store, settings: Settings, *, update_wait: float | None = None) -> None:
         self.client = client
         self.store = store

@@ -10,6 +10,7 @@ from common.cli.catalog import catalog_app
 from common.cli.customers import customer_app
 from common.cli.inventory import inventory_app
 from common.cli.keys import keys_app
+from common.cli.kpi import kpi
 from common.cli.notifications import notifications
 from common.cli.orders import order_app
 from common.cli.threepl_inventory import register as register_inventory_sync
@@ -35,6 +36,7 @@ register_parcels(threepl_app)
 register_inventory_sync(threepl_app)
 app.add_typer(threepl_app, name="3pl")
 app.command("notifications")(notifications)
+app.command("kpi")(kpi)
 
 
 if __name__ == "__main__":

@@ -319,6 +319,12 @@ async def test_the_schema_documents_every_endpoint_its_key_and_its_problems(http
             else:
                 assert "security" not in op, (method, path)
             continue
+        if path.startswith("/dashboard"):  # HTML for a person: refusals are the sign-in form, not problem+json
+            html = {code for code, r in op["responses"].items() if "text/html" in r.get("content", {})}
+            assert "401" in html, (method, path, html)
+            if path == "/dashboard":
+                assert op.get("security") == [{"ApiKey": []}, {"DashboardCookie": []}], (method, path)
+            continue
         assert op.get("security") == [{"ApiKey": []}], (method, path)
         assert {"401", "403", "422"} <= problems, (method, path, problems)
     assert "examples" in schema["paths"]["/v1/orders"]["post"]["requestBody"]["content"]["application/json"]
