@@ -159,7 +159,9 @@ def _metrics_lines(settings: Settings, api: str) -> str:
     worker_url = f"http://{_client_host(settings.worker_metrics_host)}:{worker}/metrics" if worker else "off"
     api_url = f"{api}/metrics" if settings.api_metrics_enabled else "off"
     return f"""    Worker metrics    {worker_url} (Temporal SDK and order metrics, Prometheus format)
-    API metrics       {api_url} (request latencies, webhooks; deploy/prometheus has alerts and scrape config)"""
+    API metrics       {api_url} (request latencies, webhooks; deploy/prometheus has alerts and scrape config)
+    Ops dashboard     {api}/dashboard (KPIs, orders by status, stuck orders, low stock; sign in with an ops key)
+                      fulfill kpi --from YYYY-MM-DD --to YYYY-MM-DD   # the same KPIs in the shell"""
 
 
 def _client_host(host: str) -> str:
