@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from temporalio.client import Client, WorkflowExecution
+from temporalio.client import Client, RPCTimeoutOrCancelledError, WorkflowExecution, WorkflowQueryFailedError
+from temporalio.service import RPCError
 
 from common.api._helpers import WORKFLOW_TYPE
 from common.config import Settings
@@ -23,6 +24,10 @@ from common.store import Store
 from common.temporal import ORDER_STATUS, PICK_OVERDUE, THREEPL_LATE
 
 log = logging.getLogger("fulfill.api")
+
+# An order whose view cannot be read now (erased, no worker answers its query, Temporal slow) counts by what
+# visibility says of it: one such order must not fail the whole report.
+_UNREADABLE = (FulfillmentError, RPCError, RPCTimeoutOrCancelledError, WorkflowQueryFailedError)
 
 # Views are queried a few at a time: each query replays the order on a worker.
 _CONCURRENT_VIEWS = 8
@@ -75,8 +80,8 @@ class KpiDesk:
         """The facts of each order whose workflow started in the period (ids, statuses and times: no customer
         data). An order whose view cannot be read (erased, or no worker) counts with its status alone."""
         query = (
-            f'WorkflowType = "{WORKFLOW_TYPE}" AND StartTime >= "{span.since.isoformat()}"'
-            f' AND StartTime < "{span.until.isoformat()}"'
+            f'WorkflowType = "{WORKFLOW_TYPE}" AND TaskQueue = "{self.settings.task_queue}"'
+            f' AND StartTime >= "{span.since.isoformat()}" AND StartTime < "{span.until.isoformat()}"'
         )
         listed = [wf async for wf in self.client.list_workflows(query)]
         gate = asyncio.Semaphore(_CONCURRENT_VIEWS)
@@ -88,8 +93,8 @@ class KpiDesk:
             async with gate:
                 try:
                     view = await self.order_status(order_id)
-                except FulfillmentError as err:
-                    log.info("kpi: order %s counted without its timeline: %s", order_id, err)
+                except _UNREADABLE as err:
+                    log.info("kpi: order %s counted without its timeline: %s", order_id, type(err).__name__)
                     return OrderFacts(order_id, placed, status)
             timeline = tuple((e.at, e.status.value) for e in view.timeline)
             return OrderFacts(order_id, placed, view.status.value, view.promised_delivery, len(view.lines), timeline)
@@ -105,7 +110,10 @@ class KpiDesk:
         report = await kpi_report(self.store.db, self.store.reservations, span, orders)
         by_status: dict[str, int] = {}
         stuck = []
-        query = f'WorkflowType = "{WORKFLOW_TYPE}" AND ExecutionStatus = "Running"'
+        query = (
+            f'WorkflowType = "{WORKFLOW_TYPE}" AND TaskQueue = "{self.settings.task_queue}"'
+            ' AND ExecutionStatus = "Running"'
+        )
         async for wf in self.client.list_workflows(query, limit=5000):
             attrs = wf.typed_search_attributes
             status = attrs.get(ORDER_STATUS) or "?"
@@ -132,6 +140,6 @@ class KpiDesk:
     async def _status_since(self, order_id: str, started: datetime) -> datetime:
         try:
             view = await self.order_status(order_id)
-        except FulfillmentError:
+        except _UNREADABLE:
             return started
         return view.timeline[-1].at if view.timeline else started

@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from common.api import FulfillmentApi
 from common.config import Settings
 from common.integrations.threepl_providers import threepl_providers
-from common.models import OrderStatus, OrderView
+from common.models import OrderStatus, OrderView, workflow_id_for
 from common.store import Store
 from common.threepl.contracts import reference_id
 from sandbox import SandboxServers
@@ -56,6 +56,18 @@ async def placed_at_the_3pl(api: FulfillmentApi, store: Store, sb: Any) -> tuple
     await api.place_order(sample_order(order_id, {sku: 1}))
     await until(api, order_id, lambda v: v.status == OrderStatus.ACCEPTED_BY_3PL)
     return order_id, sku
+
+
+async def first_poll_done(api: FulfillmentApi, order_id: str) -> None:
+    """Wait until the order's safety-net poll of the 3PL (at once, then hourly) has made its first attempt: the
+    poll activity is pending on its second attempt (the first found nothing new)."""
+    handle = api.client.get_workflow_handle(workflow_id_for(order_id))
+    for _ in range(240):
+        pending = (await handle.describe()).raw_description.pending_activities
+        if any(a.activity_type.name == "await_3pl_change" and a.attempt >= 2 for a in pending):
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{order_id}: the 3PL poll never made its first attempt")
 
 
 async def until(api: FulfillmentApi, order_id: str, done: Any, attempts: int = 120) -> OrderView:
@@ -107,7 +119,7 @@ async def test_with_every_webhook_lost_the_reconciliation_pull_ships_the_order(
     dev_server: WorkflowEnvironment, hourly_poll: FulfillmentApi, store: Store, pushing: Any, stack_settings: Settings
 ) -> None:
     order_id, _ = await placed_at_the_3pl(hourly_poll, store, pushing)
-    await asyncio.sleep(2.0)  # the order's first poll (at once, then hourly) has found it accepted
+    await first_poll_done(hourly_poll, order_id)  # its next one is an hour away: only the pull can bring news
     pushing.webhooks.configure(drop_next=10)
     pushing.act(reference_id(order_id, 1), "ship")
     await asyncio.sleep(1.0)
