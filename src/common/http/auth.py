@@ -26,6 +26,14 @@ def api_of(request: Request) -> FulfillmentApi:
     return api
 
 
+async def ops_key(request: Request, secret: str | None) -> ApiKey | None:
+    """The live ops-scoped key `secret` is (a browser's sign-in cookie, a bearer header), else None."""
+    if not secret:
+        return None
+    key = await api_of(request).store.api_keys.authenticate(secret)
+    return key if key is not None and Scope.OPS in key.scopes else None
+
+
 def allowed(*scopes: Scope) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency: the caller's key, which must hold one of `scopes`."""
 

@@ -30,10 +30,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.api.common.v1 import Payloads
 
 from common.access.contracts import ApiKey
-from common.access.contracts import Scope as KeyScope
 from common.config import Settings
 from common.crypto.codec import EncryptionCodec, PayloadUndecodable
-from common.http.auth import api_of, bearer
+from common.http.auth import bearer, ops_key
 from common.http.problems import ProblemError, responses
 from common.privacy import payload_codec
 
@@ -94,13 +93,6 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-async def _ops_key(request: Request, secret: str | None) -> ApiKey | None:
-    if not secret:
-        return None
-    key = await api_of(request).store.api_keys.authenticate(secret)
-    return key if key is not None and KeyScope.OPS in key.scopes else None
-
-
 async def codec_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -114,7 +106,7 @@ async def codec_caller(
     if not secret:
         detail = f"send an ops API key: Authorization: Bearer <key>, or sign in at {PREFIX}/ in the browser"
         raise ProblemError(401, "unauthenticated", "No API key", detail, headers=challenge)
-    key = await _ops_key(request, secret)
+    key = await ops_key(request, secret)
     if key is None:
         detail = "the API key is not valid, was revoked, or lacks the ops scope the codec server needs"
         raise ProblemError(401, "unauthenticated", "Not an ops API key", detail, headers=challenge)
@@ -296,7 +288,7 @@ def _wants_html(request: Request) -> bool:
 
 @router.get("/", summary="The codec server's page: sign in for the Web UI", response_class=HTMLResponse)
 async def page(request: Request) -> HTMLResponse:
-    return _page(request, await _ops_key(request, request.cookies.get(COOKIE)))
+    return _page(request, await ops_key(request, request.cookies.get(COOKIE)))
 
 
 @router.post(
@@ -319,7 +311,7 @@ async def page(request: Request) -> HTMLResponse:
 async def login(request: Request) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     secret = (form.get("key") or [""])[0].strip()
-    key = await _ops_key(request, secret)
+    key = await ops_key(request, secret)
     if key is None:
         detail = "that is not a valid ops API key (unknown, revoked, or without the ops scope)"
         if _wants_html(request):

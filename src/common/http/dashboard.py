@@ -17,10 +17,10 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from common.access.contracts import ApiKey, Scope
+from common.access.contracts import ApiKey
 from common.api.kpi import Dashboard
 from common.config import Settings
-from common.http.auth import api_of, bearer
+from common.http.auth import api_of, bearer, ops_key
 from common.kpi import charts
 
 PREFIX = "/dashboard"
@@ -50,20 +50,13 @@ _FORM = {
 }
 
 
-async def _ops_key(request: Request, secret: str | None) -> ApiKey | None:
-    if not secret:
-        return None
-    key = await api_of(request).store.api_keys.authenticate(secret)
-    return key if key is not None and Scope.OPS in key.scopes else None
-
-
 async def ops_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     cookie: Annotated[str | None, Depends(signed_in)],
 ) -> ApiKey | None:
     """The ops key of the bearer header (programs) or of the sign-in cookie (browsers); None otherwise."""
-    return await _ops_key(request, credentials.credentials if credentials else cookie)
+    return await ops_key(request, credentials.credentials if credentials else cookie)
 
 
 def _sign_in(error: str | None, status: int) -> HTMLResponse:
@@ -131,7 +124,7 @@ async def dashboard(request: Request, key: Annotated[ApiKey | None, Depends(ops_
 async def login(request: Request) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     secret = (form.get("key") or [""])[0].strip()
-    if await _ops_key(request, secret) is None:
+    if await ops_key(request, secret) is None:
         return _sign_in("that is not a valid ops API key (unknown, revoked, or without the ops scope)", 401)
     answer = RedirectResponse(PREFIX, status_code=303)
     settings: Settings = request.app.state.settings

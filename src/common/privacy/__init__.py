@@ -64,10 +64,6 @@ class LazyKeyStore:
     async def key(self, key_id: str) -> DataKey:
         return await (await self.store()).key(key_id)
 
-    def forget_cached(self, customer_id: str) -> None:
-        for store in list(self._stores.values()):
-            store.forget_cached(customer_id)
-
 
 def payload_codec(settings: Settings, *, cache: bool = True, erased_placeholder: bool = False) -> EncryptionCodec:
     ring = KeyRing.load(settings)
