@@ -11,12 +11,14 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.inventory import InventoryActivities
 from activities.notifications import NotificationActivities
@@ -36,7 +38,7 @@ from common.metrics import worker_runtime
 from common.privacy import connect
 from common.production import refuse_unsafe_start
 from common.store import Store
-from common.temporal import task_pollers
+from common.temporal import customer_task_queue, task_pollers
 from common.tracing import configure as configure_tracing
 from workers.reconciler import (
     running_fallback_relay,
@@ -45,6 +47,7 @@ from workers.reconciler import (
     running_threepl_reconciler,
 )
 from workers.schedules import schedules_in_place
+from workers.tuning import worker_tuner
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 from workflows.sms_fallback import SmsFallbackWorkflow
@@ -73,9 +76,9 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
         returns = ReturnActivities(store, carrier, payments)
         threepls = threepl_providers(settings)
         threepl = ThreePLActivities(store, threepls, carrier)
-        worker = Worker(
+        engine = engine_workers(
             client,
-            task_queue=settings.task_queue,
+            settings.task_queue,
             workflows=[OrderWorkflow, ReturnWorkflow, SmsFallbackWorkflow, ThreePLInventorySyncWorkflow],
             activities=[
                 *inventory.activities(),
@@ -87,15 +90,14 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
                 *ThreePLInventoryActivities(store, threepls, settings).activities(),
             ],
             max_cached_workflows=settings.worker_max_cached_workflows,
-            max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
-            max_concurrent_activities=settings.worker_max_concurrent_activities,
-            max_concurrent_local_activities=settings.worker_max_concurrent_local_activities,
+            tuner=worker_tuner(settings),
             workflow_task_poller_behavior=task_pollers(settings),
             activity_task_poller_behavior=task_pollers(settings),
             graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown),
+            deployment_config=deployment_version(settings),
         )
         try:
-            async with worker, running_background_tasks(client, store, carrier, settings):
+            async with engine as worker, running_background_tasks(client, store, carrier, settings):
                 yield worker
         finally:
             await payments.close()
@@ -105,6 +107,49 @@ async def running_worker(client: Client, settings: Settings, store: Store) -> As
             await email.close()
     finally:
         await carrier.close()
+
+
+def deployment_version(settings: Settings) -> WorkerDeploymentConfig | None:
+    """The worker's Worker Deployment version, if versioning is on (docs/rollouts.md). Every workflow is
+    auto-upgrade: an order runs for weeks (its return window), so pinning it to the build that started it would
+    keep every old build running for as long; instead its next task goes to the current version, which must
+    replay it, and changes to running orders go behind `workflow.patched` as before."""
+    if settings.worker_deployment_name is None or settings.worker_build_id is None:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(
+            deployment_name=settings.worker_deployment_name, build_id=settings.worker_build_id
+        ),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
+    )
+
+
+# What the customer task queue's worker takes of the engine worker's options: it runs activities only.
+_CUSTOMER_WORKER_OPTIONS = ("activity_task_poller_behavior", "graceful_shutdown_timeout", "deployment_config")
+
+
+@asynccontextmanager
+async def engine_workers(
+    client: Client,
+    task_queue: str,
+    *,
+    workflows: Sequence[type],
+    activities: Sequence[Callable[..., Any]],
+    **options: Any,
+) -> AsyncIterator[Worker]:
+    """The worker of `task_queue`, and beside it the worker of its customer task queue
+    (common.temporal.customer_task_queue) with the same activities: only the confirmation is sent there, so in a
+    rush of orders it waits behind other confirmations only. Yields the first."""
+    worker = Worker(client, task_queue=task_queue, workflows=workflows, activities=activities, **options)
+    customer = Worker(
+        client,
+        task_queue=customer_task_queue(task_queue),
+        activities=activities,
+        **{name: value for name, value in options.items() if name in _CUSTOMER_WORKER_OPTIONS},
+    )
+    async with worker, customer:
+        yield worker
 
 
 @asynccontextmanager

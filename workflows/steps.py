@@ -61,6 +61,12 @@ class Step:
             ),
         }
 
+    def first_step_options(self) -> dict[str, Any]:
+        """A customer-facing first step as a regular activity on its own task queue: the quick attempts of
+        `local_options`, and if no worker of that queue starts it in time, the outage path on the workflow's
+        own queue (a timeout to start is never retried, so it cannot run twice)."""
+        return {**self.local_options(), "schedule_to_start_timeout": timedelta(seconds=60)}
+
     def patient_options(self) -> dict[str, Any]:
         """Retried until the provider answers: every 5 s at first, then at most every 5 minutes."""
         return {
@@ -228,8 +234,17 @@ class Messenger:
         return sum(len(q) for q in self.queues.values())
 
     async def send(
-        self, fn: StepFn[_Arg, Any], arg: _Arg, *, summary: str, lanes: Sequence[str], narrow: Narrow | None = None
+        self,
+        fn: StepFn[_Arg, Any],
+        arg: _Arg,
+        *,
+        summary: str,
+        lanes: Sequence[str],
+        narrow: Narrow | None = None,
+        task_queue: str | None = None,
     ) -> None:
+        """`task_queue`: send it as a regular activity there (the customer task queue), in a workflow task of
+        its own, instead of as a local activity inside the workflow's current task."""
         busy = [lane for lane in lanes if self.queues.get(lane)]
         free = [lane for lane in lanes if lane not in busy]
         for lane in busy:
@@ -238,6 +253,11 @@ class Messenger:
             return
         now = _narrowed(narrow, arg, free) if busy else arg
         try:
+            if task_queue is not None:
+                await workflow.execute_activity_method(
+                    fn, now, task_queue=task_queue, summary=summary, **MESSAGES.first_step_options()
+                )
+                return
             with self.runner.around_local():
                 await workflow.execute_local_activity_method(fn, now, summary=summary, **MESSAGES.local_options())
             return

@@ -193,6 +193,10 @@ class Settings(BaseSettings):
     # at once each takes long enough for the SDK to heartbeat it, an extra workflow task per order
     # (docs/performance.md, "Why the worker is tuned as it is").
     worker_max_concurrent_workflow_tasks: int | None = Field(default=20, ge=2)
+    # Of the workflow task slots, at most this many run the next task of an order this worker already holds (its
+    # sticky queue); the others wait for new orders' first tasks, so a rush of orders is confirmed first
+    # (docs/performance.md, "Flash sale"). Unset: no limit.
+    worker_sticky_task_slots: int | None = Field(default=10, ge=1)
     worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
     # Local activities: 10, fewer than the workflow tasks that issue them. The SDK's core hands Python the
     # next local activity before any regular one (a biased select): without the cap, tracking polls already
@@ -202,6 +206,11 @@ class Settings(BaseSettings):
     # (up to 100) while tasks queue up; a number is a fixed maximum. A few fixed pollers leave new orders and
     # tracking polls queued on a worker with free slots.
     worker_task_pollers: Literal["autoscale"] | int = Field(default="autoscale")
+    # Worker Deployments (worker versioning, docs/rollouts.md): the worker polls as version
+    # <deployment name>.<build id>, and a new version gets work once `temporal worker deployment
+    # set-current-version` makes it current. Unset: unversioned, as before. Both or neither.
+    worker_deployment_name: str | None = None
+    worker_build_id: str | None = None
 
     # Tracing (OpenTelemetry, common.tracing): unset endpoint = off, no exporter and no tracing interceptor.
     # An OTLP/HTTP (protobuf) collector's base URL, e.g. http://collector:4318: spans go to <it>/v1/traces.
@@ -252,6 +261,7 @@ class Settings(BaseSettings):
         pairs = [
             ("temporal_tls_cert_file", "temporal_tls_key_file", "an mTLS client certificate needs its key"),
             ("smtp_username", "smtp_password", "SMTP AUTH needs both"),
+            ("worker_deployment_name", "worker_build_id", "a worker deployment version is a name and a build id"),
         ]
         for first, second, why in pairs:
             if (getattr(self, first) is None) != (getattr(self, second) is None):

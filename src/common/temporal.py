@@ -88,6 +88,13 @@ SEARCH_ATTRIBUTES: list[SearchAttributeKey] = [
     THREEPL_LATE,
 ]
 
+
+def customer_task_queue(task_queue: str) -> str:
+    """The task queue of the customer-facing first step (the order confirmation), beside the engine's own: its
+    workers run nothing else, so a confirmation never queues behind the work of the orders placed before it."""
+    return f"{task_queue}-customer"
+
+
 _CLI_TYPE_NAMES = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "TEXT": "Text", "INT": "Int", "BOOL": "Bool"}
 
 

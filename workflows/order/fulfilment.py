@@ -289,6 +289,7 @@ class Fulfilment:
         *,
         sms_only: bool = False,
         occurrence: str | None = None,
+        task_queue: str | None = None,
     ) -> None:
         order: Order = self.order
         channels = [c for c in order.customer.channels if not sms_only or c == Channel.SMS]
@@ -309,6 +310,7 @@ class Fulfilment:
             summary=f"notify {event.value}",
             lanes=[c.value for c in channels],
             narrow=on_channels,
+            task_queue=task_queue,
         )
 
     async def alert_ops(self, kind: str, subject: str, body: str, *, occurrence: str | None = None) -> None:

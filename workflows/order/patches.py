@@ -14,3 +14,6 @@ LABELLED_PARCELS_ASK_THE_CARRIER = "labelled-parcels-ask-the-carrier"  # and "sh
 UNDO_PER_PARCEL = "undo-per-parcel"  # a cancel undoes each parcel on its own, never one the carrier has
 REFUND_THROUGH_GATEWAY = "refund-through-gateway"  # resolve --action refund pays the parcel back
 TEMPORAL_CANCEL_COMPENSATES = "temporal-cancel-compensates"  # the Web UI's cancel works like `order cancel`
+# The confirmation goes out as a regular activity on the customer task queue (common.temporal.customer_task_queue),
+# in a workflow task of its own, before the order's first steps run
+CONFIRMATION_FIRST = "confirmation-first"

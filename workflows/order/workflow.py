@@ -27,7 +27,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from workflows.order.allocation import Allocator
 from workflows.order.fulfilment import Fulfilment, OrderCancelled, error_type
 from workflows.order.parcel import Parcel
-from workflows.order.patches import LEAN_FOR_EVERY_ORDER, LEAN_HISTORY, TEMPORAL_CANCEL_COMPENSATES, UNDO_PER_PARCEL
+from workflows.order.patches import (
+    CONFIRMATION_FIRST,
+    LEAN_FOR_EVERY_ORDER,
+    LEAN_HISTORY,
+    TEMPORAL_CANCEL_COMPENSATES,
+    UNDO_PER_PARCEL,
+)
 from workflows.order.refusals import labelled, refusal_by_the_3pl, refusal_by_the_carrier
 from workflows.order.returns_desk import ReturnsDesk
 from workflows.order.threepl import delivered_by_the_3pl
@@ -59,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from common.returns import ReturnProgress, ReturnRequest
     from common.shipping.contracts import TrackingPush
+    from common.temporal import customer_task_queue
     from common.threepl.contracts import ThreePLState, ThreePLUpdate
     from common.warehouse.short_picks import shortage_problem
 
@@ -399,10 +406,18 @@ class OrderWorkflow:
         finally:
             timeline.visibility.flush()  # the final status, before the workflow closes
 
+    @staticmethod
+    def _confirmation_queue() -> str | None:
+        """Where the confirmation goes out: on the customer task queue, so that in a rush of orders every
+        customer hears first and the orders' heavier first steps queue after (docs/performance.md, Flash sale)."""
+        if not workflow.patched(CONFIRMATION_FIRST):
+            return None  # orders recorded before: inside the first workflow task, as a local activity
+        return customer_task_queue(workflow.info().task_queue)
+
     async def _run(self) -> OrderView:
         fulfilment = self._fulfilment
         try:
-            await fulfilment.notify(NotificationEvent.ORDER_CONFIRMED)
+            await fulfilment.notify(NotificationEvent.ORDER_CONFIRMED, task_queue=self._confirmation_queue())
             await fulfilment.checkpoint()
             await self._fulfil()
             fulfilment.compensations.clear()

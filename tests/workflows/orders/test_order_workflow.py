@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -51,6 +52,7 @@ from common.models import (
 from common.shipping.contracts import LabelUndo, LabelUndoResult
 from common.temporal import ORDER_STATUS, PICK_OVERDUE
 from tests.orders import sample_order
+from workers.worker import engine_workers
 from workflows.order import OrderWorkflow
 
 HOUR = 3600.0
@@ -365,8 +367,9 @@ def world(env: WorkflowEnvironment, stock: dict[str, int], days_to_deliver: floa
     )
 
 
-def worker(env: WorkflowEnvironment, fake: FakeWorld) -> Worker:
-    return Worker(env.client, task_queue="test-orders", workflows=[OrderWorkflow], activities=fake.activities())
+def worker(env: WorkflowEnvironment, fake: FakeWorld) -> AbstractAsyncContextManager[Worker]:
+    """The engine's workers (its task queue and the customer task queue) on the fake world."""
+    return engine_workers(env.client, "test-orders", workflows=[OrderWorkflow], activities=fake.activities())
 
 
 async def confirm_pick(env: WorkflowEnvironment, handle: WorkflowHandle) -> None:

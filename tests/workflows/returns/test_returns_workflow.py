@@ -9,6 +9,7 @@ activities, database and sandbox servers.
 from __future__ import annotations
 
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -47,6 +48,7 @@ from common.returns import (
     return_workflow_id,
 )
 from tests.orders import sample_order
+from workers.worker import engine_workers
 from workflows.order import OrderWorkflow
 from workflows.returns import ReturnWorkflow
 
@@ -168,9 +170,9 @@ def returns_world(env: WorkflowEnvironment, stock: dict[str, int]) -> ReturnsWor
     )
 
 
-def worker(env: WorkflowEnvironment, fake: ReturnsWorld) -> Worker:
-    return Worker(
-        env.client, task_queue="test-orders", workflows=[OrderWorkflow, ReturnWorkflow], activities=fake.activities()
+def worker(env: WorkflowEnvironment, fake: ReturnsWorld) -> AbstractAsyncContextManager[Worker]:
+    return engine_workers(
+        env.client, "test-orders", workflows=[OrderWorkflow, ReturnWorkflow], activities=fake.activities()
     )
 
 
