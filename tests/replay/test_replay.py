@@ -87,6 +87,7 @@ PATCHED_PATHS = {
     "lean-history-for-every-order": "placed_by_an_old_starter",
     "replacement-ships-on-return": "returns/exchange_ships_on_return",
     "return-failures-alert-ops": "returns/return_failed_for_ops",
+    "confirmation-first": "confirmed_on_the_customer_queue",
 }
 
 
@@ -110,6 +111,7 @@ def test_the_list_names_every_patch_in_the_code() -> None:
         order.REFUND_THROUGH_GATEWAY,
         order.TEMPORAL_CANCEL_COMPENSATES,
         order.LEAN_FOR_EVERY_ORDER,
+        order.CONFIRMATION_FIRST,
         returns.REPLACEMENT_SHIPS_ON_RETURN,
         returns.RETURN_FAILURES_ALERT_OPS,
     }

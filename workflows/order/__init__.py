@@ -1,6 +1,7 @@
 """The order workflow: one durable workflow carries an order from intake to delivery (workflow.py)."""
 
 from workflows.order.patches import (
+    CONFIRMATION_FIRST,
     LABELLED_PARCELS_ASK_THE_CARRIER,
     LEAN_FOR_EVERY_ORDER,
     LEAN_HISTORY,
@@ -12,6 +13,7 @@ from workflows.order.patches import (
 from workflows.order.workflow import OrderWorkflow
 
 __all__ = [
+    "CONFIRMATION_FIRST",
     "LABELLED_PARCELS_ASK_THE_CARRIER",
     "LEAN_FOR_EVERY_ORDER",
     "LEAN_HISTORY",
