@@ -11,14 +11,15 @@ the database, the sandbox outbox; and afterwards by the workflow history (which 
 which workflow task, and the markers of the local activities it ran).
 
 How the server finds out about the crash: every step these tests kill the worker in (the DB steps
-reserve_stock and create_pick_task, buy_label, the notifications) is a local activity. They run inside the
-worker's workflow task, one after the other with no call to Temporal in between, and reach Temporal only as
-markers when that workflow task completes. A worker killed in one leaves the workflow task started and nothing
-of it in the history. The server retries the task when its start_to_close timeout (the workflow task timeout:
-orders are started with the default, 10 s) expires, on the shared task queue (timing out a task also drops the
-dead worker's sticky queue), and the next worker replays the history and runs the task's local activities again
-from the first one; each finds what the dead worker did by its business key. Nothing can tell the server
-sooner (a workflow task is failed with its task token, which died with the worker): these kills cost ~10 s.
+reserve_stock and create_pick_task, buy_label, the notifications after the confirmation) is a local activity.
+They run inside the worker's workflow task, one after the other with no call to Temporal in between, and reach
+Temporal only as markers when that workflow task completes. A worker killed in one leaves the workflow task
+started and nothing of it in the history. The server retries the task when its start_to_close timeout (the
+workflow task timeout: orders are started with the default, 10 s) expires, on the shared task queue (timing
+out a task also drops the dead worker's sticky queue), and the next worker replays the history and runs the
+task's local activities again from the first one; each finds what the dead worker did by its business key.
+Nothing can tell the server sooner (a workflow task is failed with its task token, which died with the
+worker): these kills cost ~10 s.
 """
 
 from __future__ import annotations
@@ -229,16 +230,44 @@ async def lost_workflow_task(order: Order, dead: WorkerProcess) -> HistoryEvent:
     return last
 
 
-async def workflow_task_heartbeated(order: Order, worker: WorkerProcess, done: list[str]) -> HistoryEvent | None:
-    """The workflow task `worker` took after heartbeating the one before (recording the local activities
-    `done` so far, and nothing else), if it did and is still at it."""
+def activities(events: list[HistoryEvent]) -> list[str]:
+    """The regular activities scheduled in `events`, in order, by activity type."""
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+async def reservation_task_started(order: Order, worker: WorkerProcess) -> HistoryEvent | None:
+    """The workflow task `worker` started after the confirmation activity completed (the one that runs
+    reserve_stock), if that is where the history ends."""
     events = await history(order)
+    last = events[-1]
+    kinds = [e.event_type for e in events]
+    if (
+        EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in kinds
+        and last.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
+        and last.event_id
+        > max(e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+        and _by(worker, last.workflow_task_started_event_attributes.identity)
+    ):
+        return last
+    return None
+
+
+async def workflow_task_heartbeated(order: Order, worker: WorkerProcess, first: HistoryEvent) -> HistoryEvent | None:
+    """The workflow task `worker` took after heartbeating the task `first` (recording no local activity and
+    nothing else), if it did and is still at it."""
+    events = [e for e in await history(order) if e.event_id > first.event_id]
+    if not events:
+        return None
     last = events[-1]
     completed = [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
     if (
         len(completed) == 1
         and _by(worker, completed[0].workflow_task_completed_event_attributes.identity)
-        and local_activities(events) == done
+        and local_activities(events) == []
         and last.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
         and _by(worker, last.workflow_task_started_event_attributes.identity)
     ):
@@ -400,13 +429,15 @@ async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> No
     transaction committed but before Temporal heard of it (the retry must find that reservation, not make a
     second one).
 
-    reserve_stock is a local activity in the order's first workflow task, between the confirmation
-    (notify_customer) and create_pick_task: Temporal hears of them only when the worker completes, or
-    heartbeats, that task. Blocked: the kill comes once the worker has heartbeated the task because
-    reserve_stock outlasted 80% of its timeout (~8 s more for this case), which recorded the confirmation;
-    the next worker runs reserve_stock and create_pick_task again. Committed: the reservation and the pick
-    task are in the database, the task's completion is held at the Temporal gate; the next worker runs all
-    three again, and must not resend the confirmation, reserve twice or open a second pick task."""
+    The confirmation (notify_customer) goes first, as a regular activity on the customer task queue; its
+    completion starts the workflow task whose local activities are reserve_stock and create_pick_task:
+    Temporal hears of them only when the worker completes, or heartbeats, that task. The test holds the
+    database's write lock from the moment the confirmation is logged, so reserve_stock waits in that task.
+    Blocked: the kill comes once the worker has heartbeated the task because reserve_stock outlasted 80% of
+    its timeout (~8 s), which recorded nothing; the next worker runs reserve_stock and create_pick_task
+    again. Committed: the lock is let go with the task's completion held at the Temporal gate, so the
+    reservation and the pick task are in the database when the kill comes; the next worker runs both again,
+    and must not reserve twice or open a second pick task. The confirmation is never sent again."""
     temporal_gate, sms_gate = rig.gates()
     path = sqlite_path(rig.worker_settings.database_url)
     assert path is not None
@@ -419,22 +450,27 @@ async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> No
         order = await rig.place({"MUG-RED": 2, "TEE-M": 1})
         await eventually(lambda: sms_gate.held > 0, "the confirmation SMS to reach the gate")
 
+        # After logging the SMS as sent, the confirmation activity completes (nothing more to write) and the
+        # worker's next write is reserve_stock's BEGIN IMMEDIATE, in the next workflow task: take the write
+        # lock in between, and check that the reservation did not get there first.
+        sent = f"notify:{order.order_id}:order_confirmed:sms"
+        grab = asyncio.create_task(
+            lock.acquire_once("SELECT 1 FROM notifications WHERE key = ? AND status = 'sent'", (sent,))
+        )
+        sms_gate.release()
+        await grab
+        reserved = lock.count("SELECT count(*) FROM reservations WHERE order_id = ?", (order.order_id,))
+        assert reserved == 0, "reserve_stock committed before the test could take the lock"
+        waiting = await eventually(
+            lambda: reservation_task_started(order, worker), "the workflow task after the confirmation to start"
+        )
+
         if kill_point == "blocked in its transaction":
-            # After logging the SMS as sent, the worker's next write is reserve_stock's BEGIN IMMEDIATE: take
-            # the write lock in between, and check that the reservation did not get there first.
-            sent = f"notify:{order.order_id}:order_confirmed:sms"
-            grab = asyncio.create_task(
-                lock.acquire_once("SELECT 1 FROM notifications WHERE key = ? AND status = 'sent'", (sent,))
-            )
-            sms_gate.release()
-            await grab
-            reserved = lock.count("SELECT count(*) FROM reservations WHERE order_id = ?", (order.order_id,))
-            assert reserved == 0, "reserve_stock committed before the test could take the lock"
-            # reserve_stock now waits for the lock. It shows when the workflow task reaches 80% of its timeout
-            # (8 s) with a local activity still running: the SDK heartbeats the task, i.e. completes it with
-            # the markers of what is done (the confirmation alone) and goes on in a new one, which is lost.
+            # reserve_stock waits for the lock. It shows when the workflow task reaches 80% of its timeout (8 s)
+            # with a local activity still running: the SDK heartbeats the task, i.e. completes it with the
+            # markers of what is done (nothing) and goes on in a new one, which is lost.
             lost = await eventually(
-                lambda: workflow_task_heartbeated(order, worker, ["notify_customer"]),
+                lambda: workflow_task_heartbeated(order, worker, waiting),
                 "the worker to heartbeat its workflow task while reserve_stock waits",
                 within=15,
             )
@@ -444,7 +480,7 @@ async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> No
             assert await rig.store.reservations.reservations(order.order_id) == []
         else:
             temporal_gate.hold()  # the workflow task's completion, with the reservation's result, stays here
-            sms_gate.release()
+            lock.release()
             held = await eventually(
                 lambda: rig.store.reservations.reservations(order.order_id), "the reservation to commit"
             )
@@ -453,12 +489,14 @@ async def test_worker_killed_during_reservation(rig: Rig, kill_point: str) -> No
             worker.kill()
             await temporal_gate.sever()  # the completion dies with the process
             temporal_gate.release()
-            lost = await lost_workflow_task(order, worker)
+            assert await lost_workflow_task(order, worker) == waiting
+            lost = waiting
             assert local_activities(await history(order)) == []
             assert {r.status for r in held} == {"held"}
 
         await workflow_task_retried(order, lost, await rig.start_worker())
-        assert local_activities(await history(order)) == ["notify_customer", "reserve_stock", "create_pick_task"]
+        assert local_activities(await history(order)) == ["reserve_stock", "create_pick_task"]
+        assert activities(await history(order)) == ["notify_customer"]  # the confirmation, once
         await confirm_pick(rig, order)
         await deliver(rig, order)
         view = await assert_fulfilled_exactly_once(rig, order)
@@ -489,7 +527,7 @@ async def test_worker_killed_while_buying_the_label(rig: Rig) -> None:
     (record,) = await rig.store.labels.for_order(order.order_id)
     assert record.status == "created"  # the engine never heard back
     lost = await lost_workflow_task(order, worker)
-    assert local_activities(await history(order)) == ["notify_customer", "reserve_stock", "create_pick_task"]
+    assert local_activities(await history(order)) == ["reserve_stock", "create_pick_task"]
 
     await workflow_task_retried(order, lost, await rig.start_worker())
     await deliver(rig, order)

@@ -238,7 +238,7 @@ async def test_a_cancel_after_the_3pl_shipped_is_refused_as_a_return(
     with pytest.raises(Conflict, match=r"already shipped.*request a return"):
         await fast_api.cancel_order(placed.order_id, "too late")
 
-    view = await placed.wait(lambda v: v.shipments[0].tracking_number is not None, "shipped")
+    view = await placed.wait(lambda v: bool(v.shipments) and v.shipments[0].tracking_number is not None, "shipped")
     assert view.shipments[0].status in (OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED)
     assert await level(store, code, TPL) == (4, 0)
 
@@ -258,7 +258,7 @@ async def test_a_3pl_past_its_ship_sla_alerts_ops_and_shows_on_the_order(
     threepl.configure(ship_after=120, deliver_after=1)
     placed = await place(api, {code: 1})
 
-    view = await placed.wait(lambda v: v.shipments[0].late_at_3pl, "was late")
+    view = await placed.wait(lambda v: bool(v.shipments) and v.shipments[0].late_at_3pl, "was late")
     assert await late_orders(dev_server.client, placed.order_id, expected=[placed.order_id])
     alerts = [n.event for n in await api.notifications(placed.order_id) if n.key.startswith("ops:")]
     assert alerts.count("threepl_late") == 1, alerts

@@ -132,5 +132,7 @@ async def test_with_every_webhook_lost_the_reconciliation_pull_ships_the_order(
         for provider in providers.values():
             await provider.close()
 
-    view = await until(hourly_poll, order_id, lambda v: v.shipments[0].tracking_number is not None)
+    view = await until(
+        hourly_poll, order_id, lambda v: bool(v.shipments) and v.shipments[0].tracking_number is not None
+    )
     assert view.shipments[0].status in (OrderStatus.IN_TRANSIT, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.DELIVERED)
