@@ -1,16 +1,17 @@
 """Customer notifications by email and SMS, exactly once per (order, event, channel).
 
-The delivery log in the database is claimed before sending (all channels of a notification in one
-transaction), the channels are sent at once, and the messages that went out are marked sent in one more
-transaction (also when the attempt is cancelled half-way): a retried activity or a restarted worker skips what
-was already sent. The window left is a crash after a provider accepted a message and before it was marked; then
-the message is sent again (at-least-once beats a missing shipping notice). Marking the channels together makes
-that window a little longer than marking each as soon as it is sent: a message that went out waits for the other
-channels, up to MARK_GRACE (a quarter second), before it is marked without them. Usually all channels answer
-within milliseconds of each other, so a notification costs one write transaction after the claim instead of one
-per channel, and a crash in that window stays rare; a slow or hung channel never holds back the
-others' mark longer than MARK_GRACE. Emails carry a deterministic Message-ID so relays and mail clients can
-drop that rare copy.
+The delivery log in the database is claimed before sending (all channels of a notification in one transaction),
+the channels are sent at once, and the messages that went out are marked sent in one more transaction (also when
+the attempt is cancelled half-way): a retried activity or a restarted worker skips what was already sent. The
+window left is a crash after a provider accepted a message and before it was marked. The retry asks Twilio (its
+list of the number's messages) whether it accepted the SMS, and marks it with Twilio's sid instead of sending it
+again; SMTP cannot be asked, so such an email is sent again (at-least-once beats a missing shipping notice), with
+the same Message-ID. Marking the channels together makes that window a little longer than marking each as soon as
+it is sent: a message that went out waits for the other channels, up to MARK_GRACE (a quarter second), before it
+is marked without them. Usually all channels answer within milliseconds of each other, so a notification costs one
+write transaction after the claim instead of one per channel, and a crash in that window stays rare; a slow or
+hung channel never holds back the others' mark longer than MARK_GRACE. Emails carry a deterministic Message-ID so
+relays and mail clients can drop that rare copy.
 
 A number that opted out (texted STOP: common.notifications.opt_outs) gets no SMS: the message is logged as not
 sent ("opted-out") and the notice's email goes on. Twilio refusing a number as unsubscribed (21610) records the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from temporalio import activity
@@ -32,7 +34,7 @@ from temporalio.exceptions import ApplicationError
 from common import metrics
 from common.config import Settings
 from common.integrations.email import EmailPermanentError, EmailSender
-from common.integrations.sms import SmsPermanentError, SmsSender
+from common.integrations.sms import SmsPermanentError, SmsSender, SmsTransientError
 from common.logs import customer_data, redact
 from common.messages import MessageRenderer, RenderedMessage
 from common.models import Channel, NotifyRequest, NotifyResult, OpsAlert
@@ -87,13 +89,14 @@ class NotificationActivities:
         An SMS to a number that opted out is not sent (logged "opted-out", named in `skipped`)."""
         result = NotifyResult()
         pending = self._messages(request, result)
-        claimed = await self._store.notifications.claim_notifications([claim for _, claim, _ in pending])
+        claimed = await self._store.notifications.claim_to_send([claim for _, claim, _ in pending])
         sending = [p for p in pending if p[1].key in claimed]
         result.already_sent.extend(channel for channel, claim, _ in pending if claim.key not in claimed)
+        sending, unknown = await self._not_accepted_before(sending, claimed, result)
         sending = await self._without_opted_out(sending, result)
         outcomes = await self._send_and_mark(sending)
-        failure: BaseException | None = None
-        failed: list[str] = []
+        failure: BaseException | None = next(iter(unknown.values()), None)
+        failed: list[str] = [channel.value for channel in unknown]
         for (channel, claim, _), outcome in zip(sending, outcomes, strict=True):
             if isinstance(outcome, EmailPermanentError | SmsPermanentError):
                 # Retrying cannot fix an invalid or opted-out recipient: go on without this message.
@@ -144,6 +147,46 @@ class NotificationActivities:
             )
             pending.append((channel, claim, message))
         return pending
+
+    async def _not_accepted_before(
+        self,
+        sending: list[tuple[Channel, NotificationClaim, RenderedMessage]],
+        claimed: dict[str, datetime | None],
+        result: NotifyResult,
+    ) -> tuple[list[tuple[Channel, NotificationClaim, RenderedMessage]], dict[Channel, BaseException]]:
+        """The claimed messages but an SMS that an earlier attempt got Twilio to accept and died before marking
+        (its worker killed mid-send): Twilio's list of messages names it, and it is marked sent with that sid
+        instead of being sent again. Returns the messages to send, and the channels whose earlier attempt could
+        not be checked (Twilio unreachable: sent neither now nor blindly, the retry asks again).
+        SMTP cannot be asked what it accepted: an email in that window is sent again, with the same
+        Message-ID, by which mail clients and mailbox providers drop the copy."""
+        kept = []
+        accepted: list[tuple[str, str]] = []
+        unknown: dict[Channel, BaseException] = {}
+        for channel, claim, message in sending:
+            since = claimed[claim.key]
+            if channel != Channel.SMS or since is None:
+                kept.append((channel, claim, message))
+                continue
+            try:
+                sids = await self._sms.accepted_since(to=claim.recipient, body=message.text, since=since)
+                ours = await self._store.notifications.recorded_provider_ids(sids)
+            except SmsTransientError as err:
+                await self._store.notifications.mark_notification_failed(claim.key, str(err))
+                unknown[channel] = ApplicationError(
+                    f"sms to order {claim.order_id} failed: {err}", type="SmsUnavailable"
+                )
+                continue
+            earlier = [sid for sid in sids if sid not in ours]
+            if not earlier:
+                kept.append((channel, claim, message))
+                continue
+            activity.logger.warning("%s was accepted by Twilio before (%s): not sent again", claim.key, earlier[-1])
+            accepted.append((claim.key, earlier[-1]))  # the oldest: the first attempt's
+            result.already_sent.append(channel)
+        if accepted:
+            await self._store.notifications.mark_notifications_sent(accepted)
+        return kept, unknown
 
     async def _without_opted_out(
         self, sending: list[tuple[Channel, NotificationClaim, RenderedMessage]], result: NotifyResult

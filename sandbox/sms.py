@@ -1,6 +1,7 @@
 """Sandbox of Twilio's Messages API, so the real `twilio` SDK is exercised end to end.
 
-Speaks `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` with Twilio's auth, response and error shapes
+Speaks `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` (and its list, `GET`, by To and From, newest
+first, and `GET .../Messages/{Sid}.json`) with Twilio's auth, response and error shapes
 (the SDK turns the error JSON into `TwilioRestException` with the same code). Twilio's magic test numbers
 behave as documented: +15005550001 is invalid (21211), +15005550009 cannot receive SMS (21614); opted-out
 numbers get 21610 (+15005550004 always, and every number that texted STOP until it texts START). During an
@@ -146,6 +147,7 @@ class TwilioSandbox:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(API + "/Accounts/{account_sid}/Messages.json", self.create_message)
+        app.router.add_get(API + "/Accounts/{account_sid}/Messages.json", self.list_messages)
         app.router.add_get(API + "/Accounts/{account_sid}/Messages/{sid}.json", self.fetch_message)
         app.router.add_post("/sms/status", self.status_callback)
         app.router.add_post("/sms/_sandbox/inbound", self.inbound)
@@ -232,6 +234,44 @@ class TwilioSandbox:
         if saved is None or saved.channel != "sms":
             return twilio_error(404, 20404, "The requested resource was not found")
         return web.json_response(self._resource(saved))
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        """Twilio's message list, newest first, filtered by To and From, paged by PageSize (at most 1000) and
+        Page, in Twilio's 2010 list envelope (the SDK follows `next_page_uri`)."""
+        if (denied := self._authorized(request)) is not None:
+            return denied
+        query = request.query
+        to, sender = query.get("To"), query.get("From")
+        try:
+            size = min(int(query.get("PageSize", "50")), 1000)
+            page = int(query.get("Page", "0"))
+        except ValueError:
+            return twilio_error(400, 20001, "Invalid PageSize or Page")
+        if size < 1 or page < 0:
+            return twilio_error(400, 20001, "Invalid PageSize or Page")
+        if to:
+            found = self._store.sms_to(to, sender or None)
+        else:
+            found = [m for m in reversed(self._store.messages()) if m.channel == "sms"]
+            found = [m for m in found if sender is None or m.sender == sender]
+        records = found[page * size : (page + 1) * size]
+        base = URL(f"{API}/Accounts/{self._sid}/Messages.json").with_query(
+            {k: v for k, v in {"To": to, "From": sender}.items() if v} | {"PageSize": str(size)}
+        )
+        more = (page + 1) * size < len(found)
+        return web.json_response(
+            {
+                "messages": [self._resource(m) for m in records],
+                "page": page,
+                "page_size": size,
+                "start": page * size,
+                "end": page * size + max(len(records) - 1, 0),
+                "uri": str(base.update_query(Page=str(page))),
+                "first_page_uri": str(base.update_query(Page="0")),
+                "previous_page_uri": str(base.update_query(Page=str(page - 1))) if page else None,
+                "next_page_uri": str(base.update_query(Page=str(page + 1))) if more else None,
+            }
+        )
 
     async def status_callback(self, request: web.Request) -> web.Response:
         """Status callback sink. Unsigned posts are accepted (manual pokes); wrongly signed ones are not."""

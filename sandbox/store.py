@@ -170,6 +170,14 @@ class SandboxStore:
             rows = self._db.execute("SELECT * FROM messages WHERE order_id = ? ORDER BY id", (order_id,)).fetchall()
         return [_message(row) for row in rows]
 
+    def sms_to(self, recipient: str, sender: str | None = None) -> list[OutboxMessage]:
+        """The SMS to `recipient` (from `sender`, if given), newest first."""
+        sql = "SELECT * FROM messages WHERE channel = 'sms' AND recipient = ?"
+        params: tuple[str, ...] = (recipient,)
+        if sender is not None:
+            sql, params = sql + " AND sender = ?", (recipient, sender)
+        return [_message(row) for row in self._db.execute(sql + " ORDER BY id DESC", params).fetchall()]
+
     def message_by_provider_id(self, provider_id: str) -> OutboxMessage | None:
         row = self._db.execute("SELECT * FROM messages WHERE provider_id = ? ORDER BY id", (provider_id,)).fetchone()
         return _message(row) if row is not None else None

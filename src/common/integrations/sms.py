@@ -7,6 +7,7 @@ first message. Close it with `await sender.close()`.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -22,6 +23,10 @@ from common.logs import redact
 
 # Retrying cannot help: invalid number, opted out (STOP), not SMS-capable, unverified on a trial account
 PERMANENT_CODES = frozenset({21211, 21610, 21614, 21608})
+# accepted_since: how many of a number's latest messages to look through, and how far Twilio's clock may be
+# behind ours
+LOOKUP_LIMIT = 20
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class SmsPermanentError(NotificationError):
@@ -122,6 +127,31 @@ class SmsSender:
         if message.sid is None:
             raise SmsTransientError("Twilio answered without a message sid")
         return message.sid
+
+    async def accepted_since(self, *, to: str, body: str, since: datetime) -> list[str]:
+        """The sids of the messages to `to` with this body that Twilio accepted since `since`, newest first:
+        what an attempt that died before hearing Twilio's answer may have sent. Twilio's own list of the
+        account's messages (by To, and From unless a Messaging Service sends), the latest LOOKUP_LIMIT; a
+        trial account's prefix on the body is allowed for."""
+        kwargs: dict[str, Any] = {"to": to, "limit": LOOKUP_LIMIT, "page_size": LOOKUP_LIMIT}
+        sender = self._settings.twilio_from_number
+        if not sender.startswith("MG"):
+            kwargs["from_"] = sender
+        earliest = since - CLOCK_SKEW
+        try:
+            messages = await self._client.messages.list_async(**kwargs)
+        except TwilioRestException as err:
+            raise SmsTransientError(f"Twilio HTTP {err.status}: {redact(err.msg, to)}") from None
+        except (TwilioException, aiohttp.ClientError, OSError, TimeoutError) as err:
+            raise SmsTransientError(f"Twilio unreachable: {redact(str(err), to)}") from None
+        return [
+            m.sid
+            for m in messages
+            if m.sid is not None
+            and m.body is not None
+            and m.body.endswith(body)
+            and (m.date_created is None or m.date_created >= earliest)
+        ]
 
     async def close(self) -> None:
         await self._http_client.close()

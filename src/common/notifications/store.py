@@ -71,20 +71,21 @@ def _claim_rows(claims: Sequence[NotificationClaim], now: datetime) -> list[dict
     ]
 
 
-async def _claim_new(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+async def _claim_new(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[str, datetime | None]:
     """The usual case, every key new: one plain INSERT, and its row count says all were claimed."""
     n = t.notifications
     stmt = insert(conn, n).values(rows if len(rows) > 1 else rows[0]).on_conflict_do_nothing(index_elements=[n.c.key])
     inserted = await conn.execute(stmt)
     if inserted.rowcount != len(rows):
         raise _KnownNotification  # rolls this transaction back; the reclaim transaction follows
-    return {row["key"] for row in rows}
+    return {row["key"]: None for row in rows}
 
 
-async def _reclaim(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+async def _reclaim(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[str, datetime | None]:
     """A retry: a known key is claimed again unless it was sent, in the same statement (the WHERE is evaluated
     under the row's lock, so a concurrent "sent" is never claimed again). RETURNING names the rows inserted or
-    updated, i.e. the claimed keys (it costs a fetch, hence not the first try)."""
+    updated, i.e. the claimed keys (it costs a fetch, hence not the first try), and for a key claimed before,
+    when that first claim was."""
     n = t.notifications
     ins = insert(conn, n).values(rows if len(rows) > 1 else rows[0])
     stmt = ins.on_conflict_do_update(
@@ -103,8 +104,8 @@ async def _reclaim(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str
             "delivery_updated_at": None,
         },
         where=n.c.status != "sent",
-    ).returning(n.c.key)
-    return set((await conn.execute(stmt)).scalars())
+    ).returning(n.c.key, n.c.attempts, n.c.created_at)
+    return {r.key: (r.created_at if r.attempts > 1 else None) for r in await conn.execute(stmt)}
 
 
 class NotificationStore:
@@ -131,18 +132,24 @@ class NotificationStore:
         """`claim_notification` for several messages (e.g. the channels of one notification) in one
         transaction and one statement; returns the keys the caller should send now.
         Locking: the claimed rows (one statement)."""
+        return set(await self.claim_to_send(claims))
+
+    async def claim_to_send(self, claims: Sequence[NotificationClaim]) -> dict[str, datetime | None]:
+        """`claim_notifications`, with each claimed key's first claim if an earlier attempt claimed it too
+        (None: this is the first). An earlier attempt may have died after the provider accepted the message:
+        the caller asks the provider before sending it again."""
         if not claims:
-            return set()
+            return {}
         for claim in claims:
             require_text("notification key", claim.key)
         if len({c.key for c in claims}) != len(claims):
             raise ValueError("the same notification key twice in one claim")
         rows = _claim_rows(claims, utc_now())
 
-        async def all_new(conn: AsyncConnection) -> set[str]:
+        async def all_new(conn: AsyncConnection) -> dict[str, datetime | None]:
             return await _claim_new(conn, rows)
 
-        async def again(conn: AsyncConnection) -> set[str]:
+        async def again(conn: AsyncConnection) -> dict[str, datetime | None]:
             return await _reclaim(conn, rows)
 
         what = claims[0].key if len(claims) == 1 else f"{len(claims)} notifications of order {claims[0].order_id}"
@@ -150,6 +157,16 @@ class NotificationStore:
             return await self._db.write(all_new, f"claim {what}")
         except _KnownNotification:
             return await self._db.write(again, f"claim {what} again")
+
+    async def recorded_provider_ids(self, provider_message_ids: Sequence[str]) -> set[str]:
+        """Which of these provider message ids the log holds (each one a message of ours marked sent)."""
+        if not provider_message_ids:
+            return set()
+        n = t.notifications
+        rows = await self._db.read(
+            select(n.c.provider_message_id).where(n.c.provider_message_id.in_(list(provider_message_ids)))
+        )
+        return {r.provider_message_id for r in rows}
 
     async def mark_notification_sent(self, key: str, provider_message_id: str) -> None:
         await self.mark_notifications_sent([(key, provider_message_id)])

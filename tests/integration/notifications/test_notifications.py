@@ -20,7 +20,7 @@ from common.config import Settings
 from common.integrations.email import EmailSender
 from common.integrations.sms import SmsSender
 from common.models import Channel, Customer, NotificationEvent, NotifyRequest, OpsAlert
-from common.notifications.contracts import SmsFallbackRequest
+from common.notifications.contracts import NotificationClaim, SmsFallbackRequest
 from common.store import Store
 from sandbox import SandboxServers, free_port_settings
 
@@ -205,6 +205,79 @@ async def test_what_was_sent_is_marked_when_the_attempt_is_cancelled(
     state = await statuses(store)
     assert state[SMS_KEY][0] == "sent"
     assert state[EMAIL_KEY] == ("sending", None)
+
+
+async def die_before_marking(senders: Senders, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attempt whose worker dies after the providers accepted both messages, before the log marks them: the
+    mark never happens, the claims stay "sending"."""
+
+    async def killed(sent: object) -> None:
+        await asyncio.sleep(1)  # the other channel's request finishes meanwhile: both providers accepted theirs
+        raise RuntimeError("the worker was killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store.notifications, "mark_notifications_sent", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            await ActivityEnvironment().run(senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+    assert {status for status, _ in (await statuses(store)).values()} == {"sending"}
+
+
+async def test_an_sms_twilio_accepted_before_a_crash_is_not_sent_again(
+    store: Store, sandbox: SandboxServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        await die_before_marking(senders, store, monkeypatch)
+        [first_sms] = [m for m in sandbox.outbox("ORD-1") if m.channel == "sms"]
+
+        retry = await ActivityEnvironment().run(senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+    finally:
+        await senders.close()
+    # Twilio's list names the SMS the dead attempt got accepted: marked with its sid, not sent again
+    assert (retry.sent, retry.already_sent) == ([Channel.EMAIL], [Channel.SMS])
+    assert [m.provider_id for m in sandbox.outbox("ORD-1") if m.channel == "sms"] == [first_sms.provider_id]
+    assert (await statuses(store))[SMS_KEY] == ("sent", first_sms.provider_id)
+    # SMTP cannot be asked: the email goes again, under the same Message-ID, by which mailboxes drop the copy
+    emails = [m for m in sandbox.outbox("ORD-1") if m.channel == "email"]
+    assert len(emails) == 2 and len({m.provider_id for m in emails}) == 1
+
+
+async def test_an_sms_claimed_but_never_sent_is_sent_on_the_retry(store: Store, sandbox: SandboxServers) -> None:
+    """The earlier attempt died before its request reached Twilio: nothing of it in Twilio's list, and an SMS the
+    number got for another order (same recipient, other text) is not taken for it."""
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        other = request(Channel.SMS).model_copy(update={"order_id": "ORD-2"})
+        await ActivityEnvironment().run(senders.activities.notify_customer, other)
+        claim = NotificationClaim(SMS_KEY, "ORD-1", "order_confirmed", "sms", "+15555550100", None, "lost on the way")
+        assert await store.notifications.claim_notifications([claim]) == {SMS_KEY}
+
+        retry = await ActivityEnvironment().run(senders.activities.notify_customer, request(Channel.SMS))
+    finally:
+        await senders.close()
+    assert retry.sent == [Channel.SMS]
+    [sms] = [m for m in sandbox.outbox("ORD-1") if m.channel == "sms"]
+    assert (await statuses(store))[SMS_KEY] == ("sent", sms.provider_id)
+
+
+async def test_twilio_down_when_asked_about_an_earlier_attempt_sends_nothing_blindly(
+    store: Store, sandbox: SandboxServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    senders = Senders(store, sandbox.settings_for_clients())
+    try:
+        await die_before_marking(senders, store, monkeypatch)
+        sandbox.start_outage("sms")
+        with pytest.raises(ApplicationError, match="sms to order ORD-1 failed") as raised:
+            await ActivityEnvironment().run(senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+        assert (raised.value.type, list(raised.value.details)) == ("SmsUnavailable", [["sms"]])
+        assert (await statuses(store))[SMS_KEY][0] == "failed"
+        sandbox.end_outage("sms")
+
+        retry = await ActivityEnvironment().run(senders.activities.notify_customer, request(Channel.EMAIL, Channel.SMS))
+    finally:
+        await senders.close()
+    assert retry.already_sent == [Channel.EMAIL, Channel.SMS]
+    assert len([m for m in sandbox.outbox("ORD-1") if m.channel == "sms"]) == 1
 
 
 async def test_ops_alerts_are_sent_once(store: Store, sandbox: SandboxServers) -> None:
