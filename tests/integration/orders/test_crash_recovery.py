@@ -543,8 +543,8 @@ async def test_worker_killed_while_notifying_the_customer(rig: Rig) -> None:
     stock commit): that task is lost with the worker, and the next worker replays it, so the commit (by its
     key) and the notification run again as a whole.
 
-    The kill lands outside the one window the notification activity documents as at-least-once (the provider
-    accepted a message, the log is not yet marked): a crash there sends that message twice by design."""
+    The kill lands before Twilio saw the SMS. (A kill after Twilio accepted it, before the log was marked, is
+    tests/integration/notifications/test_notifications.py's: the retry finds it at Twilio.)"""
     _, sms_gate = rig.gates()
     worker = await rig.start_worker()
     order = await rig.place({"BOOK-ADA": 1})
