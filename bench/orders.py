@@ -47,6 +47,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 
 from common.api import FulfillmentApi
@@ -238,12 +239,13 @@ async def floor_phase(client: Client, opts: Options, work_dir: Path, run_id: str
     try:
         cpu_before = cpu_snapshot({"worker": worker, "temporal": server})
         t0 = time.time()
-        await asyncio.gather(
-            *(
-                client.start_workflow("FloorWorkflow", DEFAULT_STEPS, id=f"floor-{run_id}-{i}", task_queue=task_queue)
-                for i in range(n)
-            )
-        )
+        called: dict[str, float] = {}
+
+        async def start(workflow_id: str) -> None:
+            called[workflow_id] = time.time()
+            await client.start_workflow("FloorWorkflow", DEFAULT_STEPS, id=workflow_id, task_queue=task_queue)
+
+        await asyncio.gather(*(start(f"floor-{run_id}-{i}") for i in range(n)))
         closed = f'TaskQueue="{task_queue}" AND ExecutionStatus!="Running"'
         await wait_until("floor closed", lambda: count_of(client, closed), n, [worker])
         cpu = cpu_delta(cpu_before, cpu_snapshot({"worker": worker, "temporal": server}))
@@ -254,9 +256,16 @@ async def floor_phase(client: Client, opts: Options, work_dir: Path, run_id: str
     wall = _last_close(executions) - t0
     ids = sorted(wf.id for wf in executions)
     history = summarise(await fetch_stats(client, spread_sample(ids, opts.history_sample)))
+    firsts = await first_tasks(client, ids)
     return {
         "task_queue": task_queue,
         "workflows": n,
+        # The first workflow task's completion, timed from the start_workflow call (as the engine's confirmation
+        # is from the place_order call) and from the server's start of the workflow (the history alone)
+        "first_task_s": {
+            "from_call": distribution([done - called[wid] for wid, (_, done) in firsts.items()]),
+            "from_start": distribution([done - started for started, done in firsts.values()]),
+        },
         "completed": sum(wf.status == WorkflowExecutionStatus.COMPLETED for wf in executions),
         "wall_s": round(wall, 3),
         "per_s": round(n / wall, 2),
@@ -264,6 +273,27 @@ async def floor_phase(client: Client, opts: Options, work_dir: Path, run_id: str
         "cpu_s": cpu,
         "history": history,
     }
+
+
+async def first_tasks(
+    client: Client, workflow_ids: Sequence[str], concurrency: int = 16
+) -> dict[str, tuple[float, float]]:
+    """workflow id -> (the server's start of it, its first workflow task's completion), epoch seconds."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(workflow_id: str) -> tuple[float, float] | None:
+        started = None
+        async with limit:
+            handle = client.get_workflow_handle(workflow_id)
+            async for e in handle.fetch_history_events(page_size=8):
+                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                    started = e.event_time.ToDatetime(UTC).timestamp()
+                elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and started is not None:
+                    return started, e.event_time.ToDatetime(UTC).timestamp()
+        return None
+
+    found = await asyncio.gather(*(one(wid) for wid in workflow_ids))
+    return {wid: times for wid, times in zip(workflow_ids, found, strict=True) if times is not None}
 
 
 def _last_close(executions: Sequence[WorkflowExecution]) -> float:
@@ -487,6 +517,14 @@ async def engine_phase(client: Client, opts: Options, work_dir: Path, run_id: st
         "offered_rate_per_s": opts.rate or None,
         "place_order_call_s": distribution([p.accepted_at - p.called_at for p in burst]),
         "confirmation_email_s": distribution(confirmation_latencies(burst, emails)),
+        # The same, timed from the server's start of the order's workflow (as the floor's `from_start`)
+        "confirmation_email_from_start_s": distribution(
+            [
+                emails[wf.id.removeprefix("order-")].timestamp() - wf.start_time.timestamp()
+                for wf in burst_runs
+                if wf.id.removeprefix("order-") in emails
+            ]
+        ),
         "probe": {
             "orders": k,
             "interval_s": opts.probe_interval,
@@ -650,6 +688,13 @@ def _cpu_budget(phase: dict | None, count_key: str, nproc: int) -> str:
     return f"{each_ms:.0f} ms each (<= {nproc * 1000 / each_ms:.1f}/s on {nproc} CPUs)"
 
 
+def first_task_ratio(confirmation: dict, floor_first_task: dict) -> float | None:
+    """The confirmation email's p95 over the floor's first-task p95 (docs/performance.md, Flash sale)."""
+    if confirmation.get("p95") is None or not floor_first_task.get("p95"):
+        return None
+    return float(confirmation["p95"]) / float(floor_first_task["p95"])
+
+
 def results_table(results: dict) -> Table:
     floor, engine = results.get("floor"), results.get("engine")
     machine = results["machine"]
@@ -715,6 +760,19 @@ def results_table(results: dict) -> Table:
                 "",
                 f"{_fmt(queue.get('p50'), ' s')} / {_fmt(queue.get('p95'), ' s')}, "
                 f"{_fmt(run.get('p50'), ' s')} / {_fmt(run.get('p95'), ' s')}",
+            )
+        if floor and "first_task_s" in floor and "confirmation_email_from_start_s" in engine:
+            fc, fs = floor["first_task_s"]["from_call"], floor["first_task_s"]["from_start"]
+            es = engine["confirmation_email_from_start_s"]
+            row(
+                "1st task done (floor) / confirmation (engine) p95: from the call, from the server's start",
+                f"{_fmt(fc['p95'], ' s')}, {_fmt(fs['p95'], ' s')}",
+                f"{_fmt(burst['p95'], ' s')}, {_fmt(es['p95'], ' s')}",
+            )
+            row(
+                "  confirmation p95 / floor 1st-task p95: from the call, from the start",
+                "",
+                f"{_fmt(first_task_ratio(burst, fc), 'x')}, {_fmt(first_task_ratio(es, fs), 'x')}",
             )
         call = engine["place_order_call_s"]
         row(f"place_order call p50 / p95 ({mode})", "", f"{_fmt(call['p50'], ' s')} / {_fmt(call['p95'], ' s')}")
