@@ -1,7 +1,7 @@
 """`python -m workers.setup`, the deployment's one-shot set-up, as the compose service and the Kubernetes Job run
 it: a real subprocess against a real Temporal dev server (started without the engine's search attributes, as a
 fresh cluster is) and a fresh database. It waits for a server that starts after it, migrates, registers, and a
-second run changes nothing; an unreachable server is one line and exit code 1."""
+second run changes nothing; an unreachable server or a missing namespace is one line and exit code 1."""
 
 from __future__ import annotations
 
@@ -109,6 +109,13 @@ async def test_setup_waits_for_temporal_then_migrates_and_registers_and_runs_aga
             assert "already registered" in out
             assert await custom_search_attributes(server.address) == registered
             assert await table_names(url) == tables
+
+            # A namespace nobody created: one line that says so, exit 1
+            code, out, err = await finished(start_setup({**env, "FULFILL_TEMPORAL_NAMESPACE": "no-such-namespace"}))
+            assert code == 1, (out, err)
+            assert "Traceback" not in err
+            [line] = [line for line in err.splitlines() if "setup failed" in line]
+            assert "namespace 'no-such-namespace'" in line and "create the namespace" in line, line
 
 
 async def test_unreachable_temporal_is_exit_1_and_one_line(tmp_path: Path) -> None:
