@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
@@ -38,6 +39,8 @@ T = TypeVar("T")
 # One attempt to reach a server may take this long (a dropped packet must not eat the whole --wait)
 _ATTEMPT_TIMEOUT_S = 10.0
 _RETRY_EVERY_S = 2.0
+# How long added search attributes may take to be listed
+_CONFIRM_WITHIN_S = 30.0
 # Temporal answers these while it starts (or, NOT_FOUND, before its namespace is created)
 _TRANSIENT_RPC = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.NOT_FOUND)
 
@@ -140,6 +143,11 @@ async def migrate(url: str, deadline: float) -> None:
     print(f"database {shown}: migrated to {head_revision()}", flush=True)
 
 
+async def _listed(client: Client, namespace: str) -> set[str]:
+    listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    return set(listed.custom_attributes) | set(listed.system_attributes)
+
+
 async def register(settings: Settings, deadline: float) -> None:
     """Wait for Temporal and its namespace to answer, then add the engine's search attributes it lacks."""
     where = f"Temporal at {settings.temporal_address}"
@@ -162,6 +170,13 @@ async def register(settings: Settings, deadline: float) -> None:
             return await register_search_attributes(client, namespace)
 
     added = await _with_retries(add, _is_transient_temporal_error, f"namespace {namespace!r} on {where}", deadline)
+    # Listed once the server's metadata has them: wait for that, so the first orders started after the set-up
+    # find them
+    until = max(deadline, time.monotonic() + _CONFIRM_WITHIN_S)
+    while missing := {key.name for key in SEARCH_ATTRIBUTES} - await _listed(client, namespace):
+        if time.monotonic() > until:
+            raise SetupError(f"namespace {namespace!r} on {where} does not list {', '.join(sorted(missing))}")
+        await asyncio.sleep(1)
     names = ", ".join(key.name for key in SEARCH_ATTRIBUTES)
     done = f"added {', '.join(added)}" if added else "already registered"
     print(f"temporal {settings.temporal_address} namespace {namespace}: search attributes {names}: {done}", flush=True)
