@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-http bench-forecast clean
+.PHONY: run test lint typecheck bench bench-flash-sale bench-http bench-forecast clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The engine against the floor (orders.py), then the flash sale over HTTP with 1 and 3 workers (flash_sale.py)
 bench: $(STAMP)
 	$(BIN)/python bench/orders.py
+	$(BIN)/python bench/flash_sale.py
+
+# 1,000 orders POSTed over 10 s, with 1 and then 3 worker processes, against the floor at the same rate
+bench-flash-sale: $(STAMP)
+	$(BIN)/python bench/flash_sale.py
 
 # POST /v1/orders through `python -m workers.api`: steady and burst intake latency, then exactly-once in visibility
 bench-http: $(STAMP)

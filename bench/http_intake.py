@@ -119,9 +119,10 @@ class HttpStack:
     token: str
 
 
-async def start_api(settings: Settings, log_dir: Path, within_s: float = 60) -> tuple[Process, str]:
-    """`python -m workers.api` on settings.api_host:api_port, once GET /readyz answers 200."""
-    proc = spawn("api", [sys.executable, "-m", "workers.api"], log_dir, settings_env(settings))
+async def start_api(settings: Settings, log_dir: Path, within_s: float = 60, name: str = "api") -> tuple[Process, str]:
+    """`python -m workers.api` on settings.api_host:api_port, once GET /readyz answers 200; `name` names the
+    process and its log (<log_dir>/<name>.log)."""
+    proc = spawn(name, [sys.executable, "-m", "workers.api"], log_dir, settings_env(settings))
     base_url = f"http://{settings.api_host}:{settings.api_port}"
     deadline = time.monotonic() + within_s
     last = "no answer"
