@@ -1,5 +1,6 @@
-"""Real engine processes for crash tests: the worker (`python -m workers.worker`) and a Temporal dev server
-(`temporal server start-dev`) as subprocesses that a test can SIGKILL, and `TcpGate`, a forwarder that
+"""Real engine processes for crash tests: the worker (`python -m workers.worker`), the HTTP API
+(`python -m workers.api`) and a Temporal dev server (`temporal server start-dev`) as subprocesses that a test
+can SIGKILL, and `TcpGate`, a forwarder that
 freezes a conversation at a chosen point (a request sent, not yet received) so the kill lands exactly there.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
+import httpx
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -64,11 +66,13 @@ async def eventually(probe: Callable[[], Any], what: str, within: float = 30.0, 
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    """`settings_env` without the unset settings: an empty FULFILL_SMTP_USERNAME would read back as the
-    username "" (and make the worker try SMTP AUTH), not as unset."""
+    """`settings_env` without the unset settings whose default is unset too. A setting unset here but set by
+    default (carrier_webhook_secret) stays in as an empty value, which reads back as unset: left out, the
+    process would take the default, and an HTTP API started so would start orders that expect carrier
+    webhooks (tracking polled every 6 h), which the sandbox sends nobody."""
     env = settings_env(settings)
     for name, value in settings.model_dump().items():
-        if value is None:
+        if value is None and Settings.model_fields[name].default is None:
             env.pop(f"FULFILL_{name.upper()}", None)
     return env
 
@@ -162,6 +166,44 @@ class WorkerProcess(_Process):
             return True
 
         await eventually(polling, f"{self.name} (pid {self.pid}) to poll {self.settings.task_queue}", within, 0.2)
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.kill()
+
+
+class ApiProcess(_Process):
+    """`python -m workers.api` with FULFILL_* settings from `settings`, serving on 127.0.0.1 at `port` (default:
+    a free one, not the settings' api_port, which other processes on the machine may hold)."""
+
+    def __init__(self, settings: Settings, log_path: Path, name: str = "api", port: int | None = None) -> None:
+        super().__init__(name, log_path)
+        self.settings = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": port or free_port()})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    async def start(self, within: float = 30.0) -> Self:
+        """Start the process and return once /readyz answers 200 (Temporal and the database answer it)."""
+        env = {**worker_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        self._spawn([sys.executable, "-m", "workers.api"], env)
+
+        async with httpx.AsyncClient(timeout=5) as client:
+
+            async def ready() -> bool:
+                self._check_alive()
+                try:
+                    return (await client.get(f"{self.url}/readyz")).status_code == 200
+                except httpx.TransportError:  # not listening yet
+                    return False
+
+            await eventually(ready, f"{self.name} (pid {self.pid}) to answer {self.url}/readyz", within, 0.2)
         return self
 
     async def __aenter__(self) -> Self:
