@@ -180,12 +180,20 @@ def confirmations(sandbox: SandboxServers) -> int:
 
 
 async def messages_by_event(stack: Stack, order_id: str) -> Counter[tuple[str, str]]:
-    """(event, channel) of every email and SMS the sandbox received for the order, matched to the engine's
-    notification log by the rendered text."""
+    """(event, channel) of every message the customer got for the order, matched to the engine's notification
+    log by the rendered text: each SMS the sandbox received, and each email by its Message-ID. An email whose
+    sender died after the relay accepted it and before the log marked it goes again (SMTP cannot be asked what
+    it accepted), under the same Message-ID, and the customer's mailbox keeps one; an SMS in that window is
+    found at Twilio by the retry and must not go twice."""
     records = await stack.store.notifications.notifications(order_id)
     event_of = {(r.channel, r.subject if r.channel == "email" else r.body): r.event for r in records}
     received: Counter[tuple[str, str]] = Counter()
+    mailbox: set[str | None] = set()
     for message in stack.sandbox.outbox(order_id):
+        if message.channel == "email":
+            if message.provider_id in mailbox:
+                continue
+            mailbox.add(message.provider_id)
         text = message.subject if message.channel == "email" else message.body
         received[(event_of.get((message.channel, text), f"unknown: {text!r}"), message.channel)] += 1
     return received
