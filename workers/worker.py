@@ -8,7 +8,9 @@ more of these processes: Python runs workflow code on one thread.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import pkgutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,7 +21,9 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import Worker, WorkerDeploymentConfig
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+import workflows
 from activities.inventory import InventoryActivities
 from activities.notifications import NotificationActivities
 from activities.returns import ReturnActivities
@@ -125,6 +129,28 @@ def deployment_version(settings: Settings) -> WorkerDeploymentConfig | None:
     )
 
 
+def workflow_helper_modules() -> list[str]:
+    """The modules under workflows/ that define no workflow (and no package, whose __init__ imports one)."""
+    helpers = []
+    for info in pkgutil.walk_packages(workflows.__path__, "workflows."):
+        if info.ispkg:
+            continue
+        module = importlib.import_module(info.name)
+        if not any(hasattr(value, "__temporal_workflow_definition") for value in vars(module).values()):
+            helpers.append(info.name)
+    return helpers
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox, with the workflows' helper modules passed through. Else it imports them afresh for every
+    workflow it instantiates: a third of a worker's event loop in a rush of new orders, ahead of their
+    confirmations (docs/performance.md, Flash sale). They hold nothing per workflow at module level, only
+    constants; the workflow modules themselves stay sandboxed, and the replay tests run everything inside the
+    full sandbox (the Replayer's default runner)."""
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*workflow_helper_modules())
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
 # What the customer task queue's worker takes of the engine worker's options: it runs activities only.
 _CUSTOMER_WORKER_OPTIONS = ("activity_task_poller_behavior", "graceful_shutdown_timeout", "deployment_config")
 
@@ -141,6 +167,7 @@ async def engine_workers(
     """The worker of `task_queue`, and beside it the worker of its customer task queue
     (common.temporal.customer_task_queue) with the same activities: only the confirmation is sent there, so in a
     rush of orders it waits behind other confirmations only. Yields the first."""
+    options.setdefault("workflow_runner", workflow_runner())
     worker = Worker(client, task_queue=task_queue, workflows=workflows, activities=activities, **options)
     customer = Worker(
         client,

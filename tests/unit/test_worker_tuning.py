@@ -1,4 +1,5 @@
-"""The workflow task slots keep room for new orders' first tasks (workers.tuning.NewWorkflowsFirst)."""
+"""The workflow task slots keep room for new orders' first tasks (workers.tuning.NewWorkflowsFirst); the sandbox
+imports the workflows' helpers once (workers.worker.workflow_runner)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from temporalio.worker import SlotPermit, SlotReleaseContext
 
 from common.config import Settings
 from workers.tuning import NewWorkflowsFirst, worker_tuner
+from workers.worker import workflow_helper_modules, workflow_runner
 
 
 @dataclass
@@ -62,3 +64,12 @@ def test_the_tuner_follows_the_settings() -> None:
     assert isinstance(capped._get_workflow_task_slot_supplier(), NewWorkflowsFirst)
     uncapped = worker_tuner(Settings(worker_sticky_task_slots=None))
     assert not isinstance(uncapped._get_workflow_task_slot_supplier(), NewWorkflowsFirst)
+
+
+def test_the_sandbox_passes_the_workflow_helpers_through_and_keeps_the_workflows_in() -> None:
+    """Every workflow it instantiates would import the helpers afresh (a third of the event loop in a rush of
+    new orders); the modules that define workflows, and their packages, stay inside the sandbox."""
+    passed = workflow_runner().restrictions.passthrough_modules
+    assert {"workflows.steps", "workflows.order.fulfilment", "workflows.order.parcel"} <= passed
+    assert not {"workflows", "workflows.order", "workflows.order.workflow", "workflows.returns"} & passed
+    assert set(workflow_helper_modules()) <= passed
