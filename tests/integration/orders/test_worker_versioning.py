@@ -5,10 +5,14 @@ next step runs on the new build, and it completes there."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import uuid
 
-from temporalio.api.enums.v1 import VersioningBehavior
-from temporalio.api.workflowservice.v1 import SetWorkerDeploymentCurrentVersionRequest
+import pytest
+import temporalio.worker._worker
+from temporalio.api.enums.v1 import TaskQueueType, VersioningBehavior
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, SetWorkerDeploymentCurrentVersionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -18,7 +22,7 @@ from common.config import Settings
 from common.models import OrderStatus, workflow_id_for
 from common.store import Store
 from tests.orders import order_dict
-from workers.worker import running_worker
+from workers.worker import running_worker, unversioned_build_id
 
 
 async def make_current(client: Client, deployment: str, build_id: str) -> None:
@@ -80,3 +84,30 @@ async def test_a_running_order_moves_to_the_new_build_once_it_is_current(
             await wait_for(api, order_id, OrderStatus.COMPLETED)
 
     assert await versioning(client, workflow_id) == (VersioningBehavior.VERSIONING_BEHAVIOR_AUTO_UPGRADE, "build-2")
+
+
+async def test_an_unversioned_worker_names_its_build_without_hashing_every_module(
+    dev_server: WorkflowEnvironment, stack_settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's default build id compiles and hashes every loaded module (4 s of CPU at each start in a fresh
+    container); the engine names its build instead, and that is what the task queue's pollers show."""
+
+    def refuse() -> str:
+        raise AssertionError("the worker hashed every loaded module for its build id")
+
+    monkeypatch.setattr(temporalio.worker._worker, "load_default_build_id", refuse)
+    settings = stack_settings.model_copy(update={"task_queue": f"unversioned-{uuid.uuid4().hex[:6]}"})
+    client = dev_server.client
+    async with running_worker(client, settings, store):
+        request = DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=settings.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        for _ in range(100):
+            pollers = (await client.workflow_service.describe_task_queue(request)).pollers
+            if pollers:
+                break
+            await asyncio.sleep(0.1)
+    assert {p.worker_version_capabilities.build_id for p in pollers} == {unversioned_build_id()}
+    assert unversioned_build_id() == f"fulfillment-engine-{importlib.metadata.version('fulfillment-engine')}"
